@@ -1,0 +1,34 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .unsafeFlags(["-warnings-as-errors"]),
+]
+
+let package = Package(
+    name: "Kiln",
+    products: [
+        .executable(name: "kiln", targets: ["kiln"]),
+        .library(name: "VMM", targets: ["VMM"]),
+    ],
+    targets: [
+        .target(name: "CLinux"),
+        .target(name: "CKVM"),
+        .target(name: "LinuxSys", dependencies: ["CLinux"], swiftSettings: strict),
+        .target(name: "GuestMemory", dependencies: ["LinuxSys"], swiftSettings: strict),
+        .target(name: "KVM", dependencies: ["CKVM", "CLinux", "LinuxSys"], swiftSettings: strict),
+        .target(name: "Boot", dependencies: ["GuestMemory"], swiftSettings: strict),
+        .target(name: "Devices", dependencies: ["GuestMemory", "LinuxSys"], swiftSettings: strict),
+        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys"], swiftSettings: strict),
+        .executableTarget(name: "kiln", dependencies: ["VMM"], swiftSettings: strict),
+
+        .testTarget(name: "LinuxSysTests", dependencies: ["LinuxSys"], swiftSettings: strict),
+        .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"], swiftSettings: strict),
+        .testTarget(name: "KVMTests", dependencies: ["KVM"], swiftSettings: strict),
+        .testTarget(name: "BootTests", dependencies: ["Boot"], swiftSettings: strict),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices"], swiftSettings: strict),
+        .testTarget(name: "VMMTests", dependencies: ["VMM"], swiftSettings: strict),
+        .testTarget(name: "KilnTests", dependencies: ["kiln"], swiftSettings: strict),
+    ]
+)

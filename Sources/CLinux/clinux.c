@@ -1,0 +1,24 @@
+#define _GNU_SOURCE
+#include "clinux.h"
+#include <string.h>
+
+int kiln_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+int kiln_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
+
+static void kiln_kick_handler(int signo) { (void)signo; }
+
+int kiln_install_kick_handler(int signo) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = kiln_kick_handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; // no SA_RESTART: KVM_RUN must return EINTR
+    return sigaction(signo, &sa, NULL);
+}
+
+int kiln_sigrtmin(void) { return SIGRTMIN; }
+
+void kiln_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
+
+#include <unistd.h>
+int kiln_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }

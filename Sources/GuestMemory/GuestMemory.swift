@@ -1,0 +1,156 @@
+import Glibc
+import LinuxSys
+
+/// Why a guest memory access was refused.
+public enum GuestMemoryError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// The range [address, address+count) is not entirely inside one region.
+    case outOfRange(address: UInt64, count: Int)
+    case mapFailed(Errno)
+    case regionsOverlap
+    case readFailed(Errno)
+    case shortRead(expected: Int, got: Int)
+
+    public var description: String {
+        switch self {
+        case .outOfRange(let address, let count):
+            return "guest range 0x\(String(address, radix: 16))+\(count) is outside guest memory"
+        case .mapFailed(let e): return "cannot map guest memory: \(e)"
+        case .regionsOverlap: return "guest memory regions overlap"
+        case .readFailed(let e): return "cannot read into guest memory: \(e)"
+        case .shortRead(let expected, let got): return "file ended early: wanted \(expected) bytes, got \(got)"
+        }
+    }
+}
+
+/// One contiguous stretch of guest-physical memory backed by an anonymous mapping.
+public struct MemoryRegion: Sendable {
+    public let guestBase: UInt64
+    public let size: Int
+    /// Host virtual address of the mapping, for registering the region with KVM only.
+    public let hostAddress: UInt64
+
+    public var guestEnd: UInt64 { guestBase + UInt64(size) }
+
+    func contains(_ address: UInt64, _ count: Int) -> Bool {
+        address >= guestBase && count >= 0 && UInt64(count) <= guestEnd - address && address <= guestEnd
+    }
+}
+
+/// The guest's physical memory. Every access is bounds-checked: an address the
+/// guest (or an image) supplies that falls outside memory is an error, never a crash.
+/// Shared by the vCPU and device threads; the guest mutates it concurrently, so
+/// accessors copy bytes in and out rather than handing out references.
+public final class GuestMemory: @unchecked Sendable {
+    public let regions: [MemoryRegion]
+
+    /// Maps `layout` (guest base, size) pairs; sizes must be page multiples.
+    public init(layout: [(base: UInt64, size: Int)]) throws(GuestMemoryError) {
+        let sorted = layout.sorted { $0.base < $1.base }
+        for (a, b) in zip(sorted, sorted.dropFirst()) where a.base + UInt64(a.size) > b.base {
+            throw .regionsOverlap
+        }
+        var mapped: [MemoryRegion] = []
+        for entry in sorted {
+            let ptr = mmap(nil, entry.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            if ptr == MAP_FAILED || ptr == nil {
+                let error = Errno.current("mmap")
+                for r in mapped { munmap(UnsafeMutableRawPointer(bitPattern: UInt(r.hostAddress)), r.size) }
+                throw .mapFailed(error)
+            }
+            mapped.append(MemoryRegion(guestBase: entry.base, size: entry.size,
+                                       hostAddress: UInt64(UInt(bitPattern: ptr))))
+        }
+        regions = mapped
+    }
+
+    deinit {
+        for r in regions { munmap(UnsafeMutableRawPointer(bitPattern: UInt(r.hostAddress)), r.size) }
+    }
+
+    /// Total bytes of guest RAM.
+    public var totalSize: Int { regions.reduce(0) { $0 + $1.size } }
+
+    /// Host pointer for [address, address+count), or an error if any byte is outside one region.
+    @inline(__always)
+    func pointer(_ address: UInt64, _ count: Int) throws(GuestMemoryError) -> UnsafeMutableRawPointer {
+        for r in regions where r.contains(address, count) {
+            return UnsafeMutableRawPointer(bitPattern: UInt(r.hostAddress + (address - r.guestBase)))!
+        }
+        throw .outOfRange(address: address, count: count)
+    }
+
+    public func contains(_ address: UInt64, count: Int) -> Bool {
+        regions.contains { $0.contains(address, count) }
+    }
+
+    // MARK: bytes
+
+    public func write(_ bytes: UnsafeRawBufferPointer, at address: UInt64) throws(GuestMemoryError) {
+        let p = try pointer(address, bytes.count)
+        if bytes.count > 0 { p.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+    }
+
+    public func write(_ bytes: [UInt8], at address: UInt64) throws(GuestMemoryError) {
+        let p = try pointer(address, bytes.count)
+        bytes.withUnsafeBytes { if $0.count > 0 { p.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
+    }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at address: UInt64) throws(GuestMemoryError) {
+        let p = try pointer(address, buffer.count)
+        if buffer.count > 0 { buffer.baseAddress!.copyMemory(from: p, byteCount: buffer.count) }
+    }
+
+    public func read(_ count: Int, at address: UInt64) throws(GuestMemoryError) -> [UInt8] {
+        let p = try pointer(address, count)
+        return [UInt8](UnsafeRawBufferPointer(start: p, count: count))
+    }
+
+    public func fill(_ byte: UInt8, count: Int, at address: UInt64) throws(GuestMemoryError) {
+        let p = try pointer(address, count)
+        memset(p, Int32(byte), count)
+    }
+
+    // MARK: little-endian integers
+
+    public func write<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws(GuestMemoryError) {
+        let p = try pointer(address, MemoryLayout<T>.size)
+        p.storeBytes(of: value.littleEndian, as: T.self)
+    }
+
+    public func read<T: FixedWidthInteger>(_: T.Type = T.self, at address: UInt64) throws(GuestMemoryError) -> T {
+        let p = try pointer(address, MemoryLayout<T>.size)
+        return T(littleEndian: p.loadUnaligned(as: T.self))
+    }
+
+    // MARK: files
+
+    /// Reads `count` bytes of `file` from `offset` straight into guest memory at `address`.
+    public func load(from file: borrowing FileDescriptor, offset: Int, count: Int, at address: UInt64) throws(GuestMemoryError) {
+        let p = try pointer(address, count)
+        var done = 0
+        while done < count {
+            let n: Int
+            do {
+                n = try file.pread(into: UnsafeMutableRawBufferPointer(start: p + done, count: count - done),
+                                   at: offset + done)
+            } catch { throw .readFailed(error) }
+            if n == 0 { throw .shortRead(expected: count, got: done) }
+            done += n
+        }
+    }
+
+    /// The resident bytes of guest memory (pages the guest or the loader touched).
+    public func residentBytes() -> Int {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        var total = 0
+        for r in regions {
+            let pages = (r.size + page - 1) / page
+            var vec = [UInt8](repeating: 0, count: pages)
+            let ok = vec.withUnsafeMutableBufferPointer {
+                mincore(UnsafeMutableRawPointer(bitPattern: UInt(r.hostAddress)), r.size, $0.baseAddress) == 0
+            }
+            if ok { total += vec.reduce(0) { $0 + Int($1 & 1) } * page }
+        }
+        return total
+    }
+}

@@ -1,0 +1,185 @@
+import Boot
+import CLinux
+import Devices
+import Glibc
+import GuestMemory
+import KVM
+import LinuxSys
+import Synchronization
+
+/// One virtual machine: KVM state, guest memory, devices and the threads that run them.
+public final class Machine: Sendable {
+    public let config: MachineConfig
+    public let loaded: LoadedKernel
+    let vm: VirtualMachine
+    let memory: GuestMemory
+    let vcpus: [VCPU]
+    let bus: PortBus
+    let serial: Serial
+    let console: Console
+    let serialIRQ: EventFD
+    let stopEvent: EventFD
+    let lifecycle: Lifecycle
+    private let firstRun = Atomic<Bool>(false)
+    static let kickSignal = kiln_sigrtmin()
+
+    /// Builds the VM and loads the kernel; nothing runs until `run()`.
+    public init(_ config: MachineConfig) throws(MachineError) {
+        try config.validate()
+        self.config = config
+        let kernel: FileImage, initrd: FileImage?
+        do { kernel = try FileImage(path: config.kernelPath) } catch { throw .kernel(path: config.kernelPath, error) }
+        if let path = config.initrdPath {
+            do { initrd = try FileImage(path: path) } catch { throw .initrd(path: path, error) }
+        } else { initrd = nil }
+
+        do {
+            let system = try KVMSystem()
+            vm = try system.createVM()
+            try vm.setSystemPages(tss: Layout.kvmTSS, identityMap: Layout.kvmIdentityMap)
+            try vm.createInterruptControllers()
+
+            let layout = Layout.ramRegions(size: UInt64(config.memoryMiB) << 20)
+            do { memory = try GuestMemory(layout: layout.map { ($0.base, Int($0.size)) }) }
+            catch { throw MachineError.memory(error) }
+            for (slot, region) in memory.regions.enumerated() {
+                try vm.setMemoryRegion(slot: UInt32(slot), guestBase: region.guestBase, size: region.size,
+                                       hostAddress: region.hostAddress)
+            }
+
+            let request = BootRequest(kernel: kernel, initrd: initrd, cmdline: config.effectiveCmdline,
+                                      cpus: config.cpus, preferredProtocol: config.bootProtocol)
+            do { loaded = try Loader.load(request, into: memory) }
+            catch { throw MachineError.kernel(path: config.kernelPath, error) }
+
+            let supported = try system.supportedCPUID()
+            var vcpus: [VCPU] = []
+            for id in 0..<UInt32(config.cpus) {
+                let vcpu = try vm.createVCPU(id: id)
+                try VCPUSetup.configure(vcpu, cpuid: CPUProfile.entries(from: supported, vcpu: id, cpus: config.cpus))
+                if id == 0 { try VCPUSetup.enter(vcpu, loaded.entry) }
+                vcpus.append(vcpu)
+            }
+            self.vcpus = vcpus
+
+            serialIRQ = try EventFD()
+            stopEvent = try EventFD()
+            try vm.registerIRQFD(serialIRQ.raw, gsi: Serial.com1IRQ)
+        } catch let error as MachineError {
+            throw error
+        } catch let error as KVMError {
+            throw .kvm(error)
+        } catch let error as Errno {
+            throw .system(error)
+        } catch {
+            throw .config("\(error)")
+        }
+
+        let console = Console(input: config.consoleInput, output: config.consoleOutput)
+        self.console = console
+        let lifecycle = Lifecycle(vcpus: vcpus, stopEvent: stopEvent.raw, console: console)
+        self.lifecycle = lifecycle
+        let irq = serialIRQ.raw
+        serial = Serial(output: { console.guestWrote($0) },
+                        interrupt: { var one: UInt64 = 1; _ = Glibc.write(irq, &one, 8) })
+        var bus = PortBus()
+        bus.attach(serial, base: Serial.com1Base, count: Serial.portCount)
+        bus.attach(CMOS(), base: CMOS.basePort, count: 2)
+        bus.attach(AbsentPorts(), base: 0x80, count: 1) // POST/delay port
+        bus.attach(I8042(onReset: { lifecycle.stop(.guestShutdown) }), base: I8042.dataPort, count: 5)
+        self.bus = bus
+    }
+
+    /// Runs the VM until it ends, and says how.
+    public func run() -> MachineOutcome {
+        if kiln_install_kick_handler(Machine.kickSignal) != 0 {
+            return .failed("cannot install the vCPU kick signal handler: \(Errno.current("sigaction"))")
+        }
+        var vcpuThreads: [Thread] = []
+        do {
+            for vcpu in vcpus {
+                let t = try Thread.spawn(name: "kiln-vcpu\(vcpu.id)") { [self] in runVCPU(vcpu) }
+                vcpuThreads.append(t)
+                lifecycle.running(t)
+            }
+        } catch {
+            stop(.failed("cannot start a vCPU thread: \(error)"))
+        }
+        let stopFD = stopEvent.raw
+        let consoleThread = try? Thread.spawn(name: "kiln-console") { [self] in
+            console.pump(into: serial, stop: stopFD) { stop(.userQuit) }
+        }
+        for t in vcpuThreads { t.join() }
+        stopEvent.signal()
+        consoleThread?.join()
+        console.restore()
+        return lifecycle.outcome ?? .failed("all vCPUs stopped without a reason")
+    }
+
+    /// Ends the VM with `reason` (the first reason wins).
+    public func stop(_ reason: MachineOutcome) { lifecycle.stop(reason) }
+
+    var stopping: Bool { lifecycle.outcome != nil }
+
+    private func runVCPU(_ vcpu: VCPU) {
+        while !stopping {
+            let exit: VMExit
+            do {
+                if !firstRun.exchange(true, ordering: .relaxed) { BootTrace.mark("first-kvm-run") }
+                exit = try vcpu.runOnce()
+            } catch {
+                stop(.failed("vCPU \(vcpu.id): \(error)"))
+                return
+            }
+            switch exit {
+            case .io(let access):
+                for i in 0..<access.count {
+                    let slice = UnsafeMutableRawBufferPointer(rebasing: access.data[i * access.size..<(i + 1) * access.size])
+                    bus.handle(port: access.port, isWrite: access.isWrite, data: slice)
+                }
+            case .mmio(let access):
+                if !access.isWrite { for i in access.data.indices { access.data[i] = 0xFF } }
+            case .interrupted:
+                continue
+            case .systemEvent(let type):
+                // KVM_SYSTEM_EVENT_SHUTDOWN (1) and RESET (2) are clean ends; CRASH (3) is not.
+                stop(type == 3 ? .guestPanicked : .guestShutdown)
+            case .hlt:
+                stop(.failed(Diagnostics.describe(exit, vcpu: vcpu, memory: memory)))
+            case .shutdown, .internalError, .failEntry, .malformed, .unknown:
+                stop(.failed(Diagnostics.describe(exit, vcpu: vcpu, memory: memory)))
+            }
+        }
+    }
+}
+
+/// The VM's end: the first reason to stop wins, and every vCPU is kicked out of KVM_RUN.
+final class Lifecycle: Sendable {
+    private let state = Mutex<MachineOutcome?>(nil)
+    private let threads = Mutex<[Thread]>([])
+    let vcpus: [VCPU]
+    let stopEvent: Int32
+    let console: Console
+
+    init(vcpus: [VCPU], stopEvent: Int32, console: Console) {
+        self.vcpus = vcpus; self.stopEvent = stopEvent; self.console = console
+    }
+
+    var outcome: MachineOutcome? { state.withLock { $0 } }
+
+    func running(_ thread: Thread) { threads.withLock { $0.append(thread) } }
+
+    func stop(_ reason: MachineOutcome) {
+        let reason = (reason == .guestShutdown && console.sawPanic) ? .guestPanicked : reason
+        let first = state.withLock { current -> Bool in
+            if current != nil { return false }
+            current = reason
+            return true
+        }
+        guard first else { return }
+        for vcpu in vcpus { vcpu.requestExit() }
+        for t in threads.withLock({ $0 }) { t.kill(Machine.kickSignal) }
+        var one: UInt64 = 1
+        _ = Glibc.write(stopEvent, &one, 8)
+    }
+}

@@ -1,0 +1,33 @@
+import Devices
+
+/// Routes guest port I/O to devices by port range.
+public struct PortBus: Sendable {
+    struct Entry: Sendable {
+        let base: UInt16
+        let count: UInt16
+        let device: any PortDevice
+    }
+    private var entries: [Entry] = []
+
+    public init() {}
+
+    public mutating func attach(_ device: any PortDevice, base: UInt16, count: UInt16) {
+        entries.append(Entry(base: base, count: count, device: device))
+    }
+
+    /// The device covering `port` and the port's offset within it.
+    func device(for port: UInt16) -> (any PortDevice, UInt16)? {
+        for e in entries where port >= e.base && port - e.base < e.count { return (e.device, port - e.base) }
+        return nil
+    }
+
+    /// Handles one access; ports no device claims read as all ones.
+    func handle(port: UInt16, isWrite: Bool, data: UnsafeMutableRawBufferPointer) {
+        guard let (device, offset) = device(for: port) else {
+            if !isWrite { for i in data.indices { data[i] = 0xFF } }
+            return
+        }
+        if isWrite { device.write(offset: offset, from: UnsafeRawBufferPointer(data)) }
+        else { device.read(offset: offset, into: data) }
+    }
+}

@@ -1,0 +1,83 @@
+import Boot
+import Glibc
+import LinuxSys
+import VMM
+
+let usage = """
+    usage: kiln boot [options]      boot a kernel with the serial console attached
+           kiln help
+
+    kiln boot options:
+      --kernel PATH          kernel (vmlinux ELF or bzImage); default: Kiln's own, built on first use
+      --initrd PATH          initramfs; default: Kiln's own busybox initramfs (with the default kernel)
+      --cmdline STRING       kernel command line (default: "\(MachineConfig.defaultCmdline)")
+      --cpus N               vCPUs (default 1)
+      --memory MIB           guest memory in MiB (default 256)
+      --host-profile NAME    auto, kvm or emulated-cpl0 (default auto: detected)
+      --boot-protocol NAME   pvh or linux64 (default: pvh when the kernel has the note)
+
+    The guest's console is on stdin/stdout. Kiln exits 0 when the guest shuts down
+    (e.g. `reboot -f` under reboot=k), non-zero with a reason otherwise. On a terminal,
+    Ctrl-A x ends the VM.
+    """
+
+func fail(_ message: String, code: Int32 = 1) -> Never {
+    writeRaw(2, "kiln: \(message)\n")
+    exit(code)
+}
+
+func boot(_ args: ArraySlice<String>) -> Int32 {
+    let parsed: Arguments
+    let cpus: Int, memory: Int
+    do {
+        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol"],
+                               flags: [])
+        cpus = try parsed.int("cpus", default: 1)
+        memory = try parsed.int("memory", default: 256)
+    } catch {
+        fail("\(error.message)\n\(usage)", code: 2)
+    }
+
+    let profile: HostProfile
+    switch parsed.string("host-profile") ?? "auto" {
+    case "auto": profile = .detect()
+    case let name:
+        guard let p = HostProfile(rawValue: name) else { fail("unknown host profile '\(name)' (auto, kvm, emulated-cpl0)", code: 2) }
+        profile = p
+    }
+    var bootProtocol: BootProtocol?
+    if let name = parsed.string("boot-protocol") {
+        guard let p = BootProtocol(rawValue: name) else { fail("unknown boot protocol '\(name)' (pvh, linux64)", code: 2) }
+        bootProtocol = p
+    }
+
+    let kernel: String, initrd: String?
+    do {
+        kernel = try parsed.string("kernel") ?? DefaultImages.kernel()
+        // The default initramfs goes with the default kernel; a user's kernel gets only what they pass.
+        initrd = try parsed.string("initrd") ?? (parsed.string("kernel") == nil ? DefaultImages.initramfs() : nil)
+    } catch let error as DefaultImages.Failure {
+        fail(error.message)
+    } catch {
+        fail("\(error)")
+    }
+
+    let config = MachineConfig(kernelPath: kernel, initrdPath: initrd,
+                               cmdline: parsed.string("cmdline") ?? MachineConfig.defaultCmdline,
+                               cpus: cpus, memoryMiB: memory, hostProfile: profile, bootProtocol: bootProtocol)
+    let machine: Machine
+    do { machine = try Machine(config) } catch { fail(error.description) }
+    switch machine.run() {
+    case .guestShutdown, .userQuit: return 0
+    case .guestPanicked: fail("the guest kernel panicked (see the console output above)")
+    case .failed(let reason): fail("the VM stopped: \(reason)")
+    }
+}
+
+BootTrace.mark("process-start")
+let argv = CommandLine.arguments
+switch argv.count > 1 ? argv[1] : "help" {
+case "boot": exit(boot(argv.dropFirst(2)))
+case "help", "--help", "-h": writeRaw(1, usage + "\n")
+default: fail("unknown command '\(argv[1])'\n\(usage)", code: 2)
+}
