@@ -1,8 +1,9 @@
 import Synchronization
 
 /// A 16550A UART (COM1 on a PC). Guest output goes to `output`; host input is queued with
-/// `enqueueInput` and fed into the 16-byte receive FIFO only once the guest driver has
-/// enabled receive interrupts, so keystrokes typed before the driver is ready are not flushed.
+/// `enqueueInput` and sits in the 16-byte receive FIFO only while the guest driver has
+/// receive interrupts enabled. Input typed before the driver is ready, or while it resets
+/// and flushes the port, waits in the queue instead of being lost.
 public final class Serial: PortDevice {
     public static let com1Base: UInt16 = 0x3F8
     public static let com1IRQ: UInt32 = 4
@@ -61,6 +62,16 @@ public final class Serial: PortDevice {
             }
             if rxHead > 64 { rx.removeFirst(rxHead); rxHead = 0 }
             return moved
+        }
+
+        /// Puts host bytes the guest has not read back at the head of the queue: the guest
+        /// stopped listening or flushed its FIFO (as Linux does while it opens the port).
+        mutating func unread() {
+            guard rxCount > 0, mcr & mcrLoop == 0 else { rx.removeAll(keepingCapacity: true); rxHead = 0; return }
+            pending.replaceSubrange(0..<pendingHead, with: rx[rxHead...])
+            pendingHead = 0
+            rx.removeAll(keepingCapacity: true)
+            rxHead = 0
         }
     }
 
@@ -147,13 +158,14 @@ public final class Serial: PortDevice {
             case Serial.ier where s.lcr & Serial.lcrDLAB != 0: s.dlm = value
             case Serial.ier:
                 let enabled = value & ~s.ier
+                if s.ier & Serial.ierRxData != 0 && value & Serial.ierRxData == 0 { s.unread() }
                 s.ier = value & 0x0F
                 if enabled & Serial.ierTHRE != 0 { s.thrEmptyPending = true }
                 let gained = s.refill()
                 return (enabled & Serial.ierTHRE != 0) || gained || (enabled & Serial.ierRxData != 0 && s.rxCount > 0)
             case Serial.iirFCR:
                 s.fifoEnabled = value & Serial.fcrEnable != 0
-                if value & Serial.fcrClearRx != 0 { s.rx.removeAll(keepingCapacity: true); s.rxHead = 0 }
+                if value & Serial.fcrClearRx != 0 { s.unread() }
                 return s.refill()
             case Serial.lcr: s.lcr = value
             case Serial.mcr: s.mcr = value & 0x1F
