@@ -23,12 +23,13 @@ let package = Package(
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys"], swiftSettings: strict),
         .executableTarget(name: "kiln", dependencies: ["VMM"], swiftSettings: strict),
 
+        .target(name: "KilnTestSupport", path: "Tests/Support", swiftSettings: strict),
         .testTarget(name: "LinuxSysTests", dependencies: ["LinuxSys"], swiftSettings: strict),
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"], swiftSettings: strict),
         .testTarget(name: "KVMTests", dependencies: ["KVM"], swiftSettings: strict),
-        .testTarget(name: "BootTests", dependencies: ["Boot"], swiftSettings: strict),
+        .testTarget(name: "BootTests", dependencies: ["Boot", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"], swiftSettings: strict),
-        .testTarget(name: "VMMTests", dependencies: ["VMM"], swiftSettings: strict),
-        .testTarget(name: "KilnTests", dependencies: ["kiln"], swiftSettings: strict),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
+        .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport"], swiftSettings: strict),
     ]
 )

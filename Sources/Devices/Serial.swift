@@ -166,7 +166,6 @@ public final class Serial: PortDevice {
             case Serial.iirFCR:
                 s.fifoEnabled = value & Serial.fcrEnable != 0
                 if value & Serial.fcrClearRx != 0 { s.unread() }
-                return s.refill()
             case Serial.lcr: s.lcr = value
             case Serial.mcr: s.mcr = value & 0x1F
             case Serial.scr: s.scr = value

@@ -51,7 +51,7 @@ public enum VMExit {
         case KVM_EXIT_MMIO:
             let len = Int(r.pointee.mmio.len)
             guard (1...8).contains(len) else { return .malformed(reason: reason) }
-            let dataOffset = MemoryLayout<kvm_run>.offset(of: \kvm_run.mmio.data)!
+            let dataOffset = kiln_kvm_run_mmio_data_offset()
             return .mmio(MMIOAccess(address: r.pointee.mmio.phys_addr, isWrite: r.pointee.mmio.is_write != 0,
                                     data: UnsafeMutableRawBufferPointer(start: run + dataOffset, count: len)))
         case KVM_EXIT_HLT: return .hlt

@@ -37,4 +37,8 @@ static const unsigned long KILN_KVM_SET_FPU = KVM_SET_FPU;
 static const unsigned long KILN_KVM_GET_LAPIC = KVM_GET_LAPIC;
 static const unsigned long KILN_KVM_SET_LAPIC = KVM_SET_LAPIC;
 
+// Where the MMIO data bytes sit in struct kvm_run (inside an anonymous union Swift cannot take offsets into).
+#include <stddef.h>
+static inline size_t kiln_kvm_run_mmio_data_offset(void) { return offsetof(struct kvm_run, mmio.data); }
+
 #endif
