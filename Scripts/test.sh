@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs Kiln's whole test suite: unit tests, VM tests on /dev/kvm with tiny guests, and
+# end-to-end boots of Kiln's own Linux kernel (about a minute of boots on hosts whose
+# guest kernel mode is emulated). Installs and builds what the tests need first.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+Scripts/setup.sh --debug
+command -v swift >/dev/null || export PATH=/opt/swift/usr/bin:$PATH
+exec swift test "$@"
