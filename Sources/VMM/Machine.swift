@@ -56,7 +56,8 @@ public final class Machine: Sendable {
             var vcpus: [VCPU] = []
             for id in 0..<UInt32(config.cpus) {
                 let vcpu = try vm.createVCPU(id: id)
-                try VCPUSetup.configure(vcpu, cpuid: CPUProfile.entries(from: supported, vcpu: id, cpus: config.cpus))
+                try VCPUSetup.configure(vcpu, cpuid: CPUProfile.entries(from: supported, vcpu: id, cpus: config.cpus,
+                                                                                 profile: config.hostProfile))
                 if id == 0 { try VCPUSetup.enter(vcpu, loaded.entry) }
                 vcpus.append(vcpu)
             }

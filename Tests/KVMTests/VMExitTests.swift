@@ -84,3 +84,19 @@ func withRun(_ body: (UnsafeMutablePointer<kvm_run>, UnsafeMutableRawPointer, In
         }
     }
 }
+
+@Suite struct KVMSystemTests {
+    @Test func missingDeviceIsExplained() {
+        #expect {
+            _ = try KVMSystem(path: "/nonexistent/kvm")
+        } throws: { error in
+            "\(error)".hasPrefix("/nonexistent/kvm does not exist: this machine has no KVM")
+        }
+    }
+
+    @Test func openingTheRealDeviceChecksVersionAndCapabilities() throws {
+        let kvm = try KVMSystem()
+        #expect(kvm.vcpuMapSize >= 4096)
+        #expect(try kvm.supportedCPUID().contains { $0.function == 1 })
+    }
+}

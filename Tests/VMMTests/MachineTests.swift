@@ -141,4 +141,13 @@ enum BootProtocolChoice {
         #expect(e[0].ecx & (1 << 31) != 0)
         #expect(e[1].edx == 3)
     }
+
+    @Test func emulatedHostProfileHidesWhatTheEmulatorLacks() {
+        let supported = [KVM.CPUIDEntry(function: 1, ecx: 0x0C80_0000 | (1 << 17)), KVM.CPUIDEntry(function: 7, ebx: 0x0010_0401)]
+        let kvm = CPUProfile.entries(from: supported, vcpu: 0, cpus: 1, profile: .kvm)
+        #expect(kvm[0].ecx & 0x0C80_0000 == 0x0C80_0000, "real KVM keeps XSAVE and POPCNT")
+        let emulated = CPUProfile.entries(from: supported, vcpu: 0, cpus: 1, profile: .emulatedCPL0)
+        #expect(emulated[0].ecx & (0x0C80_0000 | 1 << 17) == 0)
+        #expect(emulated[1].ebx == 0)
+    }
 }
