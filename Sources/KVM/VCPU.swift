@@ -52,32 +52,33 @@ public final class VCPU: @unchecked Sendable {
 
     // MARK: registers
 
-    public func registers() throws(KVMError) -> kvm_regs {
-        var regs = kvm_regs()
-        try check("KVM_GET_REGS", kiln_ioctl_ptr(fd, KILN_KVM_GET_REGS, &regs))
-        return regs
+    /// KVM_GET_* into a fresh `T`.
+    private func get<T: BitwiseCopyable>(_ name: String, _ request: UInt, _ empty: T) throws(KVMError) -> T {
+        var value = empty
+        try check(name, withUnsafeMutableBytes(of: &value) { kiln_ioctl_ptr(fd, request, $0.baseAddress) })
+        return value
     }
 
-    public func setRegisters(_ regs: kvm_regs) throws(KVMError) {
-        var regs = regs
-        try check("KVM_SET_REGS", kiln_ioctl_ptr(fd, KILN_KVM_SET_REGS, &regs))
+    /// KVM_SET_* from `value`.
+    private func set<T: BitwiseCopyable>(_ name: String, _ request: UInt, _ value: T) throws(KVMError) {
+        var value = value
+        try check(name, withUnsafeMutableBytes(of: &value) { kiln_ioctl_ptr(fd, request, $0.baseAddress) })
     }
+
+    public func registers() throws(KVMError) -> kvm_regs { try get("KVM_GET_REGS", KILN_KVM_GET_REGS, kvm_regs()) }
+    public func setRegisters(_ regs: kvm_regs) throws(KVMError) { try set("KVM_SET_REGS", KILN_KVM_SET_REGS, regs) }
 
     public func specialRegisters() throws(KVMError) -> kvm_sregs {
-        var sregs = kvm_sregs()
-        try check("KVM_GET_SREGS", kiln_ioctl_ptr(fd, KILN_KVM_GET_SREGS, &sregs))
-        return sregs
+        try get("KVM_GET_SREGS", KILN_KVM_GET_SREGS, kvm_sregs())
     }
-
     public func setSpecialRegisters(_ sregs: kvm_sregs) throws(KVMError) {
-        var sregs = sregs
-        try check("KVM_SET_SREGS", kiln_ioctl_ptr(fd, KILN_KVM_SET_SREGS, &sregs))
+        try set("KVM_SET_SREGS", KILN_KVM_SET_SREGS, sregs)
     }
 
-    public func setFPU(_ fpu: kvm_fpu) throws(KVMError) {
-        var fpu = fpu
-        try check("KVM_SET_FPU", kiln_ioctl_ptr(fd, KILN_KVM_SET_FPU, &fpu))
-    }
+    public func setFPU(_ fpu: kvm_fpu) throws(KVMError) { try set("KVM_SET_FPU", KILN_KVM_SET_FPU, fpu) }
+
+    public func lapic() throws(KVMError) -> kvm_lapic_state { try get("KVM_GET_LAPIC", KILN_KVM_GET_LAPIC, kvm_lapic_state()) }
+    public func setLAPIC(_ state: kvm_lapic_state) throws(KVMError) { try set("KVM_SET_LAPIC", KILN_KVM_SET_LAPIC, state) }
 
     public func setCPUID(_ entries: [CPUIDEntry]) throws(KVMError) {
         try CPUIDEntry.withKVMBuffer(count: entries.count, entries: entries) { (buf) throws(KVMError) in
@@ -103,16 +104,5 @@ public final class VCPU: @unchecked Sendable {
             let failed = msrs[Int(n)].index
             throw .ioctl("KVM_SET_MSRS (MSR 0x\(String(failed, radix: 16)))", Errno(EINVAL))
         }
-    }
-
-    public func lapic() throws(KVMError) -> kvm_lapic_state {
-        var state = kvm_lapic_state()
-        try check("KVM_GET_LAPIC", kiln_ioctl_ptr(fd, KILN_KVM_GET_LAPIC, &state))
-        return state
-    }
-
-    public func setLAPIC(_ state: kvm_lapic_state) throws(KVMError) {
-        var state = state
-        try check("KVM_SET_LAPIC", kiln_ioctl_ptr(fd, KILN_KVM_SET_LAPIC, &state))
     }
 }

@@ -35,9 +35,12 @@ public final class Machine: Sendable {
 
         do {
             let system = try KVMSystem()
+            BootTrace.mark("kvm-opened")
             vm = try system.createVM()
+            BootTrace.mark("vm-created")
             try vm.setSystemPages(tss: Layout.kvmTSS, identityMap: Layout.kvmIdentityMap)
             try vm.createInterruptControllers()
+            BootTrace.mark("irqchip-created")
 
             let layout = Layout.ramRegions(size: UInt64(config.memoryMiB) << 20)
             do { memory = try GuestMemory(layout: layout.map { ($0.base, Int($0.size)) }) }
@@ -49,10 +52,13 @@ public final class Machine: Sendable {
 
             let request = BootRequest(kernel: kernel, initrd: initrd, cmdline: config.effectiveCmdline,
                                       cpus: config.cpus, preferredProtocol: config.bootProtocol)
+            BootTrace.mark("memory-mapped")
             do { loaded = try Loader.load(request, into: memory) }
             catch { throw MachineError.kernel(path: config.kernelPath, error) }
+            BootTrace.mark("kernel-loaded")
 
             let supported = try system.supportedCPUID()
+            BootTrace.mark("cpuid-read")
             var vcpus: [VCPU] = []
             for id in 0..<UInt32(config.cpus) {
                 let vcpu = try vm.createVCPU(id: id)
@@ -62,10 +68,12 @@ public final class Machine: Sendable {
                 vcpus.append(vcpu)
             }
             self.vcpus = vcpus
+            BootTrace.mark("vcpus-configured")
 
             serialIRQ = try EventFD()
             stopEvent = try EventFD()
             try vm.registerIRQFD(serialIRQ.raw, gsi: Serial.com1IRQ)
+            BootTrace.mark("irqfd-registered")
         } catch let error as MachineError {
             throw error
         } catch let error as KVMError {
