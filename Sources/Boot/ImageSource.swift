@@ -87,10 +87,8 @@ public final class FileImage: ImageSource, @unchecked Sendable {
 
     public func copy(at offset: Int, count: Int, into memory: GuestMemory, address: UInt64) throws(BootError) {
         try checkRange(offset, count, "segment")
-        let file = FileDescriptor(owning: fd) // borrowed: released below, closed by deinit
         var failure: GuestMemoryError?
-        do { try memory.load(from: file, offset: offset, count: count, at: address) } catch { failure = error }
-        _ = file.release()
+        do { try memory.load(fromFile: fd, offset: offset, count: count, at: address) } catch { failure = error }
         if let failure { throw .placing(name, failure) }
     }
 }

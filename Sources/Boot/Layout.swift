@@ -31,6 +31,11 @@ public enum Layout {
     /// Pages KVM needs for the VT-x real-mode TSS and identity map (inside the hole).
     public static let kvmTSS: UInt64 = 0xFFFB_D000
     public static let kvmIdentityMap: UInt64 = 0xFFFB_C000
+    /// virtio-mmio windows (4 KiB each) in the MMIO hole, and the first of their IRQ lines.
+    public static let virtioMMIOBase: UInt64 = 0xD000_0000
+    public static let virtioMMIOWindow: UInt64 = 0x1000
+    public static let virtioFirstIRQ: UInt32 = 5
+    public static let maxVirtioDevices = 16
     /// The in-kernel IOAPIC and the local APIC.
     public static let ioapic: UInt64 = 0xFEC0_0000
     public static let lapic: UInt64 = 0xFEE0_0000

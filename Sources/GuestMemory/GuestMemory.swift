@@ -124,17 +124,31 @@ public final class GuestMemory: @unchecked Sendable {
 
     // MARK: files
 
-    /// Reads `count` bytes of `file` from `offset` straight into guest memory at `address`.
-    public func load(from file: borrowing FileDescriptor, offset: Int, count: Int, at address: UInt64) throws(GuestMemoryError) {
+    /// Reads `count` bytes of the file `fd` from `offset` straight into guest memory at `address`.
+    public func load(fromFile fd: Int32, offset: Int, count: Int, at address: UInt64) throws(GuestMemoryError) {
         let p = try pointer(address, count)
         var done = 0
         while done < count {
-            let n: Int
-            do {
-                n = try file.pread(into: UnsafeMutableRawBufferPointer(start: p + done, count: count - done),
-                                   at: offset + done)
-            } catch { throw .readFailed(error) }
+            let n = Glibc.pread(fd, p + done, count - done, off_t(offset + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .readFailed(Errno.current("pread"))
+            }
             if n == 0 { throw .shortRead(expected: count, got: done) }
+            done += n
+        }
+    }
+
+    /// Writes `count` bytes of guest memory at `address` to the file `fd` at `offset`.
+    public func store(toFile fd: Int32, offset: Int, count: Int, from address: UInt64) throws(GuestMemoryError) {
+        let p = try pointer(address, count)
+        var done = 0
+        while done < count {
+            let n = Glibc.pwrite(fd, p + done, count - done, off_t(offset + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .readFailed(Errno.current("pwrite"))
+            }
             done += n
         }
     }

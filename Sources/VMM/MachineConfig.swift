@@ -14,6 +14,30 @@ public struct MachineConfig: Sendable {
     /// Host file descriptors for the serial console; input nil means the guest gets no input.
     public var consoleInput: Int32?
     public var consoleOutput: Int32
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    public var disks: [Disk] = []
+
+    public struct Disk: Sendable, Equatable {
+        public var path: String
+        public var readOnly: Bool
+        public init(path: String, readOnly: Bool = false) { self.path = path; self.readOnly = readOnly }
+
+        /// Parses `PATH[,ro]`.
+        public static func parse(_ spec: String) -> Disk? {
+            var parts = spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            guard let path = parts.first, !path.isEmpty else { return nil }
+            parts.removeFirst()
+            var disk = Disk(path: path)
+            for option in parts {
+                switch option {
+                case "ro": disk.readOnly = true
+                case "rw": disk.readOnly = false
+                default: return nil
+                }
+            }
+            return disk
+        }
+    }
 
     public static let defaultCmdline = "console=ttyS0 reboot=k panic=-1"
     public static let minimumMemoryMiB = 32
@@ -29,7 +53,20 @@ public struct MachineConfig: Sendable {
 
     /// The command line the guest receives: the user's plus what the host profile needs.
     public var effectiveCmdline: String {
-        ([cmdline] + hostProfile.kernelParameters).filter { !$0.isEmpty }.joined(separator: " ")
+        ([cmdline] + hostProfile.kernelParameters + virtioDeclarations).filter { !$0.isEmpty }.joined(separator: " ")
+    }
+
+    /// Where virtio device `index` lives: its MMIO window and IRQ line.
+    public static func virtioSlot(_ index: Int) -> (base: UInt64, irq: UInt32) {
+        (Layout.virtioMMIOBase + UInt64(index) * Layout.virtioMMIOWindow, Layout.virtioFirstIRQ + UInt32(index))
+    }
+
+    /// virtio-mmio devices are declared to the guest on its command line (no ACPI, no device tree).
+    var virtioDeclarations: [String] {
+        disks.indices.map { i in
+            let slot = MachineConfig.virtioSlot(i)
+            return "virtio_mmio.device=4K@0x\(String(slot.base, radix: 16)):\(slot.irq)"
+        }
     }
 
     func validate() throws(MachineError) {
@@ -39,6 +76,7 @@ public struct MachineConfig: Sendable {
         guard memoryMiB >= MachineConfig.minimumMemoryMiB else {
             throw .config("--memory \(memoryMiB) MiB is too little: a guest needs at least \(MachineConfig.minimumMemoryMiB) MiB")
         }
+        guard disks.count <= Layout.maxVirtioDevices else { throw .config("at most \(Layout.maxVirtioDevices) disks") }
         guard memoryMiB <= MachineConfig.maximumMemoryMiB else { throw .config("--memory \(memoryMiB) MiB is more than Kiln supports") }
     }
 }

@@ -31,3 +31,29 @@ public struct PortBus: Sendable {
         else { device.read(offset: offset, into: data) }
     }
 }
+
+/// Routes guest MMIO accesses outside RAM to devices by address range.
+public struct MMIOBus: Sendable {
+    struct Entry: Sendable {
+        let base: UInt64
+        let size: UInt64
+        let device: any MMIODevice
+    }
+    private var entries: [Entry] = []
+
+    public init() {}
+
+    public mutating func attach(_ device: any MMIODevice, base: UInt64, size: UInt64) {
+        entries.append(Entry(base: base, size: size, device: device))
+    }
+
+    /// Handles one access; addresses no device claims read as all ones.
+    func handle(address: UInt64, isWrite: Bool, data: UnsafeMutableRawBufferPointer) {
+        for e in entries where address >= e.base && address - e.base < e.size {
+            if isWrite { e.device.write(offset: address - e.base, from: UnsafeRawBufferPointer(data)) }
+            else { e.device.read(offset: address - e.base, into: data) }
+            return
+        }
+        if !isWrite { for i in data.indices { data[i] = 0xFF } }
+    }
+}

@@ -1,6 +1,6 @@
 /// A small command-line parser: `--name value`, `--name=value` and flags.
 struct Arguments {
-    private(set) var values: [String: String] = [:]
+    private(set) var values: [String: [String]] = [:]
     private(set) var flags: Set<String> = []
 
     struct Failure: Error { let message: String }
@@ -26,7 +26,7 @@ struct Arguments {
                     guard i < args.endIndex else { throw Failure(message: "--\(name) needs a value") }
                     value = args[i]
                 }
-                values[name] = value
+                values[name, default: []].append(value!)
             } else {
                 throw Failure(message: "unknown option --\(name)")
             }
@@ -34,10 +34,14 @@ struct Arguments {
         }
     }
 
-    func string(_ name: String) -> String? { values[name] }
+    /// The last value given for `name`.
+    func string(_ name: String) -> String? { values[name]?.last }
+
+    /// Every value given for a repeatable option, in order.
+    func all(_ name: String) -> [String] { values[name] ?? [] }
 
     func int(_ name: String, default def: Int) throws(Failure) -> Int {
-        guard let s = values[name] else { return def }
+        guard let s = values[name]?.last else { return def }
         guard let v = Int(s) else { throw Failure(message: "--\(name) needs a whole number, got '\(s)'") }
         return v
     }

@@ -15,6 +15,7 @@ let usage = """
       --memory MIB           guest memory in MiB (default 256)
       --host-profile NAME    auto, kvm or emulated-cpl0 (default auto: detected)
       --boot-protocol NAME   pvh or linux64 (default: pvh when the kernel has the note)
+      --disk PATH[,ro]       a raw disk image as virtio-blk (repeatable: vda, vdb, ...)
 
     The guest's console is on stdin/stdout. Kiln exits 0 when the guest shuts down
     (e.g. `reboot -f` under reboot=k), non-zero with a reason otherwise. On a terminal,
@@ -30,7 +31,7 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
     let parsed: Arguments
     let cpus: Int, memory: Int
     do {
-        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol"],
+        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk"],
                                flags: [])
         cpus = try parsed.int("cpus", default: 1)
         memory = try parsed.int("memory", default: 256)
@@ -62,9 +63,16 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
         fail("\(error)")
     }
 
-    let config = MachineConfig(kernelPath: kernel, initrdPath: initrd,
+    var disks: [MachineConfig.Disk] = []
+    for spec in parsed.all("disk") {
+        guard let disk = MachineConfig.Disk.parse(spec) else { fail("--disk takes PATH[,ro], got '\(spec)'", code: 2) }
+        disks.append(disk)
+    }
+
+    var config = MachineConfig(kernelPath: kernel, initrdPath: initrd,
                                cmdline: parsed.string("cmdline") ?? MachineConfig.defaultCmdline,
                                cpus: cpus, memoryMiB: memory, hostProfile: profile, bootProtocol: bootProtocol)
+    config.disks = disks
     let machine: Machine
     do { machine = try Machine(config) } catch { fail(error.description) }
     switch machine.run() {

@@ -41,4 +41,6 @@ static const unsigned long KILN_KVM_SET_LAPIC = KVM_SET_LAPIC;
 #include <stddef.h>
 static inline size_t kiln_kvm_run_mmio_data_offset(void) { return offsetof(struct kvm_run, mmio.data); }
 
+static const unsigned int KILN_KVM_IOEVENTFD_FLAG_DATAMATCH = KVM_IOEVENTFD_FLAG_DATAMATCH;
+
 #endif
