@@ -1,11 +1,12 @@
 import CLinux
+import Devices
 import Glibc
 import LinuxSys
 import Synchronization
 
 /// The device thread: waits on eventfds (queue notifications, backends) with epoll and runs
 /// their handlers, so device work stays off the vCPU threads.
-final class EventLoop: Sendable {
+final class EventLoop: EventRegistry {
     private let epoll: Int32
     private let handlers = Mutex<[Int32: @Sendable () -> Void]>([:])
 
@@ -22,6 +23,11 @@ final class EventLoop: Sendable {
         event.events = EPOLLIN.rawValue
         event.data.fd = fd
         _ = try once("epoll_ctl") { epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) }
+    }
+
+    func unwatch(_ fd: Int32) {
+        epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil)
+        _ = handlers.withLock { $0.removeValue(forKey: fd) }
     }
 
     /// Serves events until `stop` becomes readable.

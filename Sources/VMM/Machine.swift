@@ -83,16 +83,14 @@ public final class Machine: Sendable {
             // virtio-mmio devices: an irqfd for each device's line, an ioeventfd for each queue.
             eventLoop = try EventLoop()
             var transports: [VirtioMMIOTransport] = [], mmio = MMIOBus(), fds: [Int32] = []
-            for (i, disk) in config.disks.enumerated() {
-                let device: VirtioBlock
-                do { device = try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: "kiln-disk-\(i)") }
-                catch { throw MachineError.config(error.description) }
+            for (i, spec) in config.virtioDevices.enumerated() {
+                let device = try spec.make(index: i)
                 let slot = MachineConfig.virtioSlot(i)
                 let irq = eventfd(0, Int32(EFD_CLOEXEC))
                 guard irq >= 0 else { throw Errno.current("eventfd") }
                 fds.append(irq)
                 try vm.registerIRQFD(irq, gsi: slot.irq)
-                let transport = VirtioMMIOTransport(device: device, memory: memory,
+                let transport = VirtioMMIOTransport(device: device, memory: memory, events: eventLoop,
                                                     interrupt: { var one: UInt64 = 1; _ = Glibc.write(irq, &one, 8) },
                                                     log: { writeRaw(2, "kiln: \($0)\n") })
                 for q in 0..<device.queueCount {

@@ -61,9 +61,14 @@ public struct MachineConfig: Sendable {
         (Layout.virtioMMIOBase + UInt64(index) * Layout.virtioMMIOWindow, Layout.virtioFirstIRQ + UInt32(index))
     }
 
+    /// Every virtio device in slot order: disks first (vda, vdb, ...), then the others.
+    public var virtioDevices: [VirtioDeviceSpec] {
+        disks.map { .block($0) }
+    }
+
     /// virtio-mmio devices are declared to the guest on its command line (no ACPI, no device tree).
     var virtioDeclarations: [String] {
-        disks.indices.map { i in
+        virtioDevices.indices.map { i in
             let slot = MachineConfig.virtioSlot(i)
             return "virtio_mmio.device=4K@0x\(String(slot.base, radix: 16)):\(slot.irq)"
         }
@@ -76,7 +81,7 @@ public struct MachineConfig: Sendable {
         guard memoryMiB >= MachineConfig.minimumMemoryMiB else {
             throw .config("--memory \(memoryMiB) MiB is too little: a guest needs at least \(MachineConfig.minimumMemoryMiB) MiB")
         }
-        guard disks.count <= Layout.maxVirtioDevices else { throw .config("at most \(Layout.maxVirtioDevices) disks") }
+        guard virtioDevices.count <= Layout.maxVirtioDevices else { throw .config("at most \(Layout.maxVirtioDevices) virtio devices") }
         guard memoryMiB <= MachineConfig.maximumMemoryMiB else { throw .config("--memory \(memoryMiB) MiB is more than Kiln supports") }
     }
 }

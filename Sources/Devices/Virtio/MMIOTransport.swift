@@ -24,14 +24,16 @@ public final class VirtioMMIOTransport: MMIODevice {
 
     public let device: any VirtioDevice
     let memory: GuestMemory
+    let events: any EventRegistry
     private let state: Mutex<State>
     private let raiseIRQ: @Sendable () -> Void
     private let log: @Sendable (String) -> Void
 
-    public init(device: any VirtioDevice, memory: GuestMemory, interrupt: @escaping @Sendable () -> Void,
-                log: @escaping @Sendable (String) -> Void = { _ in }) {
+    public init(device: any VirtioDevice, memory: GuestMemory, events: any EventRegistry,
+                interrupt: @escaping @Sendable () -> Void, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.device = device
         self.memory = memory
+        self.events = events
         self.raiseIRQ = interrupt
         self.log = log
         state = Mutex(State(queues: Array(repeating: Virtqueue(), count: device.queueCount)))
@@ -128,7 +130,7 @@ public final class VirtioMMIOTransport: MMIODevice {
             device.activate(queues: activate.queues, context: VirtioContext(
                 memory: memory, features: activate.features,
                 interrupt: { [weak self] in self?.signal(1) },
-                fail: { [weak self] reason in self?.markNeedsReset(reason) }))
+                fail: { [weak self] reason in self?.markNeedsReset(reason) }, events: events))
         }
         // Without an ioeventfd on QueueNotify, the write arrives here on the vCPU thread.
         if let notify, isActive, notify < device.queueCount { device.process(queue: notify) }

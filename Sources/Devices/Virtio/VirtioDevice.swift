@@ -32,6 +32,13 @@ public struct VirtioContext: Sendable {
     public let interrupt: @Sendable () -> Void
     /// Marks the device broken (DEVICE_NEEDS_RESET) after the guest violated the protocol.
     public let fail: @Sendable (String) -> Void
+    /// The device thread's event loop, for backend file descriptors.
+    public let events: any EventRegistry
+
+    public init(memory: GuestMemory, features: UInt64, interrupt: @escaping @Sendable () -> Void,
+                fail: @escaping @Sendable (String) -> Void, events: any EventRegistry) {
+        self.memory = memory; self.features = features; self.interrupt = interrupt; self.fail = fail; self.events = events
+    }
 }
 
 /// A virtio device behind a transport: identity, features, config space and queue processing.

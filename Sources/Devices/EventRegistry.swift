@@ -1,0 +1,10 @@
+import LinuxSys
+
+/// The device thread's event loop as devices see it: a backend (a TAP device, a listening
+/// socket) registers its file descriptor and gets its handler run on that thread.
+public protocol EventRegistry: AnyObject, Sendable {
+    /// Runs `handler` on the device thread whenever `fd` is readable.
+    func watch(_ fd: Int32, _ handler: @escaping @Sendable () -> Void) throws(Errno)
+    /// Stops watching `fd` (before the device closes it).
+    func unwatch(_ fd: Int32)
+}
