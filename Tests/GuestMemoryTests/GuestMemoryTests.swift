@@ -29,3 +29,13 @@ import Testing
         }
     }
 }
+
+@Suite struct GuestMemoryBoundsTests {
+    @Test func addressesBeyondTheLastRegionAreOutsideNotACrash() throws {
+        let mem = try GuestMemory(layout: [(0, 0x1000)])
+        #expect(!mem.contains(0x2000, count: 1))
+        #expect(!mem.contains(UInt64.max, count: 0))
+        #expect(!mem.contains(0x800, count: -1))
+        #expect(mem.contains(0x1000, count: 0))
+    }
+}
