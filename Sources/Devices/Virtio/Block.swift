@@ -71,7 +71,7 @@ public final class VirtioBlock: VirtioDevice {
 
     public func process(queue index: Int) {
         active.withLock { state in
-            guard var a = state else { return }
+            guard var a = state, a.queue.ready else { return } // a failed queue stays stopped until reset
             defer { state = a }
             do {
                 var completed = false
