@@ -1,0 +1,18 @@
+// swift-tools-version: 6.1
+// Fuzz targets for Kiln's parsers of untrusted input. A separate package so that the main
+// build never needs libFuzzer. See README.md beside this file.
+import PackageDescription
+
+// Instrumentation comes from the command line (see run.sh) so that Kiln's modules get coverage too.
+let fuzz: [SwiftSetting] = [.unsafeFlags(["-parse-as-library"])]
+
+let package = Package(
+    name: "KilnFuzz",
+    dependencies: [.package(name: "Kiln", path: "..")],
+    targets: [
+        .executableTarget(name: "FuzzVirtqueue", dependencies: [.product(name: "VMM", package: "Kiln")],
+                          swiftSettings: fuzz),
+        .executableTarget(name: "FuzzBoot", dependencies: [.product(name: "VMM", package: "Kiln")],
+                          swiftSettings: fuzz),
+    ]
+)

@@ -1,0 +1,27 @@
+import Boot
+import GuestMemory
+
+/// Fuzzes the kernel image parsers and the loader: the input is a kernel image (ELF or bzImage).
+nonisolated(unsafe) var memory: GuestMemory! = nil
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    if memory == nil { memory = try! GuestMemory(layout: [(0, 64 << 20)]) }
+    let image = ByteImage(Array(UnsafeBufferPointer(start: data, count: size)), name: "fuzz")
+    _ = try? ELFKernel.parse(image)
+    _ = try? BzImage.parse(image)
+    _ = try? Loader.load(BootRequest(kernel: image, initrd: ByteImage([1, 2, 3]), cmdline: "console=ttyS0"), into: memory)
+    return 0
+}
+
+// SwiftPM links an executable's entry point as FuzzBoot_main; hand control to libFuzzer's driver.
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+                         _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32) -> Int32
+
+@_cdecl("FuzzBoot_main")
+public func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    var argc = argc
+    var argv = argv
+    return LLVMFuzzerRunDriver(&argc, &argv, fuzz)
+}
