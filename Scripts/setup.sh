@@ -36,6 +36,16 @@ build() {
     rm -f "$out"
 }
 
+# Tools the tests use on the host side (ext4 images, unpacking the initramfs).
+need=()
+for p in e2fsprogs cpio; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
 log "guest kernel (cached after the first build, which takes several minutes)"
 Kernels/build.sh >/dev/null
 log "initramfs"

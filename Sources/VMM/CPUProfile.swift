@@ -5,8 +5,9 @@ public enum CPUProfile {
     /// Features hidden on emulated-CPL0 hosts, matching the `clearcpuid=` the host profile passes
     /// (the instruction emulator lacks these). Leaf 1 ECX: PCID, POPCNT, XSAVE, OSXSAVE, AVX.
     static let emulatorLacksLeaf1ECX: UInt32 = 1 << 17 | 1 << 23 | 1 << 26 | 1 << 27 | 1 << 28
-    /// Leaf 7 EBX: FSGSBASE, INVPCID, SMAP.
-    static let emulatorLacksLeaf7EBX: UInt32 = 1 << 0 | 1 << 10 | 1 << 20
+    /// Leaf 7 EBX: FSGSBASE, ERMS, INVPCID, SMAP; EDX: FSRM.
+    static let emulatorLacksLeaf7EBX: UInt32 = 1 << 0 | 1 << 9 | 1 << 10 | 1 << 20
+    static let emulatorLacksLeaf7EDX: UInt32 = 1 << 4
 
     /// Per-vCPU CPUID: APIC IDs, the hypervisor bit, leaf 0xB topology and the profile's hidden features.
     /// On emulated-CPL0 hosts the guest kernel still sees the physical CPUID (the emulator ignores
@@ -27,7 +28,7 @@ public enum CPUProfile {
             }
             if profile == .emulatedCPL0 {
                 if e.function == 1 { e.ecx &= ~emulatorLacksLeaf1ECX }
-                if e.function == 7 { e.ebx &= ~emulatorLacksLeaf7EBX }
+                if e.function == 7 { e.ebx &= ~emulatorLacksLeaf7EBX; e.edx &= ~emulatorLacksLeaf7EDX }
             }
             return e
         }

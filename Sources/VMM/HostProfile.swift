@@ -19,8 +19,10 @@ public enum HostProfile: String, Sendable, CaseIterable {
         switch self {
         case .kvm: return []
         case .emulatedCPL0:
-            // The emulator lacks xsave/xrstor, popcnt, clac/stac and fsgsbase; CPUID still advertises them.
-            return ["kiln_emulated_cpl0", "clearcpuid=xsave,popcnt,smap,fsgsbase", "noinvpcid", "nopcid"]
+            // The emulator lacks xsave/xrstor, popcnt, clac/stac and fsgsbase, and runs the
+            // fast-string (erms/fsrm) `rep movsb` copies slowly; CPUID still advertises them all.
+            // Only the last clearcpuid= counts, so every flag goes in this one.
+            return ["kiln_emulated_cpl0", "clearcpuid=xsave,popcnt,smap,fsgsbase,erms,fsrm", "noinvpcid", "nopcid"]
         }
     }
 }

@@ -143,11 +143,11 @@ enum BootProtocolChoice {
     }
 
     @Test func emulatedHostProfileHidesWhatTheEmulatorLacks() {
-        let supported = [KVM.CPUIDEntry(function: 1, ecx: 0x0C80_0000 | (1 << 17)), KVM.CPUIDEntry(function: 7, ebx: 0x0010_0401)]
+        let supported = [KVM.CPUIDEntry(function: 1, ecx: 0x0C80_0000 | (1 << 17)), KVM.CPUIDEntry(function: 7, ebx: 0x0010_0601, edx: 0x10)]
         let kvm = CPUProfile.entries(from: supported, vcpu: 0, cpus: 1, profile: .kvm)
         #expect(kvm[0].ecx & 0x0C80_0000 == 0x0C80_0000, "real KVM keeps XSAVE and POPCNT")
         let emulated = CPUProfile.entries(from: supported, vcpu: 0, cpus: 1, profile: .emulatedCPL0)
         #expect(emulated[0].ecx & (0x0C80_0000 | 1 << 17) == 0)
-        #expect(emulated[1].ebx == 0)
+        #expect(emulated[1].ebx == 0 && emulated[1].edx == 0)
     }
 }
