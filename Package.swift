@@ -22,6 +22,8 @@ let package = Package(
         .target(name: "Devices", dependencies: ["GuestMemory", "LinuxSys"], swiftSettings: strict),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys"], swiftSettings: strict),
         .executableTarget(name: "kiln", dependencies: ["VMM"], swiftSettings: strict),
+        .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys"],
+                          path: "Benchmarks/Host", swiftSettings: strict),
 
         .target(name: "KilnTestSupport", path: "Tests/Support", swiftSettings: strict),
         .testTarget(name: "LinuxSysTests", dependencies: ["LinuxSys"], swiftSettings: strict),

@@ -1,0 +1,97 @@
+import Devices
+import Glibc
+import GuestMemory
+import LinuxSys
+
+// Host-side cost of Kiln's devices, driven from fake guest memory so that the numbers do not
+// depend on the guest kernel (which this project's CI hosts run in an emulator).
+//   swift run -c release kiln-bench
+
+final class NoEvents: EventRegistry {
+    func watch(_ fd: Int32, _ handler: @escaping @Sendable () -> Void) throws(Errno) {}
+    func unwatch(_ fd: Int32) {}
+}
+
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+/// A minimal guest driver: one queue of `size` entries, requests of one data buffer each.
+struct Driver {
+    let memory: GuestMemory
+    let size: UInt16 = 256
+    let table: UInt64 = 0x1000, avail: UInt64 = 0x4000, used: UInt64 = 0x5000
+    let headers: UInt64 = 0x10000 // 256 * 16 bytes
+    let statuses: UInt64 = 0x20000
+    let data: UInt64 = 0x100000 // 256 data buffers
+    var availIndex: UInt16 = 0
+
+    var queue: Virtqueue {
+        var q = Virtqueue()
+        q.size = size; q.descriptorTable = table; q.availableRing = avail; q.usedRing = used; q.ready = true
+        return q
+    }
+
+    func descriptor(_ i: UInt16, _ address: UInt64, _ length: UInt32, _ flags: UInt16, _ next: UInt16) throws {
+        let d = table + UInt64(i) * 16
+        try memory.write(address, at: d); try memory.write(length, at: d + 8)
+        try memory.write(flags, at: d + 12); try memory.write(next, at: d + 14)
+    }
+
+    /// Posts `count` requests (3 descriptors each) of `bytes` at consecutive sectors.
+    mutating func post(count: Int, type: UInt32, bytes: Int, firstSector: UInt64) throws {
+        for r in 0..<count {
+            let head = UInt16((r * 3) % Int(size))
+            let header = headers + UInt64(r) * 16
+            try memory.write(type, at: header)
+            try memory.write(firstSector + UInt64(r * bytes / 512), at: header + 8)
+            try descriptor(head, header, 16, 1, head + 1)
+            try descriptor(head + 1, data + UInt64(r * bytes), UInt32(bytes), type == 0 ? 3 : 1, head + 2)
+            try descriptor(head + 2, statuses + UInt64(r), 1, 2, 0)
+            try memory.write(head, at: avail + 4 + 2 * UInt64(availIndex % size))
+            availIndex &+= 1
+        }
+        try memory.write(availIndex, at: avail + 2)
+    }
+}
+
+func benchBlock(type: UInt32, bytes: Int, seconds: Double) throws -> (nsPerRequest: Double, mibPerSecond: Double) {
+    let path = "/tmp/kiln-bench-\(getpid()).img"
+    let imageSize = 256 << 20
+    let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
+    ftruncate(fd, off_t(imageSize))
+    var chunk = [UInt8](repeating: 0x5A, count: 1 << 20)
+    for o in stride(from: 0, to: imageSize, by: chunk.count) { _ = pwrite(fd, &chunk, chunk.count, off_t(o)) } // in page cache
+    close(fd)
+    defer { unlink(path) }
+
+    let memory = try GuestMemory(layout: [(0, 64 << 20)])
+    let block = try VirtioBlock(path: path, readOnly: false, serial: "bench")
+    var driver = Driver(memory: memory)
+    block.activate(queues: [driver.queue], context: VirtioContext(memory: memory, features: block.features,
+                                                                   interrupt: {}, fail: { print("failed: \($0)") },
+                                                                   events: NoEvents()))
+    let batch = 64 // requests per notification
+    let span = UInt64(imageSize / 512) - UInt64(batch * bytes / 512)
+    var requests = 0
+    var sector: UInt64 = 0
+    let start = now()
+    var elapsed = 0.0
+    while elapsed < seconds {
+        try driver.post(count: batch, type: type, bytes: bytes, firstSector: sector)
+        block.process(queue: 0)
+        requests += batch
+        sector = (sector + UInt64(batch * bytes / 512)) % span
+        elapsed = now() - start
+    }
+    return (elapsed / Double(requests) * 1e9, Double(requests * bytes) / elapsed / Double(1 << 20))
+}
+
+print("| virtio-blk host path (fake guest memory, image in page cache) | ns/request | MiB/s |")
+print("|---|---:|---:|")
+for (name, type, bytes) in [("read 4 KiB", UInt32(0), 4096), ("write 4 KiB", 1, 4096), ("read 64 KiB", 0, 65536), ("write 64 KiB", 1, 65536)] {
+    let r = try benchBlock(type: type, bytes: bytes, seconds: 2)
+    print("| \(name) | \(Int(r.nsPerRequest)) | \(Int(r.mibPerSecond)) |")
+}
