@@ -38,6 +38,18 @@ public final class Machine: Sendable {
             do { initrd = try FileImage(path: path) } catch { throw .initrd(path: path, error) }
         } else { initrd = nil }
 
+        // Guest memory first, so the kernel and initrd can be copied in on a loader thread
+        // while this thread makes the VM (the two take similar time).
+        let layout = Layout.ramRegions(size: UInt64(config.memoryMiB) << 20)
+        do { memory = try GuestMemory(layout: layout.map { ($0.base, Int($0.size)) }) }
+        catch { throw MachineError.memory(error) }
+        let request = BootRequest(kernel: kernel, initrd: initrd, cmdline: config.effectiveCmdline,
+                                  cpus: config.cpus, preferredProtocol: config.bootProtocol)
+        let load = LoadResult()
+        let memory = self.memory
+        let loader = try? Thread.spawn(name: "kiln-loader") { load.run(request, into: memory) }
+        if loader == nil { load.run(request, into: memory) }
+
         do {
             let system = try KVMSystem()
             BootTrace.mark("kvm-opened")
@@ -46,21 +58,11 @@ public final class Machine: Sendable {
             try vm.setSystemPages(tss: Layout.kvmTSS, identityMap: Layout.kvmIdentityMap)
             try vm.createInterruptControllers()
             BootTrace.mark("irqchip-created")
-
-            let layout = Layout.ramRegions(size: UInt64(config.memoryMiB) << 20)
-            do { memory = try GuestMemory(layout: layout.map { ($0.base, Int($0.size)) }) }
-            catch { throw MachineError.memory(error) }
             for (slot, region) in memory.regions.enumerated() {
                 try vm.setMemoryRegion(slot: UInt32(slot), guestBase: region.guestBase, size: region.size,
                                        hostAddress: region.hostAddress)
             }
-
-            let request = BootRequest(kernel: kernel, initrd: initrd, cmdline: config.effectiveCmdline,
-                                      cpus: config.cpus, preferredProtocol: config.bootProtocol)
-            BootTrace.mark("memory-mapped")
-            do { loaded = try Loader.load(request, into: memory) }
-            catch { throw MachineError.kernel(path: config.kernelPath, error) }
-            BootTrace.mark("kernel-loaded")
+            BootTrace.mark("memory-registered")
 
             let supported = try system.supportedCPUID()
             BootTrace.mark("cpuid-read")
@@ -69,7 +71,6 @@ public final class Machine: Sendable {
                 let vcpu = try vm.createVCPU(id: id)
                 try VCPUSetup.configure(vcpu, cpuid: CPUProfile.entries(from: supported, vcpu: id, cpus: config.cpus,
                                                                                  profile: config.hostProfile))
-                if id == 0 { try VCPUSetup.enter(vcpu, loaded.entry) }
                 vcpus.append(vcpu)
             }
             self.vcpus = vcpus
@@ -110,13 +111,21 @@ public final class Machine: Sendable {
             virtio = transports
             self.mmio = mmio
             eventFDs = fds
+            loader?.join()
+            loaded = try load.result(kernelPath: config.kernelPath)
+            BootTrace.mark("kernel-loaded")
+            try VCPUSetup.enter(vcpus[0], loaded.entry)
         } catch let error as MachineError {
+            loader?.join() // never leave the loader writing into memory that is going away
             throw error
         } catch let error as KVMError {
+            loader?.join()
             throw .kvm(error)
         } catch let error as Errno {
+            loader?.join()
             throw .system(error)
         } catch {
+            loader?.join()
             throw .config("\(error)")
         }
 
@@ -198,6 +207,24 @@ public final class Machine: Sendable {
             case .shutdown, .internalError, .failEntry, .malformed, .unknown:
                 stop(.failed(Diagnostics.describe(exit, vcpu: vcpu, memory: memory)))
             }
+        }
+    }
+}
+
+/// The outcome of loading the kernel on the loader thread.
+final class LoadResult: Sendable {
+    private let slot = Mutex<Result<LoadedKernel, BootError>?>(nil)
+
+    func run(_ request: BootRequest, into memory: GuestMemory) {
+        let r = Result { () throws(BootError) in try Loader.load(request, into: memory) }
+        slot.withLock { $0 = r }
+    }
+
+    func result(kernelPath: String) throws(MachineError) -> LoadedKernel {
+        switch slot.withLock({ $0 }) {
+        case .success(let loaded)?: return loaded
+        case .failure(let error)?: throw .kernel(path: kernelPath, error)
+        case nil: throw .config("the kernel loader did not finish")
         }
     }
 }
