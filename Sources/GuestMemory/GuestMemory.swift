@@ -32,7 +32,7 @@ public struct MemoryRegion: Sendable {
     public var guestEnd: UInt64 { guestBase + UInt64(size) }
 
     func contains(_ address: UInt64, _ count: Int) -> Bool {
-        address >= guestBase && count >= 0 && UInt64(count) <= guestEnd - address && address <= guestEnd
+        address >= guestBase && address <= guestEnd && count >= 0 && UInt64(count) <= guestEnd - address
     }
 }
 
