@@ -30,6 +30,6 @@ let package = Package(
         .testTarget(name: "BootTests", dependencies: ["Boot", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
-        .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport"], swiftSettings: strict),
+        .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport", "LinuxSys"], swiftSettings: strict),
     ]
 )
