@@ -22,3 +22,6 @@ void kiln_set_thread_name(const char *name) { pthread_setname_np(pthread_self(),
 
 #include <unistd.h>
 int kiln_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+
+#include <sys/socket.h>
+int kiln_accept_nonblocking(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }

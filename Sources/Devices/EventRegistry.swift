@@ -5,6 +5,9 @@ import LinuxSys
 public protocol EventRegistry: AnyObject, Sendable {
     /// Runs `handler` on the device thread whenever `fd` is readable.
     func watch(_ fd: Int32, _ handler: @escaping @Sendable () -> Void) throws(Errno)
+    /// Changes what wakes `fd`'s handler (it runs on either); with neither, `fd` is parked,
+    /// not even woken by a hang-up, until interest returns.
+    func setInterest(_ fd: Int32, readable: Bool, writable: Bool)
     /// Stops watching `fd` (before the device closes it).
     func unwatch(_ fd: Int32)
 }

@@ -8,7 +8,13 @@ import Synchronization
 /// their handlers, so device work stays off the vCPU threads.
 final class EventLoop: EventRegistry {
     private let epoll: Int32
-    private let handlers = Mutex<[Int32: @Sendable () -> Void]>([:])
+    private let handlers = Mutex<[Int32: Watch]>([:])
+
+    struct Watch {
+        let handler: @Sendable () -> Void
+        /// The epoll events asked for; 0 means the fd is out of the epoll set (parked).
+        var events: UInt32
+    }
 
     init() throws(Errno) {
         epoll = try once("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
@@ -16,13 +22,27 @@ final class EventLoop: EventRegistry {
 
     deinit { Glibc.close(epoll) }
 
-    /// Runs `handler` on the loop thread whenever `fd` is readable (level-triggered).
+    /// Runs `handler` on the loop thread whenever `fd` is readable (level-triggered) until `setInterest` changes that.
     func watch(_ fd: Int32, _ handler: @escaping @Sendable () -> Void) throws(Errno) {
-        handlers.withLock { $0[fd] = handler }
+        handlers.withLock { $0[fd] = Watch(handler: handler, events: EPOLLIN.rawValue) }
         var event = epoll_event()
         event.events = EPOLLIN.rawValue
         event.data.fd = fd
         _ = try once("epoll_ctl") { epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) }
+    }
+
+    func setInterest(_ fd: Int32, readable: Bool, writable: Bool) {
+        let wanted = (readable ? EPOLLIN.rawValue : 0) | (writable ? EPOLLOUT.rawValue : 0)
+        handlers.withLock { table in
+            guard let old = table[fd]?.events, old != wanted else { return }
+            table[fd]?.events = wanted
+            var event = epoll_event()
+            event.events = wanted
+            event.data.fd = fd
+            // Parking removes the fd from the set: epoll reports a hang-up even with no events asked for.
+            if wanted == 0 { epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil) }
+            else { epoll_ctl(epoll, old == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &event) }
+        }
     }
 
     func unwatch(_ fd: Int32) {
@@ -43,7 +63,7 @@ final class EventLoop: EventRegistry {
             for i in 0..<Int(n) {
                 let fd = events[i].data.fd
                 if fd == stop { return }
-                if let handler = handlers.withLock({ $0[fd] }) { handler() }
+                if let watch = handlers.withLock({ $0[fd] }), watch.events != 0 { watch.handler() }
             }
         }
     }

@@ -170,6 +170,7 @@ public final class Machine: Sendable {
         stopEvent.signal()
         consoleThread?.join()
         deviceThread?.join()
+        for transport in virtio { transport.device.shutdown() }
         console.restore()
         return lifecycle.outcome ?? .failed("all vCPUs stopped without a reason")
     }

@@ -16,6 +16,16 @@ public struct MachineConfig: Sendable {
     public var consoleOutput: Int32
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     public var disks: [Disk] = []
+    /// virtio-vsock, after the disks.
+    public var vsock: Vsock?
+
+    public struct Vsock: Sendable, Equatable {
+        /// The Unix socket Kiln listens on; guest connections to port P go to `path_P`.
+        public var path: String
+        public var guestCID: UInt64
+        public static let defaultGuestCID: UInt64 = 3
+        public init(path: String, guestCID: UInt64 = Vsock.defaultGuestCID) { self.path = path; self.guestCID = guestCID }
+    }
 
     public struct Disk: Sendable, Equatable {
         public var path: String
@@ -63,7 +73,7 @@ public struct MachineConfig: Sendable {
 
     /// Every virtio device in slot order: disks first (vda, vdb, ...), then the others.
     public var virtioDevices: [VirtioDeviceSpec] {
-        disks.map { .block($0) }
+        disks.map { .block($0) } + (vsock.map { [.vsock(path: $0.path, cid: $0.guestCID)] } ?? [])
     }
 
     /// virtio-mmio devices are declared to the guest on its command line (no ACPI, no device tree).

@@ -16,6 +16,9 @@ let usage = """
       --host-profile NAME    auto, kvm or emulated-cpl0 (default auto: detected)
       --boot-protocol NAME   pvh or linux64 (default: pvh when the kernel has the note)
       --disk PATH[,ro]       a raw disk image as virtio-blk (repeatable: vda, vdb, ...)
+      --vsock PATH           virtio-vsock, guest CID 3: host programs connect to the Unix socket
+                             PATH and write "CONNECT <port>\\n"; guest connections to CID 2
+                             port P go to the Unix socket PATH_P (see docs/vsock.md)
 
     The guest's console is on stdin/stdout. Kiln exits 0 when the guest shuts down
     (e.g. `reboot -f` under reboot=k), non-zero with a reason otherwise. On a terminal,
@@ -31,7 +34,7 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
     let parsed: Arguments
     let cpus: Int, memory: Int
     do {
-        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk"],
+        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "vsock"],
                                flags: [])
         cpus = try parsed.int("cpus", default: 1)
         memory = try parsed.int("memory", default: 256)
@@ -73,6 +76,10 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
                                cmdline: parsed.string("cmdline") ?? MachineConfig.defaultCmdline,
                                cpus: cpus, memoryMiB: memory, hostProfile: profile, bootProtocol: bootProtocol)
     config.disks = disks
+    if let path = parsed.string("vsock") {
+        guard !path.isEmpty else { fail("--vsock takes a socket PATH", code: 2) }
+        config.vsock = MachineConfig.Vsock(path: path)
+    }
     let machine: Machine
     do { machine = try Machine(config) } catch { fail(error.description) }
     switch machine.run() {

@@ -14,6 +14,9 @@ import Testing
         #expect(throws: GuestMemoryError.outOfRange(address: 0xFFE, count: 4)) {
             try mem.write(UInt32(1), at: 0xFFE)
         }
+        // An address past every region's end is refused (it once trapped on unsigned underflow).
+        #expect(!mem.contains(0xFFFF_0000, count: 44))
+        #expect(throws: GuestMemoryError.self) { try mem.read(UInt64.self, at: 0xFFFF_FFFF_FFFF_0000) }
         // A range spanning the gap between two regions is refused too.
         #expect(throws: GuestMemoryError.self) { try mem.read(0x10000, at: 0x800) }
         #expect(throws: GuestMemoryError.self) { try mem.read(1, at: 0x11000) }

@@ -22,6 +22,9 @@ int kiln_sigrtmin(void);
 
 int kiln_pipe2(int fds[2], int flags);
 
+// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC (GNU-only, hidden from Swift).
+int kiln_accept_nonblocking(int fd);
+
 // Gives the calling thread a name visible in /proc (at most 15 bytes).
 void kiln_set_thread_name(const char *name);
 

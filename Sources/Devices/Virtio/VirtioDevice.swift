@@ -56,9 +56,13 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func process(queue index: Int)
     /// The driver reset the device: drop the queues and any in-flight state.
     func reset()
+    /// The VM ended: release host resources (sockets, files the device created).
+    func shutdown()
 }
 
 extension VirtioDevice {
+    public func shutdown() {}
+
     /// Serves a read of a little-endian config space image.
     public func serveConfig(_ bytes: [UInt8], offset: Int, into data: UnsafeMutableRawBufferPointer) {
         for i in data.indices {
