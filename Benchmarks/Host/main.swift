@@ -7,11 +7,6 @@ import LinuxSys
 // depend on the guest kernel (which this project's CI hosts run in an emulator).
 //   swift run -c release kiln-bench
 
-final class NoEvents: EventRegistry {
-    func watch(_ fd: Int32, _ handler: @escaping @Sendable () -> Void) throws(Errno) {}
-    func unwatch(_ fd: Int32) {}
-}
-
 func now() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -72,7 +67,7 @@ func benchBlock(type: UInt32, bytes: Int, seconds: Double) throws -> (nsPerReque
     var driver = Driver(memory: memory)
     block.activate(queues: [driver.queue], context: VirtioContext(memory: memory, features: block.features,
                                                                    interrupt: {}, fail: { print("failed: \($0)") },
-                                                                   events: NoEvents()))
+                                                                   events: NoEventLoop()))
     let batch = 64 // requests per notification
     let span = UInt64(imageSize / 512) - UInt64(batch * bytes / 512)
     var requests = 0

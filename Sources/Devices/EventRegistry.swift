@@ -11,3 +11,12 @@ public protocol EventRegistry: AnyObject, Sendable {
     /// Stops watching `fd` (before the device closes it).
     func unwatch(_ fd: Int32)
 }
+
+/// A registry that watches nothing: for driving a device directly (tests, benchmarks, fuzzing)
+/// where no backend file descriptor needs a device thread.
+public final class NoEventLoop: EventRegistry {
+    public init() {}
+    public func watch(_ fd: Int32, _ handler: @escaping @Sendable () -> Void) throws(Errno) {}
+    public func setInterest(_ fd: Int32, readable: Bool, writable: Bool) {}
+    public func unwatch(_ fd: Int32) {}
+}

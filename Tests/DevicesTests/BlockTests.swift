@@ -5,12 +5,6 @@ import Synchronization
 import Testing
 @testable import Devices
 
-/// An event registry for tests: devices that register backends get them recorded.
-final class NoEvents: EventRegistry {
-    func watch(_ fd: Int32, _ handler: @escaping @Sendable () -> Void) throws(Errno) {}
-    func unwatch(_ fd: Int32) {}
-}
-
 final class Signals: Sendable {
     let interrupts = Atomic<Int>(0)
     let failures = Mutex<[String]>([])
@@ -37,7 +31,7 @@ func makeImage(sectors: Int, name: String) -> String {
         block.activate(queues: [driver.queue()], context: VirtioContext(
             memory: driver.memory, features: block.features,
             interrupt: { signals.interrupts.add(1, ordering: .relaxed) },
-            fail: { reason in signals.failures.withLock { $0.append(reason) } }, events: NoEvents()))
+            fail: { reason in signals.failures.withLock { $0.append(reason) } }, events: NoEventLoop()))
         return (block, driver, signals)
     }
 

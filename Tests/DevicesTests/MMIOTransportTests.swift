@@ -26,7 +26,7 @@ final class RecordingDevice: VirtioDevice {
 
     init() throws {
         memory = try GuestMemory(layout: [(0, 1 << 20)])
-        transport = VirtioMMIOTransport(device: device, memory: memory, events: NoEvents(), interrupt: {})
+        transport = VirtioMMIOTransport(device: device, memory: memory, events: NoEventLoop(), interrupt: {})
     }
 
     func r(_ offset: UInt64) -> UInt32 {

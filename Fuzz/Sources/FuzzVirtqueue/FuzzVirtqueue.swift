@@ -5,11 +5,6 @@ import LinuxSys
 
 /// Fuzzes the split virtqueue and the virtio-blk request path: the input becomes the whole
 /// of a small guest memory (rings, descriptors, headers), as a hostile guest could write it.
-final class NoEvents: EventRegistry {
-    func watch(_ fd: Int32, _ handler: @escaping @Sendable () -> Void) throws(Errno) {}
-    func unwatch(_ fd: Int32) {}
-}
-
 let memorySize = 64 << 10
 nonisolated(unsafe) var memory: GuestMemory! = nil
 nonisolated(unsafe) var block: VirtioBlock! = nil
@@ -37,7 +32,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     q.ready = q.validate(memory)
     guard q.ready else { return 0 }
     block.activate(queues: [q], context: VirtioContext(memory: memory, features: block.features,
-                                                       interrupt: {}, fail: { _ in }, events: NoEvents()))
+                                                       interrupt: {}, fail: { _ in }, events: NoEventLoop()))
     block.process(queue: 0)
     block.reset()
     return 0
