@@ -27,9 +27,10 @@ import Testing
         try kiln.waitForLine("KILN-INIT-READY", seconds: Self.bootSeconds)
         kiln.send("echo $((6 * 7))-from-guest\n")
         try kiln.waitForLine("42-from-guest", seconds: 120)
-        // Both vCPUs came up through the MP table.
-        kiln.send("echo cpus-$(grep -c ^processor /proc/cpuinfo)\n")
-        try kiln.waitForLine("cpus-2", seconds: 120)
+        // Both vCPUs came up through the MP table. (No `$(...)`: a fork without exec can crash
+        // on emulated-CPL0 hosts, see host-kvm.md.)
+        kiln.send("grep -c ^processor /proc/cpuinfo\n")
+        try kiln.waitForLine("2", seconds: 120)
         kiln.send("reboot -f\n")
         #expect(try kiln.wait(seconds: 120) == 0, "stderr: \(kiln.errorOutput)")
     }
