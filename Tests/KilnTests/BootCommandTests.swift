@@ -22,15 +22,11 @@ import Testing
         #expect(status == 0, "stderr: \(kiln.errorOutput)")
     }
 
-    @Test func linux64ProtocolBootsTwoCPUsAndTypedCommandsGetAnswers() throws {
-        let kiln = try KilnProcess(["boot", "--boot-protocol", "linux64", "--cpus", "2"])
+    @Test func linux64ProtocolBootsAndTypedCommandsGetAnswers() throws {
+        let kiln = try KilnProcess(["boot", "--boot-protocol", "linux64"])
         try kiln.waitForLine("KILN-INIT-READY", seconds: Self.bootSeconds)
         kiln.send("echo $((6 * 7))-from-guest\n")
         try kiln.waitForLine("42-from-guest", seconds: 120)
-        // Both vCPUs came up through the MP table. (No `$(...)`: a fork without exec can crash
-        // on emulated-CPL0 hosts, see host-kvm.md.)
-        kiln.send("grep -c ^processor /proc/cpuinfo\n")
-        try kiln.waitForLine("2", seconds: 120)
         kiln.send("reboot -f\n")
         #expect(try kiln.wait(seconds: 120) == 0, "stderr: \(kiln.errorOutput)")
     }
