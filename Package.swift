@@ -11,6 +11,7 @@ let package = Package(
     products: [
         .executable(name: "kiln", targets: ["kiln"]),
         .library(name: "VMM", targets: ["VMM"]),
+        .library(name: "AgentProtocol", targets: ["AgentProtocol"]),
     ],
     targets: [
         .target(name: "CLinux"),
@@ -20,6 +21,7 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CKVM", "CLinux", "LinuxSys"], swiftSettings: strict),
         .target(name: "Boot", dependencies: ["GuestMemory"], swiftSettings: strict),
         .target(name: "Devices", dependencies: ["GuestMemory", "LinuxSys"], swiftSettings: strict),
+        .target(name: "AgentProtocol", swiftSettings: strict),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys"], swiftSettings: strict),
         // Release builds are fully static: no dynamic loader relocations touching every page of the
         // Swift runtime, which keeps the VMM's own resident memory near 4 MiB instead of 10.
@@ -34,6 +36,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM"], swiftSettings: strict),
         .testTarget(name: "BootTests", dependencies: ["Boot", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"], swiftSettings: strict),
+        .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport", "LinuxSys"], swiftSettings: strict),
     ]

@@ -14,5 +14,7 @@ let package = Package(
                           swiftSettings: fuzz),
         .executableTarget(name: "FuzzBoot", dependencies: [.product(name: "VMM", package: "Kiln")],
                           swiftSettings: fuzz),
+        .executableTarget(name: "FuzzAgentProtocol", dependencies: [.product(name: "AgentProtocol", package: "Kiln")],
+                          swiftSettings: fuzz),
     ]
 )

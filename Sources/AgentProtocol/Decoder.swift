@@ -1,0 +1,278 @@
+/// Turns a byte stream from one peer into frames. Feed it chunks split anywhere; take frames
+/// out with `next()`. Each payload byte is copied once, from the fed chunk into the frame's
+/// payload array, which a data frame then hands over as its `[UInt8]` without another copy.
+///
+/// The first violation stops the decoder: frames decoded before it are still returned by
+/// `next()`, then `next()` throws the error, and keeps throwing it. The caller sends
+/// `error.frame` (unless the error is `.remote`) and closes the connection.
+public struct FrameDecoder: Sendable {
+    /// Whose frames this decoder reads: a type only the other side may send is `.unexpected`.
+    public let sender: Side
+    public let maxPayload: Int
+
+    private var header: [UInt8] = []
+    private var current: (type: MessageType, length: Int, stream: UInt32)?
+    private var payload: [UInt8] = []
+    private var ready: [Frame] = []
+    private var readyIndex = 0
+    private var failure: ProtocolError?
+
+    public init(from sender: Side, maxPayload: Int = Wire.maxPayload) {
+        precondition(maxPayload <= Wire.maxPayload)
+        self.sender = sender
+        self.maxPayload = maxPayload
+        header.reserveCapacity(Wire.headerSize)
+    }
+
+    /// Consumes all of `bytes`. Never throws: errors surface from `next()` in stream order.
+    public mutating func feed(_ bytes: UnsafeRawBufferPointer) {
+        let input = bytes.assumingMemoryBound(to: UInt8.self)
+        var i = 0
+        while i < input.count, failure == nil {
+            if let frame = current {
+                let n = min(frame.length - payload.count, input.count - i)
+                payload.append(contentsOf: UnsafeBufferPointer(rebasing: input[i..<(i + n)]))
+                i += n
+                if payload.count == frame.length { complete() }
+            } else {
+                let n = min(Wire.headerSize - header.count, input.count - i)
+                header.append(contentsOf: UnsafeBufferPointer(rebasing: input[i..<(i + n)]))
+                i += n
+                if header.count == Wire.headerSize { begin() }
+            }
+        }
+    }
+
+    public mutating func feed(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { feed($0) }
+    }
+
+    public mutating func feed(_ bytes: ArraySlice<UInt8>) {
+        bytes.withUnsafeBytes { feed($0) }
+    }
+
+    /// The next complete frame, nil if more bytes are needed.
+    public mutating func next() throws(ProtocolError) -> Frame? {
+        if readyIndex < ready.count {
+            let frame = ready[readyIndex]
+            readyIndex += 1
+            if readyIndex == ready.count {
+                ready.removeAll(keepingCapacity: true)
+                readyIndex = 0
+            }
+            return frame
+        }
+        if let failure { throw failure }
+        return nil
+    }
+
+    /// Call when the peer closed the connection: throws if it closed inside a frame.
+    public func finish() throws(ProtocolError) {
+        if let failure { throw failure }
+        if let frame = current { throw .truncated(frame.type) }
+        if !header.isEmpty { throw .endedInsideHeader(count: header.count) }
+    }
+
+    private mutating func begin() {
+        let h = header.withUnsafeBytes { FrameHeader(from: $0) }
+        header.removeAll(keepingCapacity: true)
+        guard let type = MessageType(rawValue: h.type) else { return fail(.unknownType(h.type)) }
+        guard h.flags == 0, h.reserved == 0 else { return fail(.reservedBits(type)) }
+        guard type.isConnection == (h.stream == 0) else { return fail(.wrongStream(type, stream: h.stream)) }
+        if let only = type.sender, only != sender { return fail(.unexpected(type)) }
+        guard h.length <= maxPayload else { return fail(.oversized(length: Int(h.length), limit: maxPayload)) }
+        let length = Int(h.length)
+        if type.isData {
+            guard length > 0 else { return fail(.invalidValue(type, field: "empty payload")) }
+            payload = []
+            payload.reserveCapacity(length)
+        }
+        current = (type, length, h.stream)
+        if length == 0 { complete() }
+    }
+
+    private mutating func complete() {
+        guard let frame = current else { return }
+        current = nil
+        if frame.type.isData {
+            var data: [UInt8] = []
+            swap(&data, &payload)
+            let message: Message = switch frame.type {
+            case .stdin: .stdin(data)
+            case .stdout: .stdout(data)
+            case .stderr: .stderr(data)
+            default: .fileData(data)
+            }
+            ready.append(Frame(stream: frame.stream, message))
+            return
+        }
+        do throws(ProtocolError) {
+            var reader = PayloadReader(payload, type: frame.type)
+            let message = try reader.message(from: sender)
+            try reader.end()
+            ready.append(Frame(stream: frame.stream, message))
+        } catch {
+            fail(error)
+        }
+        payload.removeAll(keepingCapacity: true)
+    }
+
+    private mutating func fail(_ error: ProtocolError) {
+        failure = error
+        current = nil
+        payload = []
+    }
+}
+
+/// Reads the fields of one control payload; every read checks the bytes left.
+struct PayloadReader {
+    let bytes: [UInt8]
+    let type: MessageType
+    var offset = 0
+
+    init(_ bytes: [UInt8], type: MessageType) {
+        self.bytes = bytes
+        self.type = type
+    }
+
+    var remaining: Int { bytes.count - offset }
+
+    mutating func int<T: FixedWidthInteger>(_: T.Type = T.self) throws(ProtocolError) -> T {
+        let size = MemoryLayout<T>.size
+        guard remaining >= size else { throw .truncated(type) }
+        let value = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: T.self) }
+        offset += size
+        return T(littleEndian: value)
+    }
+
+    mutating func string() throws(ProtocolError) -> String {
+        let count = Int(try int(UInt32.self))
+        guard remaining >= count else { throw .truncated(type) }
+        guard let s = String(validating: bytes[offset..<(offset + count)], as: UTF8.self) else {
+            throw .invalidUTF8(type)
+        }
+        offset += count
+        return s
+    }
+
+    /// A list's element count, checked against the bytes left so that a huge count cannot make
+    /// the caller reserve memory the payload could never fill.
+    mutating func count(elementSize: Int) throws(ProtocolError) -> Int {
+        let count = Int(try int(UInt32.self))
+        guard count <= remaining / elementSize else { throw .truncated(type) }
+        return count
+    }
+
+    mutating func strings() throws(ProtocolError) -> [String] {
+        let n = try count(elementSize: 4)
+        var list: [String] = []
+        list.reserveCapacity(n)
+        for _ in 0..<n { list.append(try string()) }
+        return list
+    }
+
+    mutating func version() throws(ProtocolError) -> Version {
+        Version(major: try int(), minor: try int())
+    }
+
+    mutating func windowSize() throws(ProtocolError) -> WindowSize {
+        WindowSize(rows: try int(), columns: try int())
+    }
+
+    func end() throws(ProtocolError) {
+        guard remaining == 0 else { throw .trailingBytes(type, count: remaining) }
+    }
+
+    mutating func message(from sender: Side) throws(ProtocolError) -> Message {
+        switch type {
+        case .hello:
+            let magic: UInt32 = try int()
+            guard magic == Wire.magic else { throw .badMagic(magic) }
+            return .hello(Hello(version: try version(), software: try string()))
+        case .helloAck:
+            let magic: UInt32 = try int()
+            guard magic == Wire.magic else { throw .badMagic(magic) }
+            return .helloAck(HelloAck(version: try version(), software: try string(),
+                                      capabilities: Capabilities(rawValue: try int())))
+        case .ping:
+            return .ping(nonce: try int())
+        case .pong:
+            return .pong(Pong(nonce: try int(), uptimeMillis: try int(), processes: try int()))
+        case .shutdown:
+            return .shutdown(graceMillis: try int())
+        case .protocolError:
+            return .protocolError(code: try int(), message: try string())
+        case .exec:
+            let argv = try strings()
+            let environment = try strings()
+            let directory = try string()
+            let uid: UInt32 = try int()
+            let gid: UInt32 = try int()
+            let n = try count(elementSize: 4)
+            var groups: [UInt32] = []
+            groups.reserveCapacity(n)
+            for _ in 0..<n { groups.append(try int()) }
+            let pty: WindowSize? = switch try int(UInt8.self) {
+            case 0: nil
+            case 1: try windowSize()
+            default: throw .invalidValue(.exec, field: "pty presence byte")
+            }
+            return .exec(Exec(argv: argv, environment: environment, workingDirectory: directory,
+                              uid: uid, gid: gid, groups: groups, pty: pty, timeoutMillis: try int()))
+        case .started:
+            return .started(pid: try int())
+        case .failure:
+            return .failure(Failure(errno: try int(), message: try string()))
+        case .credit:
+            guard let channel = Channel(rawValue: try int()) else { throw .invalidValue(.credit, field: "channel") }
+            // Credit comes from the receiver of the channel's data.
+            let granted: Bool = switch channel {
+            case .stdin: sender == .agent
+            case .stdout, .stderr: sender == .host
+            case .file: true
+            }
+            guard granted else { throw .invalidValue(.credit, field: "channel") }
+            return .credit(channel, bytes: try int())
+        case .resize:
+            return .resize(try windowSize())
+        case .signal:
+            let signal: Int32 = try int()
+            guard Message.signals.contains(signal) else { throw .invalidValue(.signal, field: "signal number") }
+            return .signal(signal)
+        case .exit:
+            let kind: UInt8 = try int()
+            let value: Int32 = try int()
+            let flags: UInt8 = try int()
+            guard flags & ~3 == 0 else { throw .reservedBits(.exit) }
+            let termination: ExitStatus.Termination = switch kind {
+            case 0: .exited(code: value)
+            case 1: .signaled(signal: value)
+            default: throw .invalidValue(.exit, field: "termination kind")
+            }
+            return .exit(ExitStatus(termination, coreDumped: flags & 1 != 0, timedOut: flags & 2 != 0))
+        case .writeFile:
+            let path = try string()
+            let mode: UInt32 = try int()
+            guard mode & ~0o7777 == 0 else { throw .invalidValue(.writeFile, field: "mode") }
+            let uid: UInt32 = try int()
+            let gid: UInt32 = try int()
+            let options = WriteFile.Options(rawValue: try int())
+            guard WriteFile.Options.known.isSuperset(of: options) else { throw .reservedBits(.writeFile) }
+            return .writeFile(WriteFile(path: path, mode: mode, uid: uid, gid: gid, options: options))
+        case .readFile:
+            return .readFile(path: try string())
+        case .fileInfo:
+            return .fileInfo(FileInfo(mode: try int(), size: try int(), uid: try int(), gid: try int()))
+        case .fileWritten:
+            return .fileWritten(bytes: try int())
+        case .stdinClose:
+            return .stdinClose
+        case .fileEnd:
+            return .fileEnd
+        case .cancel:
+            return .cancel
+        case .stdin, .stdout, .stderr, .fileData:
+            preconditionFailure("data frames do not go through PayloadReader")
+        }
+    }
+}
