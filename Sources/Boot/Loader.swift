@@ -96,11 +96,13 @@ public enum Loader {
             var load = bz.preferredAddress
             if !bz.relocatable || load < Layout.highMemory { load = max(load, Layout.defaultKernelLoad) }
             let payload = request.kernel.size - bz.kernelOffset
-            guard load + UInt64(bz.initSize) <= lowRAMEnd else {
-                throw .doesNotFit("kernel needs memory up to \(mib(load + UInt64(bz.initSize))) MiB, guest has \(mib(lowRAMEnd)) MiB below the MMIO hole")
+            let (end, overflow) = load.addingReportingOverflow(UInt64(bz.initSize))
+            guard !overflow else { throw .malformed("preferred load address 0x\(String(load, radix: 16)) overflows") }
+            guard end <= lowRAMEnd else {
+                throw .doesNotFit("kernel needs memory up to \(mib(end)) MiB, guest has \(mib(lowRAMEnd)) MiB below the MMIO hole")
             }
             try request.kernel.copy(at: bz.kernelOffset, count: payload, into: memory, address: load)
-            kernelEnd = load + UInt64(bz.initSize)
+            kernelEnd = end
             rip = load + 0x200 // 64-bit entry: startup_64 of the decompressor
             zeroPage = ZeroPage(header: bz.header)
             if bz.version >= 0x0206, bz.cmdlineSize > 0 { cmdlineLimit = Int(min(bz.cmdlineSize, UInt32(Layout.cmdlineMax - 1))) + 1 }

@@ -118,6 +118,16 @@ import Testing
         }
     }
 
+    @Test func bzImageWithAnOverflowingLoadAddressIsRefused() throws {
+        // Found by Fuzz/run.sh FuzzBoot: pref_address near 2^64 made load + init_size trap.
+        let mem = try memory()
+        var image = TinyKernels.bzImage(payload: TinyKernels.bzPayload(code: code))
+        image.replaceSubrange(0x258..<0x260, with: TinyKernels.le64(0xFFFF_FFFF_FFFF_FF00))
+        #expect(throws: BootError.malformed("preferred load address 0xffffffffffffff00 overflows")) {
+            _ = try Loader.load(BootRequest(kernel: ByteImage(image), cmdline: ""), into: mem)
+        }
+    }
+
     @Test func mpTableChecksumsAndEntries() {
         for cpus in [1, 2, 8, 32] {
             let table = MPTable.build(cpus: cpus, at: Layout.mpTable)
