@@ -169,5 +169,6 @@ public enum Loader {
         return LoadedKernel(format: format, bootProtocol: proto, entry: entry, kernelEnd: kernelEnd, initrd: initrd)
     }
 
-    static func mib(_ bytes: UInt64) -> UInt64 { (bytes + (1 << 20) - 1) >> 20 }
+    /// Bytes in MiB, rounded up (never overflows, even for addresses near 2^64).
+    static func mib(_ bytes: UInt64) -> UInt64 { bytes >> 20 + (bytes & 0xF_FFFF == 0 ? 0 : 1) }
 }

@@ -128,6 +128,15 @@ import Testing
         }
     }
 
+    @Test func elfSegmentEndingNearTheTopOfTheAddressSpaceIsRefused() throws {
+        // Found by FuzzBoot: reporting the size of such a segment in MiB overflowed.
+        let mem = try memory()
+        var image = TinyKernels.elf(code: code)
+        image.replaceSubrange(64 + 24..<64 + 32, with: TinyKernels.le64(UInt64.max - 0x10_0000)) // p_paddr
+        #expect(throws: BootError.self) { _ = try Loader.load(BootRequest(kernel: ByteImage(image), cmdline: ""), into: mem) }
+        #expect(Loader.mib(UInt64.max) == 1 << 44)
+    }
+
     @Test func mpTableChecksumsAndEntries() {
         for cpus in [1, 2, 8, 32] {
             let table = MPTable.build(cpus: cpus, at: Layout.mpTable)
