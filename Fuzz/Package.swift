@@ -10,11 +10,12 @@ let package = Package(
     name: "KilnFuzz",
     dependencies: [.package(name: "Kiln", path: "..")],
     targets: [
-        .executableTarget(name: "FuzzVirtqueue", dependencies: [.product(name: "VMM", package: "Kiln")],
+        .target(name: "FuzzSupport"),
+        .executableTarget(name: "FuzzVirtqueue", dependencies: ["FuzzSupport", .product(name: "VMM", package: "Kiln")],
                           swiftSettings: fuzz),
-        .executableTarget(name: "FuzzBoot", dependencies: [.product(name: "VMM", package: "Kiln")],
+        .executableTarget(name: "FuzzBoot", dependencies: ["FuzzSupport", .product(name: "VMM", package: "Kiln")],
                           swiftSettings: fuzz),
-        .executableTarget(name: "FuzzAgentProtocol", dependencies: [.product(name: "AgentProtocol", package: "Kiln")],
+        .executableTarget(name: "FuzzAgentProtocol", dependencies: ["FuzzSupport", .product(name: "AgentProtocol", package: "Kiln")],
                           swiftSettings: fuzz),
     ]
 )
