@@ -32,7 +32,8 @@ public struct MemoryRegion: Sendable {
     public var guestEnd: UInt64 { guestBase + UInt64(size) }
 
     func contains(_ address: UInt64, _ count: Int) -> Bool {
-        address >= guestBase && count >= 0 && UInt64(count) <= guestEnd - address && address <= guestEnd
+        // The subtraction comes last: an address past the end must not trap on underflow.
+        address >= guestBase && address <= guestEnd && count >= 0 && UInt64(count) <= guestEnd - address
     }
 }
 
