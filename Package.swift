@@ -28,7 +28,7 @@ let package = Package(
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"], swiftSettings: strict),
         .testTarget(name: "KVMTests", dependencies: ["KVM"], swiftSettings: strict),
         .testTarget(name: "BootTests", dependencies: ["Boot", "KilnTestSupport"], swiftSettings: strict),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices"], swiftSettings: strict),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "LinuxSys"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport"], swiftSettings: strict),
     ]

@@ -22,3 +22,16 @@ void kiln_set_thread_name(const char *name) { pthread_setname_np(pthread_self(),
 
 #include <unistd.h>
 int kiln_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+
+int kiln_tun_set_iff(int fd, const char *name, short flags, char *actual) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    ifr.ifr_flags = flags;
+    int rc = ioctl(fd, TUNSETIFF, &ifr);
+    if (rc == 0) {
+        memcpy(actual, ifr.ifr_name, IFNAMSIZ);
+        actual[IFNAMSIZ - 1] = 0;
+    }
+    return rc;
+}
