@@ -1,8 +1,10 @@
 import Devices
+import LinuxSys
 
 /// A virtio device the user asked for, before it is built.
 public enum VirtioDeviceSpec: Sendable, Equatable {
     case block(MachineConfig.Disk)
+    case net(NetSpec)
 
     /// Builds the device for slot `index` (the slot picks its MMIO window and IRQ).
     func make(index: Int) throws(MachineError) -> any VirtioDevice {
@@ -10,6 +12,15 @@ public enum VirtioDeviceSpec: Sendable, Equatable {
         case .block(let disk):
             do { return try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: "kiln-disk-\(index)") }
             catch { throw .config(error.description) }
+        case .net(let spec):
+            do {
+                let tap = try Tap(name: spec.tap ?? Tap.autoName)
+                if let host = spec.host { try tap.configureHost(address: host.address, prefix: host.prefix) }
+                let name = tap.name
+                return VirtioNet(backend: tap.descriptor(), name: name, mac: spec.mac)
+            } catch {
+                throw .config("cannot set up TAP \(spec.tap ?? Tap.autoName): \(error)")
+            }
         }
     }
 }

@@ -16,6 +16,9 @@ let usage = """
       --host-profile NAME    auto, kvm or emulated-cpl0 (default auto: detected)
       --boot-protocol NAME   pvh or linux64 (default: pvh when the kernel has the note)
       --disk PATH[,ro]       a raw disk image as virtio-blk (repeatable: vda, vdb, ...)
+      --net tap=NAME|auto[,mac=xx:xx:xx:xx:xx:xx][,host=IP/PREFIX,guest=IP]
+                             virtio-net (the guest's eth0) on a TAP interface; with host= and
+                             guest=, Kiln gives the TAP the host address and the guest `ip=`
 
     The guest's console is on stdin/stdout. Kiln exits 0 when the guest shuts down
     (e.g. `reboot -f` under reboot=k), non-zero with a reason otherwise. On a terminal,
@@ -31,7 +34,7 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
     let parsed: Arguments
     let cpus: Int, memory: Int
     do {
-        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk"],
+        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net"],
                                flags: [])
         cpus = try parsed.int("cpus", default: 1)
         memory = try parsed.int("memory", default: 256)
@@ -69,10 +72,17 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
         disks.append(disk)
     }
 
+    var net: NetSpec?
+    if let spec = parsed.string("net") {
+        do { net = try NetSpec.parse(spec) } catch { fail(error.description, code: 2) }
+    }
+    guard parsed.all("net").count <= 1 else { fail("--net can be given once", code: 2) }
+
     var config = MachineConfig(kernelPath: kernel, initrdPath: initrd,
                                cmdline: parsed.string("cmdline") ?? MachineConfig.defaultCmdline,
                                cpus: cpus, memoryMiB: memory, hostProfile: profile, bootProtocol: bootProtocol)
     config.disks = disks
+    config.net = net
     let machine: Machine
     do { machine = try Machine(config) } catch { fail(error.description) }
     switch machine.run() {
