@@ -23,7 +23,7 @@ let package = Package(
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys"], swiftSettings: strict),
         .executableTarget(name: "kiln", dependencies: ["VMM"], swiftSettings: strict),
 
-        .target(name: "KilnTestSupport", path: "Tests/Support", swiftSettings: strict),
+        .target(name: "KilnTestSupport", dependencies: ["CLinux"], path: "Tests/Support", swiftSettings: strict),
         .testTarget(name: "LinuxSysTests", dependencies: ["LinuxSys"], swiftSettings: strict),
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"], swiftSettings: strict),
         .testTarget(name: "KVMTests", dependencies: ["KVM"], swiftSettings: strict),

@@ -18,6 +18,9 @@ int kiln_install_kick_handler(int signo) {
 
 int kiln_sigrtmin(void) { return SIGRTMIN; }
 
+#include <sched.h>
+int kiln_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
+
 void kiln_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
 
 #include <unistd.h>

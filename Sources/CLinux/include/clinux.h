@@ -24,6 +24,9 @@ int kiln_sigrtmin(void);
 
 int kiln_pipe2(int fds[2], int flags);
 
+// Moves the calling thread into the network namespace open at `fd` (setns is GNU-only).
+int kiln_setns_net(int fd);
+
 // Gives the calling thread a name visible in /proc (at most 15 bytes).
 void kiln_set_thread_name(const char *name);
 
