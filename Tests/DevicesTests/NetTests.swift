@@ -26,7 +26,7 @@ final class DeviceLog: Sendable {
     let failures = Mutex<[String]>([])
 }
 
-/// A virtio-net device on one end of a datagram socket pair, with split rings in a fake guest memory.
+/// A virtio-net device on one end of a SEQPACKET socket pair (one frame per message, EOF when closed), with split rings in a fake guest memory.
 final class NetRig {
     static let size: UInt16 = 16
     static let rxDesc: UInt64 = 0x1000, rxAvail: UInt64 = 0x2000, rxUsed: UInt64 = 0x3000
@@ -34,7 +34,7 @@ final class NetRig {
     static let data: UInt64 = 0x10000
     let memory: GuestMemory
     let device: VirtioNet
-    let host: Int32
+    var host: Int32
     let events = ManualEvents()
     let log = DeviceLog()
     var interrupts: Int { log.interrupts.load(ordering: .relaxed) }
@@ -46,12 +46,12 @@ final class NetRig {
     init() throws {
         memory = try GuestMemory(layout: [(0, 0x100000)])
         var fds: [Int32] = [0, 0]
-        #expect(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+        #expect(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
         host = fds[1]
         device = VirtioNet(backend: FileDescriptor(owning: fds[0]), name: "test", mac: [2, 0, 0, 0, 0, 1])
     }
 
-    deinit { close(host) }
+    deinit { if host >= 0 { close(host) } }
 
     func activate() {
         var rx = Virtqueue(), tx = Virtqueue()
@@ -195,6 +195,16 @@ final class NetRig {
         #expect(used.index == 1 && used.elements.first?.id == UInt32(head) && used.elements.first?.length == 14)
         #expect(try rig.memory.read(2, at: buffer.address + 12) == [8, 8])
         #expect(rig.device.rxDropped.load(ordering: .relaxed) == 1)
+    }
+
+    @Test func aBackendThatEndsFailsTheDeviceInsteadOfSpinning() throws {
+        let rig = try NetRig()
+        rig.activate()
+        try rig.offer(0, [rig.space(1526)])
+        close(rig.host)
+        rig.host = -1
+        rig.events.fire()
+        #expect(rig.failures.count == 1 && !rig.events.isWatching, "\(rig.failures)")
     }
 
     /// Each malformed request fails the device (the transport sets DEVICE_NEEDS_RESET) and nothing crashes.

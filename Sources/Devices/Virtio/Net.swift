@@ -47,12 +47,15 @@ public final class VirtioNet: VirtioDevice {
     }
     private let active = Mutex<Active?>(nil)
 
-    /// A malformed request from the guest; the device stops until the driver resets it.
+    /// Why the device stopped: a malformed request from the guest (or a dead backend);
+    /// it does nothing more until the driver resets it.
     enum Violation: Error, CustomStringConvertible {
         case queue(VirtqueueError)
         case writableTX, readableRX
         case txLength(Int)
         case memory(GuestMemoryError)
+        /// Not the guest's fault, but the device cannot go on either.
+        case backend(Errno)
         var description: String {
             switch self {
             case .queue(let e): return "\(e)"
@@ -60,6 +63,7 @@ public final class VirtioNet: VirtioDevice {
             case .readableRX: return "receive chain has a device-readable buffer"
             case .txLength(let n): return "transmit chain of \(n) bytes (header \(VirtioNet.headerSize), at most \(VirtioNet.maxPacket))"
             case .memory(let e): return "\(e)"
+            case .backend(let e): return "backend \(e)"
             }
         }
     }
@@ -186,11 +190,9 @@ public final class VirtioNet: VirtioDevice {
                 if errno == EINTR { continue }
                 if errno == EAGAIN { break }
                 // The interface went away (or worse): nothing more will come from it.
-                a.context.events.unwatch(fd)
-                a.watching = false
-                a.context.fail("virtio-net \(backendName): read: \(Errno.current("read"))")
-                break
+                throw .backend(Errno.current("read"))
             }
+            if n == 0 { throw .backend(Errno(EPIPE, call: "read: the backend closed")) } // else this loop would spin
             guard n >= VirtioNet.headerSize, let written = try place(&a.packet, count: n, into: chain, memory) else {
                 rxDropped.add(1, ordering: .relaxed)
                 continue
