@@ -15,10 +15,13 @@ public struct Tap: ~Copyable, Sendable {
     public let fd: FileDescriptor
     /// The interface's name as the kernel reports it (kiln0, kiln1, ... for `autoName`).
     public let name: String
+    /// Whether opening it created the interface (rather than attaching to a persistent one).
+    public let created: Bool
 
     /// Opens (or creates) the TAP interface `name`, nonblocking.
     public init(name: String) throws(Errno) {
         guard !name.isEmpty, name.utf8.count < Int(KILN_IFNAMSIZ) else { throw Errno(EINVAL, call: "TAP name '\(name)'") }
+        let created = name.contains("%") || if_nametoindex(name) == 0
         let fd = try FileDescriptor.open("/dev/net/tun", O_RDWR | O_NONBLOCK)
         var actual = [CChar](repeating: 0, count: Int(KILN_IFNAMSIZ))
         _ = try once("TUNSETIFF \(name)") {
@@ -28,12 +31,18 @@ public struct Tap: ~Copyable, Sendable {
         _ = try once("TUNSETVNETHDRSZ") { fd.ioctl(KILN_TUNSETVNETHDRSZ, &size) }
         self.name = String(decoding: actual.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         self.fd = fd
+        self.created = created
     }
 
     /// Gives the host side `address/prefix` and brings the link up. Runs `ip` (iproute2)
     /// rather than speaking rtnetlink: two commands at start-up are not worth a netlink client.
     public func configureHost(address: String, prefix: Int) throws(Errno) {
         try Tap.ip(["addr", "add", "\(address)/\(prefix)", "dev", name])
+        try bringUp()
+    }
+
+    /// Brings the host side of the link up (a new TAP starts down).
+    public func bringUp() throws(Errno) {
         try Tap.ip(["link", "set", name, "up"])
     }
 

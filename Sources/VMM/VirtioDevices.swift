@@ -15,7 +15,9 @@ public enum VirtioDeviceSpec: Sendable, Equatable {
         case .net(let spec):
             do {
                 let tap = try Tap(name: spec.tap ?? Tap.autoName)
+                // A TAP Kiln created is brought up; an existing one's link state is its owner's business.
                 if let host = spec.host { try tap.configureHost(address: host.address, prefix: host.prefix) }
+                else if tap.created { try tap.bringUp() }
                 let name = tap.name
                 return VirtioNet(backend: tap.descriptor(), name: name, mac: spec.mac)
             } catch {
