@@ -18,6 +18,9 @@ int kiln_install_kick_handler(int signo) {
 
 int kiln_sigrtmin(void) { return SIGRTMIN; }
 
+#include <sched.h>
+int kiln_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
+
 void kiln_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
 
 #include <unistd.h>
@@ -25,3 +28,15 @@ int kiln_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
 
 #include <sys/socket.h>
 int kiln_accept_nonblocking(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
+int kiln_tun_set_iff(int fd, const char *name, short flags, char *actual) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    ifr.ifr_flags = flags;
+    int rc = ioctl(fd, TUNSETIFF, &ifr);
+    if (rc == 0) {
+        memcpy(actual, ifr.ifr_name, IFNAMSIZ);
+        actual[IFNAMSIZ - 1] = 0;
+    }
+    return rc;
+}

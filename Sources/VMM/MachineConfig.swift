@@ -26,6 +26,8 @@ public struct MachineConfig: Sendable {
         public static let defaultGuestCID: UInt64 = 3
         public init(path: String, guestCID: UInt64 = Vsock.defaultGuestCID) { self.path = path; self.guestCID = guestCID }
     }
+    /// A virtio-net device on a TAP interface (eth0 in the guest).
+    public var net: NetSpec?
 
     public struct Disk: Sendable, Equatable {
         public var path: String
@@ -63,7 +65,7 @@ public struct MachineConfig: Sendable {
 
     /// The command line the guest receives: the user's plus what the host profile needs.
     public var effectiveCmdline: String {
-        ([cmdline] + hostProfile.kernelParameters + virtioDeclarations).filter { !$0.isEmpty }.joined(separator: " ")
+        ([cmdline] + hostProfile.kernelParameters + virtioDeclarations + [net?.kernelParameter ?? ""]).filter { !$0.isEmpty }.joined(separator: " ")
     }
 
     /// Where virtio device `index` lives: its MMIO window and IRQ line.
@@ -73,7 +75,7 @@ public struct MachineConfig: Sendable {
 
     /// Every virtio device in slot order: disks first (vda, vdb, ...), then the others.
     public var virtioDevices: [VirtioDeviceSpec] {
-        disks.map { .block($0) } + (vsock.map { [.vsock(path: $0.path, cid: $0.guestCID)] } ?? [])
+        disks.map { .block($0) } + (net.map { [.net($0)] } ?? []) + (vsock.map { [.vsock(path: $0.path, cid: $0.guestCID)] } ?? [])
     }
 
     /// virtio-mmio devices are declared to the guest on its command line (no ACPI, no device tree).

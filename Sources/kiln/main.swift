@@ -16,6 +16,9 @@ let usage = """
       --host-profile NAME    auto, kvm or emulated-cpl0 (default auto: detected)
       --boot-protocol NAME   pvh or linux64 (default: pvh when the kernel has the note)
       --disk PATH[,ro]       a raw disk image as virtio-blk (repeatable: vda, vdb, ...)
+      --net tap=NAME|auto[,mac=xx:xx:xx:xx:xx:xx][,host=IP/PREFIX,guest=IP]
+                             virtio-net (the guest's eth0) on a TAP interface; with host= and
+                             guest=, Kiln gives the TAP the host address and the guest `ip=`
       --vsock PATH           virtio-vsock, guest CID 3: host programs connect to the Unix socket
                              PATH and write "CONNECT <port>\\n"; guest connections to CID 2
                              port P go to the Unix socket PATH_P (see docs/vsock.md)
@@ -34,7 +37,7 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
     let parsed: Arguments
     let cpus: Int, memory: Int
     do {
-        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "vsock"],
+        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock"],
                                flags: [])
         cpus = try parsed.int("cpus", default: 1)
         memory = try parsed.int("memory", default: 256)
@@ -72,10 +75,17 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
         disks.append(disk)
     }
 
+    var net: NetSpec?
+    if let spec = parsed.string("net") {
+        do { net = try NetSpec.parse(spec) } catch { fail(error.description, code: 2) }
+    }
+    guard parsed.all("net").count <= 1 else { fail("--net can be given once", code: 2) }
+
     var config = MachineConfig(kernelPath: kernel, initrdPath: initrd,
                                cmdline: parsed.string("cmdline") ?? MachineConfig.defaultCmdline,
                                cpus: cpus, memoryMiB: memory, hostProfile: profile, bootProtocol: bootProtocol)
     config.disks = disks
+    config.net = net
     if let path = parsed.string("vsock") {
         guard !path.isEmpty else { fail("--vsock takes a socket PATH", code: 2) }
         config.vsock = MachineConfig.Vsock(path: path)

@@ -5,11 +5,6 @@ import Synchronization
 import Testing
 @testable import Devices
 
-final class Signals: Sendable {
-    let interrupts = Atomic<Int>(0)
-    let failures = Mutex<[String]>([])
-}
-
 /// A temporary raw image of `sectors` sectors filled with a pattern.
 func makeImage(sectors: Int, name: String) -> String {
     let path = "/tmp/kiln-blk-\(getpid())-\(name)"
@@ -24,10 +19,10 @@ func makeImage(sectors: Int, name: String) -> String {
 @Suite struct BlockTests {
     let hdr: UInt64 = 0x10000, data: UInt64 = 0x20000, status: UInt64 = 0x30000
 
-    func setUp(_ path: String, readOnly: Bool = false) throws -> (VirtioBlock, GuestDriver, Signals) {
+    func setUp(_ path: String, readOnly: Bool = false) throws -> (VirtioBlock, GuestDriver, DeviceLog) {
         let block = try VirtioBlock(path: path, readOnly: readOnly, serial: "serial-42")
         let driver = try GuestDriver()
-        let signals = Signals()
+        let signals = DeviceLog()
         block.activate(queues: [driver.queue()], context: VirtioContext(
             memory: driver.memory, features: block.features,
             interrupt: { signals.interrupts.add(1, ordering: .relaxed) },

@@ -22,6 +22,9 @@ import Testing
         #expect(throws: GuestMemoryError.self) { try mem.read(1, at: 0x11000) }
         #expect(throws: GuestMemoryError.self) { try mem.read(8, at: UInt64.max - 3) }
         #expect(throws: GuestMemoryError.self) { try mem.read(UInt64.self, at: 0x5000) }
+        // Addresses past the end of every region are refused, not trapped on (guests supply them).
+        #expect(!mem.contains(0xFFFF_0000, count: 64))
+        #expect(throws: GuestMemoryError.self) { try mem.read(1, at: 0x20000) }
         try mem.write(UInt8(7), at: 0x10FFF)
         #expect(try mem.read(UInt8.self, at: 0x10FFF) == 7)
     }

@@ -20,7 +20,9 @@ public final class KilnProcess {
         return dir + "/kiln"
     }
 
-    public init(_ arguments: [String], environment: [String: String] = [:]) throws {
+    /// Runs `kiln arguments`, or `executable arguments` (found on PATH) to wrap kiln in another
+    /// program, e.g. `ip netns exec NS <binary> boot ...`.
+    public init(_ arguments: [String], environment: [String: String] = [:], executable: String? = nil) throws {
         var inPipe: [Int32] = [0, 0], outPipe: [Int32] = [0, 0], errPipe: [Int32] = [0, 0]
         guard pipe(&inPipe) == 0, pipe(&outPipe) == 0, pipe(&errPipe) == 0 else { throw SpawnError(code: errno) }
         var actions = posix_spawn_file_actions_t()
@@ -30,7 +32,8 @@ public final class KilnProcess {
         posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
         posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
         for fd in inPipe + outPipe + errPipe { posix_spawn_file_actions_addclose(&actions, fd) }
-        let argv = ([KilnProcess.binary] + arguments).map { strdup($0) } + [nil]
+        let program = executable ?? KilnProcess.binary
+        let argv = ([program] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var env: [String: String] = [:]
         var e = environ
@@ -43,7 +46,7 @@ public final class KilnProcess {
         let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { envp.forEach { free($0) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, KilnProcess.binary, &actions, nil, argv, envp)
+        let rc = posix_spawnp(&pid, program, &actions, nil, argv, envp)
         close(inPipe[0]); close(outPipe[1]); close(errPipe[1])
         guard rc == 0 else { throw SpawnError(code: rc) }
         self.pid = pid

@@ -10,6 +10,8 @@
 #include <pthread.h>
 #include <termios.h>
 #include <stdint.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
 
 // ioctl with a pointer, integer or no argument (ioctl itself is variadic).
 int kiln_ioctl_ptr(int fd, unsigned long request, void *arg);
@@ -24,8 +26,22 @@ int kiln_pipe2(int fds[2], int flags);
 
 // accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC (GNU-only, hidden from Swift).
 int kiln_accept_nonblocking(int fd);
+// Moves the calling thread into the network namespace open at `fd` (setns is GNU-only).
+int kiln_setns_net(int fd);
 
 // Gives the calling thread a name visible in /proc (at most 15 bytes).
 void kiln_set_thread_name(const char *name);
+
+// TAP devices (/dev/net/tun): request numbers and flags Swift cannot compute from the macros.
+static const unsigned long KILN_TUNSETIFF = TUNSETIFF;
+static const unsigned long KILN_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
+static const short KILN_IFF_TAP = IFF_TAP;
+static const short KILN_IFF_NO_PI = IFF_NO_PI;
+static const short KILN_IFF_VNET_HDR = IFF_VNET_HDR;
+static const int KILN_IFNAMSIZ = IFNAMSIZ;
+
+// TUNSETIFF on `fd` with `name` (may hold %d) and `flags`; the kernel's chosen name is
+// copied to `actual` (IFNAMSIZ bytes). Hides struct ifreq's unions from Swift.
+int kiln_tun_set_iff(int fd, const char *name, short flags, char *actual);
 
 #endif
