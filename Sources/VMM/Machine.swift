@@ -15,11 +15,8 @@ public final class Machine: Sendable {
     let memory: GuestMemory
     let vcpus: [VCPU]
     let bus: PortBus
-    let mmio: MMIOBus
-    let virtio: [VirtioMMIOTransport]
+    let virtio: VirtioDevices
     let eventLoop: EventLoop
-    /// Queue-notification and interrupt eventfds, kept open for the VM's lifetime.
-    let eventFDs: [Int32]
     let serial: Serial
     let console: Console
     let serialIRQ: EventFD
@@ -81,36 +78,8 @@ public final class Machine: Sendable {
             try vm.registerIRQFD(serialIRQ.raw, gsi: Serial.com1IRQ)
             BootTrace.mark("irqfd-registered")
 
-            // virtio-mmio devices: an irqfd for each device's line, an ioeventfd for each queue.
             eventLoop = try EventLoop()
-            var transports: [VirtioMMIOTransport] = [], mmio = MMIOBus(), fds: [Int32] = []
-            for (i, spec) in config.virtioDevices.enumerated() {
-                let device = try spec.make(index: i)
-                let slot = MachineConfig.virtioSlot(i)
-                let irq = eventfd(0, Int32(EFD_CLOEXEC))
-                guard irq >= 0 else { throw Errno.current("eventfd") }
-                fds.append(irq)
-                try vm.registerIRQFD(irq, gsi: slot.irq)
-                let transport = VirtioMMIOTransport(device: device, memory: memory, events: eventLoop,
-                                                    interrupt: { var one: UInt64 = 1; _ = Glibc.write(irq, &one, 8) },
-                                                    log: { writeRaw(2, "kiln: \($0)\n") })
-                for q in 0..<device.queueCount {
-                    let notify = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
-                    guard notify >= 0 else { throw Errno.current("eventfd") }
-                    fds.append(notify)
-                    try vm.registerIOEventFD(notify, mmioAddress: slot.base + VirtioMMIOTransport.queueNotifyOffset, value: UInt32(q))
-                    try eventLoop.watch(notify) {
-                        var count: UInt64 = 0
-                        _ = Glibc.read(notify, &count, 8)
-                        if transport.isActive { device.process(queue: q) }
-                    }
-                }
-                mmio.attach(transport, base: slot.base, size: Layout.virtioMMIOWindow)
-                transports.append(transport)
-            }
-            virtio = transports
-            self.mmio = mmio
-            eventFDs = fds
+            virtio = try VirtioDevices(config.virtioDevices, vm: vm, memory: memory, events: eventLoop)
             loader?.join()
             loaded = try load.result(kernelPath: config.kernelPath)
             BootTrace.mark("kernel-loaded")
@@ -144,8 +113,6 @@ public final class Machine: Sendable {
         self.bus = bus
     }
 
-    deinit { for fd in eventFDs { Glibc.close(fd) } }
-
     /// Runs the VM until it ends, and says how.
     public func run() -> MachineOutcome {
         if kiln_install_kick_handler(Machine.kickSignal) != 0 {
@@ -162,7 +129,7 @@ public final class Machine: Sendable {
             stop(.failed("cannot start a vCPU thread: \(error)"))
         }
         let stopFD = stopEvent.raw
-        let deviceThread = virtio.isEmpty ? nil : try? Thread.spawn(name: "kiln-devices") { [self] in eventLoop.run(stop: stopFD) }
+        let deviceThread = virtio.transports.isEmpty ? nil : try? Thread.spawn(name: "kiln-devices") { [self] in eventLoop.run(stop: stopFD) }
         let consoleThread = try? Thread.spawn(name: "kiln-console") { [self] in
             console.pump(into: serial, stop: stopFD) { stop(.userQuit) }
         }
@@ -170,7 +137,7 @@ public final class Machine: Sendable {
         stopEvent.signal()
         consoleThread?.join()
         deviceThread?.join()
-        for transport in virtio { transport.device.shutdown() }
+        virtio.shutdown()
         console.restore()
         return lifecycle.outcome ?? .failed("all vCPUs stopped without a reason")
     }
@@ -197,7 +164,7 @@ public final class Machine: Sendable {
                     bus.handle(port: access.port, isWrite: access.isWrite, data: slice)
                 }
             case .mmio(let access):
-                mmio.handle(address: access.address, isWrite: access.isWrite, data: access.data)
+                virtio.bus.handle(address: access.address, isWrite: access.isWrite, data: access.data)
             case .interrupted:
                 continue
             case .systemEvent(let type):

@@ -1,4 +1,9 @@
+import Boot
+import CLinux
 import Devices
+import Glibc
+import GuestMemory
+import KVM
 import LinuxSys
 
 /// A virtio device the user asked for, before it is built.
@@ -30,4 +35,61 @@ public enum VirtioDeviceSpec: Sendable, Equatable {
             }
         }
     }
+}
+
+/// The virtio-mmio devices of one VM, wired to KVM: an irqfd for each device's interrupt line and
+/// an ioeventfd for each queue, so notifications reach the device thread without a VM exit to Kiln.
+final class VirtioDevices: Sendable {
+    let transports: [VirtioMMIOTransport]
+    let bus: MMIOBus
+    /// The eventfds KVM signals or reads, closed with the VM.
+    private let fds: [Int32]
+
+    init(_ specs: [VirtioDeviceSpec], vm: VirtualMachine, memory: GuestMemory, events: EventLoop) throws(MachineError) {
+        var transports: [VirtioMMIOTransport] = [], bus = MMIOBus(), fds: [Int32] = []
+        func eventFD(_ flags: Int32) throws(MachineError) -> Int32 {
+            let fd = eventfd(0, flags | Int32(EFD_CLOEXEC))
+            guard fd >= 0 else { throw .system(Errno.current("eventfd")) }
+            fds.append(fd)
+            return fd
+        }
+        do throws(MachineError) {
+            for (i, spec) in specs.enumerated() {
+                let device = try spec.make(index: i)
+                let slot = MachineConfig.virtioSlot(i)
+                let irq = try eventFD(0)
+                do { try vm.registerIRQFD(irq, gsi: slot.irq) } catch { throw MachineError.kvm(error) }
+                let transport = VirtioMMIOTransport(device: device, memory: memory, events: events,
+                                                    interrupt: { var one: UInt64 = 1; _ = Glibc.write(irq, &one, 8) },
+                                                    log: { writeRaw(2, "kiln: \($0)\n") })
+                for q in 0..<device.queueCount {
+                    let notify = try eventFD(Int32(EFD_NONBLOCK))
+                    do {
+                        try vm.registerIOEventFD(notify, mmioAddress: slot.base + VirtioMMIOTransport.queueNotifyOffset,
+                                                 value: UInt32(q))
+                    } catch { throw MachineError.kvm(error) }
+                    do {
+                        try events.watch(notify) {
+                            var count: UInt64 = 0
+                            _ = Glibc.read(notify, &count, 8)
+                            if transport.isActive { device.process(queue: q) }
+                        }
+                    } catch { throw MachineError.system(error) }
+                }
+                bus.attach(transport, base: slot.base, size: Layout.virtioMMIOWindow)
+                transports.append(transport)
+            }
+        } catch {
+            for fd in fds { Glibc.close(fd) }
+            throw error
+        }
+        self.transports = transports
+        self.bus = bus
+        self.fds = fds
+    }
+
+    deinit { for fd in fds { Glibc.close(fd) } }
+
+    /// Lets devices release their backends (sockets, TAP) once the VM has stopped.
+    func shutdown() { for t in transports { t.device.shutdown() } }
 }
