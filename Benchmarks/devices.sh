@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Kiln device benchmark (guest-level virtio-blk): Kiln vs QEMU microvm. See docs/benchmarks.md.
+#   Benchmarks/devices.sh [devices.py options, e.g. --runs 1]
+# Environment: KILN_KERNEL / KILN_INITRD use these images instead of the cached default ones.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ ! -x .build/release/kiln ]]; then
+    echo "devices.sh: building kiln (release)" >&2
+    swift build -c release --product kiln 2>&1 | tail -3 >&2
+fi
+command -v qemu-system-x86_64 >/dev/null || { echo "devices.sh: qemu-system-x86_64 missing (apt-get install qemu-system-x86)" >&2; exit 1; }
+
+kernel=${KILN_KERNEL:-/var/cache/kiln/kernel/vmlinux}
+initrd=${KILN_INITRD:-/var/cache/kiln/initramfs/initramfs.cpio}
+echo "devices.sh: kernel $kernel, initramfs $initrd; load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+exec python3 Benchmarks/devices.py --kiln .build/release/kiln --kernel "$kernel" --initrd "$initrd" "$@"
