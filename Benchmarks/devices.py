@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Kiln device benchmark (guest level): virtio-blk, Kiln vs QEMU microvm.
+"""Kiln device benchmark (guest level): virtio-blk (default) or virtio-net (--device net), Kiln vs QEMU microvm.
+
+virtio-net: see the comment above net_main() below.
 
 Each round boots Kiln, then QEMU (interleaved), with the same kernel, initramfs, guest
 command line (apart from the device declarations) and a fresh copy of a 64 MiB raw image
@@ -258,6 +260,248 @@ def markdown(table):
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------
+# virtio-net (--device net): Kiln vs QEMU microvm over a TAP inside a private network namespace.
+#
+# Both VMMs run under `ip netns exec NS` in a namespace of this script's own (kiln-netbench-PID),
+# deleted at the end, so no traffic can leave the machine. Kiln gets
+# `--net tap=kbk0,host=10.200.88.1/24,guest=10.200.88.2` (it creates the TAP, gives it the address
+# and appends ip=... to the guest command line); QEMU gets a TAP kbq0 created beforehand in the
+# namespace with the same address and `-netdev tap -device virtio-net-device`, and the same guest
+# command line (Kiln's, minus virtio_mmio.device=, so it includes the same ip=...).
+# Tests, each timed on the host by a Python listener inside the namespace:
+#   h2g  host sends N KiB then shuts its side; guest `busybox nc HOST PORT > /dev/null`;
+#        time from accept to the guest closing the connection.
+#   g2h  guest `busybox dd if=/dev/zero of=/tmp/blob bs=1k count=N` (own command, not timed), then
+#        `busybox nc HOST PORT < /tmp/blob`; time from the first byte to the N-th KiB arriving
+#        (busybox nc keeps the socket open after its stdin ends, so the host closes it then).
+# Guest commands avoid $(...) and pipelines and call `busybox nc` (docs/host-kvm.md).
+
+NET_HOST, NET_GUEST, NET_PREFIX = "10.200.88.1", "10.200.88.2", 24
+NET_TESTS = ("h2g", "g2h")
+
+# Runs inside the namespace; prints LISTENING, then one JSON line per connection.
+NET_SERVER = r"""
+import json, socket, sys, time
+mode, port, nbytes, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("0.0.0.0", port)); ls.listen(1); ls.settimeout(timeout)
+print("LISTENING", flush=True)
+r = {"mode": mode, "bytes": 0, "error": None}
+try:
+    c, peer = ls.accept(); c.settimeout(timeout); t0 = time.monotonic(); r["peer"] = peer[0]
+    if mode == "h2g":
+        c.sendall(b"\0" * nbytes); r["bytes"] = nbytes; r["sendall_s"] = time.monotonic() - t0
+        c.shutdown(socket.SHUT_WR)
+        while c.recv(65536):
+            pass
+        r["seconds"] = time.monotonic() - t0
+    else:
+        first = None
+        while r["bytes"] < nbytes:
+            b = c.recv(65536)
+            if not b:
+                break
+            if first is None:
+                first = time.monotonic()
+            r["bytes"] += len(b)
+        r["seconds"] = time.monotonic() - (first or t0); r["accept_to_first_s"] = (first or t0) - t0
+    c.close()
+except Exception as e:
+    r["error"] = repr(e)
+print(json.dumps(r), flush=True)
+"""
+
+
+def ns_ip(ns, *args, check=True):
+    cmd = ["ip", "netns", "exec", ns, "ip"] + list(args) if ns else ["ip"] + list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+
+def run_net_once(vmm, argv, env, ns, kib, port, boot_timeout, test_timeout, shutdown_timeout):
+    res = {"vmm": vmm, "ok": False, "error": None, "tests": {}}
+    c = Console(argv, env)
+    res["pid"] = c.pid
+    m, t = c.wait_for(re.compile(re.escape(MARKER)), 0, boot_timeout)
+    if not m:
+        res["error"] = f"no {MARKER.decode()} within {boot_timeout} s"
+    else:
+        res["boot_s"] = round(t - c.t_spawn, 2)
+        pos = m.end()
+        pm, _ = c.wait_for(boot.PROMPT_RE, pos, 30)
+        if pm:
+            pos = pm.end()
+        c.send(f"busybox mkdir -p /tmp; busybox dd if=/dev/zero of=/tmp/blob bs=1k count={kib}; echo KB-B''LOB $?")
+        bm, _ = c.wait_for(re.compile(rb"KB-BLOB (\d+)"), pos, 60)
+        if not bm or bm.group(1) != b"0":
+            res["error"] = "guest could not write /tmp/blob"
+        else:
+            pos = bm.end()
+        nbytes = kib * 1024
+        for name in NET_TESTS if res["error"] is None else ():
+            port += 1
+            srv = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", NET_SERVER, name, str(port),
+                                    str(nbytes), str(test_timeout)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+            if srv.stdout.readline().strip() != "LISTENING":
+                res["error"] = f"{name}: listener did not start: {srv.stderr.read()[-300:]}"
+                srv.kill(); srv.wait()
+                break
+            cpu0 = thread_cpu(c.pid)
+            redirect = "> /dev/null" if name == "h2g" else "< /tmp/blob"
+            c.send(f"busybox nc {NET_HOST} {port} {redirect}; echo KB-E''ND-{name} $?")
+            em, t1 = c.wait_for(re.compile(rb"KB-END-" + name.encode() + rb" (\d+)"), pos, test_timeout + 10)
+            try:
+                out, err = srv.communicate(timeout=test_timeout + 10)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+                out, err = srv.communicate()
+            cpu1 = thread_cpu(c.pid)
+            try:
+                sr = json.loads(out.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                sr = {"error": f"listener printed nothing: {err[-300:]}"}
+            threads = cpu_delta(cpu0, cpu1)
+            cpu = sum(r["cpu_s"] for r in threads)
+            secs = sr.get("seconds")
+            tr = {"bytes_expected": nbytes, "bytes": sr.get("bytes"), "seconds": round(secs, 3) if secs else None,
+                  "kib_per_s": round(sr["bytes"] / 1024 / secs, 2) if secs and sr.get("bytes") else None,
+                  "nc_rc": int(em.group(1)) if em else None, "listener": sr,
+                  "host_cpu_s": round(cpu, 2), "threads": threads[:6]}
+            res["tests"][name] = tr
+            log(f"  {vmm} {name}: {tr['bytes']} B in {tr['seconds']} s ({tr['kib_per_s']} KiB/s), "
+                f"nc rc {tr['nc_rc']}, VMM CPU {cpu:.2f} s (busiest {threads[0]['comm'] if threads else '?'})")
+            if em:
+                pos = em.end()
+            if sr.get("error") or sr.get("bytes") != nbytes or not em:
+                res["error"] = f"{name}: {sr.get('error') or 'short transfer or no end line'}"
+                break
+    code, killed = c.end(shutdown_timeout)
+    res["exit_code"], res["killed"] = code, killed
+    cm = boot.CMDLINE_RE.search(bytes(c.out))
+    if cm:
+        res["guest_cmdline"] = cm.group(1).decode(errors="replace").strip()
+    if res["error"] is None and (killed or code != 0):
+        res["error"] = f"exit code {code}" + (" (killed)" if killed else "")
+    res["ok"] = res["error"] is None and len(res["tests"]) == len(NET_TESTS)
+    if not res["ok"]:
+        res["stdout_tail"] = bytes(c.out[-1500:]).decode(errors="replace")
+        res["stderr_tail"] = bytes(c.err[-1500:]).decode(errors="replace")
+    return res
+
+
+def net_main(args, here, root):
+    host = boot.host_info()
+    host["loadavg_start"] = open("/proc/loadavg").read().strip()
+    ns = f"kiln-netbench-{os.getpid()}"
+    ktap, qtap = "kbk0", "kbq0"
+    kiln_argv = [args.kiln, "boot", "--kernel", args.kernel, "--initrd", args.initrd, "--cmdline", args.cmdline,
+                 "--memory", str(args.memory), "--cpus", "1",
+                 "--net", f"tap={ktap},host={NET_HOST}/{NET_PREFIX},guest={NET_GUEST}"]
+    fallback_append = (args.cmdline + (" " + boot.EMULATED_CPL0_PARAMS if host["kvm_pvm"] else "")
+                       + f" ip={NET_GUEST}::{NET_HOST}:255.255.255.0::eth0:off")
+    qemu_append, append_source = None, None
+
+    def qemu_argv(append):
+        return [args.qemu, "-M", boot.QEMU_MACHINE, "-enable-kvm", "-cpu", boot.QEMU_CPU,
+                "-m", str(args.memory), "-smp", "1", "-nodefaults", "-no-user-config", "-nographic",
+                "-serial", "stdio", "-no-reboot", "-device", "i8042", "-kernel", args.kernel, "-initrd", args.initrd,
+                "-append", append, "-netdev", f"tap,id=n0,ifname={qtap},script=no,downscript=no",
+                "-device", "virtio-net-device,netdev=n0"]
+
+    order = [args.only] if args.only else ["kiln", "qemu"]
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    log(f"host load {host['loadavg_start']}; namespace {ns}")
+    runs, kiln_cmdlines = [], set()
+    try:
+        ns_ip(ns, "link", "set", "lo", "up")
+        for i in range(1, args.runs + 1):
+            for vmm in order:
+                if vmm == "kiln":
+                    argv = ["ip", "netns", "exec", ns] + kiln_argv
+                else:
+                    if qemu_append is None:
+                        if kiln_cmdlines:
+                            qemu_append = strip_devices(sorted(kiln_cmdlines)[0])
+                            append_source = "kiln guest 'Command line:' minus virtio_mmio.device="
+                        else:
+                            qemu_append, append_source = fallback_append, "fallback (--cmdline + HostProfile list + ip=)"
+                        log(f"qemu -append: {qemu_append!r} ({append_source})")
+                    ns_ip(ns, "tuntap", "add", qtap, "mode", "tap")
+                    ns_ip(ns, "addr", "add", f"{NET_HOST}/{NET_PREFIX}", "dev", qtap)
+                    ns_ip(ns, "link", "set", qtap, "up")
+                    argv = ["ip", "netns", "exec", ns] + qemu_argv(qemu_append)
+                log(f"round {i}/{args.runs} {vmm} ...")
+                r = run_net_once(vmm, argv, dict(os.environ), ns, args.kib, 7100 + 10 * len(runs),
+                                 args.boot_timeout, args.test_timeout, args.shutdown_timeout)
+                if vmm == "qemu":
+                    ns_ip(ns, "tuntap", "del", qtap, "mode", "tap", check=False)
+                r["round"] = i
+                r["loadavg_after"] = open("/proc/loadavg").read().strip()
+                if vmm == "kiln" and r.get("guest_cmdline"):
+                    kiln_cmdlines.add(r["guest_cmdline"])
+                log(f"  {vmm}: boot {r.get('boot_s')} s, exit {r['exit_code']}"
+                    + (f", ERROR: {r['error']}" if r["error"] else ""))
+                if not r["ok"]:
+                    log("  stdout tail: " + r.get("stdout_tail", "")[-800:].replace("\n", "\n    "))
+                    log("  stderr tail: " + r.get("stderr_tail", "")[-400:].replace("\n", "\n    "))
+                runs.append(r)
+            if i == 1 and not any(r["ok"] for r in runs):
+                log("every VMM failed its first round: stopping")
+                break
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+    table = []
+    for test, label in (("h2g", f"host -> guest {args.kib} KiB, KiB/s"), ("g2h", f"guest -> host {args.kib} KiB, KiB/s"),
+                        ("h2g", "host -> guest: VMM CPU s"), ("g2h", "guest -> host: VMM CPU s")):
+        key = "kib_per_s" if "KiB/s" in label else "host_cpu_s"
+        row = {"row": label, "test": test, "metric": key}
+        for vmm in ("kiln", "qemu"):
+            vals = [r["tests"][test][key] for r in runs if r["vmm"] == vmm and test in r["tests"]
+                    and r["tests"][test].get(key) is not None and r["tests"][test].get("bytes") == args.kib * 1024]
+            row[vmm] = vals
+            row[vmm + "_median"] = boot.med(vals)
+        k, q = row["kiln_median"], row["qemu_median"]
+        row["ratio_kiln_over_qemu"] = round(k / q, 3) if k is not None and q else None
+        table.append(row)
+    host["loadavg_end"] = open("/proc/loadavg").read().strip()
+    k_lines = {strip_devices(r["guest_cmdline"]) for r in runs if r["vmm"] == "kiln" and r.get("guest_cmdline")}
+    q_lines = {strip_devices(r["guest_cmdline"]) for r in runs if r["vmm"] == "qemu" and r.get("guest_cmdline")}
+    try:
+        qemu_version = subprocess.run([args.qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        qemu_version = None
+    result = {
+        "benchmark": "devices-net",
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": host, "git": boot.git_state(root),
+        "config": {"rounds": args.runs, "memory_mib": args.memory, "kib": args.kib, "namespace": ns,
+                   "timing": "host-side Python listener in the namespace: h2g accept -> guest close; "
+                             "g2h first byte -> last expected byte",
+                   "order": "interleaved " + ",".join(order)},
+        "kernel": boot.file_id(args.kernel), "initrd": boot.file_id(args.initrd),
+        "kiln": {"argv": kiln_argv, "binary": boot.file_id(args.kiln) if args.only != "qemu" else None},
+        "qemu": {"argv": qemu_argv(qemu_append) if qemu_append else None, "append_source": append_source,
+                 "version": qemu_version},
+        "same_guest_cmdline_apart_from_devices": (k_lines == q_lines) if k_lines and q_lines else None,
+        "guest_cmdlines": {"kiln": sorted(k_lines), "qemu": sorted(q_lines)},
+        "summary": table, "runs": runs,
+    }
+    out_path = args.json or os.path.join(here, "results", f"devices-net-{time.strftime('%Y-%m-%d-%H%M')}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    print(f"# Kiln device benchmark (virtio-net), {result['date']}\n")
+    print(f"Load average at start: {host['loadavg_start']}; at end: {host['loadavg_end']}. "
+          f"{args.runs} round(s), interleaved {','.join(order)}; guest {args.memory} MiB, 1 vCPU; "
+          f"same guest command line apart from devices: {result['same_guest_cmdline_apart_from_devices']}.\n")
+    print(markdown(table))
+    print(f"\nRaw numbers: {os.path.relpath(out_path)}")
+    return 0 if runs and all(r["ok"] for r in runs) else 1
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
@@ -276,8 +520,13 @@ def main():
                     help="MiB per sequential dd (default 16; at most 64, the image size). ~1 MiB/s on emulated-CPL0 hosts")
     ap.add_argument("--count4k", type=int, default=512, help="4 KiB direct reads (default 512)")
     ap.add_argument("--only", choices=["kiln", "qemu"])
+    ap.add_argument("--device", choices=["blk", "net"], default="blk",
+                    help="blk (default) or net: virtio-net over a TAP in a private network namespace (root)")
+    ap.add_argument("--kib", type=int, default=256, help="--device net: KiB per transfer (default 256)")
     ap.add_argument("--json", default=None, help="default Benchmarks/results/devices-<date>.json")
     args = ap.parse_args()
+    if args.device == "net":
+        return net_main(args, here, root)
 
     set_tests(min(args.mib, IMAGE_MIB), min(args.count4k, IMAGE_MIB * 256))
     host = boot.host_info()

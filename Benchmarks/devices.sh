@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Kiln device benchmark (guest-level virtio-blk): Kiln vs QEMU microvm. See docs/benchmarks.md.
+# Kiln device benchmark (guest-level virtio-blk, or virtio-net with --device net): Kiln vs QEMU microvm.
+# See docs/benchmarks.md. --device net needs root (network namespace + TAP).
 #   Benchmarks/devices.sh [devices.py options, e.g. --runs 1]
 # Environment: KILN_KERNEL / KILN_INITRD use these images instead of the cached default ones.
 set -euo pipefail
