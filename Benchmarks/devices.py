@@ -465,41 +465,11 @@ def net_main(args, here, root):
         k, q = row["kiln_median"], row["qemu_median"]
         row["ratio_kiln_over_qemu"] = round(k / q, 3) if k is not None and q else None
         table.append(row)
-    host["loadavg_end"] = open("/proc/loadavg").read().strip()
-    k_lines = {strip_devices(r["guest_cmdline"]) for r in runs if r["vmm"] == "kiln" and r.get("guest_cmdline")}
-    q_lines = {strip_devices(r["guest_cmdline"]) for r in runs if r["vmm"] == "qemu" and r.get("guest_cmdline")}
-    try:
-        qemu_version = subprocess.run([args.qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    except (OSError, IndexError):
-        qemu_version = None
-    result = {
-        "benchmark": "devices-net",
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "host": host, "git": boot.git_state(root),
-        "config": {"rounds": args.runs, "memory_mib": args.memory, "kib": args.kib, "namespace": ns,
-                   "timing": "host-side Python listener in the namespace: h2g accept -> guest close; "
-                             "g2h first byte -> last expected byte",
-                   "order": "interleaved " + ",".join(order)},
-        "kernel": boot.file_id(args.kernel), "initrd": boot.file_id(args.initrd),
-        "kiln": {"argv": kiln_argv, "binary": boot.file_id(args.kiln) if args.only != "qemu" else None},
-        "qemu": {"argv": qemu_argv(qemu_append) if qemu_append else None, "append_source": append_source,
-                 "version": qemu_version},
-        "same_guest_cmdline_apart_from_devices": (k_lines == q_lines) if k_lines and q_lines else None,
-        "guest_cmdlines": {"kiln": sorted(k_lines), "qemu": sorted(q_lines)},
-        "summary": table, "runs": runs,
-    }
-    out_path = args.json or os.path.join(here, "results", f"devices-net-{time.strftime('%Y-%m-%d-%H%M')}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    print(f"# Kiln device benchmark (virtio-net), {result['date']}\n")
-    print(f"Load average at start: {host['loadavg_start']}; at end: {host['loadavg_end']}. "
-          f"{args.runs} round(s), interleaved {','.join(order)}; guest {args.memory} MiB, 1 vCPU; "
-          f"same guest command line apart from devices: {result['same_guest_cmdline_apart_from_devices']}.\n")
-    print(markdown(table))
-    print(f"\nRaw numbers: {os.path.relpath(out_path)}")
-    return 0 if runs and all(r["ok"] for r in runs) else 1
+    return write_report("devices-net", "virtio-net", args, host, runs, table, order, kiln_argv,
+                        qemu_argv(qemu_append) if qemu_append else None, append_source, here, root,
+                        {"kib": args.kib, "namespace": ns,
+                         "timing": "host-side Python listener in the namespace: h2g accept -> guest close; "
+                                   "g2h first byte -> last expected byte"})
 
 
 def main():
@@ -585,6 +555,16 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
 
     table = summarize(runs)
+    return write_report("devices", "virtio-blk", args, host, runs, table, order, kiln_argv,
+                        qemu_argv(qemu_append) if qemu_append else None, append_source, here, root,
+                        {"image_mib": IMAGE_MIB,
+                         "timing": "guest /proc/uptime (read builtin) before/after dd, includes dd fork+exec",
+                         "tests": [{"name": n, "dd": d, "bytes": b} for n, d, b in TESTS]})
+
+
+def write_report(name, title, args, host, runs, table, order, kiln_argv, qemu_command, append_source, here, root,
+                 config):
+    """Records the run as JSON under results/ and prints the markdown report; returns the exit status."""
     host["loadavg_end"] = open("/proc/loadavg").read().strip()
     k_lines = {strip_devices(r["guest_cmdline"]) for r in runs if r["vmm"] == "kiln" and r.get("guest_cmdline")}
     q_lines = {strip_devices(r["guest_cmdline"]) for r in runs if r["vmm"] == "qemu" and r.get("guest_cmdline")}
@@ -593,27 +573,24 @@ def main():
     except (OSError, IndexError):
         qemu_version = None
     result = {
-        "benchmark": "devices",
+        "benchmark": name,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": host, "git": boot.git_state(root),
-        "config": {"rounds": args.runs, "memory_mib": args.memory, "image_mib": IMAGE_MIB,
-                   "timing": "guest /proc/uptime (read builtin) before/after dd, includes dd fork+exec",
-                   "tests": [{"name": n, "dd": d, "bytes": b} for n, d, b in TESTS],
-                   "order": "interleaved " + ",".join(order)},
+        "config": {"rounds": args.runs, "memory_mib": args.memory, **config, "order": "interleaved " + ",".join(order)},
         "kernel": boot.file_id(args.kernel), "initrd": boot.file_id(args.initrd),
         "kiln": {"argv": kiln_argv, "binary": boot.file_id(args.kiln) if args.only != "qemu" else None},
-        "qemu": {"argv": qemu_argv(qemu_append) if qemu_append else None, "append_source": append_source,
+        "qemu": {"argv": qemu_command, "append_source": append_source,
                  "version": qemu_version},
         "same_guest_cmdline_apart_from_devices": (k_lines == q_lines) if k_lines and q_lines else None,
         "guest_cmdlines": {"kiln": sorted(k_lines), "qemu": sorted(q_lines)},
         "summary": table, "runs": runs,
     }
-    out_path = args.json or os.path.join(here, "results", f"devices-{time.strftime('%Y-%m-%d-%H%M')}.json")
+    out_path = args.json or os.path.join(here, "results", f"{name}-{time.strftime('%Y-%m-%d-%H%M')}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")
-    print(f"# Kiln device benchmark (virtio-blk), {result['date']}\n")
+    print(f"# Kiln device benchmark ({title}), {result['date']}\n")
     print(f"Load average at start: {host['loadavg_start']}; at end: {host['loadavg_end']}. "
           f"{args.runs} round(s), interleaved {','.join(order)}; guest {args.memory} MiB, 1 vCPU; "
           f"same guest command line apart from devices: {result['same_guest_cmdline_apart_from_devices']}.\n")
