@@ -15,7 +15,10 @@ let usage = """
       --memory MIB           guest memory in MiB (default 256)
       --host-profile NAME    auto, kvm or emulated-cpl0 (default auto: detected)
       --boot-protocol NAME   pvh or linux64 (default: pvh when the kernel has the note)
-      --disk PATH[,ro]       a raw disk image as virtio-blk (repeatable: vda, vdb, ...)
+      --disk PATH[,ro|,overlay]
+                             a raw disk image as virtio-blk (repeatable: vda, vdb, ...); with
+                             overlay the guest's writes go to a private layer that is
+                             discarded when the VM ends, and the image is never written
       --net tap=NAME|auto[,mac=xx:xx:xx:xx:xx:xx][,host=IP/PREFIX,guest=IP]
                              virtio-net (the guest's eth0) on a TAP interface; with host= and
                              guest=, Kiln gives the TAP the host address and the guest `ip=`
@@ -71,7 +74,7 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
 
     var disks: [MachineConfig.Disk] = []
     for spec in parsed.all("disk") {
-        guard let disk = MachineConfig.Disk.parse(spec) else { fail("--disk takes PATH[,ro], got '\(spec)'", code: 2) }
+        guard let disk = MachineConfig.Disk.parse(spec) else { fail("--disk takes PATH[,ro|,overlay], got '\(spec)'", code: 2) }
         disks.append(disk)
     }
 
