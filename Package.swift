@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys"], swiftSettings: strict),
         // Release builds are fully static: no dynamic loader relocations touching every page of the
         // Swift runtime, which keeps the VMM's own resident memory near 4 MiB instead of 10.
-        .executableTarget(name: "kiln", dependencies: ["VMM"], swiftSettings: strict,
+        .executableTarget(name: "kiln", dependencies: ["VMM", "Sandbox", "AgentProtocol", "CLinux", "LinuxSys"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys"],
                           path: "Benchmarks/Host", swiftSettings: strict),

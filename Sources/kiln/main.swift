@@ -4,7 +4,8 @@ import LinuxSys
 import VMM
 
 let usage = """
-    usage: kiln boot [options]      boot a kernel with the serial console attached
+    usage: kiln run [options] -- COMMAND [ARG...]   run a command in a new sandbox (kiln run --help)
+           kiln boot [options]      boot a kernel with the serial console attached
            kiln help
 
     kiln boot options:
@@ -106,6 +107,9 @@ BootTrace.mark("process-start")
 let argv = CommandLine.arguments
 switch argv.count > 1 ? argv[1] : "help" {
 case "boot": exit(boot(argv.dropFirst(2)))
+case "run":
+    if argv.count > 2 && (argv[2] == "--help" || argv[2] == "-h") { writeRaw(1, runUsage + "\n"); exit(0) }
+    exit(await runCommand(argv.dropFirst(2)))
 case "help", "--help", "-h": writeRaw(1, usage + "\n")
 default: fail("unknown command '\(argv[1])'\n\(usage)", code: 2)
 }
