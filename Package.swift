@@ -48,6 +48,6 @@ let package = Package(
         .testTarget(name: "AgentTests", dependencies: ["Sandbox", "AgentProtocol", "KilnTestSupport", "LinuxSys", "kiln-agent"],
                     swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
-        .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport", "LinuxSys"], swiftSettings: strict),
+        .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )

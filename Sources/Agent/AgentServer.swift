@@ -11,7 +11,12 @@ public final class AgentServer {
         /// PID 1 of the guest: reap every child (orphans included), forward SIGTERM/SIGINT/SIGHUP
         /// to the processes it started, and reset the machine on Shutdown.
         public var isInit: Bool
-        public init(software: String, isInit: Bool) { self.software = software; self.isInit = isInit }
+        /// `NAME=value` entries added to every process's environment unless the host set NAME
+        /// (the host profile's GLIBC_TUNABLES, which the kernel gave to init).
+        public var inheritedEnvironment: [String]
+        public init(software: String, isInit: Bool, inheritedEnvironment: [String] = []) {
+            self.software = software; self.isInit = isInit; self.inheritedEnvironment = inheritedEnvironment
+        }
     }
 
     let options: Options

@@ -90,8 +90,12 @@ final class Connection {
             log("host reported protocol error \(code): \(message)")
             closing = true
 
-        case .exec(let exec):
+        case .exec(var exec):
             try checkNew(s)
+            for entry in server.options.inheritedEnvironment {
+                let name = entry.prefix(while: { $0 != "=" }) + "="
+                if !exec.environment.contains(where: { $0.hasPrefix(name) }) { exec.environment.append(entry) }
+            }
             switch ChildProcess.start(exec, stream: s, setIDs: server.setIDs, now: AgentServer.monotonicMillis()) {
             case .success(let p):
                 processes[s] = p

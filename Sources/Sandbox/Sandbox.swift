@@ -156,6 +156,11 @@ public final class Sandbox: Sendable {
     /// The last lines the guest printed on its console.
     public func consoleTail(lines: Int = 20) -> String { Sandbox.consoleTail(consolePath, lines: lines) }
 
+    /// A second raw connection to the agent (for tests of the agent's robustness).
+    public static func connectToGuestForTests(_ sandbox: Sandbox) -> FileDescriptor? {
+        connectToGuest(sandbox.socketPath, port: agentPort)
+    }
+
     // MARK: Helpers
 
     /// A host-initiated vsock connection (docs/vsock.md): nil when nothing listens on `port` yet.

@@ -38,7 +38,12 @@ if let i = args.firstIndex(of: "--listen"), i + 1 < args.count {
 }
 
 let server: AgentServer
-do { server = try AgentServer(listener: listener, options: .init(software: software, isInit: isInit)) }
+// Host-profile settings the kernel passed to init (see HostProfile.glibcTunables).
+var inherited: [String] = []
+for name in ["GLIBC_TUNABLES"] {
+    if let value = getenv(name) { inherited.append(name + "=" + String(cString: value)) }
+}
+do { server = try AgentServer(listener: listener, options: .init(software: software, isInit: isInit, inheritedEnvironment: isInit ? inherited : [])) }
 catch { die("\(error)") }
 writeRaw(isInit ? 1 : 2, "kiln-agent: ready on \(where_)\n")
 server.run()
