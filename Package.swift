@@ -35,7 +35,7 @@ let package = Package(
         // Swift runtime, which keeps the VMM's own resident memory near 4 MiB instead of 10.
         .executableTarget(name: "kiln", dependencies: ["VMM", "Sandbox", "AgentProtocol", "CLinux", "LinuxSys"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
-        .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys"],
+        .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"],
                           path: "Benchmarks/Host", swiftSettings: strict),
 
         .target(name: "KilnTestSupport", dependencies: ["CLinux"], path: "Tests/Support", swiftSettings: strict),

@@ -128,6 +128,7 @@ public final class Sandbox: Sendable {
             if let socket = connectToGuest(directory + "/vsock.sock", port: agentPort) {
                 do {
                     let client = try AgentClient(socket: socket, software: "kiln")
+                    BootTrace.mark("agent-ready")
                     return Sandbox(agent: client, directory: directory, machine: machine, thread: thread, outcome: outcome)
                 } catch {
                     if case .connection = error {} else { abandon(); throw .agent(error) }

@@ -163,6 +163,7 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
         fail("\(error)")
     }
     relay.process(process)
+    BootTrace.mark("command-started")
 
     if options.interactive {
         let input = StdinPump(process: process)
@@ -184,8 +185,10 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
         sandbox.stop()
         fail("lost the sandbox's agent: \(error)" + (tail.isEmpty ? "" : "; last console lines:\n\(tail)"))
     }
+    BootTrace.mark("command-exited")
     terminal?.restore()
     sandbox.stop()
+    BootTrace.mark("sandbox-removed")
     if status.timedOut {
         writeRaw(2, "kiln: the command timed out after \(formatSeconds(options.timeout)) s and was killed\n")
         return 124
