@@ -84,6 +84,8 @@ final class Connection {
         case .ping(let nonce):
             let uptime = AgentServer.monotonicMillis() - server.started
             send(Frame(stream: 0, .pong(Pong(nonce: nonce, uptimeMillis: uptime, processes: UInt32(server.runningProcesses)))))
+        case .reseed(let bytes):
+            send(Frame(stream: 0, .reseeded(errno: kiln_add_entropy(bytes, bytes.count))))
         case .shutdown(let grace):
             server.beginShutdown(graceMillis: grace)
         case .protocolError(let code, let message):
@@ -165,7 +167,7 @@ final class Connection {
                 f.close()
                 send(Frame(stream: s, .failure(Failure(errno: ECANCELED, message: "cancelled"))))
             }
-        case .helloAck, .pong, .started, .failure, .stdout, .stderr, .exit, .fileInfo, .fileWritten:
+        case .helloAck, .pong, .reseeded, .started, .failure, .stdout, .stderr, .exit, .fileInfo, .fileWritten:
             throw .unexpected(frame.message.type) // the decoder already refuses these from a host
         }
     }

@@ -202,6 +202,13 @@ struct PayloadReader {
             return .shutdown(graceMillis: try int())
         case .protocolError:
             return .protocolError(code: try int(), message: try string())
+        case .reseed:
+            let n = try count(elementSize: 1)
+            guard Message.reseedSizes.contains(n) else { throw .invalidValue(.reseed, field: "byte count") }
+            defer { offset += n }
+            return .reseed(Array(bytes[offset..<(offset + n)]))
+        case .reseeded:
+            return .reseeded(errno: try int())
         case .exec:
             let argv = try strings()
             let environment = try strings()

@@ -43,6 +43,8 @@ extension Message {
             d.isEmpty ? .invalidValue(type, field: "empty payload") : nil
         case .signal(let s):
             Message.signals.contains(s) ? nil : .invalidValue(.signal, field: "signal number")
+        case .reseed(let bytes):
+            Message.reseedSizes.contains(bytes.count) ? nil : .invalidValue(.reseed, field: "byte count")
         case .writeFile(let w):
             if w.mode & ~0o7777 != 0 { .invalidValue(.writeFile, field: "mode") }
             else if !WriteFile.Options.known.isSuperset(of: w.options) { .reservedBits(.writeFile) }
@@ -51,6 +53,9 @@ extension Message {
             nil
         }
     }
+
+    /// How much entropy one Reseed carries.
+    static let reseedSizes: ClosedRange<Int> = 1...512
 
     /// Linux signal numbers, standard and real-time.
     static let signals: ClosedRange<Int32> = 1...64
@@ -77,6 +82,11 @@ extension Message {
         case .protocolError(let code, let message):
             out.put(code)
             out.put(message)
+        case .reseed(let bytes):
+            out.put(UInt32(bytes.count))
+            out.append(contentsOf: bytes)
+        case .reseeded(let e):
+            out.put(e)
         case .exec(let e):
             out.put(UInt32(truncatingIfNeeded: e.argv.count))
             for a in e.argv { out.put(a) }

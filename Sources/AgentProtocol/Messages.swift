@@ -19,6 +19,11 @@ public enum Message: Equatable, Sendable {
     /// The peer found a protocol violation and closes after this frame. `code` is kept raw so
     /// that codes from a newer peer still reach the user.
     case protocolError(code: UInt16, message: String)
+    /// (1.1) Entropy for the guest's random number generator, 1 to 512 bytes: sent to every
+    /// sandbox restored from a snapshot, so that clones do not share random streams.
+    case reseed([UInt8])
+    /// (1.1) The answer to Reseed: 0, or the errno of the guest's RNDADDENTROPY/RNDRESEEDCRNG.
+    case reseeded(errno: Int32)
 
     case exec(Exec)
     case started(pid: UInt32)
@@ -48,6 +53,8 @@ public enum Message: Equatable, Sendable {
         case .pong: .pong
         case .shutdown: .shutdown
         case .protocolError: .protocolError
+        case .reseed: .reseed
+        case .reseeded: .reseeded
         case .exec: .exec
         case .started: .started
         case .failure: .failure

@@ -10,7 +10,7 @@ public enum Wire {
     /// Credit each receiver grants per data channel when a stream opens.
     public static let initialWindow: UInt32 = 1 << 20
     /// The version this build speaks.
-    public static let version = Version(major: 1, minor: 0)
+    public static let version = Version(major: 1, minor: 1)
 }
 
 /// Protocol version: peers talk only when majors are equal; the session uses the smaller minor.
@@ -38,6 +38,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case pong = 0x04
     case shutdown = 0x05
     case protocolError = 0x06
+    case reseed = 0x07
+    case reseeded = 0x08
     // Processes.
     case exec = 0x10
     case started = 0x11
@@ -73,9 +75,9 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     /// Who may send this type; nil when both sides may.
     public var sender: Side? {
         switch self {
-        case .hello, .ping, .shutdown, .exec, .stdin, .stdinClose, .resize, .signal,
+        case .hello, .ping, .shutdown, .reseed, .exec, .stdin, .stdinClose, .resize, .signal,
              .writeFile, .readFile, .cancel: .host
-        case .helloAck, .pong, .started, .failure, .stdout, .stderr, .exit, .fileInfo, .fileWritten: .agent
+        case .helloAck, .pong, .reseeded, .started, .failure, .stdout, .stderr, .exit, .fileInfo, .fileWritten: .agent
         case .protocolError, .credit, .fileData, .fileEnd: nil
         }
     }
@@ -88,6 +90,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .pong: "Pong"
         case .shutdown: "Shutdown"
         case .protocolError: "ProtocolError"
+        case .reseed: "Reseed"
+        case .reseeded: "Reseeded"
         case .exec: "Exec"
         case .started: "Started"
         case .failure: "Failure"

@@ -158,3 +158,21 @@ int kiln_link_up(const char *name) {
 
 int kiln_reboot(void) { return reboot(RB_AUTOBOOT); }
 int kiln_mkostemp(char *template_path, int flags) { return mkostemp(template_path, flags); }
+
+#include <linux/random.h>
+int kiln_add_entropy(const void *bytes, size_t count) {
+    if (count > 512) return EINVAL;
+    // struct rand_pool_info: entropy_count, buf_size, then the bytes.
+    int request[2 + 512 / sizeof(int)];
+    memset(request, 0, sizeof request);
+    request[0] = (int)(count * 8);
+    request[1] = (int)count;
+    memcpy(&request[2], bytes, count);
+    int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    int rc = ioctl(fd, RNDADDENTROPY, request);
+    if (rc == 0) rc = ioctl(fd, RNDRESEEDCRNG);
+    int e = rc == 0 ? 0 : errno;
+    close(fd);
+    return e;
+}

@@ -39,6 +39,7 @@ public final class AgentClient: Sendable {
         var reads: [UInt32: ReadState] = [:]
         var writes: [UInt32: WriteState] = [:]
         var pings: [UInt64: CheckedContinuation<Pong, any Error>] = [:]
+        var reseeds: [CheckedContinuation<Int32, any Error>] = []
         var nextNonce: UInt64 = 1
         var closed: AgentClientError?
     }
@@ -111,6 +112,21 @@ public final class AgentClient: Sendable {
         }
     }
 
+    /// Gives the guest's random number generator fresh entropy and reseeds it now (protocol 1.1;
+    /// the agent must run as root in the guest). Returns 0 or the guest's errno.
+    public func reseed(_ entropy: [UInt8]) async throws -> Int32 {
+        guard version.minor >= 1 else { throw AgentClientError.connection("the agent speaks protocol \(version), Reseed needs 1.1") }
+        guard (1...512).contains(entropy.count) else { throw AgentClientError.protocolError(.invalidValue(.reseed, field: "byte count")) }
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int32, any Error>) in
+            let ok = state.withLock { s in
+                if let e = s.closed { c.resume(throwing: e); return false }
+                s.reseeds.append(c)
+                return true
+            }
+            if ok { send(Frame(stream: 0, .reseed(entropy))) }
+        }
+    }
+
     /// Tells the agent to stop every process (SIGTERM, SIGKILL after `graceMillis`), sync and
     /// reset the machine. There is no answer: the connection ends.
     public func shutdown(graceMillis: UInt32 = 1000) {
@@ -178,11 +194,14 @@ public final class AgentClient: Sendable {
             s.reads[id] = ReadState()
             return id
         }
-        send(Frame(stream: stream, .readFile(path: path)))
+        // The continuation is in place before the request leaves, so an answer cannot beat it.
         return try await withCheckedThrowingContinuation { c in
-            state.withLock { s in
-                if let e = s.closed { s.reads[stream] = nil; c.resume(throwing: e) } else { s.reads[stream]?.done = c }
+            let ok = state.withLock { s in
+                if let e = s.closed { s.reads[stream] = nil; c.resume(throwing: e); return false }
+                s.reads[stream]?.done = c
+                return true
             }
+            if ok { send(Frame(stream: stream, .readFile(path: path))) }
         }
     }
 
@@ -313,7 +332,8 @@ public final class AgentClient: Sendable {
                 for c in w.creditWaiters { resumers.append { c.resume() } }
             }
             for (_, c) in s.pings { resumers.append { c.resume(throwing: error) } }
-            s.reads.removeAll(); s.writes.removeAll(); s.pings.removeAll()
+            for c in s.reseeds { resumers.append { c.resume(throwing: error) } }
+            s.reads.removeAll(); s.writes.removeAll(); s.pings.removeAll(); s.reseeds.removeAll()
         }
         for r in resumers { r() }
     }
@@ -325,6 +345,8 @@ public final class AgentClient: Sendable {
             switch frame.message {
             case .pong(let pong):
                 if let c = st.pings.removeValue(forKey: pong.nonce) { resume = { c.resume(returning: pong) } }
+            case .reseeded(let e):
+                if !st.reseeds.isEmpty { let c = st.reseeds.removeFirst(); resume = { c.resume(returning: e) } }
             case .protocolError(let code, let message):
                 let e = AgentClientError.protocolError(.remote(code: code, message: message))
                 st.closed = e

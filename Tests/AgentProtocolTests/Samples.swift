@@ -5,6 +5,8 @@ let hostFrames: [Frame] = [
     Frame(stream: 0, .hello(Hello(software: "kiln 0.1 ✓"))),
     Frame(stream: 0, .ping(nonce: 0x0102_0304_0506_0708)),
     Frame(stream: 0, .shutdown(graceMillis: 2500)),
+    Frame(stream: 0, .reseed([0xDE, 0xAD, 0xBE, 0xEF])),
+    Frame(stream: 0, .reseed([UInt8](repeating: 7, count: 512))),
     Frame(stream: 0, .protocolError(code: 5, message: "Ping frame ends inside a field")),
     Frame(stream: 1, .exec(Exec(argv: ["/bin/sh", "-c", "echo hi; exit 3"], environment: ["PATH=/bin", "LANG=C.UTF-8"],
                                 workingDirectory: "/tmp", uid: 1000, gid: 100, groups: [10, 20],
@@ -28,6 +30,8 @@ let hostFrames: [Frame] = [
 let agentFrames: [Frame] = [
     Frame(stream: 0, .helloAck(HelloAck(software: "kiln-agent 0.1", capabilities: [.pty, .setIDs]))),
     Frame(stream: 0, .pong(Pong(nonce: 7, uptimeMillis: 123_456, processes: 2))),
+    Frame(stream: 0, .reseeded(errno: 0)),
+    Frame(stream: 0, .reseeded(errno: 1)),
     Frame(stream: 0, .protocolError(code: 999, message: "")),
     Frame(stream: 1, .started(pid: 42)),
     Frame(stream: 1, .credit(.stdin, bytes: 4096)),

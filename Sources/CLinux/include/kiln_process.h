@@ -47,6 +47,10 @@ int kiln_signalfd_read(int fd);
 int kiln_mount(const char *source, const char *target, const char *type, unsigned long flags, const char *data);
 // Sets the interface's IFF_UP flag (e.g. "lo").
 int kiln_link_up(const char *name);
+// Mixes `count` bytes into the kernel's entropy pool, credited (RNDADDENTROPY), and reseeds
+// the CRNG now (RNDRESEEDCRNG). Returns 0 or the errno. Needs CAP_SYS_ADMIN.
+int kiln_add_entropy(const void *bytes, size_t count);
+
 // reboot(RB_AUTOBOOT): with reboot=k the VM exits.
 int kiln_reboot(void);
 
