@@ -5,6 +5,7 @@ import VMM
 
 let usage = """
     usage: kiln boot [options]      boot a kernel with the serial console attached
+           kiln restore DIR [options]  continue a snapshot (kiln restore --help)
            kiln help
 
     kiln boot options:
@@ -22,6 +23,8 @@ let usage = """
       --vsock PATH           virtio-vsock, guest CID 3: host programs connect to the Unix socket
                              PATH and write "CONNECT <port>\\n"; guest connections to CID 2
                              port P go to the Unix socket PATH_P (see docs/vsock.md)
+      --control PATH         a control socket: one command per line, pause, resume, status,
+                             snapshot DIR (see docs/snapshot-format.md)
 
     The guest's console is on stdin/stdout. Kiln exits 0 when the guest shuts down
     (e.g. `reboot -f` under reboot=k), non-zero with a reason otherwise. On a terminal,
@@ -37,7 +40,7 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
     let parsed: Arguments
     let cpus: Int, memory: Int
     do {
-        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock"],
+        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock", "control"],
                                flags: [])
         cpus = try parsed.int("cpus", default: 1)
         memory = try parsed.int("memory", default: 256)
@@ -92,17 +95,15 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
     }
     let machine: Machine
     do { machine = try Machine(config) } catch { fail(error.description) }
-    switch machine.run() {
-    case .guestShutdown, .userQuit: return 0
-    case .guestPanicked: fail("the guest kernel panicked (see the console output above)")
-    case .failed(let reason): fail("the VM stopped: \(reason)")
-    }
+    return runAttached(machine, control: parsed.string("control"))
 }
 
 BootTrace.mark("process-start")
 let argv = CommandLine.arguments
 switch argv.count > 1 ? argv[1] : "help" {
 case "boot": exit(boot(argv.dropFirst(2)))
+case "restore" where argv.count > 2 && ["--help", "-h"].contains(argv[2]): writeRaw(1, restoreUsage + "\n")
+case "restore": exit(restore(argv.dropFirst(2)))
 case "help", "--help", "-h": writeRaw(1, usage + "\n")
 default: fail("unknown command '\(argv[1])'\n\(usage)", code: 2)
 }
