@@ -68,6 +68,8 @@ public protocol VirtioDevice: AnyObject, Sendable {
 extension VirtioDevice {
     public func shutdown() {}
     public func restored() {}
+    /// Devices that keep no queue copies of their own report none (the transport's are current).
+    public func liveQueues() -> [Virtqueue]? { nil }
 
     /// Serves a read of a little-endian config space image.
     public func serveConfig(_ bytes: [UInt8], offset: Int, into data: UnsafeMutableRawBufferPointer) {
