@@ -1,5 +1,6 @@
 import Glibc
 import KilnTestSupport
+import LinuxSys
 import Testing
 
 /// Snapshots end to end with the default guest: one boot with a control socket, a snapshot taken
@@ -92,5 +93,46 @@ import Testing
         var byte: UInt8 = 0
         while read(fd, &byte, 1) == 1 && byte != UInt8(ascii: "\n") { reply.append(byte) }
         return String(decoding: reply, as: UTF8.self)
+    }
+}
+
+/// vsock across a restore: the guest's listening socket survives, and the clone is reached through
+/// its own Unix socket and CID (the guest re-reads the CID after the transport reset Kiln sends).
+@Suite struct SnapshotVsockTests {
+    static let megabyte = 1 << 20
+
+    @Test func guestListenerIsReachableThroughTheClonesOwnSocket() throws {
+        let dir = "/tmp/kiln-snapshot-vsock-\(getpid())"
+        mkdir(dir, 0o755)
+        defer { _ = system("rm -rf \(dir)") }
+        let initrd = "\(dir)/initramfs.cpio", control = "\(dir)/control.sock", snap = "\(dir)/snap"
+        let build = try runProgram(["\(VsockBootTests.sourceDir)/rootfs/build-vsock-test-initramfs.sh",
+                                    "/var/cache/kiln/initramfs/initramfs.cpio", initrd])
+        try #require(build.status == 0, "building the test initramfs failed")
+
+        let original = try KilnProcess(["boot", "--initrd", initrd, "--vsock", "\(dir)/original.sock", "--control", control])
+        try original.waitForLine("KILN-INIT-READY", seconds: 600)
+        original.send("vsock-test serve 5000 &\n")
+        try original.waitFor("VSOCK-LISTENING", seconds: 120) { $0.output.contains("VSOCK-LISTENING 5000") }
+        #expect(try SnapshotTests.command(control, "snapshot \(snap)").hasPrefix("ok "))
+        original.send("reboot -f\n")
+        #expect(try original.wait(seconds: 120) == 0)
+
+        let clonePath = "\(dir)/clone.sock"
+        let clone = try KilnProcess(["restore", snap, "--vsock", clonePath, "--vsock-cid", "5"])
+        for _ in 0..<300 where access(clonePath, F_OK) != 0 { usleep(100_000) }
+        let tools = VsockBootTests()
+        let client = try tools.blocking(UnixSocket.connect(path: clonePath))
+        try tools.sendAll(client.raw, Array("CONNECT 5000\n".utf8))
+        let ok = try tools.readLine(client.raw)
+        #expect(ok.hasPrefix("OK "), "\(ok)")
+        let toGuest = tools.pattern(seed: 7)
+        try tools.sendAll(client.raw, toGuest)
+        let fromGuest = try tools.readAll(client.raw)
+        try clone.waitFor("the guest's report", seconds: 120) { $0.output.contains("VSOCK-DONE") }
+        #expect(fromGuest.count == Self.megabyte)
+        #expect(clone.outputLines.contains("VSOCK-RECV \(sha256Hex(toGuest)) \(Self.megabyte)"), "\(clone.output)")
+        clone.send("reboot -f\n")
+        #expect(try clone.wait(seconds: 120) == 0)
     }
 }

@@ -49,7 +49,13 @@ extension Machine {
         lifecycle.kickThreads()
         let threads = vcpus.count + (virtio.transports.isEmpty || !lifecycle.started ? 0 : 1)
         guard lifecycle.started else { return } // not running yet: the threads park as they start
-        guard gate.waitParked(threads, giveUp: { stopping }) else { throw .config("the VM stopped while pausing") }
+        // A vCPU blocked writing console output nobody reads cannot park: give up rather than hang.
+        let deadline = monotonicSeconds() + Machine.pauseTimeout
+        guard gate.waitParked(threads, giveUp: { stopping || monotonicSeconds() > deadline }) else {
+            _ = gate.open()
+            throw .config(stopping ? "the VM stopped while pausing"
+                          : "the VM did not pause within \(Int(Machine.pauseTimeout)) s (is its console output blocked?)")
+        }
     }
 
     /// Lets a paused VM run again.
@@ -220,6 +226,16 @@ extension Machine {
         for (transport, saved) in zip(virtio.transports, snap.devices) { transport.restore(saved.transport) }
         BootTrace.mark("restored")
     }
+}
+
+extension Machine {
+    static let pauseTimeout = 10.0
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
 /// Reads a whole (small) file.
