@@ -151,6 +151,13 @@ public struct Virtqueue: Sendable, Equatable {
         return DescriptorChain(head: head, buffers: buffers)
     }
 
+    /// With EVENT_IDX, asks the driver to notify on the next buffer it adds even while others are pending.
+    public func notifyOnNextAvailable(_ memory: GuestMemory) throws(VirtqueueError) {
+        guard eventIndex, ready else { return }
+        let available = try read(UInt16.self, memory, availableRing + 2)
+        try write(available, memory, usedRing + 4 + 8 * UInt64(size))
+    }
+
     /// Returns a finished request to the driver with the number of bytes written into its buffers.
     public mutating func push(head: UInt16, written: UInt32, _ memory: GuestMemory) throws(VirtqueueError) {
         let slot = usedRing + 4 + 8 * UInt64(nextUsed % size)

@@ -58,7 +58,11 @@ public final class VirtioVsock: VirtioDevice {
     public func restored() { state.withLock { $0.sendTransportReset() } }
 
     public func process(queue index: Int) {
-        guard index < 2 else { return } // the event queue only holds buffers for events Kiln never sends
+        guard index < 2 else {
+            // The event queue: the guest refilling it means it handled the transport reset.
+            state.withLock { $0.eventQueueRefilled() }
+            return
+        }
         state.withLock { $0.pump() }
     }
 
@@ -97,6 +101,9 @@ struct VsockMux {
     var control: [VsockHeader] = []
     var ready: [Key] = []
     var nextPort = VsockMux.firstHostPort
+    /// A transport reset was sent and the guest has not handled it yet: host clients wait in the
+    /// listen backlog, so a new connection cannot be reset by the guest's late handling (or reach the old CID).
+    var awaitingResetAck = false
 
     init(guestCID: UInt64, path: String, listener: Int32) {
         self.guestCID = guestCID; self.path = path; self.listener = listener
@@ -118,6 +125,7 @@ struct VsockMux {
         context.events.unwatch(listener)
         for c in Array(byFD.values) { close(c) }
         control.removeAll()
+        awaitingResetAck = false
         self.context = nil
         wake = nil
     }
@@ -131,10 +139,23 @@ struct VsockMux {
             guard let chain = try event.pop(context.memory), let buffer = chain.writable.first, buffer.length >= 4 else { return }
             try? context.memory.write(VsockMux.eventTransportReset, at: buffer.address)
             try event.push(head: chain.head, written: 4, context.memory)
+            try event.notifyOnNextAvailable(context.memory)
+            if !awaitingResetAck { context.events.unwatch(listener) }
+            awaitingResetAck = true
             if try event.needsInterrupt(context.memory) { context.interrupt() }
         } catch {
             broken(error)
         }
+    }
+
+    mutating func eventQueueRefilled() {
+        guard awaitingResetAck, let context, let wake else { return }
+        awaitingResetAck = false
+        let listener = listener
+        do { try context.events.watch(listener) { wake(listener) } }
+        catch { context.fail("virtio-vsock \(path): cannot watch the listener: \(error)") }
+        acceptClients()
+        pump()
     }
 
     // MARK: host side
