@@ -180,8 +180,8 @@ extension Machine {
         guard UInt64(st.st_size) == snap.memoryFileSize else {
             throw fail("memory file is \(st.st_size) bytes, the state says \(snap.memoryFileSize) (truncated or from another snapshot)")
         }
-        guard snap.memory.allSatisfy({ $0.fileOffset + $0.size <= snap.memoryFileSize }),
-              snap.memory.reduce(0, { $0 + $1.size }) == UInt64(config.memoryMiB) << 20 else {
+        guard snap.memory.allSatisfy({ $0.fileOffset <= snap.memoryFileSize && $0.size <= snap.memoryFileSize - $0.fileOffset }),
+              snap.memory.reduce(UInt64(0), { $0 &+ $1.size }) == UInt64(config.memoryMiB) << 20 else {
             throw fail("state file is malformed (memory ranges do not match the memory size)")
         }
         let memory: GuestMemory

@@ -125,7 +125,9 @@ struct SnapshotState: Equatable {
             fixed = (version, length, crc)
         } catch let e as LoadError { throw e } catch { throw .truncated(expected: headerSize, got: bytes.count) }
         let body = bytes[headerSize...]
-        guard UInt64(body.count) >= fixed.length else { throw .truncated(expected: headerSize + Int(fixed.length), got: bytes.count) }
+        guard UInt64(body.count) >= fixed.length else {
+            throw .truncated(expected: headerSize + Int(min(fixed.length, UInt64(Int32.max))), got: bytes.count)
+        }
         guard UInt64(body.count) == fixed.length else { throw .malformed("\(UInt64(body.count) - fixed.length) bytes after the end") }
         guard CRC32.checksum(body) == fixed.crc else { throw .checksum }
         do { return try parse(Array(body)) } catch let e as StateReader.Truncated { throw .malformed("section \(e.what) is short") }
@@ -149,7 +151,7 @@ struct SnapshotState: Equatable {
         guard let profile = HostProfile(rawValue: profileName) else { throw LoadError.malformed("unknown host profile '\(profileName)'") }
         let config = try MachineConfig(snapshotText: try c.string())
         let fileSize = try m.u64()
-        let ranges = try (0..<Int(try m.u32())).map { _ in MemoryRange(base: try m.u64(), size: try m.u64(), fileOffset: try m.u64()) }
+        let ranges = try (0..<(try m.count(elementSize: 24))).map { _ in MemoryRange(base: try m.u64(), size: try m.u64(), fileOffset: try m.u64()) }
         let vm = VMState(picMaster: try v.blob(), picSlave: try v.blob(), ioapic: try v.blob(), pit: try v.blob(), clock: try v.blob())
         var vcpus: [VCPUState] = []
         for (i, raw) in (sections["CPU "] ?? []).enumerated() {
@@ -158,7 +160,7 @@ struct SnapshotState: Equatable {
             let mp = try r.blob(), regs = try r.blob(), sregs = try r.blob(), fpu = try r.blob()
             let xsave = try r.optionalBlob(), xcrs = try r.optionalBlob(), debug = try r.optionalBlob()
             let lapic = try r.blob()
-            let msrs = try (0..<Int(try r.u32())).map { _ in MSR(index: try r.u32(), value: try r.u64()) }
+            let msrs = try (0..<(try r.count(elementSize: 12))).map { _ in MSR(index: try r.u32(), value: try r.u64()) }
             let events = try r.optionalBlob()
             vcpus.append(VCPUState(mpState: mp, regs: regs, sregs: sregs, fpu: fpu, xsave: xsave, xcrs: xcrs,
                                    debugRegs: debug, lapic: lapic, msrs: msrs, events: events))
@@ -173,7 +175,7 @@ struct SnapshotState: Equatable {
             let id = try r.u32()
             let status = try r.u32(), dfs = try r.u32(), drfs = try r.u32(), features = try r.u64()
             let qsel = try r.u32(), isr = try r.u32(), generation = try r.u32(), active = try r.bool()
-            let queues = try (0..<Int(try r.u32())).map { _ in
+            let queues = try (0..<(try r.count(elementSize: 32))).map { _ in
                 Virtqueue(size: try r.u16(), ready: try r.bool(), descriptorTable: try r.u64(), availableRing: try r.u64(),
                           usedRing: try r.u64(), eventIndex: try r.bool(), lastAvailable: try r.u16(), nextUsed: try r.u16(),
                           signalledUsed: try r.u16())
@@ -242,4 +244,37 @@ extension NetSpec {
         if let host, let guest { parts += ["host=\(host.address)/\(host.prefix)", "guest=\(guest)"] }
         return parts.joined(separator: ",")
     }
+}
+
+/// What a snapshot directory holds, read from its state file without building anything: for
+/// callers that pick or check snapshots (templates) before restoring one.
+public struct SnapshotInfo: Sendable {
+    public let kilnVersion: String
+    public let hostProfile: HostProfile
+    /// The configuration the snapshot was made with (console descriptors are the defaults).
+    public let config: MachineConfig
+    public let memoryBytes: UInt64
+    public let vcpus: Int
+    public let devices: Int
+
+    /// Reads and checks `directory/state` (magic, version, checksum, every section).
+    public static func read(directory: String) throws(MachineError) -> SnapshotInfo {
+        let path = directory + "/" + SnapshotState.stateFile
+        let bytes: [UInt8]
+        do { bytes = try readWholeFile(path) } catch { throw .snapshot(path: directory, "cannot read \(path): \(error)") }
+        do { return try parse(bytes) } catch { throw .snapshot(path: directory, "\(error)") }
+    }
+
+    /// Parses the bytes of a state file; the error text is the one-line reason.
+    public static func parse(_ bytes: [UInt8]) throws(SnapshotFormatError) -> SnapshotInfo {
+        let s: SnapshotState
+        do { s = try SnapshotState.decode(bytes) } catch { throw SnapshotFormatError(description: error.description) }
+        return SnapshotInfo(kilnVersion: s.kilnVersion, hostProfile: s.hostProfile, config: s.config,
+                            memoryBytes: s.memoryFileSize, vcpus: s.vcpus.count, devices: s.devices.count)
+    }
+}
+
+/// Why a state file could not be read, in one line.
+public struct SnapshotFormatError: Error, CustomStringConvertible, Sendable {
+    public let description: String
 }

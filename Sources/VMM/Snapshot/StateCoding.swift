@@ -51,6 +51,12 @@ struct StateReader {
     mutating func u16() throws(Truncated) -> UInt16 { try int(UInt16.self) }
     mutating func u32() throws(Truncated) -> UInt32 { try int(UInt32.self) }
     mutating func u64() throws(Truncated) -> UInt64 { try int(UInt64.self) }
+    /// A u32 element count, refused when `elementSize`-byte elements could not fit in what is left.
+    mutating func count(elementSize: Int) throws(Truncated) -> Int {
+        let n = Int(try u32())
+        guard n <= (bytes.count - position) / max(1, elementSize) else { throw Truncated(what: what) }
+        return n
+    }
     mutating func blob() throws(Truncated) -> [UInt8] { Array(try take(Int(try u32()))) }
     mutating func optionalBlob() throws(Truncated) -> [UInt8]? { try bool() ? try blob() : nil }
     mutating func string() throws(Truncated) -> String { String(decoding: try blob(), as: UTF8.self) }
