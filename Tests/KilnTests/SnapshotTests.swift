@@ -114,7 +114,8 @@ import Testing
         try original.waitForLine("KILN-INIT-READY", seconds: 600)
         original.send("vsock-test serve 5000 &\n")
         try original.waitFor("VSOCK-LISTENING", seconds: 120) { $0.output.contains("VSOCK-LISTENING 5000") }
-        #expect(try SnapshotTests.command(control, "snapshot \(snap)").hasPrefix("ok "))
+        let reply = try SnapshotTests.command(control, "snapshot \(snap)")
+        try #require(reply.hasPrefix("ok "), "\(reply)")
         original.send("reboot -f\n")
         #expect(try original.wait(seconds: 120) == 0)
 

@@ -50,8 +50,19 @@ extension Machine {
         let threads = vcpus.count + (virtio.transports.isEmpty || !lifecycle.started ? 0 : 1)
         guard lifecycle.started else { return } // not running yet: the threads park as they start
         // A vCPU blocked writing console output nobody reads cannot park: give up rather than hang.
+        // Kick again every 10 ms: a signal that landed while a vCPU thread was outside KVM_RUN is
+        // lost, and immediate_exit alone is not relied on (the vCPU may sit in an in-kernel HLT).
         let deadline = monotonicSeconds() + Machine.pauseTimeout
-        guard gate.waitParked(threads, giveUp: { stopping || monotonicSeconds() > deadline }) else {
+        var nextKick = monotonicSeconds() + 0.01
+        guard gate.waitParked(threads, giveUp: {
+            let now = monotonicSeconds()
+            if now > nextKick {
+                for vcpu in vcpus { vcpu.requestExit() }
+                lifecycle.kickThreads()
+                nextKick = now + 0.01
+            }
+            return stopping || now > deadline
+        }) else {
             _ = gate.open()
             throw .config(stopping ? "the VM stopped while pausing"
                           : "the VM did not pause within \(Int(Machine.pauseTimeout)) s (is its console output blocked?)")
