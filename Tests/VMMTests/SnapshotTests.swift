@@ -92,7 +92,7 @@ final class PipeReader {
     func sampleState(profile: HostProfile) -> SnapshotState {
         var config = MachineConfig(kernelPath: "/k", initrdPath: "/i", cmdline: "console=ttyS0", cpus: 1, memoryMiB: 64, hostProfile: profile)
         config.vsock = .init(path: "/tmp/v.sock", guestCID: 7)
-        config.disks = [.init(path: "/d.img", readOnly: true)]
+        config.disks = [.init(path: "/d.img", overlay: true)]
         let cpu = VCPUState(mpState: [1, 0, 0, 0], regs: [2, 3], sregs: [4], fpu: [5], xsave: nil, xcrs: [6], debugRegs: nil,
                             lapic: [7], msrs: [MSR(index: 0x10, value: 1234)], events: [8])
         let queue = Virtqueue(size: 128, ready: true, descriptorTable: 0x1000, availableRing: 0x2000, usedRing: 0x3000,
@@ -104,13 +104,15 @@ final class PipeReader {
                                                        thrEmptyPending: false, rx: [65]),
                              devices: [.init(deviceID: 2, transport: .init(status: 15, deviceFeaturesSelect: 1, driverFeaturesSelect: 1,
                                                                            driverFeatures: 1 << 32, queueSelect: 0, interruptStatus: 0,
-                                                                           configGeneration: 0, active: true, queues: [queue]))])
+                                                                           configGeneration: 0, active: true, queues: [queue]))],
+                             layers: [.init(slot: 0, bitmap: [0b1011, 0, 1 << 63])])
     }
 
     @Test func stateFileRoundTripsAndRefusesDamage() throws {
         let state = sampleState(profile: .kvm)
         let bytes = state.encoded()
         #expect(try SnapshotState.decode(bytes) == state)
+        #expect(try SnapshotState.decode(bytes).config.disks == [.init(path: "/d.img", overlay: true)])
 
         var flipped = bytes
         flipped[bytes.count / 2] ^= 0x01

@@ -97,7 +97,7 @@ extension Machine {
         if mkdir(directory, 0o755) != 0 && errno != EEXIST { throw fail("cannot create the directory: \(Errno.current("mkdir"))") }
         guard !config.cmdline.contains("\n") else { throw fail("the kernel command line holds a newline") }
 
-        let state: SnapshotState
+        var state: SnapshotState
         do {
             let support = StateSupport(vm.system)
             let msrIndices = try vm.system.msrIndexList()
@@ -126,6 +126,14 @@ extension Machine {
         let written: Int
         do { written = try memory.dump(toFile: mfd, offsets: state.memory.map { Int($0.fileOffset) }) }
         catch { throw fail("cannot write guest memory: \(error)") }
+
+        // Overlay disks: the written sectors are part of the guest's view of its disk.
+        for (slot, transport) in virtio.transports.enumerated() {
+            guard let block = transport.device as? VirtioBlock, let layer = block.layer else { continue }
+            let path = directory + "/" + SnapshotState.layerFile(slot)
+            do { try layer.save(to: path) } catch { throw fail("cannot save the write layer of disk \(slot): \(error)") }
+            state.layers.append(.init(slot: UInt32(slot), bitmap: layer.bitmap))
+        }
 
         let bytes = state.encoded()
         let tmp = statePath + ".tmp"
@@ -231,6 +239,17 @@ extension Machine {
         }
         for (transport, saved) in zip(virtio.transports, snap.devices) where transport.device.deviceID != saved.deviceID {
             throw fail("device \(saved.deviceID) saved where \(transport.device.deviceID) is configured")
+        }
+        for (slot, transport) in virtio.transports.enumerated() {
+            guard let block = transport.device as? VirtioBlock else { continue }
+            let saved = snap.layers.first { $0.slot == UInt32(slot) }
+            switch (block.layer, saved) {
+            case (nil, nil): continue
+            case (let layer?, let saved?):
+                do { try layer.restore(from: directory + "/" + SnapshotState.layerFile(slot), bitmap: saved.bitmap) }
+                catch { throw fail("cannot restore the write layer of disk \(slot): \(error)") }
+            default: throw fail("disk \(slot) has a write layer on only one side (snapshot vs configuration)")
+            }
         }
         try self.init(config: config, loaded: nil, vm: vm, memory: memory, vcpus: vcpus, virtio: virtio, eventLoop: eventLoop)
         serial.restore(snap.serial)

@@ -17,6 +17,9 @@ struct SnapshotState: Equatable {
 
     struct MemoryRange: Equatable { var base: UInt64; var size: UInt64; var fileOffset: UInt64 }
     struct Device: Equatable { var deviceID: UInt32; var transport: VirtioMMIOTransport.SavedState }
+    /// A disk's private write layer: its written sectors are in the file `layerFile(slot)`.
+    struct Layer: Equatable { var slot: UInt32; var bitmap: [UInt64] }
+    static func layerFile(_ slot: Int) -> String { "disk-\(slot).layer" }
 
     var kilnVersion: String
     var hostProfile: HostProfile
@@ -27,11 +30,12 @@ struct SnapshotState: Equatable {
     var vcpus: [VCPUState]
     var serial: Serial.SavedState
     var devices: [Device]
+    var layers: [Layer] = []
 
     static func == (a: SnapshotState, b: SnapshotState) -> Bool {
         a.kilnVersion == b.kilnVersion && a.hostProfile == b.hostProfile && a.config.snapshotText == b.config.snapshotText
             && a.memory == b.memory && a.memoryFileSize == b.memoryFileSize && a.vm == b.vm && a.vcpus == b.vcpus
-            && a.serial == b.serial && a.devices == b.devices
+            && a.serial == b.serial && a.devices == b.devices && a.layers == b.layers
     }
 
     // MARK: encoding
@@ -76,6 +80,13 @@ struct SnapshotState: Equatable {
                     w.u16(q.size); w.bool(q.ready); w.u64(q.descriptorTable); w.u64(q.availableRing); w.u64(q.usedRing)
                     w.bool(q.eventIndex); w.u16(q.lastAvailable); w.u16(q.nextUsed); w.u16(q.signalledUsed)
                 }
+            }
+        }
+        for layer in layers {
+            body.section("LAYR") { w in
+                w.u32(layer.slot)
+                w.u32(UInt32(layer.bitmap.count))
+                for word in layer.bitmap { w.u64(word) }
             }
         }
         var file = StateWriter()
@@ -184,8 +195,16 @@ struct SnapshotState: Equatable {
                                                                   driverFeatures: features, queueSelect: qsel, interruptStatus: isr,
                                                                   configGeneration: generation, active: active, queues: queues)))
         }
+        var layers: [Layer] = []
+        for raw in sections["LAYR"] ?? [] {
+            var r = StateReader(raw, what: "LAYR")
+            let slot = try r.u32()
+            let words = try (0..<(try r.count(elementSize: 8))).map { _ in try r.u64() }
+            guard Int(slot) < devices.count, devices[Int(slot)].deviceID == 2 else { throw LoadError.malformed("write layer for slot \(slot), not a disk") }
+            layers.append(Layer(slot: slot, bitmap: words))
+        }
         return SnapshotState(kilnVersion: version, hostProfile: profile, config: config, memory: ranges, memoryFileSize: fileSize,
-                             vm: vm, vcpus: vcpus, serial: serial, devices: devices)
+                             vm: vm, vcpus: vcpus, serial: serial, devices: devices, layers: layers)
     }
 }
 
@@ -200,7 +219,7 @@ extension MachineConfig {
                      "host-profile=\(hostProfile.rawValue)"]
         if let initrdPath { lines.append("initrd=\(initrdPath)") }
         if let bootProtocol { lines.append("boot-protocol=\(bootProtocol.rawValue)") }
-        for d in disks { lines.append("disk=\(d.path)\(d.readOnly ? ",ro" : "")") }
+        for d in disks { lines.append("disk=\(d.path)\(d.readOnly ? ",ro" : "")\(d.overlay ? ",overlay" : "")") }
         if let net { lines.append("net=\(net.specString)") }
         if let vsock { lines.append("vsock=\(vsock.path)"); lines.append("vsock-cid=\(vsock.guestCID)") }
         return lines.joined(separator: "\n")
