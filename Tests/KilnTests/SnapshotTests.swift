@@ -17,10 +17,13 @@ import Testing
         defer { _ = system("rm -rf \(dir)") }
         let control = "\(dir)/control.sock", snap = "\(dir)/snap"
 
-        // State before the snapshot: a file in tmpfs and a process that keeps running.
-        let original = try KilnProcess(["boot", "--memory", "128", "--control", control])
+        // State before the snapshot: a file in tmpfs, a process that keeps running, and a write to
+        // an overlay disk (it lives in Kiln's private write layer; the image stays all zeros).
+        let image = "\(dir)/disk.img"
+        #expect(system("truncate -s 1M \(image)") == 0)
+        let original = try KilnProcess(["boot", "--memory", "128", "--control", control, "--disk", "\(image),overlay"])
         try original.waitForLine("KILN-INIT-READY", seconds: 600)
-        original.send("echo 41 > /tmp/state; sleep 1000 & echo STATE-\"\"MADE\n")
+        original.send("echo 41 > /tmp/state; sleep 1000 & echo disk-41 > /dev/vda; sync; echo STATE-\"\"MADE\n")
         try original.waitForLine("STATE-MADE", seconds: 120)
         #expect(try Self.command(control, "pause") == "ok")
         #expect(try Self.command(control, "status") == "ok paused")
@@ -37,24 +40,28 @@ import Testing
         let a = try KilnProcess(["restore", snap])
         let b = try KilnProcess(["restore", snap])
         for (clone, name) in [(a, "A"), (b, "B")] {
-            clone.send("cat /tmp/state; ps; echo SEEN-\"\"\(name)\n")
+            clone.send("cat /tmp/state; ps; echo 3 > /proc/sys/vm/drop_caches; \(Self.readDisk); echo SEEN-\"\"\(name)\n")
             try clone.waitForLine("SEEN-\(name)", seconds: 120)
             #expect(clone.outputLines.contains("41"), "\(name): \(clone.output)")
             #expect(clone.outputLines.contains { $0.hasSuffix(" sleep 1000") }, "\(name): \(clone.output)")
+            #expect(clone.outputLines.contains("disk-41"), "\(name): \(clone.output)") // read from the restored layer
         }
 
         // A write in one clone stays in that clone.
-        a.send("echo written-by-a > /tmp/state; cat /tmp/state; echo WROTE-\"\"A\n")
+        a.send("echo written-by-a > /tmp/state; echo disk-AA > /dev/vda; sync; cat /tmp/state; echo WROTE-\"\"A\n")
         try a.waitForLine("WROTE-A", seconds: 120)
         #expect(a.outputLines.contains("written-by-a"))
-        b.send("cat /tmp/state; echo READ-\"\"B\n")
+        b.send("cat /tmp/state; echo 3 > /proc/sys/vm/drop_caches; \(Self.readDisk); echo READ-\"\"B\n")
         try b.waitForLine("READ-B", seconds: 120)
         #expect(!b.output.contains("written-by-a"))
         #expect(b.outputLines.filter { $0 == "41" }.count == 2, "\(b.output)") // before and after A's write
+        #expect(b.outputLines.filter { $0 == "disk-41" }.count == 2 && !b.output.contains("disk-AA"), "\(b.output)")
         for clone in [a, b] {
             clone.send("reboot -f\n")
             #expect(try clone.wait(seconds: 120) == 0)
         }
+
+        #expect(try readFile(image) == [UInt8](repeating: 0, count: 1 << 20)) // the image was never written
 
         // Damaged snapshots are refused with one line, before the guest runs.
         #expect(system("cp -r \(snap) \(dir)/corrupt && printf 'Z' | dd of=\(dir)/corrupt/state bs=1 seek=100 conv=notrunc 2>/dev/null") == 0)
@@ -63,6 +70,17 @@ import Testing
         try Self.expectRefused("\(dir)/short", "kiln: snapshot \(dir)/short: state file is truncated (1000 of ")
         #expect(system("cp -r \(snap) \(dir)/nomem && truncate -s 4096 \(dir)/nomem/memory") == 0)
         try Self.expectRefused("\(dir)/nomem", "kiln: snapshot \(dir)/nomem: memory file is 4096 bytes, the state says 134217728")
+    }
+
+    /// Reads the first 8 bytes of the disk (after drop_caches, so from the device).
+    static let readDisk = "dd if=/dev/vda bs=8 count=1 2>/dev/null"
+
+    func readFile(_ path: String) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY)
+        defer { close(fd) }
+        var out = [UInt8](repeating: 0, count: 2 << 20)
+        let n = read(fd, &out, out.count)
+        return Array(out[0..<max(0, n)])
     }
 
     static func expectRefused(_ dir: String, _ message: String) throws {
