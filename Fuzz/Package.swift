@@ -15,6 +15,8 @@ let package = Package(
                           swiftSettings: fuzz),
         .executableTarget(name: "FuzzBoot", dependencies: ["FuzzSupport", .product(name: "VMM", package: "Kiln")],
                           swiftSettings: fuzz),
+        .executableTarget(name: "FuzzSnapshot", dependencies: ["FuzzSupport", .product(name: "VMM", package: "Kiln")],
+                          swiftSettings: fuzz),
         .executableTarget(name: "FuzzAgentProtocol", dependencies: ["FuzzSupport", .product(name: "AgentProtocol", package: "Kiln")],
                           swiftSettings: fuzz),
     ]

@@ -99,6 +99,34 @@ public final class Serial: PortDevice {
         return accepted
     }
 
+    /// The UART registers and the bytes in its receive FIFO, as a snapshot records them.
+    /// Host input not yet in the FIFO belongs to the old console and is not saved.
+    public struct SavedState: Sendable, Equatable {
+        public var ier: UInt8, lcr: UInt8, mcr: UInt8, scr: UInt8, dll: UInt8, dlm: UInt8
+        public var fifoEnabled: Bool, thrEmptyPending: Bool
+        public var rx: [UInt8]
+        public init(ier: UInt8, lcr: UInt8, mcr: UInt8, scr: UInt8, dll: UInt8, dlm: UInt8,
+                    fifoEnabled: Bool, thrEmptyPending: Bool, rx: [UInt8]) {
+            self.ier = ier; self.lcr = lcr; self.mcr = mcr; self.scr = scr; self.dll = dll; self.dlm = dlm
+            self.fifoEnabled = fifoEnabled; self.thrEmptyPending = thrEmptyPending; self.rx = rx
+        }
+    }
+
+    public func save() -> SavedState {
+        state.withLock { s in
+            SavedState(ier: s.ier, lcr: s.lcr, mcr: s.mcr, scr: s.scr, dll: s.dll, dlm: s.dlm,
+                       fifoEnabled: s.fifoEnabled, thrEmptyPending: s.thrEmptyPending, rx: Array(s.rx[s.rxHead...]))
+        }
+    }
+
+    public func restore(_ saved: SavedState) {
+        state.withLock { s in
+            s = State()
+            s.ier = saved.ier; s.lcr = saved.lcr; s.mcr = saved.mcr; s.scr = saved.scr; s.dll = saved.dll; s.dlm = saved.dlm
+            s.fifoEnabled = saved.fifoEnabled; s.thrEmptyPending = saved.thrEmptyPending; s.rx = saved.rx
+        }
+    }
+
     /// Bytes queued by the host that the guest has not read yet.
     public var unreadInput: Int { state.withLock { $0.rxCount + $0.pendingCount } }
 

@@ -42,6 +42,8 @@ public struct MemoryRegion: Sendable {
 /// accessors copy bytes in and out rather than handing out references.
 public final class GuestMemory: @unchecked Sendable {
     public let regions: [MemoryRegion]
+    /// False when mapped from a snapshot file: then mincore speaks of the page cache, not of what the guest touched.
+    let anonymous: Bool
 
     /// Maps `layout` (guest base, size) pairs; sizes must be page multiples.
     public init(layout: [(base: UInt64, size: Int)]) throws(GuestMemoryError) {
@@ -61,6 +63,71 @@ public final class GuestMemory: @unchecked Sendable {
                                        hostAddress: UInt64(UInt(bitPattern: ptr))))
         }
         regions = mapped
+        anonymous = true
+    }
+
+    /// Maps regions of the file `fd` privately (copy-on-write): guest writes stay in this process,
+    /// and processes mapping the same file share its unwritten pages through the page cache.
+    public init(file fd: Int32, layout: [(base: UInt64, size: Int, fileOffset: Int)]) throws(GuestMemoryError) {
+        var mapped: [MemoryRegion] = []
+        for entry in layout.sorted(by: { $0.base < $1.base }) {
+            let ptr = mmap(nil, entry.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, off_t(entry.fileOffset))
+            if ptr == MAP_FAILED || ptr == nil {
+                let error = Errno.current("mmap")
+                for r in mapped { munmap(UnsafeMutableRawPointer(bitPattern: UInt(r.hostAddress)), r.size) }
+                throw .mapFailed(error)
+            }
+            mapped.append(MemoryRegion(guestBase: entry.base, size: entry.size, hostAddress: UInt64(UInt(bitPattern: ptr))))
+        }
+        for (a, b) in zip(mapped, mapped.dropFirst()) where a.guestEnd > b.guestBase {
+            for r in mapped { munmap(UnsafeMutableRawPointer(bitPattern: UInt(r.hostAddress)), r.size) }
+            throw .regionsOverlap
+        }
+        regions = mapped
+        anonymous = false
+    }
+
+    /// Writes every region to `fd` at its offset in `layout order`, leaving holes (sparse, reading as
+    /// zeros) for pages never touched or all zero. Returns the bytes actually written.
+    public func dump(toFile fd: Int32, offsets: [Int]) throws(GuestMemoryError) -> Int {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        var written = 0
+        for (r, base) in zip(regions, offsets) {
+            let start = UnsafeMutableRawPointer(bitPattern: UInt(r.hostAddress))!
+            let pages = r.size / page
+            var resident = [UInt8](repeating: 1, count: pages)
+            if anonymous { _ = resident.withUnsafeMutableBufferPointer { mincore(start, r.size, $0.baseAddress) } }
+            var run: (from: Int, count: Int)? = nil
+            func flush() throws(GuestMemoryError) {
+                guard let (from, count) = run else { return }
+                run = nil
+                var done = 0
+                while done < count * page {
+                    let n = Glibc.pwrite(fd, start + from * page + done, count * page - done, off_t(base + from * page + done))
+                    if n < 0 { if errno == EINTR { continue }; throw .readFailed(Errno.current("pwrite")) }
+                    done += n
+                }
+                written += done
+            }
+            for i in 0..<pages {
+                // A page never faulted in reads as zero: no need to look at it.
+                let keep = resident[i] & 1 != 0 && !isZero(start + i * page, page)
+                if keep {
+                    if let r0 = run, r0.from + r0.count == i { run = (r0.from, r0.count + 1) }
+                    else { try flush(); run = (i, 1) }
+                } else {
+                    try flush()
+                }
+            }
+            try flush()
+        }
+        return written
+    }
+
+    private func isZero(_ p: UnsafeMutableRawPointer, _ count: Int) -> Bool {
+        let words = p.assumingMemoryBound(to: UInt64.self)
+        for i in 0..<(count / 8) where words[i] != 0 { return false }
+        return true
     }
 
     deinit {

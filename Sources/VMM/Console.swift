@@ -29,7 +29,7 @@ final class Console: Sendable {
 
     /// Reads host input into `serial` until `stop` is signalled. Returns early on Ctrl-A x
     /// from a terminal, calling `quit`.
-    func pump(into serial: Serial, stop: Int32, quit: () -> Void) {
+    func pump(into serial: Serial, stop: Int32, gate: PauseGate? = nil, quit: () -> Void) {
         guard let input else { return }
         var fds = [pollfd(fd: input, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
         var buffer = [UInt8](repeating: 0, count: 4096)
@@ -61,6 +61,7 @@ final class Console: Sendable {
                 }
                 bytes = kept
             }
+            gate?.waitOpen(stop: stop) // a paused guest gets no input (its UART state is being saved)
             var sent = 0
             while sent < bytes.count {
                 sent += serial.enqueueInput(bytes[sent...])

@@ -50,12 +50,18 @@ final class EventLoop: EventRegistry {
         _ = handlers.withLock { $0.removeValue(forKey: fd) }
     }
 
-    /// Serves events until `stop` becomes readable.
-    func run(stop: Int32) {
+    /// Serves events until `stop` becomes readable; parks between handlers while `gate` is closed.
+    func run(stop: Int32, gate: PauseGate? = nil) {
         var stopEvent = epoll_event()
         stopEvent.events = EPOLLIN.rawValue
         stopEvent.data.fd = stop
         epoll_ctl(epoll, EPOLL_CTL_ADD, stop, &stopEvent)
+        if let gate {
+            var kick = epoll_event()
+            kick.events = EPOLLIN.rawValue
+            kick.data.fd = gate.deviceKick
+            epoll_ctl(epoll, EPOLL_CTL_ADD, gate.deviceKick, &kick)
+        }
         var events = [epoll_event](repeating: epoll_event(), count: 32)
         while true {
             let n = epoll_wait(epoll, &events, Int32(events.count), -1)
@@ -63,6 +69,13 @@ final class EventLoop: EventRegistry {
             for i in 0..<Int(n) {
                 let fd = events[i].data.fd
                 if fd == stop { return }
+                if let gate, gate.isPaused {
+                    var value: UInt64 = 0
+                    _ = Glibc.read(gate.deviceKick, &value, 8)
+                    gate.park(stop: stop) // events stay pending in epoll (level-triggered) until resume
+                    break
+                }
+                if let gate, fd == gate.deviceKick { var value: UInt64 = 0; _ = Glibc.read(fd, &value, 8); continue }
                 if let watch = handlers.withLock({ $0[fd] }), watch.events != 0 { watch.handler() }
             }
         }

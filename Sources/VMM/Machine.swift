@@ -10,7 +10,8 @@ import Synchronization
 /// One virtual machine: KVM state, guest memory, devices and the threads that run them.
 public final class Machine: Sendable {
     public let config: MachineConfig
-    public let loaded: LoadedKernel
+    /// The kernel as loaded at boot; nil for a machine restored from a snapshot.
+    public let loaded: LoadedKernel?
     let vm: VirtualMachine
     let memory: GuestMemory
     let vcpus: [VCPU]
@@ -22,13 +23,17 @@ public final class Machine: Sendable {
     let serialIRQ: EventFD
     let stopEvent: EventFD
     let lifecycle: Lifecycle
+    let gate: PauseGate
+    /// Serialises pause, resume and snapshot requests.
+    let control = Mutex<Void>(())
     private let firstRun = Atomic<Bool>(false)
     static let kickSignal = kiln_sigrtmin()
 
     /// Builds the VM and loads the kernel; nothing runs until `run()`.
-    public init(_ config: MachineConfig) throws(MachineError) {
+    public convenience init(_ config: MachineConfig) throws(MachineError) {
         try config.validate()
-        self.config = config
+        let memory: GuestMemory, vm: VirtualMachine, vcpus: [VCPU]
+        let eventLoop: EventLoop, virtio: VirtioDevices, loaded: LoadedKernel
         let kernel: FileImage, initrd: FileImage?
         do { kernel = try FileImage(path: config.kernelPath) } catch { throw .kernel(path: config.kernelPath, error) }
         if let path = config.initrdPath {
@@ -43,7 +48,6 @@ public final class Machine: Sendable {
         let request = BootRequest(kernel: kernel, initrd: initrd, cmdline: config.effectiveCmdline,
                                   cpus: config.cpus, preferredProtocol: config.bootProtocol)
         let load = LoadResult()
-        let memory = self.memory
         let loader = try? Thread.spawn(name: "kiln-loader") { load.run(request, into: memory) }
         if loader == nil { load.run(request, into: memory) }
 
@@ -63,20 +67,15 @@ public final class Machine: Sendable {
 
             let supported = try system.supportedCPUID()
             BootTrace.mark("cpuid-read")
-            var vcpus: [VCPU] = []
+            var built: [VCPU] = []
             for id in 0..<UInt32(config.cpus) {
                 let vcpu = try vm.createVCPU(id: id)
                 try VCPUSetup.configure(vcpu, cpuid: CPUProfile.entries(from: supported, vcpu: id, cpus: config.cpus,
                                                                                  profile: config.hostProfile))
-                vcpus.append(vcpu)
+                built.append(vcpu)
             }
-            self.vcpus = vcpus
+            vcpus = built
             BootTrace.mark("vcpus-configured")
-
-            serialIRQ = try EventFD()
-            stopEvent = try EventFD()
-            try vm.registerIRQFD(serialIRQ.raw, gsi: Serial.com1IRQ)
-            BootTrace.mark("irqfd-registered")
 
             eventLoop = try EventLoop()
             virtio = try VirtioDevices(config.virtioDevices, vm: vm, memory: memory, events: eventLoop)
@@ -98,6 +97,21 @@ public final class Machine: Sendable {
             throw .config("\(error)")
         }
 
+        try self.init(config: config, loaded: loaded, vm: vm, memory: memory, vcpus: vcpus, virtio: virtio,
+                      eventLoop: eventLoop)
+    }
+
+    /// The part common to booting and restoring: console, lifecycle, port devices.
+    init(config: MachineConfig, loaded: LoadedKernel?, vm: VirtualMachine, memory: GuestMemory, vcpus: [VCPU],
+         virtio: VirtioDevices, eventLoop: EventLoop) throws(MachineError) {
+        self.config = config; self.loaded = loaded; self.vm = vm; self.memory = memory; self.vcpus = vcpus
+        self.virtio = virtio; self.eventLoop = eventLoop
+        do {
+            gate = try PauseGate()
+            serialIRQ = try EventFD()
+            stopEvent = try EventFD()
+            try vm.registerIRQFD(serialIRQ.raw, gsi: Serial.com1IRQ)
+        } catch let error as KVMError { throw .kvm(error) } catch let error as Errno { throw .system(error) } catch { throw .config("\(error)") }
         let console = Console(input: config.consoleInput, output: config.consoleOutput)
         self.console = console
         let lifecycle = Lifecycle(vcpus: vcpus, stopEvent: stopEvent.raw, console: console)
@@ -129,9 +143,9 @@ public final class Machine: Sendable {
             stop(.failed("cannot start a vCPU thread: \(error)"))
         }
         let stopFD = stopEvent.raw
-        let deviceThread = virtio.transports.isEmpty ? nil : try? Thread.spawn(name: "kiln-devices") { [self] in eventLoop.run(stop: stopFD) }
+        let deviceThread = virtio.transports.isEmpty ? nil : try? Thread.spawn(name: "kiln-devices") { [self] in eventLoop.run(stop: stopFD, gate: gate) }
         let consoleThread = try? Thread.spawn(name: "kiln-console") { [self] in
-            console.pump(into: serial, stop: stopFD) { stop(.userQuit) }
+            console.pump(into: serial, stop: stopFD, gate: gate) { stop(.userQuit) }
         }
         for t in vcpuThreads { t.join() }
         stopEvent.signal()
@@ -148,7 +162,15 @@ public final class Machine: Sendable {
     var stopping: Bool { lifecycle.outcome != nil }
 
     private func runVCPU(_ vcpu: VCPU) {
+        var settled = false // the last KVM_RUN returned with no exit left to complete
         while !stopping {
+            // Park only once KVM_RUN (with immediate_exit set by pause) has completed any I/O in flight,
+            // so the saved registers are consistent.
+            if settled && gate.isPaused {
+                gate.park(stop: stopEvent.raw)
+                settled = false
+                continue
+            }
             let exit: VMExit
             do {
                 if !firstRun.exchange(true, ordering: .relaxed) { BootTrace.mark("first-kvm-run") }
@@ -157,6 +179,7 @@ public final class Machine: Sendable {
                 stop(.failed("vCPU \(vcpu.id): \(error)"))
                 return
             }
+            settled = false
             switch exit {
             case .io(let access):
                 for i in 0..<access.count {
@@ -166,6 +189,7 @@ public final class Machine: Sendable {
             case .mmio(let access):
                 virtio.bus.handle(address: access.address, isWrite: access.isWrite, data: access.data)
             case .interrupted:
+                settled = true
                 continue
             case .systemEvent(let type):
                 // KVM_SYSTEM_EVENT_SHUTDOWN (1) and RESET (2) are clean ends; CRASH (3) is not.
@@ -212,6 +236,12 @@ final class Lifecycle: Sendable {
     var outcome: MachineOutcome? { state.withLock { $0 } }
 
     func running(_ thread: Thread) { threads.withLock { $0.append(thread) } }
+
+    /// Whether run() has started the vCPU threads.
+    var started: Bool { !threads.withLock { $0.isEmpty } }
+
+    /// Interrupts every vCPU thread's KVM_RUN (after `requestExit`), e.g. to pause.
+    func kickThreads() { for t in threads.withLock({ $0 }) { t.kill(Machine.kickSignal) } }
 
     func stop(_ reason: MachineOutcome) {
         let reason = (reason == .guestShutdown && console.sawPanic) ? .guestPanicked : reason

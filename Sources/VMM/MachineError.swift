@@ -11,6 +11,8 @@ public enum MachineError: Error, CustomStringConvertible, Sendable {
     case initrd(path: String, BootError)
     case memory(GuestMemoryError)
     case system(Errno)
+    /// A snapshot could not be written or loaded (before any vCPU ran).
+    case snapshot(path: String, String)
 
     public var description: String {
         switch self {
@@ -22,6 +24,7 @@ public enum MachineError: Error, CustomStringConvertible, Sendable {
         case .initrd(let path, let e): return "cannot load initrd \(path): \(e)"
         case .memory(let e): return e.description
         case .system(let e): return e.description
+        case .snapshot(let path, let why): return "snapshot \(path): \(why)"
         }
     }
 }

@@ -6,6 +6,7 @@ import VMM
 let usage = """
     usage: kiln run [options] -- COMMAND [ARG...]   run a command in a new sandbox (kiln run --help)
            kiln boot [options]      boot a kernel with the serial console attached
+           kiln restore DIR [options]  continue a snapshot (kiln restore --help)
            kiln help
 
     kiln boot options:
@@ -26,6 +27,8 @@ let usage = """
       --vsock PATH           virtio-vsock, guest CID 3: host programs connect to the Unix socket
                              PATH and write "CONNECT <port>\\n"; guest connections to CID 2
                              port P go to the Unix socket PATH_P (see docs/vsock.md)
+      --control PATH         a control socket: one command per line, pause, resume, status,
+                             snapshot DIR (see docs/snapshot-format.md)
 
     The guest's console is on stdin/stdout. Kiln exits 0 when the guest shuts down
     (e.g. `reboot -f` under reboot=k), non-zero with a reason otherwise. On a terminal,
@@ -41,7 +44,7 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
     let parsed: Arguments
     let cpus: Int, memory: Int
     do {
-        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock"],
+        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock", "control"],
                                flags: [])
         cpus = try parsed.int("cpus", default: 1)
         memory = try parsed.int("memory", default: 256)
@@ -96,11 +99,7 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
     }
     let machine: Machine
     do { machine = try Machine(config) } catch { fail(error.description) }
-    switch machine.run() {
-    case .guestShutdown, .userQuit: return 0
-    case .guestPanicked: fail("the guest kernel panicked (see the console output above)")
-    case .failed(let reason): fail("the VM stopped: \(reason)")
-    }
+    return runAttached(machine, control: parsed.string("control"))
 }
 
 BootTrace.mark("process-start")
@@ -110,6 +109,8 @@ case "boot": exit(boot(argv.dropFirst(2)))
 case "run":
     if argv.count > 2 && (argv[2] == "--help" || argv[2] == "-h") { writeRaw(1, runUsage + "\n"); exit(0) }
     exit(await runCommand(argv.dropFirst(2)))
+case "restore" where argv.count > 2 && ["--help", "-h"].contains(argv[2]): writeRaw(1, restoreUsage + "\n")
+case "restore": exit(restore(argv.dropFirst(2)))
 case "help", "--help", "-h": writeRaw(1, usage + "\n")
 default: fail("unknown command '\(argv[1])'\n\(usage)", code: 2)
 }

@@ -37,6 +37,26 @@ static const unsigned long KILN_KVM_SET_FPU = KVM_SET_FPU;
 static const unsigned long KILN_KVM_GET_LAPIC = KVM_GET_LAPIC;
 static const unsigned long KILN_KVM_SET_LAPIC = KVM_SET_LAPIC;
 
+// Snapshot state: everything KVM keeps that a restore must put back.
+static const unsigned long KILN_KVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
+static const unsigned long KILN_KVM_GET_FPU = KVM_GET_FPU;
+static const unsigned long KILN_KVM_GET_XSAVE = KVM_GET_XSAVE;
+static const unsigned long KILN_KVM_SET_XSAVE = KVM_SET_XSAVE;
+static const unsigned long KILN_KVM_GET_XCRS = KVM_GET_XCRS;
+static const unsigned long KILN_KVM_SET_XCRS = KVM_SET_XCRS;
+static const unsigned long KILN_KVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+static const unsigned long KILN_KVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+static const unsigned long KILN_KVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+static const unsigned long KILN_KVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
+static const unsigned long KILN_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long KILN_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
+static const unsigned long KILN_KVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
+static const unsigned long KILN_KVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
+static const unsigned long KILN_KVM_GET_PIT2 = KVM_GET_PIT2;
+static const unsigned long KILN_KVM_SET_PIT2 = KVM_SET_PIT2;
+static const unsigned long KILN_KVM_GET_CLOCK = KVM_GET_CLOCK;
+static const unsigned long KILN_KVM_SET_CLOCK = KVM_SET_CLOCK;
+
 // Where the MMIO data bytes sit in struct kvm_run (inside an anonymous union Swift cannot take offsets into).
 #include <stddef.h>
 static inline size_t kiln_kvm_run_mmio_data_offset(void) { return offsetof(struct kvm_run, mmio.data); }

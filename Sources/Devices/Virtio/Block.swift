@@ -79,6 +79,8 @@ public final class VirtioBlock: VirtioDevice {
 
     public func reset() { active.withLock { $0 = nil } }
 
+    public func liveQueues() -> [Virtqueue]? { active.withLock { $0.map { [$0.queue] } } }
+
     public func process(queue index: Int) {
         active.withLock { state in
             guard var a = state, a.queue.ready else { return } // a failed queue stays stopped until reset

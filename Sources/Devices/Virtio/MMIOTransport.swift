@@ -40,6 +40,48 @@ public final class VirtioMMIOTransport: MMIODevice {
     }
 
     public var status: UInt32 { state.withLock { $0.status } }
+
+    /// The register file and queues as a snapshot records them (the VM is paused).
+    public struct SavedState: Sendable, Equatable {
+        public var status: UInt32, deviceFeaturesSelect: UInt32, driverFeaturesSelect: UInt32
+        public var driverFeatures: UInt64
+        public var queueSelect: UInt32, interruptStatus: UInt32, configGeneration: UInt32
+        public var active: Bool
+        public var queues: [Virtqueue]
+        public init(status: UInt32, deviceFeaturesSelect: UInt32, driverFeaturesSelect: UInt32, driverFeatures: UInt64,
+                    queueSelect: UInt32, interruptStatus: UInt32, configGeneration: UInt32, active: Bool, queues: [Virtqueue]) {
+            self.status = status; self.deviceFeaturesSelect = deviceFeaturesSelect; self.driverFeaturesSelect = driverFeaturesSelect
+            self.driverFeatures = driverFeatures; self.queueSelect = queueSelect; self.interruptStatus = interruptStatus
+            self.configGeneration = configGeneration; self.active = active; self.queues = queues
+        }
+    }
+
+    /// The transport's registers with the device's live queue progress (an active device owns its queues).
+    public func save() -> SavedState {
+        let s = state.withLock { $0 }
+        var queues = s.queues
+        if s.active, let live = device.liveQueues(), live.count == queues.count { queues = live }
+        return SavedState(status: s.status, deviceFeaturesSelect: s.deviceFeaturesSelect, driverFeaturesSelect: s.driverFeaturesSelect,
+                          driverFeatures: s.driverFeatures, queueSelect: s.queueSelect, interruptStatus: s.interruptStatus,
+                          configGeneration: s.configGeneration, active: s.active, queues: queues)
+    }
+
+    /// Puts saved registers back on a fresh transport and re-activates the device with the saved queues.
+    public func restore(_ saved: SavedState) {
+        guard saved.queues.count == device.queueCount else { return }
+        state.withLock { s in
+            s = State(status: saved.status, deviceFeaturesSelect: saved.deviceFeaturesSelect,
+                      driverFeaturesSelect: saved.driverFeaturesSelect, driverFeatures: saved.driverFeatures,
+                      queueSelect: saved.queueSelect, queues: saved.queues, interruptStatus: saved.interruptStatus,
+                      configGeneration: saved.configGeneration, active: saved.active)
+        }
+        guard saved.active else { return }
+        device.activate(queues: saved.queues, context: VirtioContext(
+            memory: memory, features: saved.driverFeatures,
+            interrupt: { [weak self] in self?.signal(1) },
+            fail: { [weak self] reason in self?.markNeedsReset(reason) }, events: events))
+        device.restored()
+    }
     public var isActive: Bool { state.withLock { $0.active } }
 
     /// Sets used-buffer (bit 0) or config-change (bit 1) in InterruptStatus and pulses the line.

@@ -94,6 +94,8 @@ public final class VirtioNet: VirtioDevice {
         }
     }
 
+    public func liveQueues() -> [Virtqueue]? { active.withLock { $0.map { [$0.rx, $0.tx] } } }
+
     public func reset() {
         active.withLock { state in
             if state?.watching == true { state!.context.events.unwatch(fd) }

@@ -47,7 +47,7 @@ public struct DescriptorChain: Equatable, Sendable {
 
 /// A split virtqueue as the device sees it. Every guest-supplied index, address and length is
 /// checked before use; a violation is a `VirtqueueError`, never an access outside guest memory.
-public struct Virtqueue: Sendable {
+public struct Virtqueue: Sendable, Equatable {
     public static let maxSize: UInt16 = 256
     static let descriptorSize: UInt64 = 16
     static let flagNext: UInt16 = 1, flagWrite: UInt16 = 2, flagIndirect: UInt16 = 4
@@ -66,9 +66,17 @@ public struct Virtqueue: Sendable {
     public private(set) var lastAvailable: UInt16 = 0
     public private(set) var nextUsed: UInt16 = 0
     /// nextUsed when the driver was last interrupted (event-index suppression).
-    var signalledUsed: UInt16 = 0
+    public internal(set) var signalledUsed: UInt16 = 0
 
     public init() {}
+
+    /// A queue as a snapshot recorded it, device-private progress included.
+    public init(size: UInt16, ready: Bool, descriptorTable: UInt64, availableRing: UInt64, usedRing: UInt64,
+                eventIndex: Bool, lastAvailable: UInt16, nextUsed: UInt16, signalledUsed: UInt16) {
+        self.size = size; self.ready = ready; self.descriptorTable = descriptorTable
+        self.availableRing = availableRing; self.usedRing = usedRing; self.eventIndex = eventIndex
+        self.lastAvailable = lastAvailable; self.nextUsed = nextUsed; self.signalledUsed = signalledUsed
+    }
 
     /// Back to the state after reset (sizes and addresses cleared).
     public mutating func reset() { self = Virtqueue() }
@@ -141,6 +149,13 @@ public struct Virtqueue: Sendable {
             index = next
         }
         return DescriptorChain(head: head, buffers: buffers)
+    }
+
+    /// With EVENT_IDX, asks the driver to notify on the next buffer it adds even while others are pending.
+    public func notifyOnNextAvailable(_ memory: GuestMemory) throws(VirtqueueError) {
+        guard eventIndex, ready else { return }
+        let available = try read(UInt16.self, memory, availableRing + 2)
+        try write(available, memory, usedRing + 4 + 8 * UInt64(size))
     }
 
     /// Returns a finished request to the driver with the number of bytes written into its buffers.

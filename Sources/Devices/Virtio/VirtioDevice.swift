@@ -58,10 +58,18 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func reset()
     /// The VM ended: release host resources (sockets, files the device created).
     func shutdown()
+    /// The queues as the device holds them now (progress included), for a snapshot of a paused VM;
+    /// nil when the device is not active.
+    func liveQueues() -> [Virtqueue]?
+    /// Called once after a restore re-activated the device: tell the guest what did not survive.
+    func restored()
 }
 
 extension VirtioDevice {
     public func shutdown() {}
+    public func restored() {}
+    /// Devices that keep no queue copies of their own report none (the transport's are current).
+    public func liveQueues() -> [Virtqueue]? { nil }
 
     /// Serves a read of a little-endian config space image.
     public func serveConfig(_ bytes: [UInt8], offset: Int, into data: UnsafeMutableRawBufferPointer) {

@@ -49,8 +49,20 @@ public final class VirtioVsock: VirtioDevice {
 
     public func reset() { state.withLock { $0.deactivate() } }
 
+    public func liveQueues() -> [Virtqueue]? {
+        state.withLock { m in m.context == nil ? nil : [m.rx, m.tx, m.event] }
+    }
+
+    /// After a restore no host connection exists any more: VIRTIO_VSOCK_EVENT_TRANSPORT_RESET makes the
+    /// guest reset its connected sockets (its listening sockets survive) and re-read the CID.
+    public func restored() { state.withLock { $0.sendTransportReset() } }
+
     public func process(queue index: Int) {
-        guard index < 2 else { return } // the event queue only holds buffers for events Kiln never sends
+        guard index < 2 else {
+            // The event queue: the guest refilling it means it handled the transport reset.
+            state.withLock { $0.eventQueueRefilled() }
+            return
+        }
         state.withLock { $0.pump() }
     }
 
@@ -81,7 +93,7 @@ struct VsockMux {
     let guestCID: UInt64
     let path: String
     let listener: Int32
-    var rx = Virtqueue(), tx = Virtqueue()
+    var rx = Virtqueue(), tx = Virtqueue(), event = Virtqueue()
     var context: VirtioContext?
     var wake: (@Sendable (Int32) -> Void)?
     var connections: [Key: VsockConnection] = [:]
@@ -89,6 +101,9 @@ struct VsockMux {
     var control: [VsockHeader] = []
     var ready: [Key] = []
     var nextPort = VsockMux.firstHostPort
+    /// A transport reset was sent and the guest has not handled it yet: host clients wait in the
+    /// listen backlog, so a new connection cannot be reset by the guest's late handling (or reach the old CID).
+    var awaitingResetAck = false
 
     init(guestCID: UInt64, path: String, listener: Int32) {
         self.guestCID = guestCID; self.path = path; self.listener = listener
@@ -97,7 +112,7 @@ struct VsockMux {
     // MARK: lifecycle
 
     mutating func activate(queues: [Virtqueue], context: VirtioContext, wake: @escaping @Sendable (Int32) -> Void) {
-        rx = queues[0]; tx = queues[1]
+        rx = queues[0]; tx = queues[1]; event = queues[2]
         self.context = context
         self.wake = wake
         let listener = listener
@@ -110,8 +125,37 @@ struct VsockMux {
         context.events.unwatch(listener)
         for c in Array(byFD.values) { close(c) }
         control.removeAll()
+        awaitingResetAck = false
         self.context = nil
         wake = nil
+    }
+
+    static let eventTransportReset: UInt32 = 0
+
+    /// Puts a struct virtio_vsock_event (one le32 id) into the guest's next event-queue buffer.
+    mutating func sendTransportReset() {
+        guard let context else { return }
+        do {
+            guard let chain = try event.pop(context.memory), let buffer = chain.writable.first, buffer.length >= 4 else { return }
+            try? context.memory.write(VsockMux.eventTransportReset, at: buffer.address)
+            try event.push(head: chain.head, written: 4, context.memory)
+            try event.notifyOnNextAvailable(context.memory)
+            if !awaitingResetAck { context.events.unwatch(listener) }
+            awaitingResetAck = true
+            if try event.needsInterrupt(context.memory) { context.interrupt() }
+        } catch {
+            broken(error)
+        }
+    }
+
+    mutating func eventQueueRefilled() {
+        guard awaitingResetAck, let context, let wake else { return }
+        awaitingResetAck = false
+        let listener = listener
+        do { try context.events.watch(listener) { wake(listener) } }
+        catch { context.fail("virtio-vsock \(path): cannot watch the listener: \(error)") }
+        acceptClients()
+        pump()
     }
 
     // MARK: host side

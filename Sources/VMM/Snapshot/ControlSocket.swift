@@ -1,0 +1,100 @@
+import CLinux
+import Glibc
+import LinuxSys
+
+/// A Unix socket that controls a running machine with one command per line (docs/snapshot-format.md):
+/// `pause`, `resume`, `snapshot DIR`, `status`; each answered with `ok[ detail]` or `error: why`.
+/// Clients are served one at a time on a dedicated thread; the socket file is removed when the VM ends.
+public final class ControlSocket: Sendable {
+    public let path: String
+    private let listener: Int32
+    private let stop: Int32
+
+    /// Listens on `path` (which must not exist) for `machine`.
+    public init(path: String, machine: Machine) throws(MachineError) {
+        do { listener = try UnixSocket.listen(path: path, backlog: 8).release() }
+        catch { throw .config("cannot listen on control socket \(path): \(error)") }
+        do { stop = try once("eventfd") { eventfd(0, Int32(EFD_CLOEXEC)) } }
+        catch { Glibc.close(listener); throw .system(error) }
+        self.path = path
+        let listener = listener, stop = stop
+        do {
+            _ = try Thread.spawn(name: "kiln-control") {
+                ControlSocket.serve(listener: listener, stop: stop, machine: machine)
+            }
+        } catch {
+            Glibc.close(listener); Glibc.close(stop)
+            throw .system(error)
+        }
+    }
+
+    /// Stops serving and removes the socket file.
+    public func close() {
+        var one: UInt64 = 1
+        _ = Glibc.write(stop, &one, 8)
+        unlink(path)
+    }
+
+    deinit { unlink(path) }
+
+    /// Runs one command line against `machine` and returns the reply line (without newline).
+    public static func execute(_ line: String, on machine: Machine) -> String {
+        let words = line.split(separator: " ", maxSplits: 1).map(String.init)
+        do {
+            switch words.first ?? "" {
+            case "pause" where words.count == 1: try machine.pause(); return "ok"
+            case "resume" where words.count == 1: try machine.resume(); return "ok"
+            case "status" where words.count == 1: return "ok \(machine.isPaused ? "paused" : "running")"
+            case "snapshot" where words.count == 2:
+                let s = try machine.snapshot(to: words[1])
+                return "ok memory=\(s.memoryBytes) written=\(s.memoryBytesWritten) state=\(s.stateBytes)"
+            default: return "error: unknown command '\(line)' (pause, resume, status, snapshot DIR)"
+            }
+        } catch {
+            return "error: \(error.description)"
+        }
+    }
+
+    private static func serve(listener: Int32, stop: Int32, machine: Machine) {
+        defer { Glibc.close(listener); Glibc.close(stop) }
+        var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
+        while true {
+            let n = poll(&fds, 2, -1)
+            if n < 0 { if errno == EINTR { continue } else { return } }
+            if fds[1].revents != 0 { return }
+            guard let client = try? UnixSocket.accept(listener) else { continue }
+            if !converse(client.raw, stop: stop, machine: machine) { return }
+        }
+    }
+
+    /// Serves one client until it hangs up; false when the machine is going away.
+    private static func converse(_ fd: Int32, stop: Int32, machine: Machine) -> Bool {
+        var pending: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
+        while true {
+            let n = poll(&fds, 2, -1)
+            if n < 0 { if errno == EINTR { continue } else { return true } }
+            if fds[1].revents != 0 { return false }
+            let got: Int?
+            do { got = try buffer.withUnsafeMutableBytes { b throws(Errno) in try UnixSocket.receive(fd, into: b) } }
+            catch { return true }
+            guard let count = got else { continue }
+            if count == 0 { return true }
+            pending += buffer[0..<count]
+            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = String(decoding: pending[..<newline], as: UTF8.self).trimmingSpaces
+                pending.removeFirst(newline + 1)
+                guard !line.isEmpty else { continue }
+                let reply = Array((execute(line, on: machine) + "\n").utf8)
+                var sent = 0
+                while sent < reply.count {
+                    guard let k = try? reply[sent...].withUnsafeBytes({ b throws(Errno) in try UnixSocket.send(fd, b) }) else { return true }
+                    if k == 0 { usleep(1000) }
+                    sent += k
+                }
+            }
+            if pending.count > 4096 { return true } // no newline in sight: not a client of ours
+        }
+    }
+}
