@@ -97,6 +97,7 @@ import Testing
         #expect(r.stderr.hasPrefix("kiln: --cpus needs a whole number, got 'many'\n"))
         let r2 = try run(["frobnicate"])
         #expect(r2.status == 2)
-        #expect(r2.stderr.contains("usage: kiln boot"))
+        #expect(r2.stderr.contains("usage: kiln run"))
+        #expect(r2.stderr.contains("kiln boot [options]"))
     }
 }
