@@ -84,6 +84,9 @@ final class Connection {
         case .ping(let nonce):
             let uptime = AgentServer.monotonicMillis() - server.started
             send(Frame(stream: 0, .pong(Pong(nonce: nonce, uptimeMillis: uptime, processes: UInt32(server.runningProcesses)))))
+        case .setTime(let seconds, let nanoseconds):
+            var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int(nanoseconds))
+            if clock_settime(CLOCK_REALTIME, &ts) != 0 { log("cannot set the clock: \(String(cString: strerror(errno)))") }
         case .reseed(let bytes):
             send(Frame(stream: 0, .reseeded(errno: kiln_add_entropy(bytes, bytes.count))))
         case .shutdown(let grace):

@@ -209,6 +209,11 @@ struct PayloadReader {
             return .reseed(Array(bytes[offset..<(offset + n)]))
         case .reseeded:
             return .reseeded(errno: try int())
+        case .setTime:
+            let seconds: Int64 = try int()
+            let nanoseconds: UInt32 = try int()
+            guard nanoseconds < 1_000_000_000 else { throw .invalidValue(.setTime, field: "nanoseconds") }
+            return .setTime(seconds: seconds, nanoseconds: nanoseconds)
         case .exec:
             let argv = try strings()
             let environment = try strings()

@@ -45,6 +45,8 @@ extension Message {
             Message.signals.contains(s) ? nil : .invalidValue(.signal, field: "signal number")
         case .reseed(let bytes):
             Message.reseedSizes.contains(bytes.count) ? nil : .invalidValue(.reseed, field: "byte count")
+        case .setTime(_, let ns):
+            ns < 1_000_000_000 ? nil : .invalidValue(.setTime, field: "nanoseconds")
         case .writeFile(let w):
             if w.mode & ~0o7777 != 0 { .invalidValue(.writeFile, field: "mode") }
             else if !WriteFile.Options.known.isSuperset(of: w.options) { .reservedBits(.writeFile) }
@@ -87,6 +89,9 @@ extension Message {
             out.append(contentsOf: bytes)
         case .reseeded(let e):
             out.put(e)
+        case .setTime(let seconds, let ns):
+            out.put(seconds)
+            out.put(ns)
         case .exec(let e):
             out.put(UInt32(truncatingIfNeeded: e.argv.count))
             for a in e.argv { out.put(a) }

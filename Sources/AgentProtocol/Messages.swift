@@ -24,6 +24,9 @@ public enum Message: Equatable, Sendable {
     case reseed([UInt8])
     /// (1.1) The answer to Reseed: 0, or the errno of the guest's RNDADDENTROPY/RNDRESEEDCRNG.
     case reseeded(errno: Int32)
+    /// (1.1) Sets the guest's wall clock (CLOCK_REALTIME) to `seconds` + `nanoseconds` since the
+    /// Unix epoch; no answer. Sent after a restore, whose guest clock stopped at snapshot time.
+    case setTime(seconds: Int64, nanoseconds: UInt32)
 
     case exec(Exec)
     case started(pid: UInt32)
@@ -55,6 +58,7 @@ public enum Message: Equatable, Sendable {
         case .protocolError: .protocolError
         case .reseed: .reseed
         case .reseeded: .reseeded
+        case .setTime: .setTime
         case .exec: .exec
         case .started: .started
         case .failure: .failure

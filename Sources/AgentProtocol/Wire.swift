@@ -40,6 +40,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case protocolError = 0x06
     case reseed = 0x07
     case reseeded = 0x08
+    case setTime = 0x09
     // Processes.
     case exec = 0x10
     case started = 0x11
@@ -75,7 +76,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     /// Who may send this type; nil when both sides may.
     public var sender: Side? {
         switch self {
-        case .hello, .ping, .shutdown, .reseed, .exec, .stdin, .stdinClose, .resize, .signal,
+        case .hello, .ping, .shutdown, .reseed, .setTime, .exec, .stdin, .stdinClose, .resize, .signal,
              .writeFile, .readFile, .cancel: .host
         case .helloAck, .pong, .reseeded, .started, .failure, .stdout, .stderr, .exit, .fileInfo, .fileWritten: .agent
         case .protocolError, .credit, .fileData, .fileEnd: nil
@@ -92,6 +93,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .protocolError: "ProtocolError"
         case .reseed: "Reseed"
         case .reseeded: "Reseeded"
+        case .setTime: "SetTime"
         case .exec: "Exec"
         case .started: "Started"
         case .failure: "Failure"

@@ -127,6 +127,14 @@ public final class AgentClient: Sendable {
         }
     }
 
+    /// Sets the guest's wall clock to this host's (protocol 1.1; no answer, ordered before what follows).
+    public func setTimeFromHost() throws {
+        guard version.minor >= 1 else { throw AgentClientError.connection("the agent speaks protocol \(version), SetTime needs 1.1") }
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        send(Frame(stream: 0, .setTime(seconds: Int64(ts.tv_sec), nanoseconds: UInt32(ts.tv_nsec))))
+    }
+
     /// Tells the agent to stop every process (SIGTERM, SIGKILL after `graceMillis`), sync and
     /// reset the machine. There is no answer: the connection ends.
     public func shutdown(graceMillis: UInt32 = 1000) {

@@ -60,6 +60,7 @@ public final class Sandbox: Sendable {
     let machine: Machine
     let thread: LinuxSys.Thread
     let outcome: OutcomeBox
+    let consoleFD: Int32
     let stopped = Mutex(false)
 
     public static var defaultRuntimeDirectory: String {
@@ -70,9 +71,9 @@ public final class Sandbox: Sendable {
     var consolePath: String { directory + "/console.log" }
     var socketPath: String { directory + "/vsock.sock" }
 
-    private init(agent: AgentClient, directory: String, machine: Machine, thread: LinuxSys.Thread, outcome: OutcomeBox) {
+    private init(agent: AgentClient, directory: String, machine: Machine, thread: LinuxSys.Thread, outcome: OutcomeBox, consoleFD: Int32) {
         self.agent = agent; self.directory = directory; self.machine = machine; self.thread = thread
-        self.outcome = outcome
+        self.outcome = outcome; self.consoleFD = consoleFD
     }
 
     /// Boots the VM and waits until its agent has answered the handshake.
@@ -80,11 +81,7 @@ public final class Sandbox: Sendable {
         guard access(config.imagePath, R_OK) == 0 else {
             throw .setup("cannot read image \(config.imagePath): \(String(cString: strerror(errno)))")
         }
-        let directory = try makeDirectory(config.runtimeDirectory)
-        let console = Glibc.open(directory + "/console.log", O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
-        guard console >= 0 else { removeDirectory(directory); throw .setup("cannot create the console log in \(directory)") }
-        defer { Glibc.close(console) }
-
+        let (directory, console) = try prepare(config.runtimeDirectory)
         var machineConfig = MachineConfig(kernelPath: config.kernelPath, initrdPath: nil,
                                           cmdline: ([baseCmdline] + config.kernelArguments).joined(separator: " "),
                                           cpus: config.cpus, memoryMiB: config.memoryMiB, hostProfile: config.hostProfile,
@@ -93,9 +90,61 @@ public final class Sandbox: Sendable {
         machineConfig.vsock = MachineConfig.Vsock(path: directory + "/vsock.sock")
         let machine: Machine
         do { machine = try Machine(machineConfig) } catch {
-            removeDirectory(directory)
+            cleanUp(directory, console)
             throw .setup(error.description)
         }
+        return try await launch(machine, directory: directory, console: console, timeout: config.bootTimeout)
+    }
+
+    /// Starts a sandbox from a snapshot (a template): the guest continues where the snapshot left
+    /// it, with its own socket, write layer and copy-on-write memory; its clock is set to this
+    /// host's and its random number generator reseeded, so that clones do not share streams.
+    public static func restore(snapshot: String, runtimeDirectory: String = Sandbox.defaultRuntimeDirectory,
+                               hostProfile: HostProfile = .detect(), timeout: Double = 60) async throws(SandboxError) -> Sandbox {
+        let (directory, console) = try prepare(runtimeDirectory)
+        let overrides = RestoreOverrides(vsockPath: directory + "/vsock.sock", consoleInput: nil, consoleOutput: console,
+                                         hostProfile: hostProfile)
+        let machine: Machine
+        do { machine = try Machine(restoring: snapshot, overrides: overrides) } catch {
+            cleanUp(directory, console)
+            throw .setup(error.description)
+        }
+        let sandbox = try await launch(machine, directory: directory, console: console, timeout: timeout)
+        do {
+            try sandbox.agent.setTimeFromHost()
+            var entropy = [UInt8](repeating: 0, count: 64)
+            var rng = SystemRandomNumberGenerator()
+            for i in entropy.indices { entropy[i] = UInt8.random(in: 0...255, using: &rng) }
+            let e = try await sandbox.agent.reseed(entropy)
+            if e != 0 { throw AgentClientError.failed(Failure(errno: e, message: "the guest refused new entropy: errno \(e)")) }
+        } catch {
+            sandbox.stop()
+            throw .agent(error as? AgentClientError ?? .connection("\(error)"))
+        }
+        BootTrace.mark("sandbox-restored")
+        return sandbox
+    }
+
+    /// Snapshots the running sandbox into `directory` (the VM pauses for the duration).
+    @discardableResult
+    public func snapshot(to directory: String) throws(SandboxError) -> SnapshotSummary {
+        do { return try machine.snapshot(to: directory) } catch { throw .setup(error.description) }
+    }
+
+    static func prepare(_ base: String) throws(SandboxError) -> (directory: String, console: Int32) {
+        let directory = try makeDirectory(base)
+        let console = Glibc.open(directory + "/console.log", O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+        guard console >= 0 else { removeDirectory(directory); throw .setup("cannot create the console log in \(directory)") }
+        return (directory, console)
+    }
+
+    static func cleanUp(_ directory: String, _ console: Int32) {
+        Glibc.close(console)
+        removeDirectory(directory)
+    }
+
+    /// Runs `machine` on its own thread and waits for its agent's handshake.
+    static func launch(_ machine: Machine, directory: String, console: Int32, timeout: Double) async throws(SandboxError) -> Sandbox {
         let outcome = OutcomeBox()
         let thread: LinuxSys.Thread
         do {
@@ -104,16 +153,17 @@ public final class Sandbox: Sendable {
                 outcome.value.withLock { $0 = result }
             }
         } catch {
-            removeDirectory(directory)
+            cleanUp(directory, console)
             throw .setup("cannot start the VM thread: \(error)")
         }
 
         func abandon() {
             machine.stop(.userQuit)
             thread.join()
-            removeDirectory(directory)
+            cleanUp(directory, console)
         }
-        let deadline = monotonicSeconds() + config.bootTimeout
+        let deadline = monotonicSeconds() + timeout
+        var pause: UInt64 = 2_000_000
         while true {
             if let ended = outcome.value.withLock({ $0 }) {
                 let tail = consoleTail(directory + "/console.log")
@@ -123,18 +173,21 @@ public final class Sandbox: Sendable {
             if monotonicSeconds() > deadline {
                 let tail = consoleTail(directory + "/console.log")
                 abandon()
-                throw .agentTimeout(seconds: config.bootTimeout, console: tail)
+                throw .agentTimeout(seconds: timeout, console: tail)
             }
             if let socket = connectToGuest(directory + "/vsock.sock", port: agentPort) {
                 do {
                     let client = try AgentClient(socket: socket, software: "kiln")
                     BootTrace.mark("agent-ready")
-                    return Sandbox(agent: client, directory: directory, machine: machine, thread: thread, outcome: outcome)
+                    return Sandbox(agent: client, directory: directory, machine: machine, thread: thread, outcome: outcome,
+                                   consoleFD: console)
                 } catch {
                     if case .connection = error {} else { abandon(); throw .agent(error) }
                 }
             }
-            try? await Task.sleep(nanoseconds: 100_000_000)
+            // Quick at first (a restored guest answers at once), then every 100 ms (a booting one).
+            try? await Task.sleep(nanoseconds: pause)
+            pause = min(pause * 2, 100_000_000)
         }
     }
 
@@ -146,7 +199,7 @@ public final class Sandbox: Sendable {
             agent.close()
             machine.stop(.userQuit)
             thread.join()
-            Sandbox.removeDirectory(directory)
+            Sandbox.cleanUp(directory, consoleFD)
         }
         return outcome.value.withLock { $0 } ?? .userQuit
     }

@@ -23,6 +23,13 @@ let runUsage = """
       -t, --tty              run the command on a terminal (with -i: an interactive shell, `-it`)
       --timeout SECONDS      kill the command after this long (exit status 124)
       --boot-timeout SECONDS give up when the sandbox is not ready after this long (default 300)
+      --template NAME        start from template NAME (kiln template create) instead of booting;
+                             its image, kernel, memory and vCPUs are the template's
+      --no-template          boot, even when a template for this image exists
+
+    Without --template, kiln run starts from the automatic template of the image and kernel
+    (in /var/cache/kiln/templates) and makes it on first use: the first run boots, later runs
+    restore the snapshot in milliseconds.
 
     Ctrl-C (SIGINT), SIGTERM and SIGHUP are forwarded to the command.
     """
@@ -38,6 +45,8 @@ struct RunOptions {
     var tty = false
     var timeout: Double = 0
     var bootTimeout: Double = 300
+    var template: String?
+    var noTemplate = false
     var command: [String] = []
 
     static func parse(_ args: ArraySlice<String>) throws(Arguments.Failure) -> RunOptions {
@@ -82,6 +91,8 @@ struct RunOptions {
             case "-it", "-ti": o.interactive = true; o.tty = true
             case "--timeout": o.timeout = try number(arg, take(arg))
             case "--boot-timeout": o.bootTimeout = try number(arg, take(arg))
+            case "--template": o.template = try take(arg)
+            case "--no-template": o.noTemplate = true
             default:
                 if arg.hasPrefix("-") { throw .init(message: "unknown option \(arg)") }
                 o.command = Array(args[i...])
@@ -133,7 +144,7 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     config.bootTimeout = options.bootTimeout
     let sandbox: Sandbox
     do {
-        sandbox = try await Sandbox.start(config)
+        sandbox = try await startSandbox(config, options)
     } catch {
         fail("\(error)")
     }
@@ -197,6 +208,29 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     case .exited(let code): return code
     case .signaled(let signal): return 128 + signal
     }
+}
+
+/// A sandbox from the chosen template, the automatic one, or a boot.
+func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async throws -> Sandbox {
+    if let name = options.template {
+        guard Templates.usable(name, hostProfile: config.hostProfile) else {
+            throw SandboxError.setup("no usable template named '\(name)' in \(Templates.directory) (kiln template create \(name))")
+        }
+        return try await Sandbox.restore(snapshot: Templates.path(name), hostProfile: config.hostProfile)
+    }
+    if options.noTemplate { return try await Sandbox.start(config) }
+    let auto = Templates.autoName(for: config)
+    if Templates.usable(auto, hostProfile: config.hostProfile) {
+        do { return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile) } catch {
+            writeRaw(2, "kiln: the template for this image did not start (\(error)); booting instead\n")
+            return try await Sandbox.start(config)
+        }
+    }
+    var parent = Templates.cacheDirectory
+    while access(parent, F_OK) != 0, let slash = parent.lastIndex(of: "/"), slash != parent.startIndex { parent = String(parent[..<slash]) }
+    guard access(parent, W_OK) == 0 else { return try await Sandbox.start(config) }
+    writeRaw(2, "kiln: first run with this image and kernel: booting, then saving a template so that later runs start in milliseconds...\n")
+    return try await Templates.create(auto, config: config)
 }
 
 /// The command's environment: a sane default, then what the user set.

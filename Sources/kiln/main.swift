@@ -5,6 +5,7 @@ import VMM
 
 let usage = """
     usage: kiln run [options] -- COMMAND [ARG...]   run a command in a new sandbox (kiln run --help)
+           kiln template create|list|rm ...               snapshots that kiln run starts from (kiln template --help)
            kiln boot [options]      boot a kernel with the serial console attached
            kiln restore DIR [options]  continue a snapshot (kiln restore --help)
            kiln help
@@ -106,6 +107,7 @@ BootTrace.mark("process-start")
 let argv = CommandLine.arguments
 switch argv.count > 1 ? argv[1] : "help" {
 case "boot": exit(boot(argv.dropFirst(2)))
+case "template": exit(await templateCommand(argv.dropFirst(2)))
 case "run":
     if argv.count > 2 && (argv[2] == "--help" || argv[2] == "-h") { writeRaw(1, runUsage + "\n"); exit(0) }
     exit(await runCommand(argv.dropFirst(2)))

@@ -6,6 +6,8 @@ let hostFrames: [Frame] = [
     Frame(stream: 0, .ping(nonce: 0x0102_0304_0506_0708)),
     Frame(stream: 0, .shutdown(graceMillis: 2500)),
     Frame(stream: 0, .reseed([0xDE, 0xAD, 0xBE, 0xEF])),
+    Frame(stream: 0, .setTime(seconds: 1_795_000_000, nanoseconds: 999_999_999)),
+    Frame(stream: 0, .setTime(seconds: -1, nanoseconds: 0)),
     Frame(stream: 0, .reseed([UInt8](repeating: 7, count: 512))),
     Frame(stream: 0, .protocolError(code: 5, message: "Ping frame ends inside a field")),
     Frame(stream: 1, .exec(Exec(argv: ["/bin/sh", "-c", "echo hi; exit 3"], environment: ["PATH=/bin", "LANG=C.UTF-8"],

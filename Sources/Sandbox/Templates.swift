@@ -1,0 +1,111 @@
+import AgentProtocol
+import Glibc
+import VMM
+
+/// Templates: snapshots of a sandbox taken right after its agent came up, kept in
+/// `<cache>/templates/NAME`. A sandbox restored from one starts in milliseconds instead of booting.
+/// `kiln run` keeps one automatic template per (kernel, image, memory, vCPUs, host profile),
+/// named by `autoName`, and makes it on first use.
+public enum Templates {
+    public static var cacheDirectory: String {
+        if let p = getenv("KILN_CACHE_DIR"), p.pointee != 0 { return String(cString: p) }
+        return "/var/cache/kiln"
+    }
+
+    public static var directory: String { cacheDirectory + "/templates" }
+
+    public static func path(_ name: String) -> String { directory + "/" + name }
+
+    /// Whether `name` is a usable template: complete, and written by this Kiln for this host.
+    public static func usable(_ name: String, hostProfile: HostProfile = .detect()) -> Bool {
+        guard let info = try? SnapshotInfo.read(directory: path(name)) else { return false }
+        return info.kilnVersion == kilnVersion && info.hostProfile == hostProfile
+    }
+
+    /// A name that changes whenever the kernel or image file changes (path, size or mtime), or
+    /// the VM's shape does.
+    public static func autoName(for config: Sandbox.Configuration) -> String {
+        func identity(_ path: String) -> String {
+            var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let real = realpath(path, &resolved) != nil ? resolved.withUnsafeBufferPointer { String(cString: $0.baseAddress!) } : path
+            var st = stat()
+            _ = stat(real, &st)
+            return "\(real):\(st.st_size):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
+        }
+        let key = ["kernel=" + identity(config.kernelPath), "image=" + identity(config.imagePath),
+                   "memory=\(config.memoryMiB)", "cpus=\(config.cpus)", "profile=\(config.hostProfile.rawValue)",
+                   "args=" + config.kernelArguments.joined(separator: " "), "kiln=\(kilnVersion)"].joined(separator: "\n")
+        // FNV-1a, 64 bits: a cache name, not a security boundary.
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in key.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        let hex = String(hash, radix: 16)
+        return "auto-" + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    /// Boots a sandbox, snapshots it as template `name` (replacing an older one atomically) and
+    /// returns the still-running sandbox, so the caller can use the boot it paid for.
+    public static func create(_ name: String, config: Sandbox.Configuration) async throws(SandboxError) -> Sandbox {
+        guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else { throw .setup("invalid template name '\(name)'") }
+        var dir = ""
+        for component in directory.split(separator: "/") {
+            dir += "/" + component
+            _ = mkdir(dir, 0o755)
+        }
+        let sandbox = try await Sandbox.start(config)
+        // Run one command first: busybox's pages and the agent's spawn path are then in the
+        // guest's memory when it is saved, instead of being read in by every restored sandbox.
+        if let warm = try? await sandbox.agent.exec(Exec(argv: ["/bin/sh", "-c", "true"], environment: ["PATH=/bin:/usr/bin"])) {
+            warm.closeStdin()
+            _ = try? await warm.collect()
+        }
+        let staging = path(".\(name).tmp-\(getpid())")
+        removeTree(staging)
+        do {
+            try sandbox.snapshot(to: staging)
+        } catch {
+            removeTree(staging)
+            sandbox.stop()
+            throw error
+        }
+        let final = path(name)
+        let old = path(".\(name).old-\(getpid())")
+        _ = rename(final, old)
+        if rename(staging, final) != 0 {
+            let e = errno
+            removeTree(staging)
+            sandbox.stop()
+            throw .setup("cannot install template \(final): \(String(cString: strerror(e)))")
+        }
+        removeTree(old)
+        return sandbox
+    }
+
+    /// Template names in the cache.
+    public static func list() -> [String] {
+        guard let d = opendir(directory) else { return [] }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            if !name.hasPrefix(".") { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    public static func remove(_ name: String) -> Bool {
+        guard !name.isEmpty, !name.contains("/"), access(path(name), F_OK) == 0 else { return false }
+        removeTree(path(name))
+        return true
+    }
+
+    /// Removes a snapshot directory (flat: its files, then itself).
+    static func removeTree(_ path: String) {
+        guard let d = opendir(path) else { return }
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            if name != "." && name != ".." { unlink(path + "/" + name) }
+        }
+        closedir(d)
+        rmdir(path)
+    }
+}

@@ -1,0 +1,60 @@
+import Glibc
+import LinuxSys
+import Sandbox
+import VMM
+
+let templateUsage = """
+    usage: kiln template create [NAME] [--image NAME|PATH] [--kernel PATH] [--memory MIB] [--cpus N]
+           kiln template list
+           kiln template rm NAME
+
+    A template is a snapshot of a sandbox taken as soon as its agent is up; `kiln run --template
+    NAME` restores it instead of booting. Without NAME, create makes the automatic template that
+    `kiln run` uses for that image and kernel. Templates live in /var/cache/kiln/templates.
+    """
+
+func templateCommand(_ args: ArraySlice<String>) async -> Int32 {
+    guard let verb = args.first else { fail(templateUsage, code: 2) }
+    let rest = args.dropFirst()
+    switch verb {
+    case "create":
+        var name: String?
+        var options = rest
+        if let first = options.first, !first.hasPrefix("-") { name = first; options = options.dropFirst() }
+        let parsed: Arguments
+        let cpus: Int, memory: Int
+        do {
+            parsed = try Arguments(options, options: ["image", "kernel", "memory", "cpus", "boot-timeout"], flags: [])
+            cpus = try parsed.int("cpus", default: 1)
+            memory = try parsed.int("memory", default: 256)
+        } catch { fail("\(error.message)\n\(templateUsage)", code: 2) }
+        let kernel: String, image: String
+        do {
+            kernel = try parsed.string("kernel") ?? DefaultImages.kernel()
+            image = try DefaultImages.image(named: parsed.string("image"))
+        } catch let error as DefaultImages.Failure { fail(error.message) } catch { fail("\(error)") }
+        var config = Sandbox.Configuration(kernelPath: kernel, imagePath: image)
+        config.cpus = cpus
+        config.memoryMiB = memory
+        let templateName = name ?? Templates.autoName(for: config)
+        writeRaw(2, "kiln: booting a sandbox for template \(templateName)...\n")
+        do {
+            let sandbox = try await Templates.create(templateName, config: config)
+            sandbox.stop()
+        } catch { fail("\(error)") }
+        writeRaw(1, Templates.path(templateName) + "\n")
+        return 0
+    case "list":
+        for name in Templates.list() { writeRaw(1, name + (Templates.usable(name) ? "" : "  (unusable: another Kiln or host)") + "\n") }
+        return 0
+    case "rm":
+        guard let name = rest.first else { fail("kiln template rm needs a NAME", code: 2) }
+        guard Templates.remove(name) else { fail("no template named '\(name)'") }
+        return 0
+    case "--help", "-h", "help":
+        writeRaw(1, templateUsage + "\n")
+        return 0
+    default:
+        fail("unknown template command '\(verb)'\n\(templateUsage)", code: 2)
+    }
+}
