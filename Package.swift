@@ -16,6 +16,7 @@ let package = Package(
     targets: [
         .target(name: "CLinux"),
         .target(name: "CKVM"),
+        .target(name: "CSandbox"),
         .target(name: "LinuxSys", dependencies: ["CLinux"], swiftSettings: strict),
         .target(name: "GuestMemory", dependencies: ["LinuxSys"], swiftSettings: strict),
         .target(name: "KVM", dependencies: ["CKVM", "CLinux", "LinuxSys"], swiftSettings: strict),
@@ -23,9 +24,10 @@ let package = Package(
         .target(name: "Devices", dependencies: ["GuestMemory", "LinuxSys"], swiftSettings: strict),
         .target(name: "AgentProtocol", swiftSettings: strict),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys"], swiftSettings: strict),
+        .target(name: "Jailer", dependencies: ["CSandbox", "LinuxSys"], swiftSettings: strict),
         // Release builds are fully static: no dynamic loader relocations touching every page of the
         // Swift runtime, which keeps the VMM's own resident memory near 4 MiB instead of 10.
-        .executableTarget(name: "kiln", dependencies: ["VMM"], swiftSettings: strict,
+        .executableTarget(name: "kiln", dependencies: ["VMM", "Jailer"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys"],
                           path: "Benchmarks/Host", swiftSettings: strict),

@@ -1,0 +1,186 @@
+import CSandbox
+import Glibc
+import LinuxSys
+
+/// How `kiln boot` run as root confines one VM (see docs/security.md, "Jailer").
+public struct JailOptions: Sendable {
+    public var uid: UInt32 = JailSpec.defaultUID
+    public var gid: UInt32 = JailSpec.defaultGID
+    public var limits: CgroupLimits
+    public var fileSize: UInt64 = JailSpec.minimumFileSize
+    /// The vsock Unix socket the VMM listens on: removed at the end, and the base of the
+    /// `PATH_P` sockets the supervisor connects to for the guest.
+    public var vsockPath: String?
+
+    /// What the VMM itself may use beyond guest RAM: its code, heap, thread stacks, KVM's
+    /// page tables and the kernel image's page cache.
+    public static let vmmOverheadMiB: UInt64 = 128
+
+    /// Limits for a VM with `cpus` vCPUs and `memoryMiB` of guest RAM.
+    public init(cpus: Int, memoryMiB: Int) {
+        limits = CgroupLimits(memoryBytes: (UInt64(memoryMiB) + JailOptions.vmmOverheadMiB) << 20,
+                              cpuQuotaMicros: cpus * CgroupLimits.cpuPeriodMicros,
+                              pids: 16 + cpus)
+    }
+}
+
+/// The supervisor: the `kiln` process the user started. It creates the VM's jail directory and
+/// cgroup, starts the VMM (this executable's hidden `__vmm` command) in new namespaces, serves
+/// its requests for host sockets, waits for it, and removes everything when it ends, however
+/// it ends. Entries left by a supervisor that was itself SIGKILLed are swept at the next start.
+public enum Supervisor {
+    public static let jailBase = "/run/kiln/jail"
+
+    /// Runs the VMM jailed with `arguments` (the `kiln boot` options) and returns kiln's exit status.
+    public static func run(arguments: [String], options: JailOptions) -> Int32 {
+        sweep()
+        let id = "\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
+        let dir = "\(jailBase)/\(id)", root = "\(dir)/root"
+        do {
+            try Files.makeDirectories(root)
+            try Files.write("\(dir)/cleanup", options.vsockPath.map { absolute($0) + "\n" } ?? "", create: true)
+        } catch {
+            removeJailDirectory(dir)
+            return fail("cannot create the jail directory \(dir): \(error)")
+        }
+        defer { removeJailDirectory(dir) }
+
+        let cgroup: Cgroup
+        do { cgroup = try Cgroup.create(id: id, limits: options.limits) } catch { return fail(error.description) }
+        defer { cgroup.remove() }
+
+        var pair: [Int32] = [-1, -1]
+        if options.vsockPath != nil {
+            guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+                return fail("socketpair: \(Errno.current("socketpair"))")
+            }
+        }
+        defer { for fd in pair where fd >= 0 { close(fd) } }
+
+        let signals = kiln_termination_signalfd()
+        guard signals >= 0 else { return fail("signalfd: \(Errno.current("signalfd"))") }
+        defer { close(signals) }
+
+        let spec = JailSpec(root: root, uid: options.uid, gid: options.gid, fileSize: options.fileSize,
+                            control: options.vsockPath != nil)
+        let argv = ["kiln", "__vmm", spec.encoded] + arguments
+        var pidfd: Int32 = -1, release: Int32 = -1
+        let pid = withCStrings(argv) { cArgv in
+            withCStrings(childEnvironment()) { cEnv in
+                kiln_jail_spawn("/proc/self/exe", cArgv, cEnv, pair[1], &pidfd, &release)
+            }
+        }
+        guard pid > 0 else { return fail("cannot start the jailed VMM: \(Errno.current("clone3"))") }
+        if pair[1] >= 0 { close(pair[1]); pair[1] = -1 }
+        do { try cgroup.add(pid: pid) } catch {
+            _ = kiln_jail_release(release, 0)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            close(pidfd)
+            return fail(error.description)
+        }
+        try? Files.write("\(dir)/vmm.pid", "\(pid)\n", create: true)
+        _ = kiln_jail_release(release, 1)
+
+        let stoppedBy = wait(pidfd: pidfd, signals: signals, control: pair[0], vsockPath: options.vsockPath, child: pid)
+        close(pidfd)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let oomKills = cgroup.oomKills
+        if let path = options.vsockPath, Files.isSocket(path) { unlink(path) }
+
+        if let stoppedBy {
+            writeRaw(2, "kiln: stopped by signal \(stoppedBy); the VM was killed\n")
+            return 128 + stoppedBy
+        }
+        if status & 0x7F == 0 { return (status >> 8) & 0xFF }
+        let signal = status & 0x7F
+        if oomKills > 0 {
+            return fail("the VM was stopped: its VMM exceeded the jail's memory limit (\(options.limits.memoryBytes >> 20) MiB: guest RAM plus \(JailOptions.vmmOverheadMiB) MiB) and the kernel's OOM killer ended it")
+        }
+        return fail("the VMM was killed by signal \(signal) (\(String(cString: strsignal(signal))))")
+    }
+
+    /// Waits for the VMM to exit, serving its control requests; returns a termination signal
+    /// the supervisor received (after which it killed the VMM), if any.
+    static func wait(pidfd: Int32, signals: Int32, control: Int32, vsockPath: String?, child: pid_t) -> Int32? {
+        var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: signals, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: control, events: Int16(POLLIN), revents: 0)]
+        var stoppedBy: Int32?
+        while true {
+            if poll(&fds, 3, -1) < 0 {
+                if errno == EINTR { continue }
+                kill(child, SIGKILL)
+                return stoppedBy
+            }
+            if fds[1].revents != 0 {
+                let signal = kiln_signalfd_read(signals)
+                if signal > 0 && stoppedBy == nil { stoppedBy = signal; kill(child, SIGKILL) }
+            }
+            if fds[2].revents & Int16(POLLIN) != 0, let vsockPath {
+                if !VsockBroker.serve(control, vsockPath: vsockPath) { fds[2].fd = -1 }
+            } else if fds[2].revents != 0 {
+                fds[2].fd = -1
+            }
+            if fds[0].revents != 0 { return stoppedBy }
+        }
+    }
+
+    /// The VMM gets PATH (it runs `ip` for --net before entering the jail) and Kiln's own
+    /// KILN_* settings; it clears even those once it is in the jail.
+    static func childEnvironment() -> [String] {
+        var env: [String] = []
+        var e = environ
+        while let p = e.pointee {
+            let s = String(cString: p)
+            if s.hasPrefix("PATH=") || s.hasPrefix("KILN_") { env.append(s) }
+            e += 1
+        }
+        if !env.contains(where: { $0.hasPrefix("PATH=") }) { env.append("PATH=/usr/sbin:/usr/bin:/sbin:/bin") }
+        return env
+    }
+
+    /// Removes the jail directories and cgroups of supervisors that no longer run (a supervisor
+    /// killed by SIGKILL cannot clean up; its VMM died with it through PR_SET_PDEATHSIG).
+    public static func sweep() {
+        for name in Files.list(jailBase) where isStale(name) {
+            let dir = "\(jailBase)/\(name)"
+            for path in (Files.read("\(dir)/cleanup") ?? "").split(separator: "\n").map(String.init) where Files.isSocket(path) {
+                unlink(path)
+            }
+            removeJailDirectory(dir)
+        }
+        Cgroup.sweep(isStale: isStale)
+    }
+
+    /// A VM id is `<supervisor pid>-<random>`; its entries are stale once that process is gone.
+    static func isStale(_ id: String) -> Bool {
+        guard let dash = id.firstIndex(of: "-"), let pid = pid_t(id[..<dash]), pid > 0 else { return false }
+        return pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH
+    }
+
+    static func removeJailDirectory(_ dir: String) {
+        for name in ["cleanup", "vmm.pid"] { unlink("\(dir)/\(name)") }
+        rmdir("\(dir)/root")
+        rmdir(dir)
+    }
+
+    static func absolute(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard getcwd(&buffer, buffer.count) != nil else { return path }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + path
+    }
+
+    static func fail(_ message: String) -> Int32 {
+        writeRaw(2, "kiln: \(message)\n")
+        return 1
+    }
+
+    static func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+        let pointers = strings.map { strdup($0) } + [nil]
+        defer { pointers.forEach { free($0) } }
+        return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+    }
+}
