@@ -33,6 +33,13 @@ enum JailReport {
                 .first { $0.hasPrefix("CapEff:") }.map { String($0.dropFirst("CapEff:".count).filter { !$0.isWhitespace }) } ?? "?"
         }
         let pids = Files.list("/proc").filter { $0.allSatisfy(\.isNumber) }
+        // What each open descriptor is (a path, socket:[inode], anon_inode:kvm-vm, ...).
+        let fds = Files.list("/proc/self/fd").compactMap { fd -> String? in
+            var target = [CChar](repeating: 0, count: 512)
+            let n = readlink("/proc/self/fd/\(fd)", &target, target.count - 1)
+            guard n > 0 else { return nil }
+            return "\(fd):" + String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
         let cgroups = cgroup.split(separator: "\n").map { $0.split(separator: ":", maxSplits: 1).last.map(String.init) ?? "" }
         let items = [
             "uid=\(field("Uid"))", "gid=\(field("Gid"))", "groups=\(field("Groups"))",
@@ -44,6 +51,7 @@ enum JailReport {
             "write-root=\(openResult("/kiln-probe", O_WRONLY | O_CREAT))",
             "netdevs=\(netDevices().joined(separator: "/"))",
             "cgroup=\(cgroups.joined(separator: ";"))",
+            "fds=\(fds.joined(separator: ",").filter { $0 != " " })",
         ]
         writeRaw(2, "KILN-JAIL-REPORT " + items.joined(separator: " ") + "\n")
     }

@@ -82,6 +82,10 @@ public enum Supervisor {
         try? Files.write("\(dir)/vmm.pid", "\(pid)\n", create: true)
         _ = kiln_jail_release(release, 1)
 
+        // The VMM puts a terminal console in raw mode; a VMM that is killed cannot put it back.
+        var terminal = termios()
+        let onTerminal = isatty(0) == 1 && tcgetattr(0, &terminal) == 0
+        defer { if onTerminal { tcsetattr(0, TCSANOW, &terminal) } }
         let stoppedBy = wait(pidfd: pidfd, signals: signals, control: pair[0], vsockPath: options.vsockPath, child: pid)
         close(pidfd)
         var status: Int32 = 0

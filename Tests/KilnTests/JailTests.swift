@@ -78,6 +78,10 @@ import Testing
     }
 
     @Test func jailedVMMSeesOnlyItsJailHasNoCapabilitiesAndItsCgroupHasTheLimits() throws {
+        // A descriptor kiln inherits (no O_CLOEXEC here) must not reach the VMM.
+        let leak = "/tmp/kiln-jail-leak-\(getpid())"
+        let leaked = open(leak, O_RDWR | O_CREAT, 0o600)
+        defer { close(leaked); unlink(leak) }
         let kiln = try KilnProcess(["boot", "--cpus", "2", "--memory", "192", "--jail-uid", "64123"],
                                    environment: ["KILN_TEST_JAIL_REPORT": "1"])
         let r = try Self.report(kiln)
@@ -94,6 +98,10 @@ import Testing
         #expect(r["dev-kvm"] == "ENOENT", "/dev/kvm was opened before the jail; it cannot open another")
         #expect(r["write-root"] == "EROFS")
         #expect(r["netdevs"] == "lo", "an empty network namespace")
+        let fds = (r["fds"] ?? "").split(separator: ",").map(String.init)
+        #expect(!fds.isEmpty && !fds.contains { $0.contains(leak) }, "inherited descriptors are closed: \(fds)")
+        #expect(fds.contains { $0.hasPrefix("0:") } && fds.contains { $0.hasPrefix("2:") }, "the console stays")
+        #expect(fds.contains { $0.hasSuffix("anon_inode:kvm-vm") }, "\(fds)")
 
         let dirs = Self.cgroupDirectories(r["cgroup"] ?? "")
         let limit = UInt64(192 + 128) << 20
