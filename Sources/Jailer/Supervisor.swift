@@ -98,11 +98,15 @@ public enum Supervisor {
             return 128 + stoppedBy
         }
         if status & 0x7F == 0 { return (status >> 8) & 0xFF }
+        // A VMM killed by signal N ends kiln with 128+N, as if kiln itself had been (the shell's
+        // convention), with the reason on stderr.
         let signal = status & 0x7F
         if oomKills > 0 {
-            return fail("the VM was stopped: its VMM exceeded the jail's memory limit (\(options.limits.memoryBytes >> 20) MiB: guest RAM plus \(JailOptions.vmmOverheadMiB) MiB) and the kernel's OOM killer ended it")
+            _ = fail("the VM was stopped: its VMM exceeded the jail's memory limit (\(options.limits.memoryBytes >> 20) MiB: guest RAM plus \(JailOptions.vmmOverheadMiB) MiB) and the kernel's OOM killer ended it")
+        } else {
+            _ = fail("the VMM was killed by signal \(signal) (\(signalName(signal)))")
         }
-        return fail("the VMM was killed by signal \(signal) (\(String(cString: strsignal(signal))))")
+        return 128 + signal
     }
 
     /// Waits for the VMM to exit, serving its control requests; returns a termination signal
@@ -175,6 +179,14 @@ public enum Supervisor {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         guard getcwd(&buffer, buffer.count) != nil else { return path }
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + path
+    }
+
+    static func signalName(_ signal: Int32) -> String {
+        guard let text = strsignal(signal) else { return "unknown" }
+        var bytes: [UInt8] = []
+        var p = text
+        while p.pointee != 0 { bytes.append(UInt8(bitPattern: p.pointee)); p += 1 }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     static func fail(_ message: String) -> Int32 {
