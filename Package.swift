@@ -39,6 +39,7 @@ let package = Package(
         .testTarget(name: "BootTests", dependencies: ["Boot", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "LinuxSys"], swiftSettings: strict),
         .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"], swiftSettings: strict),
+        .testTarget(name: "JailerTests", dependencies: ["Jailer"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport", "LinuxSys"], swiftSettings: strict),
     ]

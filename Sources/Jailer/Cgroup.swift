@@ -169,9 +169,11 @@ struct MountTable {
     struct Mount { let point: String; let root: String }
     var entries: [(fstype: String, options: [Substring], mount: Mount)] = []
 
-    static func current() -> MountTable {
+    static func current() -> MountTable { parse(Files.read("/proc/self/mountinfo") ?? "") }
+
+    static func parse(_ mountinfo: String) -> MountTable {
         var table = MountTable()
-        for line in (Files.read("/proc/self/mountinfo") ?? "").split(separator: "\n") {
+        for line in mountinfo.split(separator: "\n") {
             let halves = line.split(separator: " - ", maxSplits: 1).map { $0.split(separator: " ") }
             guard halves.count == 2, halves[0].count >= 5, halves[1].count >= 3 else { continue }
             table.entries.append((String(halves[1][0]), halves[1][2].split(separator: ","),

@@ -127,6 +127,13 @@ import Testing
         for dir in dirs.values { #expect(access(dir, F_OK) != 0, "\(dir) removed") }
     }
 
+    @Test func jailUIDZeroIsRefused() throws {
+        let kiln = try KilnProcess(["boot", "--jail-uid", "0"])
+        kiln.closeInput()
+        #expect(try kiln.wait(seconds: 60) == 2)
+        #expect(kiln.errorOutput.hasPrefix("kiln: --jail-uid and --jail-gid must not be 0"), "\(kiln.errorOutput)")
+    }
+
     @Test func noJailRunsUnconfinedAndSaysSo() throws {
         let kiln = try KilnProcess(["boot", "--no-jail"], environment: ["KILN_TEST_JAIL_REPORT": "1"])
         try kiln.waitFor("the warning", seconds: 60) { $0.errorOutput.contains("\n") }
