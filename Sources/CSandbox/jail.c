@@ -12,7 +12,6 @@
 #include <linux/sched.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -112,21 +111,6 @@ int kiln_set_dumpable(int dumpable) { return prctl(PR_SET_DUMPABLE, dumpable); }
 int kiln_set_rlimit(int resource, uint64_t value) {
     struct rlimit limit = { value, value };
     return setrlimit(resource, &limit);
-}
-
-int kiln_termination_signalfd(void) {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT); sigaddset(&set, SIGTERM); sigaddset(&set, SIGHUP); sigaddset(&set, SIGQUIT);
-    if (sigprocmask(SIG_BLOCK, &set, NULL) != 0) return -1;
-    return signalfd(-1, &set, SFD_CLOEXEC);
-}
-
-int kiln_signalfd_read(int fd) {
-    struct signalfd_siginfo info;
-    ssize_t n;
-    do { n = read(fd, &info, sizeof info); } while (n < 0 && errno == EINTR);
-    return n == sizeof info ? (int)info.ssi_signo : -1;
 }
 
 int kiln_send_with_fd(int sock, const void *buf, size_t len, int fd) {

@@ -1,3 +1,4 @@
+import CLinux
 import CSandbox
 import Glibc
 import LinuxSys
@@ -57,7 +58,7 @@ public enum Supervisor {
         }
         defer { for fd in pair where fd >= 0 { close(fd) } }
 
-        let signals = kiln_termination_signalfd()
+        let signals = [SIGINT, SIGTERM, SIGHUP, SIGQUIT].withUnsafeBufferPointer { kiln_signalfd($0.baseAddress, Int32($0.count)) }
         guard signals >= 0 else { return fail("signalfd: \(Errno.current("signalfd"))") }
         defer { close(signals) }
 

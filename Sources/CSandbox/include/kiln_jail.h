@@ -33,11 +33,6 @@ int kiln_set_pdeathsig(int signo);
 int kiln_set_dumpable(int dumpable);
 int kiln_set_rlimit(int resource, uint64_t value);
 
-// A signalfd for SIGINT, SIGTERM, SIGHUP and SIGQUIT, which it blocks; -1 on failure.
-int kiln_termination_signalfd(void);
-// The signal number read from such a signalfd, or -1.
-int kiln_signalfd_read(int fd);
-
 // One SOCK_SEQPACKET message with at most one descriptor attached (fd < 0: none).
 int kiln_send_with_fd(int sock, const void *buf, size_t len, int fd);
 // Receives one message; *fd is the attached descriptor or -1. Returns the byte count or -1.
