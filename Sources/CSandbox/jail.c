@@ -24,7 +24,7 @@
 #define SYS_close_range 436
 #endif
 
-pid_t kiln_jail_spawn(const char *path, char *const argv[], char *const envp[], int control_fd,
+pid_t kiln_jail_spawn(const char *path, char *const argv[], char *const envp[], const int stdio[3], int control_fd,
                       int *pidfd, int *release_fd) {
     int sync[2];
     if (pipe2(sync, O_CLOEXEC) != 0) return -1;
@@ -52,6 +52,9 @@ pid_t kiln_jail_spawn(const char *path, char *const argv[], char *const envp[], 
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        for (int i = 0; i < 3; i++) {
+            if (stdio[i] >= 0 && stdio[i] != i && dup2(stdio[i], i) != i) _exit(127);
+        }
         if (control_fd >= 0) {
             if (control_fd == 3) fcntl(3, F_SETFD, 0);
             else if (dup2(control_fd, 3) != 3) _exit(127);

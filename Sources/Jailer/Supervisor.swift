@@ -34,105 +34,36 @@ public enum Supervisor {
 
     /// Runs the VMM jailed with `arguments` (the `kiln boot` options) and returns kiln's exit status.
     public static func run(arguments: [String], options: JailOptions) -> Int32 {
-        sweep()
-        let id = "\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
-        let dir = "\(jailBase)/\(id)", root = "\(dir)/root"
-        do {
-            try Files.makeDirectories(root)
-            try Files.write("\(dir)/cleanup", options.vsockPath.map { absolute($0) + "\n" } ?? "", create: true)
-        } catch {
-            removeJailDirectory(dir)
-            return fail("cannot create the jail directory \(dir): \(error)")
-        }
-        defer { removeJailDirectory(dir) }
-
-        let cgroup: Cgroup
-        do { cgroup = try Cgroup.create(id: id, limits: options.limits) } catch { return fail(error.description) }
-        defer { cgroup.remove() }
-
-        var pair: [Int32] = [-1, -1]
-        if options.vsockPath != nil {
-            guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
-                return fail("socketpair: \(Errno.current("socketpair"))")
-            }
-        }
-        defer { for fd in pair where fd >= 0 { close(fd) } }
-
         let signals = [SIGINT, SIGTERM, SIGHUP, SIGQUIT].withUnsafeBufferPointer { kiln_signalfd($0.baseAddress, Int32($0.count)) }
         guard signals >= 0 else { return fail("signalfd: \(Errno.current("signalfd"))") }
         defer { close(signals) }
-
-        let spec = JailSpec(root: root, uid: options.uid, gid: options.gid, fileSize: options.fileSize,
-                            control: options.vsockPath != nil)
-        let argv = ["kiln", "__vmm", spec.encoded] + arguments
-        var pidfd: Int32 = -1, release: Int32 = -1
-        let pid = withCStrings(argv) { cArgv in
-            withCStrings(childEnvironment()) { cEnv in
-                kiln_jail_spawn("/proc/self/exe", cArgv, cEnv, pair[1], &pidfd, &release)
-            }
-        }
-        guard pid > 0 else { return fail("cannot start the jailed VMM: \(Errno.current("clone3"))") }
-        if pair[1] >= 0 { close(pair[1]); pair[1] = -1 }
-        do { try cgroup.add(pid: pid) } catch {
-            _ = kiln_jail_release(release, 0)
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
-            close(pidfd)
-            return fail(error.description)
-        }
-        try? Files.write("\(dir)/vmm.pid", "\(pid)\n", create: true)
-        _ = kiln_jail_release(release, 1)
+        let vmm: JailedVMM
+        do { vmm = try JailedVMM.start(arguments: arguments, options: options) } catch { return fail(error.description) }
 
         // The VMM puts a terminal console in raw mode; a VMM that is killed cannot put it back.
         var terminal = termios()
         let onTerminal = isatty(0) == 1 && tcgetattr(0, &terminal) == 0
         defer { if onTerminal { tcsetattr(0, TCSANOW, &terminal) } }
-        let stoppedBy = wait(pidfd: pidfd, signals: signals, control: pair[0], vsockPath: options.vsockPath, child: pid)
-        close(pidfd)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let oomKills = cgroup.oomKills
-        if let path = options.vsockPath, Files.isSocket(path) { unlink(path) }
-
+        var stoppedBy: Int32?
+        let ending = vmm.wait(interrupt: signals) {
+            let signal = kiln_signalfd_read(signals)
+            if signal > 0 && stoppedBy == nil { stoppedBy = signal; vmm.kill() }
+        }
         if let stoppedBy {
             writeRaw(2, "kiln: stopped by signal \(stoppedBy); the VM was killed\n")
             return 128 + stoppedBy
         }
-        if status & 0x7F == 0 { return (status >> 8) & 0xFF }
-        // A VMM killed by signal N ends kiln with 128+N, as if kiln itself had been (the shell's
-        // convention), with the reason on stderr.
-        let signal = status & 0x7F
-        if oomKills > 0 {
-            _ = fail("the VM was stopped: its VMM exceeded the jail's memory limit (\(options.limits.memoryBytes >> 20) MiB: guest RAM plus \(JailOptions.vmmOverheadMiB) MiB) and the kernel's OOM killer ended it")
-        } else {
-            _ = fail("the VMM was killed by signal \(signal) (\(signalName(signal)))")
-        }
-        return 128 + signal
-    }
-
-    /// Waits for the VMM to exit, serving its control requests; returns a termination signal
-    /// the supervisor received (after which it killed the VMM), if any.
-    static func wait(pidfd: Int32, signals: Int32, control: Int32, vsockPath: String?, child: pid_t) -> Int32? {
-        var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: signals, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: control, events: Int16(POLLIN), revents: 0)]
-        var stoppedBy: Int32?
-        while true {
-            if poll(&fds, 3, -1) < 0 {
-                if errno == EINTR { continue }
-                kill(child, SIGKILL)
-                return stoppedBy
+        switch ending {
+        case .exited(let code): return code
+        case .signaled(let signal, let outOfMemory):
+            // A VMM killed by signal N ends kiln with 128+N, as if kiln itself had been (the shell's
+            // convention), with the reason on stderr.
+            if outOfMemory {
+                _ = fail("the VM was stopped: its VMM exceeded the jail's memory limit (\(options.limits.memoryBytes >> 20) MiB: guest RAM plus \(JailOptions.vmmOverheadMiB) MiB) and the kernel's OOM killer ended it")
+            } else {
+                _ = fail("the VMM was killed by signal \(signal) (\(signalName(signal)))")
             }
-            if fds[1].revents != 0 {
-                let signal = kiln_signalfd_read(signals)
-                if signal > 0 && stoppedBy == nil { stoppedBy = signal; kill(child, SIGKILL) }
-            }
-            if fds[2].revents & Int16(POLLIN) != 0, let vsockPath {
-                if !VsockBroker.serve(control, vsockPath: vsockPath) { fds[2].fd = -1 }
-            } else if fds[2].revents != 0 {
-                fds[2].fd = -1
-            }
-            if fds[0].revents != 0 { return stoppedBy }
+            return 128 + signal
         }
     }
 

@@ -10,9 +10,10 @@
 // Starts `path` with `argv`/`envp` in new mount, PID, IPC and UTS namespaces (the network
 // namespace comes later, from the child itself, after it opened its TAP). The child waits
 // until `kiln_jail_release` so the caller can move it into its cgroups first; before execve it
-// asks for SIGKILL when the caller dies, unblocks all signals, puts `control_fd` at fd 3 and
-// closes every other descriptor above 2. Returns the pid (or -1 with errno) and a pidfd.
-pid_t kiln_jail_spawn(const char *path, char *const argv[], char *const envp[], int control_fd,
+// asks for SIGKILL when the caller dies, unblocks all signals, puts `stdio` (-1: keep the
+// caller's) at fds 0-2 and `control_fd` at fd 3, and closes every other descriptor.
+// Returns the pid (or -1 with errno) and a pidfd.
+pid_t kiln_jail_spawn(const char *path, char *const argv[], char *const envp[], const int stdio[3], int control_fd,
                       int *pidfd, int *release_fd);
 // Lets a child started by kiln_jail_spawn run (go = 1) or makes it exit 127 (go = 0).
 int kiln_jail_release(int release_fd, int go);
