@@ -18,6 +18,7 @@ let package = Package(
     targets: [
         .target(name: "CLinux"),
         .target(name: "CKVM"),
+        .target(name: "CSandbox"),
         .target(name: "LinuxSys", dependencies: ["CLinux"], swiftSettings: strict),
         .target(name: "GuestMemory", dependencies: ["LinuxSys"], swiftSettings: strict),
         .target(name: "KVM", dependencies: ["CKVM", "CLinux", "LinuxSys"], swiftSettings: strict),
@@ -31,9 +32,10 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         .target(name: "Sandbox", dependencies: ["AgentProtocol", "LinuxSys", "VMM"], swiftSettings: strict),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys"], swiftSettings: strict),
+        .target(name: "Jailer", dependencies: ["CSandbox", "CLinux", "LinuxSys"], swiftSettings: strict),
         // Release builds are fully static: no dynamic loader relocations touching every page of the
         // Swift runtime, which keeps the VMM's own resident memory near 4 MiB instead of 10.
-        .executableTarget(name: "kiln", dependencies: ["VMM", "Sandbox", "AgentProtocol", "CLinux", "LinuxSys"], swiftSettings: strict,
+        .executableTarget(name: "kiln", dependencies: ["VMM", "Sandbox", "AgentProtocol", "CLinux", "LinuxSys", "Jailer"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"],
                           path: "Benchmarks/Host", swiftSettings: strict),
@@ -47,6 +49,7 @@ let package = Package(
         .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"], swiftSettings: strict),
         .testTarget(name: "AgentTests", dependencies: ["Sandbox", "AgentProtocol", "KilnTestSupport", "LinuxSys", "kiln-agent"],
                     swiftSettings: strict),
+        .testTarget(name: "JailerTests", dependencies: ["Jailer"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]

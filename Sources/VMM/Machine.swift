@@ -78,7 +78,8 @@ public final class Machine: Sendable {
             BootTrace.mark("vcpus-configured")
 
             eventLoop = try EventLoop()
-            virtio = try VirtioDevices(config.virtioDevices, vm: vm, memory: memory, events: eventLoop)
+            virtio = try VirtioDevices(config.virtioDevices, vm: vm, memory: memory, events: eventLoop,
+                                       vsockConnector: config.vsockConnector)
             loader?.join()
             loaded = try load.result(kernelPath: config.kernelPath)
             BootTrace.mark("kernel-loaded")

@@ -1,4 +1,5 @@
 import Boot
+import Devices
 
 /// Everything needed to build and boot one VM.
 public struct MachineConfig: Sendable {
@@ -26,6 +27,9 @@ public struct MachineConfig: Sendable {
         public static let defaultGuestCID: UInt64 = 3
         public init(path: String, guestCID: UInt64 = Vsock.defaultGuestCID) { self.path = path; self.guestCID = guestCID }
     }
+    /// Opens guest vsock connections to host ports instead of connecting to `path_P` (set by
+    /// the jailed VMM, which reaches host sockets only through its supervisor).
+    public var vsockConnector: VirtioVsock.Connector?
     /// A virtio-net device on a TAP interface (eth0 in the guest).
     public var net: NetSpec?
 

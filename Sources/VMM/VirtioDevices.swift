@@ -14,13 +14,13 @@ public enum VirtioDeviceSpec: Sendable, Equatable {
     case net(NetSpec)
 
     /// Builds the device for slot `index` (the slot picks its MMIO window and IRQ).
-    func make(index: Int) throws(MachineError) -> any VirtioDevice {
+    func make(index: Int, vsockConnector: VirtioVsock.Connector?) throws(MachineError) -> any VirtioDevice {
         switch self {
         case .block(let disk):
             do { return try VirtioBlock(path: disk.path, readOnly: disk.readOnly, overlay: disk.overlay, serial: "kiln-disk-\(index)") }
             catch { throw .config(error.description) }
         case .vsock(let path, let cid):
-            do { return try VirtioVsock(path: path, guestCID: cid) }
+            do { return try VirtioVsock(path: path, guestCID: cid, connector: vsockConnector) }
             catch { throw .config(error.description) }
         case .net(let spec):
             do {
@@ -45,7 +45,8 @@ final class VirtioDevices: Sendable {
     /// The eventfds KVM signals or reads, closed with the VM.
     private let fds: [Int32]
 
-    init(_ specs: [VirtioDeviceSpec], vm: VirtualMachine, memory: GuestMemory, events: EventLoop) throws(MachineError) {
+    init(_ specs: [VirtioDeviceSpec], vm: VirtualMachine, memory: GuestMemory, events: EventLoop,
+         vsockConnector: VirtioVsock.Connector? = nil) throws(MachineError) {
         var transports: [VirtioMMIOTransport] = [], bus = MMIOBus(), fds: [Int32] = []
         func eventFD(_ flags: Int32) throws(MachineError) -> Int32 {
             let fd = eventfd(0, flags | Int32(EFD_CLOEXEC))
@@ -55,7 +56,7 @@ final class VirtioDevices: Sendable {
         }
         do throws(MachineError) {
             for (i, spec) in specs.enumerated() {
-                let device = try spec.make(index: i)
+                let device = try spec.make(index: i, vsockConnector: vsockConnector)
                 let slot = MachineConfig.virtioSlot(i)
                 let irq = try eventFD(0)
                 do { try vm.registerIRQFD(irq, gsi: slot.irq) } catch { throw MachineError.kvm(error) }

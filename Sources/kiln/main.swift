@@ -1,5 +1,6 @@
 import Boot
 import Glibc
+import Jailer
 import LinuxSys
 import VMM
 
@@ -29,7 +30,10 @@ let usage = """
                              PATH and write "CONNECT <port>\\n"; guest connections to CID 2
                              port P go to the Unix socket PATH_P (see docs/vsock.md)
       --control PATH         a control socket: one command per line, pause, resume, status,
-                             snapshot DIR (see docs/snapshot-format.md)
+                             snapshot DIR (see docs/snapshot-format.md); needs --no-jail as root
+      --jail-uid N, --jail-gid N
+                             as root, the VMM runs jailed as this user and group (default 64000)
+      --no-jail              as root, run the VMM unconfined (debugging only; see docs/security.md)
 
     The guest's console is on stdin/stdout. Kiln exits 0 when the guest shuts down
     (e.g. `reboot -f` under reboot=k), non-zero with a reason otherwise. On a terminal,
@@ -41,12 +45,14 @@ func fail(_ message: String, code: Int32 = 1) -> Never {
     exit(code)
 }
 
-func boot(_ args: ArraySlice<String>) -> Int32 {
+/// Boots a VM; `jail` is set in the jailed VMM that a root `kiln boot` starts (`kiln __vmm`).
+func boot(_ args: ArraySlice<String>, jail: JailSpec? = nil) -> Int32 {
     let parsed: Arguments
     let cpus: Int, memory: Int
     do {
-        parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock", "control"],
-                               flags: [])
+        let options: Set<String> = ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock", "control"]
+        parsed = try Arguments(args, options: options.union(jail == nil ? JailCommand.options : Set<String>()),
+                               flags: jail == nil ? JailCommand.flags : Set<String>())
         cpus = try parsed.int("cpus", default: 1)
         memory = try parsed.int("memory", default: 256)
     } catch {
@@ -98,8 +104,28 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
         guard !path.isEmpty else { fail("--vsock takes a socket PATH", code: 2) }
         config.vsock = MachineConfig.Vsock(path: path)
     }
+    if jail == nil && geteuid() == 0 {
+        if parsed.string("control") != nil && !parsed.flags.contains("no-jail") {
+            // The control socket's thread would exist before the VMM enters its jail, which must be single-threaded.
+            fail("--control does not work inside the jail yet: add --no-jail", code: 2)
+        }
+        if parsed.flags.contains("no-jail") {
+            writeRaw(2, "kiln: warning: --no-jail: the VMM runs as root with no jail (debugging only)\n")
+        } else {
+            do { return try JailCommand.supervise(args, parsed: parsed, config: config) }
+            catch { fail("\(error.message)\n\(usage)", code: 2) }
+        }
+    }
+    if let jail {
+        do { try Confinement.prepare() } catch { fail(error.description) }
+        if jail.control { config.vsockConnector = VsockBroker.connector() }
+    }
     let machine: Machine
     do { machine = try Machine(config) } catch { fail(error.description) }
+    // Everything the VM needs is open: lock the VMM in before the guest runs an instruction.
+    if let jail {
+        do { try Confinement.enter(jail) } catch { fail(error.description) }
+    }
     return runAttached(machine, control: parsed.string("control"))
 }
 
@@ -108,6 +134,9 @@ let argv = CommandLine.arguments
 switch argv.count > 1 ? argv[1] : "help" {
 case "boot": exit(boot(argv.dropFirst(2)))
 case "template": exit(await templateCommand(argv.dropFirst(2)))
+case "__vmm": // the jailed VMM, started by a root `kiln boot` (Sources/Jailer/Supervisor.swift)
+    guard argv.count > 2, let spec = JailSpec.decode(argv[2]) else { fail("__vmm is internal to kiln", code: 2) }
+    exit(boot(argv.dropFirst(3), jail: spec))
 case "run":
     if argv.count > 2 && (argv[2] == "--help" || argv[2] == "-h") { writeRaw(1, runUsage + "\n"); exit(0) }
     exit(await runCommand(argv.dropFirst(2)))

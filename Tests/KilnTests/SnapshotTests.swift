@@ -21,7 +21,7 @@ import Testing
         // an overlay disk (it lives in Kiln's private write layer; the image stays all zeros).
         let image = "\(dir)/disk.img"
         #expect(system("truncate -s 1M \(image)") == 0)
-        let original = try KilnProcess(["boot", "--memory", "128", "--control", control, "--disk", "\(image),overlay"])
+        let original = try KilnProcess(["boot", "--no-jail", "--memory", "128", "--control", control, "--disk", "\(image),overlay"])
         try original.waitForLine("KILN-INIT-READY", seconds: 600)
         original.send("echo 41 > /tmp/state; sleep 1000 & echo disk-41 > /dev/vda; sync; echo STATE-\"\"MADE\n")
         try original.waitForLine("STATE-MADE", seconds: 120)
@@ -128,7 +128,7 @@ import Testing
                                     "/var/cache/kiln/initramfs/initramfs.cpio", initrd])
         try #require(build.status == 0, "building the test initramfs failed")
 
-        let original = try KilnProcess(["boot", "--initrd", initrd, "--vsock", "\(dir)/original.sock", "--control", control])
+        let original = try KilnProcess(["boot", "--no-jail", "--initrd", initrd, "--vsock", "\(dir)/original.sock", "--control", control])
         try original.waitForLine("KILN-INIT-READY", seconds: 600)
         original.send("vsock-test serve 5000 &\n")
         try original.waitFor("VSOCK-LISTENING", seconds: 120) { $0.output.contains("VSOCK-LISTENING 5000") }

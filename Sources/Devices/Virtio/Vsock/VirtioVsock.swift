@@ -26,13 +26,18 @@ public final class VirtioVsock: VirtioDevice {
         }
     }
 
-    /// Creates the listening socket at `path` (which must not exist yet).
-    public init(path: String, guestCID: UInt64) throws(OpenError) {
+    /// Opens a connected socket for a guest connection to host port P, or nil to refuse it.
+    public typealias Connector = @Sendable (_ port: UInt32) -> Int32?
+
+    /// Creates the listening socket at `path` (which must not exist yet). Guest connections to
+    /// port P go to `path_P`, or wherever `connector` says (a jailed VMM asks its supervisor).
+    public init(path: String, guestCID: UInt64, connector: Connector? = nil) throws(OpenError) {
         guard guestCID >= 3, guestCID < 0xFFFF_FFFF else { throw .badCID(guestCID) }
         do { listener = try UnixSocket.listen(path: path) } catch { throw .listen(path, error) }
         self.path = path
         self.guestCID = guestCID
-        state = Mutex(VsockMux(guestCID: guestCID, path: path, listener: listener.raw))
+        let connect = connector ?? { port in try? UnixSocket.connect(path: "\(path)_\(port)").release() }
+        state = Mutex(VsockMux(guestCID: guestCID, path: path, listener: listener.raw, connect: connect))
     }
 
     deinit { unlink(path) }
@@ -93,6 +98,7 @@ struct VsockMux {
     let guestCID: UInt64
     let path: String
     let listener: Int32
+    let connect: VirtioVsock.Connector
     var rx = Virtqueue(), tx = Virtqueue(), event = Virtqueue()
     var context: VirtioContext?
     var wake: (@Sendable (Int32) -> Void)?
@@ -105,8 +111,8 @@ struct VsockMux {
     /// listen backlog, so a new connection cannot be reset by the guest's late handling (or reach the old CID).
     var awaitingResetAck = false
 
-    init(guestCID: UInt64, path: String, listener: Int32) {
-        self.guestCID = guestCID; self.path = path; self.listener = listener
+    init(guestCID: UInt64, path: String, listener: Int32, connect: @escaping VirtioVsock.Connector) {
+        self.guestCID = guestCID; self.path = path; self.listener = listener; self.connect = connect
     }
 
     // MARK: lifecycle
@@ -371,11 +377,11 @@ struct VsockMux {
     /// A guest connection to CID 2 port P: relayed to the Unix socket `path_P`, or refused with RST.
     mutating func openGuestConnection(_ h: VsockHeader) {
         guard let context, let wake, byFD.count < VsockMux.maxConnections,
-              let fd = try? UnixSocket.connect(path: "\(path)_\(h.dstPort)") else {
+              let raw = connect(h.dstPort) else {
             control.append(resetReply(to: h))
             return
         }
-        let raw = fd.raw
+        let fd = FileDescriptor(owning: raw)
         let key = Key(hostPort: h.dstPort, guestPort: h.srcPort)
         let c = VsockConnection(fd: fd, state: .established, key: key)
         c.peerBufAlloc = h.bufAlloc

@@ -1,0 +1,55 @@
+import Glibc
+import Jailer
+import VMM
+
+/// `kiln boot` as root: the options that pick the jail, and the hand-over to the supervisor.
+enum JailCommand {
+    static let options: Set<String> = ["jail-uid", "jail-gid"]
+    static let flags: Set<String> = ["no-jail"]
+
+    /// `args` without the jail's own options, for the VMM inside it.
+    static func vmmArguments(_ args: ArraySlice<String>) -> [String] {
+        var out: [String] = []
+        var i = args.startIndex
+        while i < args.endIndex {
+            let arg = args[i]
+            let name = String(arg.dropFirst(2).prefix { $0 != "=" })
+            if arg.hasPrefix("--") && flags.contains(name) {
+            } else if arg.hasPrefix("--") && options.contains(name) {
+                if !arg.contains("=") { i += 1 }
+            } else {
+                out.append(arg)
+            }
+            i += 1
+        }
+        return out
+    }
+
+    /// Runs the VM described by `config` (parsed from `args`) in a jail; returns kiln's exit status.
+    static func supervise(_ args: ArraySlice<String>, parsed: Arguments, config: MachineConfig) throws(Arguments.Failure) -> Int32 {
+        var options = JailOptions(cpus: config.cpus, memoryMiB: config.memoryMiB)
+        options.uid = UInt32(try parsed.int("jail-uid", default: Int(JailSpec.defaultUID)))
+        options.gid = UInt32(try parsed.int("jail-gid", default: Int(options.uid)))
+        guard options.uid != 0, options.gid != 0 else { throw Arguments.Failure(message: "--jail-uid and --jail-gid must not be 0") }
+        options.vsockPath = config.vsock?.path
+        let largestDisk = config.disks.filter { !$0.readOnly }.compactMap { diskSize($0.path) }.max() ?? 0
+        options.fileSize = max(JailSpec.minimumFileSize, largestDisk)
+        #if DEBUG
+        // Tests only: a smaller memory limit than guest RAM, to watch the OOM killer end the VMM.
+        if let mib = getenv("KILN_TEST_JAIL_MEMORY_MIB").flatMap({ UInt64(String(cString: $0)) }) {
+            options.limits.memoryBytes = mib << 20
+        }
+        #endif
+        var vmmArgs = vmmArguments(args)
+        // The VMM resolves no default images of its own: it gets the paths the supervisor found.
+        if parsed.string("kernel") == nil {
+            vmmArgs += ["--kernel", config.kernelPath] + (config.initrdPath.map { ["--initrd", $0] } ?? [])
+        }
+        return Supervisor.run(arguments: vmmArgs, options: options)
+    }
+
+    static func diskSize(_ path: String) -> UInt64? {
+        var st = stat()
+        return stat(path, &st) == 0 ? UInt64(st.st_size) : nil
+    }
+}
