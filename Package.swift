@@ -16,16 +16,18 @@ let package = Package(
     targets: [
         .target(name: "CLinux"),
         .target(name: "CKVM"),
+        .target(name: "CSandbox"),
         .target(name: "LinuxSys", dependencies: ["CLinux"], swiftSettings: strict),
         .target(name: "GuestMemory", dependencies: ["LinuxSys"], swiftSettings: strict),
         .target(name: "KVM", dependencies: ["CKVM", "CLinux", "LinuxSys"], swiftSettings: strict),
         .target(name: "Boot", dependencies: ["GuestMemory"], swiftSettings: strict),
         .target(name: "Devices", dependencies: ["GuestMemory", "LinuxSys"], swiftSettings: strict),
         .target(name: "AgentProtocol", swiftSettings: strict),
-        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys"], swiftSettings: strict),
+        .target(name: "Seccomp", dependencies: ["CSandbox"], swiftSettings: strict),
+        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp"], swiftSettings: strict),
         // Release builds are fully static: no dynamic loader relocations touching every page of the
         // Swift runtime, which keeps the VMM's own resident memory near 4 MiB instead of 10.
-        .executableTarget(name: "kiln", dependencies: ["VMM"], swiftSettings: strict,
+        .executableTarget(name: "kiln", dependencies: ["VMM", "Seccomp"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys"],
                           path: "Benchmarks/Host", swiftSettings: strict),
@@ -36,6 +38,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM"], swiftSettings: strict),
         .testTarget(name: "BootTests", dependencies: ["Boot", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "LinuxSys"], swiftSettings: strict),
+        .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CSandbox"], swiftSettings: strict),
         .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport", "LinuxSys"], swiftSettings: strict),

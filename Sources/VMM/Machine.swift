@@ -5,6 +5,7 @@ import Glibc
 import GuestMemory
 import KVM
 import LinuxSys
+import Seccomp
 import Synchronization
 
 /// One virtual machine: KVM state, guest memory, devices and the threads that run them.
@@ -22,6 +23,7 @@ public final class Machine: Sendable {
     let serialIRQ: EventFD
     let stopEvent: EventFD
     let lifecycle: Lifecycle
+    let confinement: Confinement
     private let firstRun = Atomic<Bool>(false)
     static let kickSignal = kiln_sigrtmin()
 
@@ -29,6 +31,8 @@ public final class Machine: Sendable {
     public init(_ config: MachineConfig) throws(MachineError) {
         try config.validate()
         self.config = config
+        let confinement = try Confinement(config.seccomp)
+        self.confinement = confinement
         let kernel: FileImage, initrd: FileImage?
         do { kernel = try FileImage(path: config.kernelPath) } catch { throw .kernel(path: config.kernelPath, error) }
         if let path = config.initrdPath {
@@ -44,7 +48,9 @@ public final class Machine: Sendable {
                                   cpus: config.cpus, preferredProtocol: config.bootProtocol)
         let load = LoadResult()
         let memory = self.memory
-        let loader = try? Thread.spawn(name: "kiln-loader") { load.run(request, into: memory) }
+        let loader = try? Thread.spawn(name: "kiln-loader") {
+            if confinement.enter(.loader) { load.run(request, into: memory) }
+        }
         if loader == nil { load.run(request, into: memory) }
 
         do {
@@ -81,6 +87,7 @@ public final class Machine: Sendable {
             eventLoop = try EventLoop()
             virtio = try VirtioDevices(config.virtioDevices, vm: vm, memory: memory, events: eventLoop)
             loader?.join()
+            if let failure = confinement.failed { throw MachineError.config(failure) }
             loaded = try load.result(kernelPath: config.kernelPath)
             BootTrace.mark("kernel-loaded")
             try VCPUSetup.enter(vcpus[0], loaded.entry)
@@ -121,7 +128,10 @@ public final class Machine: Sendable {
         var vcpuThreads: [Thread] = []
         do {
             for vcpu in vcpus {
-                let t = try Thread.spawn(name: "kiln-vcpu\(vcpu.id)") { [self] in runVCPU(vcpu) }
+                let t = try Thread.spawn(name: "kiln-vcpu\(vcpu.id)") { [self] in
+                    confinement.enterStarted(.vcpu, waitForGate: true)
+                    runVCPU(vcpu)
+                }
                 vcpuThreads.append(t)
                 lifecycle.running(t)
             }
@@ -129,9 +139,17 @@ public final class Machine: Sendable {
             stop(.failed("cannot start a vCPU thread: \(error)"))
         }
         let stopFD = stopEvent.raw
-        let deviceThread = virtio.transports.isEmpty ? nil : try? Thread.spawn(name: "kiln-devices") { [self] in eventLoop.run(stop: stopFD) }
+        let deviceThread = virtio.transports.isEmpty ? nil : try? Thread.spawn(name: "kiln-devices") { [self] in
+            confinement.enterStarted(.devices, waitForGate: false)
+            eventLoop.run(stop: stopFD)
+        }
         let consoleThread = try? Thread.spawn(name: "kiln-console") { [self] in
+            confinement.enterStarted(.console, waitForGate: false)
             console.pump(into: serial, stop: stopFD) { stop(.userQuit) }
+        }
+        // Every thread filtered, this one last, before the vCPUs may enter the guest.
+        confinement.enterRunner(started: vcpuThreads.count + (deviceThread == nil ? 0 : 1) + (consoleThread == nil ? 0 : 1)) {
+            stop(.failed($0))
         }
         for t in vcpuThreads { t.join() }
         stopEvent.signal()

@@ -1,4 +1,5 @@
 import Boot
+import Seccomp
 
 /// Everything needed to build and boot one VM.
 public struct MachineConfig: Sendable {
@@ -28,6 +29,8 @@ public struct MachineConfig: Sendable {
     }
     /// A virtio-net device on a TAP interface (eth0 in the guest).
     public var net: NetSpec?
+    /// Seccomp filters on every VMM thread (Security/seccomp); `.off` only for debugging.
+    public var seccomp: SeccompMode = .kill
 
     public struct Disk: Sendable, Equatable {
         public var path: String

@@ -22,6 +22,8 @@ let usage = """
       --vsock PATH           virtio-vsock, guest CID 3: host programs connect to the Unix socket
                              PATH and write "CONNECT <port>\\n"; guest connections to CID 2
                              port P go to the Unix socket PATH_P (see docs/vsock.md)
+      --no-seccomp           run the VMM without its seccomp filters (debugging only; see
+                             docs/security.md, and KILN_SECCOMP=trap|log for gentler debugging)
 
     The guest's console is on stdin/stdout. Kiln exits 0 when the guest shuts down
     (e.g. `reboot -f` under reboot=k), non-zero with a reason otherwise. On a terminal,
@@ -38,7 +40,7 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
     let cpus: Int, memory: Int
     do {
         parsed = try Arguments(args, options: ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock"],
-                               flags: [])
+                               flags: ["no-seccomp"])
         cpus = try parsed.int("cpus", default: 1)
         memory = try parsed.int("memory", default: 256)
     } catch {
@@ -90,6 +92,7 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
         guard !path.isEmpty else { fail("--vsock takes a socket PATH", code: 2) }
         config.vsock = MachineConfig.Vsock(path: path)
     }
+    config.seccomp = seccompMode(disabled: parsed.flags.contains("no-seccomp"))
     let machine: Machine
     do { machine = try Machine(config) } catch { fail(error.description) }
     switch machine.run() {
