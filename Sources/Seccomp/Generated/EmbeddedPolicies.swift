@@ -13,7 +13,6 @@ write                           # the serial irqfd, the stop eventfd, stderr
 futex
 gettid
 clock_nanosleep                 # usleep while the guest's receive queue is full
-nanosleep
 clock_gettime
 getpid
 tgkill arg2 == SIGRTMIN         # Ctrl-A x stops the VM and kicks the vCPUs
@@ -77,7 +76,6 @@ exit_group
 # creates the VM; it ends before the guest starts. Format and rules: docs/security.md#seccomp.
 
 pread64
-read
 write                           # stderr
 futex
 gettid
@@ -138,6 +136,7 @@ gettid                          # Synchronization.Mutex records its owner's thre
 rt_sigreturn                    # return from the kick signal's handler (it interrupts KVM_RUN)
 ioctl KVM_GET_REGS              # the RIP in the report when the VM fails
 epoll_ctl                       # a virtio transport arming or parking its queues' eventfds
+close                           # a guest's device reset drops its vsock connections
 getpid                          # Lifecycle.stop kicks the vCPUs: pthread_kill is tgkill(getpid(), tid, sig)
 tgkill arg2 == SIGRTMIN         # the kick signal
 tgkill arg2 == SIGABRT          # abort() on a fatal error
