@@ -119,6 +119,7 @@ mmap arg2 & PROT_EXEC == 0
 mprotect arg2 & PROT_EXEC == 0
 madvise
 brk
+openat errno EACCES             # malloc's overcommit probe (see vcpu.policy)
 
 exit                            # when run() was called on a thread of its own
 exit_group
