@@ -56,7 +56,8 @@ import Testing
         #expect(kiln.errorOutput.hasPrefix("kiln: KILN_SECCOMP must be kill, trap or log, got 'off'"), "\(kiln.errorOutput)")
     }
 
-    /// One boot with two vCPUs and a virtio device: once the guest is up, every thread in
+    /// One boot with a virtio device (one vCPU: SMP guests are unreliable on emulated-CPL0 hosts,
+    /// docs/host-kvm.md; every vCPU thread runs the same code): once the guest is up, every thread in
     /// /proc/PID/task has seccomp mode 2 (filter) and exactly one filter, and the threads are
     /// exactly Kiln's own (no runtime or Dispatch threads) plus KVM's NX huge page recovery worker,
     /// a kernel task that KVM starts in the VMM's thread group and that never runs user code
@@ -65,7 +66,7 @@ import Testing
         let dir = "/tmp/kiln-seccomp-threads-\(getpid())"
         mkdir(dir, 0o755)
         defer { unlink("\(dir)/v.sock"); rmdir(dir) }
-        let kiln = try KilnProcess(["boot", "--cpus", "2", "--vsock", "\(dir)/v.sock"])
+        let kiln = try KilnProcess(["boot", "--vsock", "\(dir)/v.sock"])
         try kiln.waitForLine("KILN-INIT-READY", seconds: BootCommandTests.bootSeconds)
 
         var threads: [String: (seccomp: String?, filters: String?)] = [:]
@@ -77,7 +78,7 @@ import Testing
             }
             threads[field("Name") ?? tid] = (field("Seccomp"), field("Seccomp_filters"))
         }
-        #expect(Set(threads.keys) == ["kiln", "kiln-vcpu0", "kiln-vcpu1", "kiln-devices", "kiln-console", "kvm-nx-lpage-re"],
+        #expect(Set(threads.keys) == ["kiln", "kiln-vcpu0", "kiln-devices", "kiln-console", "kvm-nx-lpage-re"],
                 "\(threads)")
         for (name, t) in threads {
             #expect(t.seccomp == "2", "\(name) is not in seccomp filter mode: \(t)")
