@@ -88,6 +88,56 @@ import Testing
         #expect(try kiln.wait(seconds: 120) == 0, "stderr: \(kiln.errorOutput)")
     }
 
+    /// The console on a terminal: Ctrl-A x stops the VM from the console thread, and the main
+    /// thread restores the terminal (TCGETS/TCSETS) under its filter. No boot needed.
+    @Test func ctrlAXOnATerminalEndsKilnCleanly() throws {
+        // posix_openpt and friends are hidden from Swift: /dev/ptmx with TIOCSPTLCK and TIOCGPTN.
+        let master = open("/dev/ptmx", O_RDWR | O_NOCTTY)
+        try #require(master >= 0)
+        defer { close(master) }
+        var unlock: Int32 = 0, number: UInt32 = 0
+        #expect(ioctl(master, UInt(0x4004_5431), &unlock) == 0)  // TIOCSPTLCK
+        #expect(ioctl(master, UInt(0x8004_5430), &number) == 0)  // TIOCGPTN
+        let slave = "/dev/pts/\(number)"
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, slave, O_RDWR, 0)
+        posix_spawn_file_actions_adddup2(&actions, 0, 1)
+        posix_spawn_file_actions_adddup2(&actions, 0, 2)
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup(KilnProcess.binary), strdup("boot"), nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        #expect(posix_spawn(&pid, KilnProcess.binary, &actions, nil, argv, environ) == 0)
+
+        func isRaw() -> Bool {
+            var t = termios()
+            return tcgetattr(master, &t) == 0 && t.c_lflag & tcflag_t(ICANON) == 0
+        }
+        var sent = false, exited = false, status: Int32 = 0, output: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var started = timespec(), now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &started)
+        while !exited {
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            if now.tv_sec - started.tv_sec > 120 { break }
+            var p = pollfd(fd: master, events: Int16(POLLIN), revents: 0)
+            // Drain the output, or the guest's writes would block; after a hang-up, just wait.
+            let n = poll(&p, 1, 100) > 0 ? read(master, &buffer, buffer.count) : 0
+            if n > 0 { output += buffer[0..<n] } else { usleep(10_000) }
+            if !sent && isRaw() {
+                var keys: [UInt8] = [0x01, UInt8(ascii: "x")]
+                sent = write(master, &keys, 2) == 2
+            }
+            exited = waitpid(pid, &status, WNOHANG) == pid
+        }
+        if !exited { kill(pid, SIGKILL); waitpid(pid, &status, 0) }
+        #expect(exited, "kiln did not end within 120 s of Ctrl-A x")
+        #expect(sent, "kiln never put the terminal in raw mode")
+        #expect(status == 0, "wait status \(status) (signal \(status & 0x7F)): \(String(decoding: output.suffix(500), as: UTF8.self))")
+        #expect(!isRaw(), "the terminal is restored")
+    }
+
     func listDirectory(_ path: String) throws -> [String] {
         guard let dir = opendir(path) else { throw POSIXFailure(what: "opendir \(path)") }
         defer { closedir(dir) }

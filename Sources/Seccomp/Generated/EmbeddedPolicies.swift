@@ -107,6 +107,7 @@ close
 munmap                          # guest memory and the vCPUs' kvm_run pages
 unlink                          # the vsock socket
 ioctl TCSETS                    # restoring the terminal (tcsetattr TCSANOW)
+ioctl TCGETS                    # read around that write (seen with strace on a terminal)
 gettid
 clock_gettime
 getpid
