@@ -12,6 +12,8 @@ let package = Package(
         .executable(name: "kiln", targets: ["kiln"]),
         .library(name: "VMM", targets: ["VMM"]),
         .library(name: "AgentProtocol", targets: ["AgentProtocol"]),
+        .library(name: "Sandbox", targets: ["Sandbox"]),
+        .executable(name: "kiln-agent", targets: ["kiln-agent"]),
     ],
     targets: [
         .target(name: "CLinux"),
@@ -23,13 +25,19 @@ let package = Package(
         .target(name: "Boot", dependencies: ["GuestMemory"], swiftSettings: strict),
         .target(name: "Devices", dependencies: ["GuestMemory", "LinuxSys"], swiftSettings: strict),
         .target(name: "AgentProtocol", swiftSettings: strict),
+        .target(name: "Agent", dependencies: ["AgentProtocol", "CLinux", "LinuxSys"], swiftSettings: strict),
+        // The guest's PID 1. Images take the release build, fully static so that it runs from a
+        // bare root filesystem; the debug build stays dynamic so that tests can link against it.
+        .executableTarget(name: "kiln-agent", dependencies: ["Agent", "CLinux", "LinuxSys"], swiftSettings: strict,
+                          linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
+        .target(name: "Sandbox", dependencies: ["AgentProtocol", "LinuxSys", "VMM"], swiftSettings: strict),
         .target(name: "Seccomp", dependencies: ["CSandbox"], swiftSettings: strict),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp"], swiftSettings: strict),
         // Release builds are fully static: no dynamic loader relocations touching every page of the
         // Swift runtime, which keeps the VMM's own resident memory near 4 MiB instead of 10.
-        .executableTarget(name: "kiln", dependencies: ["VMM", "Seccomp"], swiftSettings: strict,
+        .executableTarget(name: "kiln", dependencies: ["VMM", "Sandbox", "AgentProtocol", "CLinux", "LinuxSys", "Seccomp"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
-        .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys"],
+        .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"],
                           path: "Benchmarks/Host", swiftSettings: strict),
 
         .target(name: "KilnTestSupport", dependencies: ["CLinux"], path: "Tests/Support", swiftSettings: strict),
@@ -40,7 +48,9 @@ let package = Package(
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "LinuxSys"], swiftSettings: strict),
         .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CSandbox"], swiftSettings: strict),
         .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"], swiftSettings: strict),
+        .testTarget(name: "AgentTests", dependencies: ["Sandbox", "AgentProtocol", "KilnTestSupport", "LinuxSys", "kiln-agent"],
+                    swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
-        .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport", "LinuxSys"], swiftSettings: strict),
+        .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up Kiln on Debian: installs what the guest kernel and initramfs builds need,
-# builds (or reuses from the cache) Kiln's guest kernel and initramfs, and builds kiln.
+# Sets up Kiln on Debian: installs what the guest kernel, initramfs and image builds need,
+# builds (or reuses from the cache) Kiln's guest kernel, initramfs and default sandbox image,
+# and builds kiln.
 #   Scripts/setup.sh            release build of kiln at .build/release/kiln
 #   Scripts/setup.sh --debug    debug build only (what the tests use)
 set -euo pipefail
@@ -50,6 +51,8 @@ log "guest kernel (cached after the first build, which takes several minutes)"
 Kernels/build.sh >/dev/null
 log "initramfs"
 rootfs/build-initramfs.sh >/dev/null
+log "sandbox image (ext4 with busybox and the release kiln-agent)"
+rootfs/build-image.sh >/dev/null
 
 if [[ ${1:-} == --debug ]]; then
     log "building kiln (debug) and its tests"
@@ -57,5 +60,5 @@ if [[ ${1:-} == --debug ]]; then
 else
     log "building kiln (release)"
     build -c release --product kiln
-    log "ready: .build/release/kiln boot"
+    log "ready: .build/release/kiln run -- COMMAND (or .build/release/kiln boot)"
 fi

@@ -84,9 +84,22 @@ func benchBlock(type: UInt32, bytes: Int, seconds: Double) throws -> (nsPerReque
     return (elapsed / Double(requests) * 1e9, Double(requests * bytes) / elapsed / Double(1 << 20))
 }
 
-print("| virtio-blk host path (fake guest memory, image in page cache) | ns/request | MiB/s |")
-print("|---|---:|---:|")
-for (name, type, bytes) in [("read 4 KiB", UInt32(0), 4096), ("write 4 KiB", 1, 4096), ("read 64 KiB", 0, 65536), ("write 64 KiB", 1, 65536)] {
-    let r = try benchBlock(type: type, bytes: bytes, seconds: 2)
-    print("| \(name) | \(Int(r.nsPerRequest)) | \(Int(r.mibPerSecond)) |")
+func runBlockBenchmark() throws {
+    print("| virtio-blk host path (fake guest memory, image in page cache) | ns/request | MiB/s |")
+    print("|---|---:|---:|")
+    for (name, type, bytes) in [("read 4 KiB", UInt32(0), 4096), ("write 4 KiB", 1, 4096), ("read 64 KiB", 0, 65536), ("write 64 KiB", 1, 65536)] {
+        let r = try benchBlock(type: type, bytes: bytes, seconds: 2)
+        print("| \(name) | \(Int(r.nsPerRequest)) | \(Int(r.mibPerSecond)) |")
+    }
+}
+
+//   kiln-bench [blk]     virtio-blk host-side cost per request
+//   kiln-bench agent     agent protocol on the host: ping and exec round trips, stdout/stdin throughput
+//   kiln-bench vm        the same through a booted sandbox (guest agent over vsock)
+let mode = CommandLine.arguments.count > 1 ? CommandLine.arguments[1] : "blk"
+switch mode {
+case "blk": try runBlockBenchmark()
+case "agent": try await runAgentBenchmark()
+case "vm": try await runSandboxBenchmark()
+default: print("usage: kiln-bench [blk|agent|vm]"); exit(2)
 }

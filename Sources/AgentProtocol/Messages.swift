@@ -150,7 +150,7 @@ public struct Exec: Equatable, Sendable {
 }
 
 /// An operation on a stream failed; the stream is closed. `errno` is a Linux errno, 0 if none fits.
-public struct Failure: Equatable, Sendable {
+public struct Failure: Error, Equatable, Sendable {
     public var errno: Int32
     public var message: String
     public init(errno: Int32, message: String) {

@@ -35,9 +35,14 @@ public struct MachineConfig: Sendable {
     public struct Disk: Sendable, Equatable {
         public var path: String
         public var readOnly: Bool
-        public init(path: String, readOnly: Bool = false) { self.path = path; self.readOnly = readOnly }
+        /// The guest may write, but writes go to a private layer discarded with the VM; the
+        /// image itself is opened read-only.
+        public var overlay: Bool
+        public init(path: String, readOnly: Bool = false, overlay: Bool = false) {
+            self.path = path; self.readOnly = readOnly; self.overlay = overlay
+        }
 
-        /// Parses `PATH[,ro]`.
+        /// Parses `PATH[,ro|,overlay]`.
         public static func parse(_ spec: String) -> Disk? {
             var parts = spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
             guard let path = parts.first, !path.isEmpty else { return nil }
@@ -47,10 +52,11 @@ public struct MachineConfig: Sendable {
                 switch option {
                 case "ro": disk.readOnly = true
                 case "rw": disk.readOnly = false
+                case "overlay": disk.overlay = true
                 default: return nil
                 }
             }
-            return disk
+            return disk.readOnly && disk.overlay ? nil : disk
         }
     }
 

@@ -17,7 +17,7 @@ public enum VirtioDeviceSpec: Sendable, Equatable {
     func make(index: Int) throws(MachineError) -> any VirtioDevice {
         switch self {
         case .block(let disk):
-            do { return try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: "kiln-disk-\(index)") }
+            do { return try VirtioBlock(path: disk.path, readOnly: disk.readOnly, overlay: disk.overlay, serial: "kiln-disk-\(index)") }
             catch { throw .config(error.description) }
         case .vsock(let path, let cid):
             do { return try VirtioVsock(path: path, guestCID: cid) }

@@ -22,6 +22,23 @@ enum DefaultImages {
         try artifact(cached: "\(cacheDir)/initramfs/initramfs.cpio", script: "rootfs/build-initramfs.sh", what: "initramfs")
     }
 
+    /// The root filesystem for `kiln run --image`: nil or "default" is Kiln's own image
+    /// (built on first use); a name is looked up in the cache; anything with a slash is a path.
+    static func image(named name: String?) throws(Failure) -> String {
+        guard let name, name != "default" else {
+            return try artifact(cached: "\(cacheDir)/images/default.ext4", script: "rootfs/build-image.sh", what: "sandbox image")
+        }
+        if name.contains("/") {
+            guard access(name, R_OK) == 0 else { throw Failure(message: "no image at \(name): \(String(cString: strerror(errno)))") }
+            return name
+        }
+        let path = "\(cacheDir)/images/\(name).ext4"
+        guard access(path, R_OK) == 0 else {
+            throw Failure(message: "no image named '\(name)' (\(path) does not exist; build one with rootfs/build-debian-image.sh or pass a path)")
+        }
+        return path
+    }
+
     struct Failure: Error { let message: String }
 
     static func artifact(cached: String, script: String, what: String) throws(Failure) -> String {

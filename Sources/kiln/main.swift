@@ -4,7 +4,8 @@ import LinuxSys
 import VMM
 
 let usage = """
-    usage: kiln boot [options]      boot a kernel with the serial console attached
+    usage: kiln run [options] -- COMMAND [ARG...]   run a command in a new sandbox (kiln run --help)
+           kiln boot [options]      boot a kernel with the serial console attached
            kiln help
 
     kiln boot options:
@@ -15,7 +16,10 @@ let usage = """
       --memory MIB           guest memory in MiB (default 256)
       --host-profile NAME    auto, kvm or emulated-cpl0 (default auto: detected)
       --boot-protocol NAME   pvh or linux64 (default: pvh when the kernel has the note)
-      --disk PATH[,ro]       a raw disk image as virtio-blk (repeatable: vda, vdb, ...)
+      --disk PATH[,ro|,overlay]
+                             a raw disk image as virtio-blk (repeatable: vda, vdb, ...); with
+                             overlay the guest's writes go to a private layer that is
+                             discarded when the VM ends, and the image is never written
       --net tap=NAME|auto[,mac=xx:xx:xx:xx:xx:xx][,host=IP/PREFIX,guest=IP]
                              virtio-net (the guest's eth0) on a TAP interface; with host= and
                              guest=, Kiln gives the TAP the host address and the guest `ip=`
@@ -73,7 +77,7 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
 
     var disks: [MachineConfig.Disk] = []
     for spec in parsed.all("disk") {
-        guard let disk = MachineConfig.Disk.parse(spec) else { fail("--disk takes PATH[,ro], got '\(spec)'", code: 2) }
+        guard let disk = MachineConfig.Disk.parse(spec) else { fail("--disk takes PATH[,ro|,overlay], got '\(spec)'", code: 2) }
         disks.append(disk)
     }
 
@@ -106,6 +110,9 @@ BootTrace.mark("process-start")
 let argv = CommandLine.arguments
 switch argv.count > 1 ? argv[1] : "help" {
 case "boot": exit(boot(argv.dropFirst(2)))
+case "run":
+    if argv.count > 2 && (argv[2] == "--help" || argv[2] == "-h") { writeRaw(1, runUsage + "\n"); exit(0) }
+    exit(await runCommand(argv.dropFirst(2)))
 case "help", "--help", "-h": writeRaw(1, usage + "\n")
 default: fail("unknown command '\(argv[1])'\n\(usage)", code: 2)
 }

@@ -19,8 +19,8 @@ func makeImage(sectors: Int, name: String) -> String {
 @Suite struct BlockTests {
     let hdr: UInt64 = 0x10000, data: UInt64 = 0x20000, status: UInt64 = 0x30000
 
-    func setUp(_ path: String, readOnly: Bool = false) throws -> (VirtioBlock, GuestDriver, DeviceLog) {
-        let block = try VirtioBlock(path: path, readOnly: readOnly, serial: "serial-42")
+    func setUp(_ path: String, readOnly: Bool = false, overlay: Bool = false) throws -> (VirtioBlock, GuestDriver, DeviceLog) {
+        let block = try VirtioBlock(path: path, readOnly: readOnly, overlay: overlay, serial: "serial-42")
         let driver = try GuestDriver()
         let signals = DeviceLog()
         block.activate(queues: [driver.queue()], context: VirtioContext(
@@ -60,6 +60,37 @@ func makeImage(sectors: Int, name: String) -> String {
         #expect(try d.memory.read(UInt8.self, at: status) == VirtioBlock.statusOK)
         #expect(try d.usedElement(0) == (0, 1025))
         #expect(signals.interrupts.load(ordering: .relaxed) == 1)
+    }
+
+    @Test func anOverlayKeepsWritesPrivateAndTheImageUntouched() throws {
+        let path = makeImage(sectors: 16, name: "overlay")
+        defer { unlink(path) }
+        var (block, d, _) = try setUp(path, overlay: true)
+        #expect(block.features & VirtioBlock.featureReadOnly == 0, "the guest sees a writable disk")
+        // Write sectors 5 and 6, then read 4...7: 4 and 7 from the image, 5 and 6 from the layer.
+        try d.memory.write([UInt8](repeating: 0xAB, count: 1024), at: data)
+        try header(d, type: VirtioBlock.requestOut, sector: 5)
+        try d.post([(hdr, 16, false), (data, 1024, false), (status, 1, true)])
+        block.process(queue: 0)
+        #expect(try d.memory.read(UInt8.self, at: status) == VirtioBlock.statusOK)
+        try header(d, type: VirtioBlock.requestIn, sector: 4)
+        try d.post([(hdr, 16, false), (data, 2048, true), (status, 1, true)])
+        block.process(queue: 0)
+        let expected = [UInt8](repeating: 4, count: 512) + [UInt8](repeating: 0xAB, count: 1024) + [UInt8](repeating: 7, count: 512)
+        #expect(try d.memory.read(2048, at: data) == expected)
+        #expect(block.layer?.writtenSectors == 2)
+        // The image file still holds its pattern.
+        let fd = open(path, O_RDONLY)
+        defer { close(fd) }
+        var back = [UInt8](repeating: 0, count: 512)
+        _ = pread(fd, &back, 512, 5 * 512)
+        #expect(back == [UInt8](repeating: 5, count: 512))
+        // A second overlay on the same image starts from the image, not from the first one's writes.
+        var (other, d2, _) = try setUp(path, overlay: true)
+        try header(d2, type: VirtioBlock.requestIn, sector: 5)
+        try d2.post([(hdr, 16, false), (data, 512, true), (status, 1, true)])
+        other.process(queue: 0)
+        #expect(try d2.memory.read(512, at: data) == [UInt8](repeating: 5, count: 512))
     }
 
     @Test func writeThenFlushReachesTheFile() throws {

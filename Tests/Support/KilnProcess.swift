@@ -74,6 +74,27 @@ public final class KilnProcess {
         _ = write(stdinFD, &bytes, bytes.count)
     }
 
+    /// Writes `bytes` to kiln's stdin on a thread of its own, then closes stdin, so that a
+    /// large input cannot deadlock against output this side has not read yet.
+    public func sendInBackground(_ bytes: [UInt8]) {
+        final class Job { let fd: Int32; let bytes: [UInt8]; init(_ fd: Int32, _ bytes: [UInt8]) { self.fd = fd; self.bytes = bytes } }
+        let job = Unmanaged.passRetained(Job(stdinFD, bytes)).toOpaque()
+        stdinFD = -1
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { arg in
+            let job = Unmanaged<Job>.fromOpaque(arg!).takeRetainedValue()
+            var offset = 0
+            while offset < job.bytes.count {
+                let n = job.bytes.withUnsafeBytes { write(job.fd, $0.baseAddress! + offset, job.bytes.count - offset) }
+                if n <= 0 { break }
+                offset += n
+            }
+            close(job.fd)
+            return nil
+        }, job)
+        if rc == 0 { pthread_detach(thread) }
+    }
+
     public func closeInput() {
         if stdinFD >= 0 { close(stdinFD); stdinFD = -1 }
     }

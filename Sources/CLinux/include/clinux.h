@@ -45,4 +45,6 @@ static const int KILN_IFNAMSIZ = IFNAMSIZ;
 // copied to `actual` (IFNAMSIZ bytes). Hides struct ifreq's unions from Swift.
 int kiln_tun_set_iff(int fd, const char *name, short flags, char *actual);
 
+#include "kiln_process.h"
+
 #endif

@@ -21,6 +21,8 @@ public final class VirtioBlock: VirtioDevice {
     public let readOnly: Bool
     public let path: String
     let fd: Int32
+    /// With a write layer the guest may write, but the image is opened read-only and never changes.
+    public let layer: WriteLayer?
     /// Capacity in 512-byte sectors (a partial last sector is not exposed).
     public let sectors: UInt64
     let serial: [UInt8]
@@ -38,8 +40,8 @@ public final class VirtioBlock: VirtioDevice {
         }
     }
 
-    public init(path: String, readOnly: Bool, serial: String) throws(OpenError) {
-        let raw = Glibc.open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+    public init(path: String, readOnly: Bool, overlay: Bool = false, serial: String) throws(OpenError) {
+        let raw = Glibc.open(path, (readOnly || overlay ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         if raw < 0 { throw .open(path, Errno.current("open")) }
         var st = stat()
         fstat(raw, &st)
@@ -47,6 +49,14 @@ public final class VirtioBlock: VirtioDevice {
         self.path = path
         self.readOnly = readOnly
         sectors = UInt64(st.st_size) / UInt64(VirtioBlock.sectorSize)
+        if overlay && !readOnly {
+            do { layer = try WriteLayer(sectors: sectors) } catch {
+                Glibc.close(raw)
+                throw .open(path, error)
+            }
+        } else {
+            layer = nil
+        }
         self.serial = Array(serial.utf8.prefix(VirtioBlock.idLength))
         features = VirtioFeature.version1 | VirtioFeature.indirectDescriptors | VirtioFeature.eventIndex
             | VirtioBlock.featureSegMax | VirtioBlock.featureFlush | (readOnly ? VirtioBlock.featureReadOnly : 0)
@@ -109,7 +119,8 @@ public final class VirtioBlock: VirtioDevice {
             case VirtioBlock.requestOut:
                 status = readOnly ? VirtioBlock.statusIOError : transfer(dataIn, sector: header.sector, memory, toGuest: false)
             case VirtioBlock.requestFlush:
-                status = readOnly || fdatasync(fd) == 0 ? VirtioBlock.statusOK : VirtioBlock.statusIOError
+                // A write layer is discarded with the VM: there is nothing durable to flush.
+                status = readOnly || layer != nil || fdatasync(fd) == 0 ? VirtioBlock.statusOK : VirtioBlock.statusIOError
             case VirtioBlock.requestGetID:
                 var id = serial + [UInt8](repeating: 0, count: VirtioBlock.idLength - serial.count)
                 var left = id.count
@@ -163,13 +174,36 @@ public final class VirtioBlock: VirtioDevice {
         var offset = Int(sector) * VirtioBlock.sectorSize
         for b in buffers {
             do {
-                if toGuest { try memory.load(fromFile: fd, offset: offset, count: Int(b.length), at: b.address) }
-                else { try memory.store(toFile: fd, offset: offset, count: Int(b.length), from: b.address) }
+                if let layer {
+                    try transfer(b, offset: offset, layer: layer, memory, toGuest: toGuest)
+                } else if toGuest {
+                    try memory.load(fromFile: fd, offset: offset, count: Int(b.length), at: b.address)
+                } else {
+                    try memory.store(toFile: fd, offset: offset, count: Int(b.length), from: b.address)
+                }
             } catch {
                 return VirtioBlock.statusIOError
             }
             offset += Int(b.length)
         }
         return VirtioBlock.statusOK
+    }
+
+    /// One buffer through the write layer: writes land in the layer; reads take each run of
+    /// sectors from wherever it currently lives. A buffer that is not whole sectors is refused.
+    func transfer(_ b: Buffer, offset: Int, layer: WriteLayer, _ memory: GuestMemory, toGuest: Bool) throws {
+        let size = UInt64(VirtioBlock.sectorSize)
+        guard UInt64(b.length) % size == 0 else { throw Errno(EINVAL, call: "partial sector") }
+        let first = UInt64(offset) / size, count = UInt64(b.length) / size
+        if !toGuest {
+            try memory.store(toFile: layer.fd, offset: offset, count: Int(b.length), from: b.address)
+            layer.markWritten(sector: first, count: count)
+            return
+        }
+        for run in layer.runs(sector: first, count: count) {
+            let at = b.address + (run.sector - first) * size
+            try memory.load(fromFile: run.inLayer ? layer.fd : fd, offset: Int(run.sector * size),
+                            count: Int(run.count * size), at: at)
+        }
     }
 }

@@ -1,0 +1,201 @@
+import AgentProtocol
+import CLinux
+import Glibc
+
+/// One process started by Exec: its descriptors, flow-control windows and what is known of its end.
+final class ChildProcess {
+    let stream: UInt32
+    let pid: pid_t
+    /// Write end of the stdin pipe, or the PTY master (also `output`).
+    var input: Int32
+    /// Read end of the stdout pipe, or the PTY master.
+    var output: Int32
+    /// Read end of the stderr pipe; -1 with a PTY.
+    var errorOutput: Int32
+    let pty: Bool
+
+    var stdoutWindow = SendWindow()
+    var stderrWindow = SendWindow()
+    var stdinWindow = ReceiveWindow()
+    /// Stdin bytes received and not yet written to the process.
+    var pendingInput: [UInt8] = []
+    var pendingInputStart = 0
+    var stdinCloseRequested = false
+
+    var outputOpen = true
+    var errorOutputOpen: Bool
+    /// The wait status once reaped.
+    var waitStatus: Int32?
+    var deadline: UInt64?
+    var timedOut = false
+
+    init(stream: UInt32, pid: pid_t, input: Int32, output: Int32, errorOutput: Int32, pty: Bool, deadline: UInt64?) {
+        self.stream = stream
+        self.pid = pid
+        self.input = input
+        self.output = output
+        self.errorOutput = errorOutput
+        self.pty = pty
+        errorOutputOpen = errorOutput >= 0
+        self.deadline = deadline
+    }
+
+    var finished: Bool { waitStatus != nil && !outputOpen && !errorOutputOpen }
+    var hasPendingInput: Bool { pendingInputStart < pendingInput.count }
+
+    /// Sends `signal` to the process group (the process leads its own session), or to the
+    /// process alone if the group is gone.
+    func send(_ signal: Int32) {
+        if kill(-pid, signal) != 0 { _ = kill(pid, signal) }
+    }
+
+    var exitStatus: ExitStatus {
+        let status = waitStatus ?? 0
+        let signal = status & 0x7F
+        if signal == 0 {
+            return ExitStatus(.exited(code: (status >> 8) & 0xFF), timedOut: timedOut)
+        }
+        return ExitStatus(.signaled(signal: signal), coreDumped: status & 0x80 != 0, timedOut: timedOut)
+    }
+
+    func closeInput() {
+        if input >= 0 && input != output { Glibc.close(input) }
+        input = -1
+    }
+
+    func closeAll() {
+        closeInput()
+        if output >= 0 { Glibc.close(output) }
+        if errorOutput >= 0 { Glibc.close(errorOutput) }
+        output = -1
+        errorOutput = -1
+        outputOpen = false
+        errorOutputOpen = false
+    }
+
+    /// Starts `exec` as described in docs/agent-protocol.md ("Processes").
+    static func start(_ exec: Exec, stream: UInt32, setIDs: Bool, now: UInt64) -> Result<ChildProcess, Failure> {
+        guard !exec.argv.isEmpty else { return .failure(Failure(errno: EINVAL, message: "empty argv")) }
+        let strings = exec.argv + exec.environment + [exec.workingDirectory]
+        guard !strings.contains(where: { $0.utf8.contains(0) }) else {
+            return .failure(Failure(errno: EINVAL, message: "a string contains a NUL byte"))
+        }
+        if !setIDs && (exec.uid != 0 || exec.gid != 0 || !exec.groups.isEmpty) && (exec.uid != getuid() || exec.gid != getgid()) {
+            return .failure(Failure(errno: EPERM, message: "the agent cannot change user ids"))
+        }
+        let command = exec.argv[0]
+        guard let path = ExecutablePath.resolve(command, environment: exec.environment) else {
+            return .failure(Failure(errno: ENOENT, message: "\(command): command not found"))
+        }
+
+        // Descriptors for the child (given to it as 0, 1, 2) and ours.
+        var childFDs: [Int32] = []
+        var input: Int32 = -1, output: Int32 = -1, errorOutput: Int32 = -1
+        var ptyMaster: Int32 = -1
+        func cleanup() { for fd in childFDs + [input, output, errorOutput, ptyMaster] where fd >= 0 { Glibc.close(fd) } }
+
+        if let size = exec.pty {
+            var slave = [CChar](repeating: 0, count: 128)
+            if kiln_open_pty(&ptyMaster, &slave, slave.count, size.rows, size.columns) != 0 {
+                return .failure(Failure(errno: errno, message: "cannot open a pseudo-terminal: \(String(cString: strerror(errno)))"))
+            }
+            let slaveFD = Glibc.open(slave, O_RDWR | O_NOCTTY | O_CLOEXEC)
+            if slaveFD < 0 {
+                let e = errno
+                cleanup()
+                return .failure(Failure(errno: e, message: "cannot open the terminal: \(String(cString: strerror(e)))"))
+            }
+            childFDs = [slaveFD, slaveFD, slaveFD]
+            input = ptyMaster; output = ptyMaster
+        } else {
+            var pipes: [[Int32]] = []
+            for _ in 0..<3 {
+                var fds: [Int32] = [-1, -1]
+                if kiln_pipe2(&fds, O_CLOEXEC) != 0 {
+                    let e = errno
+                    for p in pipes { Glibc.close(p[0]); Glibc.close(p[1]) }
+                    return .failure(Failure(errno: e, message: "pipe: \(String(cString: strerror(e)))"))
+                }
+                pipes.append(fds)
+            }
+            childFDs = [pipes[0][0], pipes[1][1], pipes[2][1]]
+            input = pipes[0][1]; output = pipes[1][0]; errorOutput = pipes[2][0]
+            for fd in [input, output, errorOutput] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+            // Bigger pipes mean fewer wakeups per MiB of output.
+            _ = fcntl(output, 1031 /* F_SETPIPE_SZ */, 1 << 20)
+        }
+
+        let pid = withCStrings(exec.argv) { argv in
+            withCStrings(exec.environment) { envp in
+                exec.groups.map { gid_t($0) }.withUnsafeBufferPointer { groups in
+                    var request = kiln_spawn_request()
+                    request.argv = argv
+                    request.envp = envp
+                    request.stdio = (childFDs[0], childFDs[1], childFDs[2])
+                    request.controlling_tty = exec.pty == nil ? 0 : 1
+                    request.set_ids = setIDs ? 1 : 0
+                    request.uid = exec.uid
+                    request.gid = exec.gid
+                    request.groups = groups.baseAddress
+                    request.group_count = groups.count
+                    return path.withCString { p in
+                        exec.workingDirectory.withCString { cwd in
+                            request.path = p
+                            request.cwd = cwd
+                            let pid = kiln_spawn(&request)
+                            let step = request.failed_step.map { String(cString: $0) } ?? "spawn"
+                            return pid >= 0 ? Result<pid_t, Failure>.success(pid) : .failure(ChildProcess.failure(errno, step: step, exec: exec, path: path))
+                        }
+                    }
+                }
+            }
+        }
+        for fd in Set(childFDs) { Glibc.close(fd) }
+        childFDs = []
+        switch pid {
+        case .failure(let f):
+            cleanup()
+            return .failure(f)
+        case .success(let pid):
+            let deadline = exec.timeoutMillis == 0 ? nil : now + UInt64(exec.timeoutMillis)
+            return .success(ChildProcess(stream: stream, pid: pid, input: input, output: output, errorOutput: errorOutput,
+                                         pty: exec.pty != nil, deadline: deadline))
+        }
+    }
+
+    static func failure(_ code: Int32, step: String, exec: Exec, path: String) -> Failure {
+        let text = String(cString: strerror(code))
+        switch step {
+        case "execve":
+            if code == ENOENT { return Failure(errno: code, message: "\(exec.argv[0]): command not found") }
+            return Failure(errno: code, message: "cannot run \(path): \(text)")
+        case "chdir": return Failure(errno: code, message: "cannot change to directory \(exec.workingDirectory): \(text)")
+        case "setgroups", "setgid", "setuid": return Failure(errno: code, message: "\(step)(\(exec.uid):\(exec.gid)): \(text)")
+        default: return Failure(errno: code, message: "\(step): \(text)")
+        }
+    }
+}
+
+/// Finds a command in the PATH of the environment it will run with, as execvpe would.
+enum ExecutablePath {
+    static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+    static func resolve(_ command: String, environment: [String]) -> String? {
+        if command.contains("/") { return command }
+        guard !command.isEmpty else { return nil }
+        let path = environment.last(where: { $0.hasPrefix("PATH=") }).map { String($0.dropFirst(5)) } ?? defaultPath
+        for dir in path.split(separator: ":", omittingEmptySubsequences: false) {
+            let candidate = (dir.isEmpty ? "." : String(dir)) + "/" + command
+            var st = stat()
+            if stat(candidate, &st) == 0, st.st_mode & S_IFMT == S_IFREG, access(candidate, X_OK) == 0 { return candidate }
+        }
+        return nil
+    }
+}
+
+/// Calls `body` with a NULL-terminated C array of the strings.
+func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+    let pointers = strings.map { strdup($0) } + [nil]
+    defer { for p in pointers { free(p) } }
+    return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+}

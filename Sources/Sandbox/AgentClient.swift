@@ -1,0 +1,449 @@
+import AgentProtocol
+import Glibc
+import LinuxSys
+import Synchronization
+
+/// Why an agent operation did not succeed.
+public enum AgentClientError: Error, CustomStringConvertible, Sendable {
+    /// The connection ended (or could not be made); the text says why.
+    case connection(String)
+    /// One side broke docs/agent-protocol.md; the connection is closed.
+    case protocolError(ProtocolError)
+    /// The agent refused or failed the operation (errno and message from the guest).
+    case failed(Failure)
+
+    public var description: String {
+        switch self {
+        case .connection(let why): why
+        case .protocolError(let e): "\(e)"
+        case .failed(let f): f.message
+        }
+    }
+}
+
+/// A session with a Kiln agent over one stream connection (docs/agent-protocol.md): processes,
+/// files and health checks, each operation async. A reader thread decodes the agent's frames and
+/// hands them to the waiting operations; writes go out under a lock.
+public final class AgentClient: Sendable {
+    let fd: Int32
+    public let agentSoftware: String
+    public let capabilities: Capabilities
+    public let version: Version
+    private let state = Mutex(State())
+    private let writeLock = Mutex(())
+    private let readerThread = Mutex<LinuxSys.Thread?>(nil)
+
+    struct State: ~Copyable {
+        var nextStream: UInt32 = 1
+        var processes: [UInt32: ProcessState] = [:]
+        var reads: [UInt32: ReadState] = [:]
+        var writes: [UInt32: WriteState] = [:]
+        var pings: [UInt64: CheckedContinuation<Pong, any Error>] = [:]
+        var nextNonce: UInt64 = 1
+        var closed: AgentClientError?
+    }
+
+    /// Runs the handshake on `socket` (a connected stream socket, which this client now owns).
+    public init(socket: consuming FileDescriptor, software: String = "kiln") throws(AgentClientError) {
+        let fd = socket.release()
+        self.fd = fd
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        var decoder = FrameDecoder(from: .agent)
+        do {
+            try AgentClient.write(fd, Frame(stream: 0, .hello(Hello(software: software))).encoded())
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                if let frame = try decoder.next() {
+                    switch frame.message {
+                    case .helloAck(let ack):
+                        version = try Handshake.accept(ack)
+                        agentSoftware = ack.software
+                        capabilities = ack.capabilities
+                    case .protocolError(let code, let message):
+                        throw AgentClientError.protocolError(.remote(code: code, message: message))
+                    default:
+                        throw AgentClientError.protocolError(.unexpected(frame.message.type))
+                    }
+                    break
+                }
+                let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { throw AgentClientError.connection("the agent closed the connection during the handshake") }
+                decoder.feed(buffer[0..<n])
+            }
+        } catch {
+            Glibc.close(fd)
+            switch error {
+            case let e as AgentClientError: throw e
+            case let e as ProtocolError: throw .protocolError(e)
+            default: throw .connection("\(error)")
+            }
+        }
+        let leftover = decoder
+        let thread = try? LinuxSys.Thread.spawn(name: "kiln-agent-rx") { [self] in readLoop(leftover) }
+        guard let thread else { Glibc.close(fd); throw .connection("cannot start the reader thread") }
+        readerThread.withLock { $0 = thread }
+    }
+
+    deinit {
+        Glibc.shutdown(fd, Int32(SHUT_RDWR))
+        readerThread.withLock { $0?.join() }
+        Glibc.close(fd)
+    }
+
+    /// Ends the session: every waiting operation fails, and the agent sees the connection close.
+    public func close() {
+        _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
+    }
+
+    // MARK: Operations
+
+    /// A round trip to the agent: its uptime and the number of processes it runs.
+    public func ping() async throws -> Pong {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Pong, any Error>) in
+            let nonce: UInt64? = state.withLock { s in
+                if let e = s.closed { c.resume(throwing: e); return nil }
+                let n = s.nextNonce; s.nextNonce += 1
+                s.pings[n] = c
+                return n
+            }
+            if let nonce { send(Frame(stream: 0, .ping(nonce: nonce))) }
+        }
+    }
+
+    /// Tells the agent to stop every process (SIGTERM, SIGKILL after `graceMillis`), sync and
+    /// reset the machine. There is no answer: the connection ends.
+    public func shutdown(graceMillis: UInt32 = 1000) {
+        send(Frame(stream: 0, .shutdown(graceMillis: graceMillis)))
+    }
+
+    /// Starts a process. Throws `.failed` when the agent could not start it (errno ENOENT: no
+    /// such command).
+    public func exec(_ exec: Exec) async throws -> RemoteProcess {
+        let (stream, output) = try state.withLock { s throws(AgentClientError) -> (UInt32, AsyncStream<OutputChunk>) in
+            if let e = s.closed { throw e }
+            let id = s.allocateStream()
+            let (output, continuation) = AsyncStream<OutputChunk>.makeStream()
+            s.processes[id] = ProcessState(output: continuation)
+            return (id, output)
+        }
+        let pid: UInt32 = try await withCheckedThrowingContinuation { c in
+            let ok = state.withLock { s in
+                if let e = s.closed { c.resume(throwing: e); return false }
+                s.processes[stream]?.started = c
+                return true
+            }
+            if ok { send(Frame(stream: stream, .exec(exec))) }
+        }
+        return RemoteProcess(client: self, stream: stream, pid: pid, output: output)
+    }
+
+    /// Writes `contents` to `path` in the guest atomically (FileWritten arrives after fsync and rename).
+    public func writeFile(_ path: String, contents: [UInt8], mode: UInt32 = 0o644, uid: UInt32 = 0, gid: UInt32 = 0,
+                          options: WriteFile.Options = []) async throws -> UInt64 {
+        let stream = try state.withLock { s throws(AgentClientError) -> UInt32 in
+            if let e = s.closed { throw e }
+            let id = s.allocateStream()
+            s.writes[id] = WriteState()
+            return id
+        }
+        send(Frame(stream: stream, .writeFile(WriteFile(path: path, mode: mode, uid: uid, gid: gid, options: options))))
+        var offset = 0
+        while offset < contents.count {
+            let n = try await takeCredit(stream, wanted: contents.count - offset)
+            if n == 0 { break } // the transfer already ended (failure): its result says why
+            send(Frame(stream: stream, .fileData(Array(contents[offset..<(offset + n)]))))
+            offset += n
+        }
+        send(Frame(stream: stream, .fileEnd))
+        return try await withCheckedThrowingContinuation { c in
+            state.withLock { s in
+                if let result = s.writes[stream]?.result {
+                    s.writes[stream] = nil
+                    c.resume(with: result)
+                } else if let e = s.closed {
+                    c.resume(throwing: e)
+                } else {
+                    s.writes[stream]?.done = c
+                }
+            }
+        }
+    }
+
+    /// Reads a regular file from the guest: its metadata and contents.
+    public func readFile(_ path: String) async throws -> (info: FileInfo, contents: [UInt8]) {
+        let stream = try state.withLock { s throws(AgentClientError) -> UInt32 in
+            if let e = s.closed { throw e }
+            let id = s.allocateStream()
+            s.reads[id] = ReadState()
+            return id
+        }
+        send(Frame(stream: stream, .readFile(path: path)))
+        return try await withCheckedThrowingContinuation { c in
+            state.withLock { s in
+                if let e = s.closed { s.reads[stream] = nil; c.resume(throwing: e) } else { s.reads[stream]?.done = c }
+            }
+        }
+    }
+
+    // MARK: Internals used by RemoteProcess
+
+    func send(_ frame: Frame) {
+        guard let bytes = try? frame.encoded() else { return }
+        writeLock.withLock { _ in try? AgentClient.write(fd, bytes) }
+    }
+
+    static func write(_ fd: Int32, _ bytes: [UInt8]) throws(AgentClientError) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .connection("cannot send to the agent: \(Errno.current("send"))")
+            }
+            offset += n
+        }
+    }
+
+    /// Waits until `stream` may send data on its stdin or file channel; returns the bytes granted
+    /// (at most `wanted`), or 0 when the stream has ended.
+    func takeCredit(_ stream: UInt32, wanted: Int) async throws -> Int {
+        while true {
+            let result: Int? = try state.withLock { s throws(AgentClientError) -> Int? in
+                if let e = s.closed { throw e }
+                if s.processes[stream] != nil {
+                    if s.processes[stream]!.exited { return 0 }
+                    let n = s.processes[stream]!.stdinWindow.take(upTo: wanted)
+                    return n > 0 ? n : nil
+                }
+                if s.writes[stream] != nil {
+                    if s.writes[stream]!.result != nil { return 0 }
+                    let n = s.writes[stream]!.window.take(upTo: wanted)
+                    return n > 0 ? n : nil
+                }
+                return 0
+            }
+            if let result { return result }
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { s in
+                    if s.closed != nil { return true }
+                    if s.processes[stream] != nil {
+                        if s.processes[stream]!.exited || s.processes[stream]!.stdinWindow.available > 0 { return true }
+                        s.processes[stream]!.creditWaiters.append(c)
+                        return false
+                    }
+                    if s.writes[stream] != nil {
+                        if s.writes[stream]!.result != nil || s.writes[stream]!.window.available > 0 { return true }
+                        s.writes[stream]!.creditWaiters.append(c)
+                        return false
+                    }
+                    return true
+                }
+                if resumeNow { c.resume() }
+            }
+        }
+    }
+
+    /// The consumer took `count` bytes of `channel` output: return credit when due.
+    func consumed(_ stream: UInt32, _ channel: Channel, _ count: Int) {
+        let credit: UInt32? = state.withLock { s in
+            guard s.processes[stream] != nil else { return nil }
+            return channel == .stderr ? s.processes[stream]!.stderrWindow.consume(count) : s.processes[stream]!.stdoutWindow.consume(count)
+        }
+        if let credit { send(Frame(stream: stream, .credit(channel, bytes: credit))) }
+    }
+
+    func waitForExit(_ stream: UInt32) async throws -> ExitStatus {
+        try await withCheckedThrowingContinuation { c in
+            state.withLock { s in
+                if let status = s.processes[stream]?.exit {
+                    s.processes[stream] = nil
+                    c.resume(returning: status)
+                } else if let e = s.closed {
+                    c.resume(throwing: e)
+                } else if s.processes[stream] == nil {
+                    c.resume(throwing: AgentClientError.connection("the process was already waited for"))
+                } else {
+                    s.processes[stream]!.exitWaiter = c
+                }
+            }
+        }
+    }
+
+    // MARK: Reader
+
+    private func readLoop(_ initial: FrameDecoder) {
+        var decoder = initial
+        var buffer = [UInt8](repeating: 0, count: 1 << 18)
+        var failure: AgentClientError?
+        loop: while true {
+            do {
+                while let frame = try decoder.next() { dispatch(frame) }
+            } catch {
+                if case .remote = error {} else { send(error.frame) }
+                failure = .protocolError(error)
+                break loop
+            }
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 {
+                failure = .connection(n == 0 ? "the agent closed the connection" : "reading from the agent: \(Errno.current("read"))")
+                break
+            }
+            decoder.feed(buffer[0..<n])
+        }
+        _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
+        failAll(failure ?? .connection("the connection ended"))
+    }
+
+    private func failAll(_ error: AgentClientError) {
+        var resumers: [() -> Void] = []
+        state.withLock { s in
+            s.closed = error
+            for (_, p) in s.processes {
+                if let c = p.started { resumers.append { c.resume(throwing: error) } }
+                if let c = p.exitWaiter { resumers.append { c.resume(throwing: error) } }
+                p.output.finish()
+                for c in p.creditWaiters { resumers.append { c.resume() } }
+            }
+            for (id, _) in s.processes where s.processes[id]?.exit == nil { s.processes[id] = nil }
+            for (_, r) in s.reads { if let c = r.done { resumers.append { c.resume(throwing: error) } } }
+            for (_, w) in s.writes {
+                if let c = w.done { resumers.append { c.resume(throwing: error) } }
+                for c in w.creditWaiters { resumers.append { c.resume() } }
+            }
+            for (_, c) in s.pings { resumers.append { c.resume(throwing: error) } }
+            s.reads.removeAll(); s.writes.removeAll(); s.pings.removeAll()
+        }
+        for r in resumers { r() }
+    }
+
+    private func dispatch(_ frame: Frame) {
+        let s = frame.stream
+        var resume: (() -> Void)?
+        state.withLock { st in
+            switch frame.message {
+            case .pong(let pong):
+                if let c = st.pings.removeValue(forKey: pong.nonce) { resume = { c.resume(returning: pong) } }
+            case .protocolError(let code, let message):
+                let e = AgentClientError.protocolError(.remote(code: code, message: message))
+                st.closed = e
+            case .started(let pid):
+                if let c = st.processes[s]?.started { st.processes[s]!.started = nil; resume = { c.resume(returning: pid) } }
+            case .failure(let failure):
+                if let c = st.processes[s]?.started {
+                    st.processes[s] = nil
+                    resume = { c.resume(throwing: AgentClientError.failed(failure)) }
+                } else if st.reads[s] != nil {
+                    let c = st.reads.removeValue(forKey: s)!.done
+                    resume = { c?.resume(throwing: AgentClientError.failed(failure)) }
+                } else if st.writes[s] != nil {
+                    st.writes[s]!.result = .failure(AgentClientError.failed(failure))
+                    let waiters = st.writes[s]!.creditWaiters
+                    st.writes[s]!.creditWaiters = []
+                    if let c = st.writes[s]!.done {
+                        st.writes[s] = nil
+                        resume = { c.resume(throwing: AgentClientError.failed(failure)); waiters.forEach { $0.resume() } }
+                    } else {
+                        resume = { waiters.forEach { $0.resume() } }
+                    }
+                }
+            case .stdout(let bytes):
+                st.processes[s]?.output.yield(.stdout(bytes))
+            case .stderr(let bytes):
+                st.processes[s]?.output.yield(.stderr(bytes))
+            case .credit(let channel, let bytes):
+                if channel == .stdin, st.processes[s] != nil {
+                    st.processes[s]!.stdinWindow.grant(bytes)
+                    let waiters = st.processes[s]!.creditWaiters
+                    st.processes[s]!.creditWaiters = []
+                    resume = { waiters.forEach { $0.resume() } }
+                } else if channel == .file, st.writes[s] != nil {
+                    st.writes[s]!.window.grant(bytes)
+                    let waiters = st.writes[s]!.creditWaiters
+                    st.writes[s]!.creditWaiters = []
+                    resume = { waiters.forEach { $0.resume() } }
+                }
+            case .exit(let status):
+                guard st.processes[s] != nil else { break }
+                st.processes[s]!.output.finish()
+                st.processes[s]!.exited = true
+                let waiters = st.processes[s]!.creditWaiters
+                st.processes[s]!.creditWaiters = []
+                if let c = st.processes[s]!.exitWaiter {
+                    st.processes[s] = nil
+                    resume = { c.resume(returning: status); waiters.forEach { $0.resume() } }
+                } else {
+                    st.processes[s]!.exit = status
+                    resume = { waiters.forEach { $0.resume() } }
+                }
+            case .fileInfo(let info):
+                st.reads[s]?.info = info
+            case .fileData(let bytes):
+                if st.reads[s] != nil {
+                    st.reads[s]!.contents.append(contentsOf: bytes)
+                    if let credit = st.reads[s]!.window.consume(bytes.count) {
+                        resume = { [self] in send(Frame(stream: s, .credit(.file, bytes: credit))) }
+                    }
+                }
+            case .fileEnd:
+                if let r = st.reads.removeValue(forKey: s), let c = r.done {
+                    let info = r.info ?? FileInfo(mode: 0, size: UInt64(r.contents.count), uid: 0, gid: 0)
+                    resume = { c.resume(returning: (info, r.contents)) }
+                }
+            case .fileWritten(let bytes):
+                guard st.writes[s] != nil else { break }
+                if let c = st.writes[s]!.done {
+                    st.writes[s] = nil
+                    resume = { c.resume(returning: bytes) }
+                } else {
+                    st.writes[s]!.result = .success(bytes)
+                }
+            default:
+                break // the decoder refuses host-only types from the agent
+            }
+        }
+        resume?()
+    }
+}
+
+extension AgentClient.State {
+    mutating func allocateStream() -> UInt32 {
+        repeat {
+            nextStream = nextStream == UInt32.max ? 1 : nextStream + 1
+        } while processes[nextStream] != nil || reads[nextStream] != nil || writes[nextStream] != nil
+        return nextStream
+    }
+}
+
+struct ProcessState {
+    let output: AsyncStream<OutputChunk>.Continuation
+    var started: CheckedContinuation<UInt32, any Error>?
+    var stdinWindow = SendWindow()
+    var stdoutWindow = ReceiveWindow()
+    var stderrWindow = ReceiveWindow()
+    var creditWaiters: [CheckedContinuation<Void, Never>] = []
+    var exited = false
+    var exit: ExitStatus?
+    var exitWaiter: CheckedContinuation<ExitStatus, any Error>?
+}
+
+struct ReadState {
+    var info: FileInfo?
+    var contents: [UInt8] = []
+    var window = ReceiveWindow()
+    var done: CheckedContinuation<(info: FileInfo, contents: [UInt8]), any Error>?
+}
+
+struct WriteState {
+    var window = SendWindow()
+    var creditWaiters: [CheckedContinuation<Void, Never>] = []
+    var result: Result<UInt64, any Error>?
+    var done: CheckedContinuation<UInt64, any Error>?
+}
+
+/// A piece of a process's output.
+public enum OutputChunk: Sendable, Equatable {
+    case stdout([UInt8])
+    case stderr([UInt8])
+}

@@ -1,0 +1,259 @@
+import AgentProtocol
+import Glibc
+import LinuxSys
+import Synchronization
+import VMM
+
+/// Why a sandbox could not be started.
+public enum SandboxError: Error, CustomStringConvertible, Sendable {
+    case setup(String)
+    /// The VM ended before its agent answered; the console's last lines say why.
+    case vmStopped(String, console: String)
+    /// The agent did not answer within the boot timeout.
+    case agentTimeout(seconds: Double, console: String)
+    case agent(AgentClientError)
+
+    public var description: String {
+        switch self {
+        case .setup(let why): why
+        case .vmStopped(let why, let console): "the sandbox VM stopped before its agent came up: \(why)" + Self.tail(console)
+        case .agentTimeout(let s, let console):
+            "the sandbox's agent did not come up within \(Int(s)) s" + Self.tail(console)
+        case .agent(let e): "cannot talk to the sandbox's agent: \(e)"
+        }
+    }
+
+    static func tail(_ console: String) -> String {
+        console.isEmpty ? " (the console printed nothing)" : "; last console lines:\n" + console
+    }
+}
+
+/// One sandbox: a VM booted from a root filesystem image whose PID 1 is kiln-agent, with the
+/// agent session open. The image is attached with a private write layer, so nothing the
+/// sandbox writes reaches it. `stop()` ends the VM and removes everything the sandbox created.
+public final class Sandbox: Sendable {
+    public struct Configuration: Sendable {
+        public var kernelPath: String
+        public var imagePath: String
+        public var cpus: Int = 1
+        public var memoryMiB: Int = 256
+        public var hostProfile: HostProfile = .detect()
+        /// Seconds to wait for the agent after the VM starts.
+        public var bootTimeout: Double = 300
+        /// Where the sandbox's socket and console log live while it runs (a new directory inside).
+        public var runtimeDirectory: String = Sandbox.defaultRuntimeDirectory
+        /// Kernel parameters added to Kiln's.
+        public var kernelArguments: [String] = []
+
+        public init(kernelPath: String, imagePath: String) {
+            self.kernelPath = kernelPath
+            self.imagePath = imagePath
+        }
+    }
+
+    /// The guest port the agent listens on (docs/agent-protocol.md).
+    public static let agentPort = 1024
+    public static let baseCmdline = "console=ttyS0 reboot=k panic=-1 quiet root=/dev/vda rw rootfstype=ext4 init=/sbin/kiln-agent"
+
+    public let agent: AgentClient
+    public let directory: String
+    let machine: Machine
+    let thread: LinuxSys.Thread
+    let outcome: OutcomeBox
+    let stopped = Mutex(false)
+
+    public static var defaultRuntimeDirectory: String {
+        if let p = getenv("KILN_RUNTIME_DIR"), p.pointee != 0 { return String(cString: p) }
+        return getuid() == 0 ? "/run/kiln" : "/tmp/kiln-\(getuid())"
+    }
+
+    var consolePath: String { directory + "/console.log" }
+    var socketPath: String { directory + "/vsock.sock" }
+
+    private init(agent: AgentClient, directory: String, machine: Machine, thread: LinuxSys.Thread, outcome: OutcomeBox) {
+        self.agent = agent; self.directory = directory; self.machine = machine; self.thread = thread
+        self.outcome = outcome
+    }
+
+    /// Boots the VM and waits until its agent has answered the handshake.
+    public static func start(_ config: Configuration) async throws(SandboxError) -> Sandbox {
+        guard access(config.imagePath, R_OK) == 0 else {
+            throw .setup("cannot read image \(config.imagePath): \(String(cString: strerror(errno)))")
+        }
+        let directory = try makeDirectory(config.runtimeDirectory)
+        let console = Glibc.open(directory + "/console.log", O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+        guard console >= 0 else { removeDirectory(directory); throw .setup("cannot create the console log in \(directory)") }
+        defer { Glibc.close(console) }
+
+        var machineConfig = MachineConfig(kernelPath: config.kernelPath, initrdPath: nil,
+                                          cmdline: ([baseCmdline] + config.kernelArguments).joined(separator: " "),
+                                          cpus: config.cpus, memoryMiB: config.memoryMiB, hostProfile: config.hostProfile,
+                                          consoleInput: nil, consoleOutput: console)
+        machineConfig.disks = [MachineConfig.Disk(path: config.imagePath, overlay: true)]
+        machineConfig.vsock = MachineConfig.Vsock(path: directory + "/vsock.sock")
+        let machine: Machine
+        do { machine = try Machine(machineConfig) } catch {
+            removeDirectory(directory)
+            throw .setup(error.description)
+        }
+        let outcome = OutcomeBox()
+        let thread: LinuxSys.Thread
+        do {
+            thread = try LinuxSys.Thread.spawn(name: "kiln-vm") {
+                let result = machine.run()
+                outcome.value.withLock { $0 = result }
+            }
+        } catch {
+            removeDirectory(directory)
+            throw .setup("cannot start the VM thread: \(error)")
+        }
+
+        func abandon() {
+            machine.stop(.userQuit)
+            thread.join()
+            removeDirectory(directory)
+        }
+        let deadline = monotonicSeconds() + config.bootTimeout
+        while true {
+            if let ended = outcome.value.withLock({ $0 }) {
+                let tail = consoleTail(directory + "/console.log")
+                abandon()
+                throw .vmStopped(describe(ended), console: tail)
+            }
+            if monotonicSeconds() > deadline {
+                let tail = consoleTail(directory + "/console.log")
+                abandon()
+                throw .agentTimeout(seconds: config.bootTimeout, console: tail)
+            }
+            if let socket = connectToGuest(directory + "/vsock.sock", port: agentPort) {
+                do {
+                    let client = try AgentClient(socket: socket, software: "kiln")
+                    BootTrace.mark("agent-ready")
+                    return Sandbox(agent: client, directory: directory, machine: machine, thread: thread, outcome: outcome)
+                } catch {
+                    if case .connection = error {} else { abandon(); throw .agent(error) }
+                }
+            }
+            try? await Task.sleep(nanoseconds: 100_000_000)
+        }
+    }
+
+    /// Ends the VM (if still running) and removes the sandbox's files. Returns how the VM ended.
+    @discardableResult
+    public func stop() -> MachineOutcome {
+        let first = stopped.withLock { s in defer { s = true }; return !s }
+        if first {
+            agent.close()
+            machine.stop(.userQuit)
+            thread.join()
+            Sandbox.removeDirectory(directory)
+        }
+        return outcome.value.withLock { $0 } ?? .userQuit
+    }
+
+    /// Whether the VM has ended on its own (guest shutdown, panic, failure).
+    public var ended: MachineOutcome? { outcome.value.withLock { $0 } }
+
+    /// The last lines the guest printed on its console.
+    public func consoleTail(lines: Int = 20) -> String { Sandbox.consoleTail(consolePath, lines: lines) }
+
+    /// A second raw connection to the agent (for tests of the agent's robustness).
+    public static func connectToGuestForTests(_ sandbox: Sandbox) -> FileDescriptor? {
+        connectToGuest(sandbox.socketPath, port: agentPort)
+    }
+
+    // MARK: Helpers
+
+    /// A host-initiated vsock connection (docs/vsock.md): nil when nothing listens on `port` yet.
+    static func connectToGuest(_ path: String, port: Int) -> FileDescriptor? {
+        guard let fd = try? UnixSocket.connect(path: path) else { return nil }
+        _ = fcntl(fd.raw, F_SETFL, fcntl(fd.raw, F_GETFL) & ~O_NONBLOCK)
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        _ = setsockopt(fd.raw, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let request = Array("CONNECT \(port)\n".utf8)
+        guard request.withUnsafeBytes({ Glibc.send(fd.raw, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return nil }
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while line.count < 64 {
+            let n = Glibc.read(fd.raw, &byte, 1)
+            if n < 0 && errno == EINTR { continue }
+            if n != 1 { return nil }
+            if byte == UInt8(ascii: "\n") { break }
+            line.append(byte)
+        }
+        guard line.starts(with: Array("OK ".utf8)) else { return nil }
+        timeout = timeval(tv_sec: 0, tv_usec: 0)
+        _ = setsockopt(fd.raw, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        return fd
+    }
+
+    static func describe(_ outcome: MachineOutcome) -> String {
+        switch outcome {
+        case .guestShutdown: "the guest shut down"
+        case .guestPanicked: "the guest kernel panicked"
+        case .userQuit: "stopped"
+        case .failed(let why): why
+        }
+    }
+
+    static let counterLock = Mutex(0)
+
+    static func makeDirectory(_ base: String) throws(SandboxError) -> String {
+        var path = ""
+        for component in base.split(separator: "/") {
+            path += "/" + component
+            _ = mkdir(path, 0o755)
+        }
+        let n = counterLock.withLock { c in c += 1; return c }
+        let random = UInt32.random(in: 0...UInt32.max)
+        let dir = "\(base)/sandbox-\(getpid())-\(n)-\(String(random, radix: 16))"
+        guard mkdir(dir, 0o700) == 0 else { throw .setup("cannot create \(dir): \(String(cString: strerror(errno)))") }
+        return dir
+    }
+
+    static func removeDirectory(_ dir: String) {
+        for name in ["console.log", "vsock.sock"] { unlink(dir + "/" + name) }
+        // Sockets for guest-initiated connections (vsock.sock_PORT) a user may have created.
+        if let d = opendir(dir) {
+            while let e = readdir(d) {
+                let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                if name != "." && name != ".." { unlink(dir + "/" + name) }
+            }
+            closedir(d)
+        }
+        rmdir(dir)
+    }
+
+    static func consoleTail(_ path: String, lines: Int = 20) -> String {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
+        defer { Glibc.close(fd) }
+        let size = lseek(fd, 0, SEEK_END)
+        let start = max(0, size - 8192)
+        var buffer = [UInt8](repeating: 0, count: Int(size - start))
+        let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, start) }
+        guard n > 0 else { return "" }
+        let text = String(decoding: buffer[0..<n], as: UTF8.self)
+        return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines + 1)
+            .joined(separator: "\n").trimmingTrailingNewlines()
+    }
+
+    static func monotonicSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
+
+extension String {
+    func trimmingTrailingNewlines() -> String {
+        var s = self
+        while s.hasSuffix("\n") || s.hasSuffix("\r") { s.removeLast() }
+        return s
+    }
+}
+
+/// How the VM ended, set by its thread.
+final class OutcomeBox: Sendable {
+    let value = Mutex<MachineOutcome?>(nil)
+}

@@ -1,0 +1,279 @@
+import AgentProtocol
+import CLinux
+import Glibc
+import LinuxSys
+import Sandbox
+import Synchronization
+import VMM
+
+let runUsage = """
+    usage: kiln run [options] [--] COMMAND [ARG...]
+
+    Starts a sandbox, runs COMMAND in it with stdout and stderr streamed to this terminal,
+    exits with the command's exit code (128+N when killed by signal N) and removes the sandbox.
+
+      --image NAME|PATH      root filesystem image (default: Kiln's busybox image, built on first
+                             use); NAME is looked up as \\(cache)/images/NAME.ext4
+      --kernel PATH          guest kernel (default: Kiln's own)
+      --cpus N               vCPUs (default 1)
+      --memory MIB           guest memory in MiB (default 256)
+      -e, --env K=V          set an environment variable (repeatable; -e K copies K from here)
+      -w, --workdir DIR      working directory in the guest (default /)
+      -i, --interactive      forward stdin to the command (without it the command's stdin is empty)
+      -t, --tty              run the command on a terminal (with -i: an interactive shell, `-it`)
+      --timeout SECONDS      kill the command after this long (exit status 124)
+      --boot-timeout SECONDS give up when the sandbox is not ready after this long (default 300)
+
+    Ctrl-C (SIGINT), SIGTERM and SIGHUP are forwarded to the command.
+    """
+
+struct RunOptions {
+    var image: String?
+    var kernel: String?
+    var cpus = 1
+    var memory = 256
+    var environment: [String] = []
+    var workdir = ""
+    var interactive = false
+    var tty = false
+    var timeout: Double = 0
+    var bootTimeout: Double = 300
+    var command: [String] = []
+
+    static func parse(_ args: ArraySlice<String>) throws(Arguments.Failure) -> RunOptions {
+        var o = RunOptions()
+        var i = args.startIndex
+        func value(_ name: String) throws(Arguments.Failure) -> String {
+            i += 1
+            guard i < args.endIndex else { throw .init(message: "\(name) needs a value") }
+            return args[i]
+        }
+        func number(_ name: String, _ text: String) throws(Arguments.Failure) -> Double {
+            guard let v = Double(text), v >= 0 else { throw .init(message: "\(name) needs a number of seconds, got '\(text)'") }
+            return v
+        }
+        func integer(_ name: String, _ text: String) throws(Arguments.Failure) -> Int {
+            guard let v = Int(text) else { throw .init(message: "\(name) needs a whole number, got '\(text)'") }
+            return v
+        }
+        while i < args.endIndex {
+            var arg = args[i]
+            var inline: String?
+            if arg.hasPrefix("--"), let eq = arg.firstIndex(of: "=") {
+                inline = String(arg[arg.index(after: eq)...])
+                arg = String(arg[..<eq])
+            }
+            func take(_ name: String) throws(Arguments.Failure) -> String {
+                if let inline { return inline }
+                return try value(name)
+            }
+            switch arg {
+            case "--":
+                o.command = Array(args[(i + 1)...])
+                return o
+            case "--image": o.image = try take(arg)
+            case "--kernel": o.kernel = try take(arg)
+            case "--cpus": o.cpus = try integer(arg, take(arg))
+            case "--memory": o.memory = try integer(arg, take(arg))
+            case "-e", "--env": o.environment.append(try take(arg))
+            case "-w", "--workdir": o.workdir = try take(arg)
+            case "-i", "--interactive": o.interactive = true
+            case "-t", "--tty": o.tty = true
+            case "-it", "-ti": o.interactive = true; o.tty = true
+            case "--timeout": o.timeout = try number(arg, take(arg))
+            case "--boot-timeout": o.bootTimeout = try number(arg, take(arg))
+            default:
+                if arg.hasPrefix("-") { throw .init(message: "unknown option \(arg)") }
+                o.command = Array(args[i...])
+                return o
+            }
+            i += 1
+        }
+        return o
+    }
+}
+
+/// Signals kiln forwards to the command, handled on one thread with sigwait.
+let forwardedSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH]
+
+func runCommand(_ args: ArraySlice<String>) async -> Int32 {
+    let options: RunOptions
+    do { options = try RunOptions.parse(args) } catch { fail("\(error.message)\n\(runUsage)", code: 2) }
+    guard !options.command.isEmpty else { fail("kiln run needs a command\n\(runUsage)", code: 2) }
+    guard options.command.allSatisfy({ !$0.utf8.contains(0) }) else { fail("the command contains a NUL byte", code: 2) }
+
+    let kernel: String, image: String
+    do {
+        kernel = try options.kernel ?? DefaultImages.kernel()
+        image = try DefaultImages.image(named: options.image)
+    } catch let error as DefaultImages.Failure {
+        fail(error.message)
+    } catch {
+        fail("\(error)")
+    }
+
+    // Block the forwarded signals in every thread from here on; one thread takes them.
+    var blocked = sigset_t()
+    sigemptyset(&blocked)
+    for s in forwardedSignals { sigaddset(&blocked, s) }
+    pthread_sigmask(SIG_BLOCK, &blocked, nil)
+    let relay = SignalRelay()
+    let waitSet = blocked
+    _ = try? LinuxSys.Thread.spawn(name: "kiln-signals") {
+        var set = waitSet
+        while true {
+            var signo: Int32 = 0
+            if sigwait(&set, &signo) == 0 { relay.deliver(signo) }
+        }
+    }
+
+    var config = Sandbox.Configuration(kernelPath: kernel, imagePath: image)
+    config.cpus = options.cpus
+    config.memoryMiB = options.memory
+    config.bootTimeout = options.bootTimeout
+    let sandbox: Sandbox
+    do {
+        sandbox = try await Sandbox.start(config)
+    } catch {
+        fail("\(error)")
+    }
+    if relay.interruptedBeforeStart {
+        sandbox.stop()
+        return 130
+    }
+    relay.sandbox(sandbox)
+
+    let terminal = options.tty && isatty(0) != 0 ? RawTerminal.enter(fd: 0) : nil
+    var size = winsize()
+    let window = options.tty ? (ioctl(1, UInt(TIOCGWINSZ), &size) == 0 && size.ws_row > 0
+                                ? WindowSize(rows: size.ws_row, columns: size.ws_col) : WindowSize(rows: 24, columns: 80)) : nil
+    let exec = Exec(argv: options.command, environment: commandEnvironment(options),
+                    workingDirectory: options.workdir, pty: window,
+                    timeoutMillis: UInt32(min(options.timeout * 1000, Double(UInt32.max))))
+    let process: RemoteProcess
+    do {
+        process = try await sandbox.agent.exec(exec)
+    } catch {
+        terminal?.restore()
+        sandbox.stop()
+        if case AgentClientError.failed(let failure) = error {
+            writeRaw(2, "kiln: \(failure.message)\n")
+            return failure.errno == ENOENT ? 127 : 126
+        }
+        fail("\(error)")
+    }
+    relay.process(process)
+    BootTrace.mark("command-started")
+
+    if options.interactive {
+        let input = StdinPump(process: process)
+        input.start()
+    } else {
+        process.closeStdin()
+    }
+
+    for await chunk in process.output {
+        switch chunk {
+        case .stdout(let bytes): writeAll(1, bytes)
+        case .stderr(let bytes): writeAll(2, bytes)
+        }
+    }
+    let status: AgentProtocol.ExitStatus
+    do { status = try await process.wait() } catch {
+        terminal?.restore()
+        let tail = sandbox.consoleTail()
+        sandbox.stop()
+        fail("lost the sandbox's agent: \(error)" + (tail.isEmpty ? "" : "; last console lines:\n\(tail)"))
+    }
+    BootTrace.mark("command-exited")
+    terminal?.restore()
+    sandbox.stop()
+    BootTrace.mark("sandbox-removed")
+    if status.timedOut {
+        writeRaw(2, "kiln: the command timed out after \(formatSeconds(options.timeout)) s and was killed\n")
+        return 124
+    }
+    switch status.termination {
+    case .exited(let code): return code
+    case .signaled(let signal): return 128 + signal
+    }
+}
+
+/// The command's environment: a sane default, then what the user set.
+func commandEnvironment(_ options: RunOptions) -> [String] {
+    var env: [(String, String)] = [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOME", "/root")]
+    if options.tty { env.append(("TERM", DefaultImages.env("TERM") ?? "xterm")) }
+    for item in options.environment {
+        let name: String, value: String
+        if let eq = item.firstIndex(of: "=") {
+            name = String(item[..<eq]); value = String(item[item.index(after: eq)...])
+        } else {
+            guard let v = DefaultImages.env(item) else { continue }
+            name = item; value = v
+        }
+        env.removeAll { $0.0 == name }
+        env.append((name, value))
+    }
+    return env.map { "\($0.0)=\($0.1)" }
+}
+
+func formatSeconds(_ s: Double) -> String { s == s.rounded() ? String(Int(s)) : String(s) }
+
+func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
+    var offset = 0
+    while offset < bytes.count {
+        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, bytes.count - offset) }
+        if n < 0 { if errno == EINTR { continue } else { return } }
+        offset += n
+    }
+}
+
+/// Hands signals to the running command, or cancels a sandbox that is still starting.
+final class SignalRelay: Sendable {
+    private let state = Mutex<(sandbox: Sandbox?, process: RemoteProcess?, interrupted: Bool)>((nil, nil, false))
+
+    var interruptedBeforeStart: Bool { state.withLock { $0.interrupted } }
+    func sandbox(_ s: Sandbox) { state.withLock { $0.sandbox = s } }
+    func process(_ p: RemoteProcess) { state.withLock { $0.process = p } }
+
+    func deliver(_ signo: Int32) {
+        let (process, _) = state.withLock { s in
+            if s.process == nil && signo != SIGWINCH { s.interrupted = true }
+            return (s.process, s.sandbox)
+        }
+        if let process {
+            if signo == SIGWINCH {
+                var size = winsize()
+                if ioctl(1, UInt(TIOCGWINSZ), &size) == 0 { process.resize(rows: size.ws_row, columns: size.ws_col) }
+            } else {
+                process.signal(signo)
+            }
+        }
+    }
+}
+
+/// Copies kiln's stdin to the command's, on a thread of its own (reads block).
+final class StdinPump: Sendable {
+    let process: RemoteProcess
+    init(process: RemoteProcess) { self.process = process }
+
+    func start() {
+        let (chunks, continuation) = AsyncStream<[UInt8]>.makeStream(bufferingPolicy: .bufferingOldest(4))
+        _ = try? LinuxSys.Thread.spawn(name: "kiln-stdin") {
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { Glibc.read(0, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                // Back-pressure: wait while the writer is behind, instead of buffering without end.
+                while case .dropped = continuation.yield(Array(buffer[0..<n])) { usleep(1000) }
+            }
+            continuation.finish()
+        }
+        let process = self.process
+        Task {
+            for await chunk in chunks { try? await process.write(chunk) }
+            process.closeStdin()
+        }
+    }
+}
