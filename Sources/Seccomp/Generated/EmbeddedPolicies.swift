@@ -104,6 +104,7 @@ exit_group
 futex                           # joining the other threads
 write                           # the stop eventfd, stderr
 close
+epoll_ctl                       # devices let go of their backends' fds (a VM stopped by the host)
 munmap                          # guest memory and the vCPUs' kvm_run pages
 unlink                          # the vsock socket
 ioctl TCSETS                    # restoring the terminal (tcsetattr TCSANOW)
