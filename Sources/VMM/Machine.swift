@@ -33,6 +33,7 @@ public final class Machine: Sendable {
         self.config = config
         let confinement = try Confinement(config.seccomp)
         self.confinement = confinement
+        BootTrace.mark("seccomp-compiled")
         let kernel: FileImage, initrd: FileImage?
         do { kernel = try FileImage(path: config.kernelPath) } catch { throw .kernel(path: config.kernelPath, error) }
         if let path = config.initrdPath {
@@ -151,6 +152,7 @@ public final class Machine: Sendable {
         confinement.enterRunner(started: vcpuThreads.count + (deviceThread == nil ? 0 : 1) + (consoleThread == nil ? 0 : 1)) {
             stop(.failed($0))
         }
+        BootTrace.mark("threads-filtered")
         for t in vcpuThreads { t.join() }
         stopEvent.signal()
         consoleThread?.join()
