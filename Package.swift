@@ -31,11 +31,12 @@ let package = Package(
         .executableTarget(name: "kiln-agent", dependencies: ["Agent", "CLinux", "LinuxSys"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         .target(name: "Sandbox", dependencies: ["AgentProtocol", "LinuxSys", "VMM"], swiftSettings: strict),
-        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys"], swiftSettings: strict),
+        .target(name: "Seccomp", dependencies: ["CSandbox"], swiftSettings: strict),
+        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp"], swiftSettings: strict),
         .target(name: "Jailer", dependencies: ["CSandbox", "CLinux", "LinuxSys"], swiftSettings: strict),
         // Release builds are fully static: no dynamic loader relocations touching every page of the
         // Swift runtime, which keeps the VMM's own resident memory near 4 MiB instead of 10.
-        .executableTarget(name: "kiln", dependencies: ["VMM", "Sandbox", "AgentProtocol", "CLinux", "LinuxSys", "Jailer"], swiftSettings: strict,
+        .executableTarget(name: "kiln", dependencies: ["VMM", "Sandbox", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "Seccomp"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"],
                           path: "Benchmarks/Host", swiftSettings: strict),
@@ -46,6 +47,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM"], swiftSettings: strict),
         .testTarget(name: "BootTests", dependencies: ["Boot", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "LinuxSys"], swiftSettings: strict),
+        .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CSandbox"], swiftSettings: strict),
         .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"], swiftSettings: strict),
         .testTarget(name: "AgentTests", dependencies: ["Sandbox", "AgentProtocol", "KilnTestSupport", "LinuxSys", "kiln-agent"],
                     swiftSettings: strict),

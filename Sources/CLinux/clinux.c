@@ -13,7 +13,13 @@ int kiln_install_kick_handler(int signo) {
     sa.sa_handler = kiln_kick_handler;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = 0; // no SA_RESTART: KVM_RUN must return EINTR
-    return sigaction(signo, &sa, NULL);
+    if (sigaction(signo, &sa, NULL) != 0) return -1;
+    // A mask inherited from whoever started Kiln must not hold the kick back: unblock it here,
+    // and in the vCPU threads this thread starts afterwards.
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, signo);
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL) == 0 ? 0 : -1;
 }
 
 int kiln_sigrtmin(void) { return SIGRTMIN; }

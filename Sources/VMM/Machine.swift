@@ -5,6 +5,7 @@ import Glibc
 import GuestMemory
 import KVM
 import LinuxSys
+import Seccomp
 import Synchronization
 
 /// One virtual machine: KVM state, guest memory, devices and the threads that run them.
@@ -26,12 +27,15 @@ public final class Machine: Sendable {
     let gate: PauseGate
     /// Serialises pause, resume and snapshot requests.
     let control = Mutex<Void>(())
+    let confinement: Confinement
     private let firstRun = Atomic<Bool>(false)
     static let kickSignal = kiln_sigrtmin()
 
     /// Builds the VM and loads the kernel; nothing runs until `run()`.
     public convenience init(_ config: MachineConfig) throws(MachineError) {
         try config.validate()
+        let confinement = try Confinement(config.seccomp)
+        BootTrace.mark("seccomp-compiled")
         let memory: GuestMemory, vm: VirtualMachine, vcpus: [VCPU]
         let eventLoop: EventLoop, virtio: VirtioDevices, loaded: LoadedKernel
         let kernel: FileImage, initrd: FileImage?
@@ -48,7 +52,9 @@ public final class Machine: Sendable {
         let request = BootRequest(kernel: kernel, initrd: initrd, cmdline: config.effectiveCmdline,
                                   cpus: config.cpus, preferredProtocol: config.bootProtocol)
         let load = LoadResult()
-        let loader = try? Thread.spawn(name: "kiln-loader") { load.run(request, into: memory) }
+        let loader = try? Thread.spawn(name: "kiln-loader") {
+            if confinement.enter(.loader) { load.run(request, into: memory) }
+        }
         if loader == nil { load.run(request, into: memory) }
 
         do {
@@ -81,6 +87,7 @@ public final class Machine: Sendable {
             virtio = try VirtioDevices(config.virtioDevices, vm: vm, memory: memory, events: eventLoop,
                                        vsockConnector: config.vsockConnector)
             loader?.join()
+            if let failure = confinement.failed { throw MachineError.config(failure) }
             loaded = try load.result(kernelPath: config.kernelPath)
             BootTrace.mark("kernel-loaded")
             try VCPUSetup.enter(vcpus[0], loaded.entry)
@@ -99,14 +106,14 @@ public final class Machine: Sendable {
         }
 
         try self.init(config: config, loaded: loaded, vm: vm, memory: memory, vcpus: vcpus, virtio: virtio,
-                      eventLoop: eventLoop)
+                      eventLoop: eventLoop, confinement: confinement)
     }
 
     /// The part common to booting and restoring: console, lifecycle, port devices.
     init(config: MachineConfig, loaded: LoadedKernel?, vm: VirtualMachine, memory: GuestMemory, vcpus: [VCPU],
-         virtio: VirtioDevices, eventLoop: EventLoop) throws(MachineError) {
+         virtio: VirtioDevices, eventLoop: EventLoop, confinement: Confinement) throws(MachineError) {
         self.config = config; self.loaded = loaded; self.vm = vm; self.memory = memory; self.vcpus = vcpus
-        self.virtio = virtio; self.eventLoop = eventLoop
+        self.virtio = virtio; self.eventLoop = eventLoop; self.confinement = confinement
         do {
             gate = try PauseGate()
             serialIRQ = try EventFD()
@@ -136,7 +143,10 @@ public final class Machine: Sendable {
         var vcpuThreads: [Thread] = []
         do {
             for vcpu in vcpus {
-                let t = try Thread.spawn(name: "kiln-vcpu\(vcpu.id)") { [self] in runVCPU(vcpu) }
+                let t = try Thread.spawn(name: "kiln-vcpu\(vcpu.id)") { [self] in
+                    confinement.enterStarted(.vcpu, waitForGate: true)
+                    runVCPU(vcpu)
+                }
                 vcpuThreads.append(t)
                 lifecycle.running(t)
             }
@@ -144,10 +154,19 @@ public final class Machine: Sendable {
             stop(.failed("cannot start a vCPU thread: \(error)"))
         }
         let stopFD = stopEvent.raw
-        let deviceThread = virtio.transports.isEmpty ? nil : try? Thread.spawn(name: "kiln-devices") { [self] in eventLoop.run(stop: stopFD, gate: gate) }
+        let deviceThread = virtio.transports.isEmpty ? nil : try? Thread.spawn(name: "kiln-devices") { [self] in
+            confinement.enterStarted(.devices, waitForGate: false)
+            eventLoop.run(stop: stopFD, gate: gate)
+        }
         let consoleThread = try? Thread.spawn(name: "kiln-console") { [self] in
+            confinement.enterStarted(.console, waitForGate: false)
             console.pump(into: serial, stop: stopFD, gate: gate) { stop(.userQuit) }
         }
+        // Every thread filtered, this one last, before the vCPUs may enter the guest.
+        confinement.enterRunner(started: vcpuThreads.count + (deviceThread == nil ? 0 : 1) + (consoleThread == nil ? 0 : 1)) {
+            stop(.failed($0))
+        }
+        BootTrace.mark("threads-filtered")
         for t in vcpuThreads { t.join() }
         stopEvent.signal()
         consoleThread?.join()

@@ -1,5 +1,6 @@
 import Boot
 import Devices
+import Seccomp
 
 /// Everything needed to build and boot one VM.
 public struct MachineConfig: Sendable {
@@ -32,6 +33,8 @@ public struct MachineConfig: Sendable {
     public var vsockConnector: VirtioVsock.Connector?
     /// A virtio-net device on a TAP interface (eth0 in the guest).
     public var net: NetSpec?
+    /// Seccomp filters on every VMM thread (Security/seccomp); `.off` only for debugging.
+    public var seccomp: SeccompMode = .kill
 
     public struct Disk: Sendable, Equatable {
         public var path: String

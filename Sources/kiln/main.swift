@@ -34,6 +34,8 @@ let usage = """
       --jail-uid N, --jail-gid N
                              as root, the VMM runs jailed as this user and group (default 64000)
       --no-jail              as root, run the VMM unconfined (debugging only; see docs/security.md)
+      --no-seccomp           run the VMM without its seccomp filters (debugging only; see
+                             docs/security.md, and KILN_SECCOMP=trap|log for gentler debugging)
 
     The guest's console is on stdin/stdout. Kiln exits 0 when the guest shuts down
     (e.g. `reboot -f` under reboot=k), non-zero with a reason otherwise. On a terminal,
@@ -52,7 +54,7 @@ func boot(_ args: ArraySlice<String>, jail: JailSpec? = nil) -> Int32 {
     do {
         let options: Set<String> = ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock", "control"]
         parsed = try Arguments(args, options: options.union(jail == nil ? JailCommand.options : Set<String>()),
-                               flags: jail == nil ? JailCommand.flags : Set<String>())
+                               flags: Set(["no-seccomp"]).union(jail == nil ? JailCommand.flags : Set<String>()))
         cpus = try parsed.int("cpus", default: 1)
         memory = try parsed.int("memory", default: 256)
     } catch {
@@ -120,6 +122,7 @@ func boot(_ args: ArraySlice<String>, jail: JailSpec? = nil) -> Int32 {
         do { try Confinement.prepare() } catch { fail(error.description) }
         if jail.control { config.vsockConnector = VsockBroker.connector() }
     }
+    config.seccomp = seccompMode(disabled: parsed.flags.contains("no-seccomp"))
     let machine: Machine
     do { machine = try Machine(config) } catch { fail(error.description) }
     // Everything the VM needs is open: lock the VMM in before the guest runs an instruction.

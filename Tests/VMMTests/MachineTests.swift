@@ -2,6 +2,8 @@ import Boot
 import Glibc
 import KVM
 import KilnTestSupport
+import LinuxSys
+import Synchronization
 import Testing
 @testable import VMM
 
@@ -24,7 +26,11 @@ func boot(_ kernel: [UInt8], name: String, protocol proto: BootProtocolChoice = 
     var config = MachineConfig(kernelPath: path, cmdline: "", memoryMiB: 64, consoleInput: nil, consoleOutput: fds[1])
     config.bootProtocol = proto.value
     let machine = try Machine(config)
-    let outcome = machine.run()
+    // run() confines its calling thread with the main seccomp policy: give it a thread of its
+    // own rather than one of the test runner's.
+    let result = Mutex<MachineOutcome?>(nil)
+    try Thread.spawn(name: "test-run") { result.withLock { $0 = machine.run() } }.join()
+    let outcome = try #require(result.withLock { $0 })
     close(fds[1])
     var buffer = [UInt8](repeating: 0, count: 65536)
     let n = read(fds[0], &buffer, buffer.count)

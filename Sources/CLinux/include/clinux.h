@@ -18,7 +18,8 @@ int kiln_ioctl_ptr(int fd, unsigned long request, void *arg);
 int kiln_ioctl_int(int fd, unsigned long request, unsigned long arg);
 
 // Installs a handler for `signo` that does nothing and does not restart system
-// calls, so that pthread_kill interrupts a blocking KVM_RUN with EINTR.
+// calls, so that pthread_kill interrupts a blocking KVM_RUN with EINTR; unblocks it in the
+// calling thread (and so in threads it starts later).
 int kiln_install_kick_handler(int signo);
 int kiln_sigrtmin(void);
 

@@ -251,7 +251,9 @@ extension Machine {
             default: throw fail("disk \(slot) has a write layer on only one side (snapshot vs configuration)")
             }
         }
-        try self.init(config: config, loaded: nil, vm: vm, memory: memory, vcpus: vcpus, virtio: virtio, eventLoop: eventLoop)
+        let confinement = try Confinement(config.seccomp)
+        try self.init(config: config, loaded: nil, vm: vm, memory: memory, vcpus: vcpus, virtio: virtio, eventLoop: eventLoop,
+                      confinement: confinement)
         serial.restore(snap.serial)
         for (transport, saved) in zip(virtio.transports, snap.devices) { transport.restore(saved.transport) }
         BootTrace.mark("restored")
