@@ -38,6 +38,7 @@ exit_group
 # to PATH_<port> for the guest's). Format and rules: docs/security.md#seccomp.
 
 epoll_wait
+poll                            # parked while the VM is paused (PauseGate)
 read                            # eventfds, TAP frames
 write                           # irqfds, TAP frames, stderr
 pread64                         # virtio-blk
@@ -51,6 +52,8 @@ socket arg0 == AF_UNIX          # vsock: a guest connects to CID 2 port P (PATH_
 connect
 sendto                          # vsock stream data (send/recv)
 recvfrom
+sendmsg                         # jailed: asks the supervisor for a host socket (SCM_RIGHTS)
+recvmsg                         # jailed: receives that socket
 shutdown
 close
 clock_gettime
@@ -135,6 +138,7 @@ exit_group
 ioctl KVM_RUN
 write                           # serial output to the console fd; irqfd and stop eventfds; stderr
 futex                           # Mutex contention, joins
+poll                            # parked while the VM is paused (PauseGate)
 gettid                          # Synchronization.Mutex records its owner's thread id
 rt_sigreturn                    # return from the kick signal's handler (it interrupts KVM_RUN)
 ioctl KVM_GET_REGS              # the RIP in the report when the VM fails
