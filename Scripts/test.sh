@@ -6,4 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 Scripts/setup.sh --debug
 command -v swift >/dev/null || export PATH=/opt/swift/usr/bin:$PATH
+# Most sandbox tests restore the default template instead of booting: make it once (one boot;
+# reused while the kernel and image are unchanged).
+.build/debug/kiln template create >/dev/null
 exec swift test "$@"
