@@ -24,7 +24,7 @@ import Testing
         #expect(try Frame(stream: 0, .ping(nonce: 0x0102_0304_0506_0708)).encoded() ==
             [8, 0, 0, 0, 0x03, 0, 0, 0, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1])
         #expect(try Frame(stream: 0, .hello(Hello(software: "k"))).encoded() ==
-            [13, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0] + Array("KILN".utf8) + [1, 0, 0, 0, 1, 0, 0, 0, 0x6B])
+            [13, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0] + Array("KILN".utf8) + [1, 0, 1, 0, 1, 0, 0, 0, 0x6B])
         #expect(try Frame(stream: 7, .stdout([0xAA])).encoded() == [1, 0, 0, 0, 0x15, 0, 0, 0, 7, 0, 0, 0, 0xAA])
     }
 
@@ -114,11 +114,11 @@ import Testing
             try Handshake.answer(Hello(version: Version(major: 2, minor: 0), software: "future kiln"),
                                  software: "agent", capabilities: [])
         }
-        let error = ProtocolError.incompatibleVersion(local: Version(major: 1, minor: 0), peer: Version(major: 0, minor: 9))
+        let error = ProtocolError.incompatibleVersion(local: Wire.version, peer: Version(major: 0, minor: 9))
         #expect(throws: error) {
             try Handshake.accept(HelloAck(version: Version(major: 0, minor: 9), software: "old agent", capabilities: []))
         }
-        #expect(error.description.contains("this side speaks 1.0, the peer 0.9"))
+        #expect(error.description.contains("this side speaks \(Wire.version), the peer 0.9"))
         #expect(error.code == 2)
     }
 }
