@@ -12,10 +12,8 @@ set -euo pipefail
 
 exec 3>&1 1>&2
 
-log() { echo "kiln: $*" >&2; }
-die() { log "error: $*"; exit 1; }
-
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$HERE/image-common.sh"
 ROOT=$(cd "$HERE/.." && pwd)
 CACHE_ROOT=${KILN_CACHE_DIR:-/var/cache/kiln}
 mkdir -p "$CACHE_ROOT/images"
@@ -26,24 +24,11 @@ PACKAGES=python3${KILN_DEBIAN_PACKAGES:+,$KILN_DEBIAN_PACKAGES}
 SIZE_MIB=${KILN_IMAGE_MIB:-2048}
 
 [[ $(id -u) == 0 ]] || die "run as root (debootstrap needs it)"
-for p in debootstrap e2fsprogs binutils; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-        log "installing $p"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null || die "apt-get install $p failed"
-    fi
-done
-
-AGENT=${1:-}
-if [[ -z $AGENT ]]; then
-    command -v swift >/dev/null || export PATH=/opt/swift/usr/bin:$PATH
-    log "building kiln-agent (release, static)"
-    (cd "$ROOT" && swift build -c release -j 2 --product kiln-agent >/dev/null) || die "building kiln-agent failed"
-    AGENT=$ROOT/.build/release/kiln-agent
-fi
-LC_ALL=C readelf -l "$AGENT" | grep -q INTERP && die "$AGENT is not statically linked"
+ensure_packages debootstrap e2fsprogs binutils
+AGENT=$(agent_binary "$ROOT" "${1:-}")
 
 KEY=$(
-    { echo "$SUITE $MIRROR $PACKAGES $SIZE_MIB"; echo agent; sha256sum <"$AGENT"; echo script; cat "${BASH_SOURCE[0]}"; } \
+    { echo "$SUITE $MIRROR $PACKAGES $SIZE_MIB"; echo agent; sha256sum <"$AGENT"; echo script; cat "${BASH_SOURCE[0]}" "$HERE/image-common.sh"; } \
         | sha256sum | cut -c1-16
 )
 OUT_DIR=$CACHE/$KEY
@@ -58,15 +43,9 @@ if [[ ! -f $OUT ]]; then
     debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$stage" "$MIRROR" >"$OUT_DIR/debootstrap.log" 2>&1 \
         || { tail -20 "$OUT_DIR/debootstrap.log" >&2; die "debootstrap failed (log: $OUT_DIR/debootstrap.log)"; }
     rm -rf "$stage"/var/cache/apt/archives/*.deb "$stage"/var/lib/apt/lists/*
-    strip -o "$stage/sbin/kiln-agent" "$AGENT"
-    chmod 0755 "$stage/sbin/kiln-agent"
-    # /proc is empty in the image: give the static agent its /proc/self/exe until /proc is mounted.
-    mkdir -p "$stage/proc/self"
-    ln -sfn /sbin/kiln-agent "$stage/proc/self/exe"
+    install_agent "$stage" "$AGENT"
     echo kiln >"$stage/etc/hostname"
-    truncate -s "${SIZE_MIB}M" "$tmp"
-    mkfs.ext4 -q -F -L kiln-debian -O ^has_journal -E lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0 \
-        -d "$stage" "$tmp" || die "mkfs.ext4 failed"
+    make_ext4 "$stage" "$tmp" "$SIZE_MIB" kiln-debian
     mv -f "$tmp" "$OUT"
     trap - EXIT
     rm -rf "$stage"
@@ -74,6 +53,5 @@ if [[ ! -f $OUT ]]; then
 else
     log "cached Debian image $KEY"
 fi
-ln -sfn "$KEY/debian.ext4" "$CACHE/.debian.tmp.$$"
-mv -Tf "$CACHE/.debian.tmp.$$" "$CACHE/debian.ext4"
+link_latest "$CACHE" "$KEY" debian.ext4
 echo "$OUT" >&3

@@ -1,6 +1,7 @@
 import AgentProtocol
 import CLinux
 import Glibc
+import LinuxSys
 
 /// One host connection: its frame decoder, unsent output and open streams.
 final class Connection {
@@ -26,7 +27,7 @@ final class Connection {
     var hasOutput: Bool { outStart < out.count }
     var unsentCount: Int { out.count - outStart }
 
-    func log(_ text: String) { writeLog("kiln-agent: \(text)\n") }
+    func log(_ text: String) { writeRaw(2, "kiln-agent: \(text)\n") }
 
     func send(_ frame: Frame) {
         do { try frame.encode(into: &out) } catch { log("cannot encode \(frame.message.type): \(error)") }
@@ -284,10 +285,4 @@ final class Connection {
         incoming.removeAll(); outgoing.removeAll()
         Glibc.close(socket)
     }
-}
-
-/// Writes a diagnostic line to stderr (the console, in the guest).
-func writeLog(_ text: String) {
-    var bytes = Array(text.utf8)
-    _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
 }

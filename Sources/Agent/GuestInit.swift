@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import LinuxSys
 
 /// What PID 1 sets up before it serves: the filesystems a Linux userland expects, a hostname,
 /// the loopback interface and a sane umask.
@@ -20,7 +21,7 @@ public enum GuestInit {
         for m in mounts {
             _ = mkdir(m.target, 0o755)
             if kiln_mount(m.source, m.target, m.type, UInt(m.flags), m.data) != 0 && errno != EBUSY {
-                writeLog("kiln-agent: mount \(m.target): \(String(cString: strerror(errno)))\n")
+                writeRaw(2, "kiln-agent: mount \(m.target): \(String(cString: strerror(errno)))\n")
             }
         }
         _ = symlink("/proc/self/fd", "/dev/fd")
@@ -28,6 +29,6 @@ public enum GuestInit {
         _ = symlink("/proc/self/fd/1", "/dev/stdout")
         _ = symlink("/proc/self/fd/2", "/dev/stderr")
         _ = sethostname(hostname, hostname.utf8.count)
-        if kiln_link_up("lo") != 0 { writeLog("kiln-agent: lo: \(String(cString: strerror(errno)))\n") }
+        if kiln_link_up("lo") != 0 { writeRaw(2, "kiln-agent: lo: \(String(cString: strerror(errno)))\n") }
     }
 }

@@ -134,13 +134,13 @@ public final class Sandbox: Sendable {
     static func prepare(_ base: String) throws(SandboxError) -> (directory: String, console: Int32) {
         let directory = try makeDirectory(base)
         let console = Glibc.open(directory + "/console.log", O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
-        guard console >= 0 else { removeDirectory(directory); throw .setup("cannot create the console log in \(directory)") }
+        guard console >= 0 else { Files.removeFlatDirectory(directory); throw .setup("cannot create the console log in \(directory)") }
         return (directory, console)
     }
 
     static func cleanUp(_ directory: String, _ console: Int32) {
         Glibc.close(console)
-        removeDirectory(directory)
+        Files.removeFlatDirectory(directory)
     }
 
     /// Runs `machine` on its own thread and waits for its agent's handshake.
@@ -252,11 +252,7 @@ public final class Sandbox: Sendable {
     static let counterLock = Mutex(0)
 
     static func makeDirectory(_ base: String) throws(SandboxError) -> String {
-        var path = ""
-        for component in base.split(separator: "/") {
-            path += "/" + component
-            _ = mkdir(path, 0o755)
-        }
+        Files.makeDirectories(base)
         let n = counterLock.withLock { c in c += 1; return c }
         let random = UInt32.random(in: 0...UInt32.max)
         let dir = "\(base)/sandbox-\(getpid())-\(n)-\(String(random, radix: 16))"
@@ -264,18 +260,6 @@ public final class Sandbox: Sendable {
         return dir
     }
 
-    static func removeDirectory(_ dir: String) {
-        for name in ["console.log", "vsock.sock"] { unlink(dir + "/" + name) }
-        // Sockets for guest-initiated connections (vsock.sock_PORT) a user may have created.
-        if let d = opendir(dir) {
-            while let e = readdir(d) {
-                let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-                if name != "." && name != ".." { unlink(dir + "/" + name) }
-            }
-            closedir(d)
-        }
-        rmdir(dir)
-    }
 
     static func consoleTail(_ path: String, lines: Int = 20) -> String {
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)

@@ -46,11 +46,7 @@ public enum Templates {
     /// returns the still-running sandbox, so the caller can use the boot it paid for.
     public static func create(_ name: String, config: Sandbox.Configuration) async throws(SandboxError) -> Sandbox {
         guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else { throw .setup("invalid template name '\(name)'") }
-        var dir = ""
-        for component in directory.split(separator: "/") {
-            dir += "/" + component
-            _ = mkdir(dir, 0o755)
-        }
+        Files.makeDirectories(directory)
         let sandbox = try await Sandbox.start(config)
         // Run one command first: busybox's pages and the agent's spawn path are then in the
         // guest's memory when it is saved, instead of being read in by every restored sandbox.
@@ -59,11 +55,11 @@ public enum Templates {
             _ = try? await warm.collect()
         }
         let staging = path(".\(name).tmp-\(getpid())")
-        removeTree(staging)
+        Files.removeFlatDirectory(staging)
         do {
             try sandbox.snapshot(to: staging)
         } catch {
-            removeTree(staging)
+            Files.removeFlatDirectory(staging)
             sandbox.stop()
             throw error
         }
@@ -72,40 +68,23 @@ public enum Templates {
         _ = rename(final, old)
         if rename(staging, final) != 0 {
             let e = errno
-            removeTree(staging)
+            Files.removeFlatDirectory(staging)
             sandbox.stop()
             throw .setup("cannot install template \(final): \(String(cString: strerror(e)))")
         }
-        removeTree(old)
+        Files.removeFlatDirectory(old)
         return sandbox
     }
 
     /// Template names in the cache.
     public static func list() -> [String] {
-        guard let d = opendir(directory) else { return [] }
-        defer { closedir(d) }
-        var names: [String] = []
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            if !name.hasPrefix(".") { names.append(name) }
-        }
-        return names.sorted()
+        Files.entries(directory).filter { !$0.hasPrefix(".") }.sorted()
     }
 
     public static func remove(_ name: String) -> Bool {
         guard !name.isEmpty, !name.contains("/"), access(path(name), F_OK) == 0 else { return false }
-        removeTree(path(name))
+        Files.removeFlatDirectory(path(name))
         return true
     }
 
-    /// Removes a snapshot directory (flat: its files, then itself).
-    static func removeTree(_ path: String) {
-        guard let d = opendir(path) else { return }
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            if name != "." && name != ".." { unlink(path + "/" + name) }
-        }
-        closedir(d)
-        rmdir(path)
-    }
 }

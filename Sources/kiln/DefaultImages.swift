@@ -1,10 +1,11 @@
 import Glibc
 import LinuxSys
+import Sandbox
 
 /// Kiln's own guest kernel and initramfs: found in the cache, or built on first use
 /// by the scripts in `Kernels/` and `rootfs/` (their progress goes to stderr).
 enum DefaultImages {
-    static var cacheDir: String { env("KILN_CACHE_DIR") ?? "/var/cache/kiln" }
+    static var cacheDir: String { Templates.cacheDirectory }
 
     /// The source tree holding the build scripts: $KILN_SOURCE_DIR, else the tree this binary was built from.
     static var sourceDir: String {
