@@ -30,7 +30,7 @@ let package = Package(
         // bare root filesystem; the debug build stays dynamic so that tests can link against it.
         .executableTarget(name: "kiln-agent", dependencies: ["Agent", "CLinux", "LinuxSys"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
-        .target(name: "Sandbox", dependencies: ["AgentProtocol", "LinuxSys", "VMM"], swiftSettings: strict),
+        .target(name: "Sandbox", dependencies: ["AgentProtocol", "Jailer", "LinuxSys", "VMM"], swiftSettings: strict),
         .target(name: "Seccomp", dependencies: ["CSandbox"], swiftSettings: strict),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp"], swiftSettings: strict),
         .target(name: "Jailer", dependencies: ["CSandbox", "CLinux", "LinuxSys"], swiftSettings: strict),

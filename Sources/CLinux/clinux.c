@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "clinux.h"
+#include <errno.h>
 #include <string.h>
 
 int kiln_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
@@ -45,4 +46,54 @@ int kiln_tun_set_iff(int fd, const char *name, short flags, char *actual) {
         actual[IFNAMSIZ - 1] = 0;
     }
     return rc;
+}
+
+#define KILN_MAX_FDS 16
+
+int kiln_send_fds(int sock, const void *buf, size_t len, const int *fds, int count) {
+    if (count < 0 || count > KILN_MAX_FDS) { errno = EINVAL; return -1; }
+    struct iovec iov = { (void *)buf, len };
+    union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int) * KILN_MAX_FDS)]; } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (count > 0) {
+        memset(&control, 0, sizeof control);
+        msg.msg_control = control.bytes;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)count);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)count);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)count);
+    }
+    ssize_t n;
+    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    return n == (ssize_t)len ? 0 : -1;
+}
+
+long kiln_recv_fds(int sock, void *buf, size_t len, int *fds, int max, int *count) {
+    struct iovec iov = { buf, len };
+    union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int) * KILN_MAX_FDS)]; } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.bytes;
+    msg.msg_controllen = sizeof control.bytes;
+    *count = 0;
+    ssize_t n;
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t got = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < got; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            if (*count < max) fds[(*count)++] = fd; else close(fd);
+        }
+    }
+    return (long)n;
 }

@@ -24,7 +24,7 @@
 #define SYS_close_range 436
 #endif
 
-pid_t kiln_jail_spawn(const char *path, char *const argv[], char *const envp[], const int stdio[3], int control_fd,
+pid_t kiln_jail_spawn(const char *path, char *const argv[], char *const envp[], const int stdio[3], const int control_fds[2],
                       int *pidfd, int *release_fd) {
     int sync[2];
     if (pipe2(sync, O_CLOEXEC) != 0) return -1;
@@ -52,16 +52,18 @@ pid_t kiln_jail_spawn(const char *path, char *const argv[], char *const envp[], 
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        // The control sockets go to fds 3 and 4: first out of the way (a source may be 0-4), then in place.
+        int moved[2] = { -1, -1 };
+        for (int i = 0; i < 2; i++) {
+            if (control_fds[i] >= 0 && (moved[i] = fcntl(control_fds[i], F_DUPFD_CLOEXEC, 16)) < 0) _exit(127);
+        }
         for (int i = 0; i < 3; i++) {
             if (stdio[i] >= 0 && stdio[i] != i && dup2(stdio[i], i) != i) _exit(127);
         }
-        if (control_fd >= 0) {
-            if (control_fd == 3) fcntl(3, F_SETFD, 0);
-            else if (dup2(control_fd, 3) != 3) _exit(127);
-            syscall(SYS_close_range, 4, ~0U, 0);
-        } else {
-            syscall(SYS_close_range, 3, ~0U, 0);
+        for (int i = 0; i < 2; i++) {
+            if (moved[i] >= 0) { if (dup2(moved[i], 3 + i) != 3 + i) _exit(127); } else close(3 + i);
         }
+        syscall(SYS_close_range, 5, ~0U, 0);
         execve(path, argv, envp);
         _exit(127);
     }
@@ -116,43 +118,3 @@ int kiln_set_rlimit(int resource, uint64_t value) {
     return setrlimit(resource, &limit);
 }
 
-int kiln_send_with_fd(int sock, const void *buf, size_t len, int fd) {
-    struct iovec iov = { (void *)buf, len };
-    union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int))]; } control;
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    if (fd >= 0) {
-        memset(&control, 0, sizeof control);
-        msg.msg_control = control.bytes;
-        msg.msg_controllen = sizeof control.bytes;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &fd, sizeof(int));
-    }
-    ssize_t n;
-    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
-    return n == (ssize_t)len ? 0 : -1;
-}
-
-long kiln_recv_with_fd(int sock, void *buf, size_t len, int *fd) {
-    struct iovec iov = { buf, len };
-    union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int))]; } control;
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.bytes;
-    msg.msg_controllen = sizeof control.bytes;
-    *fd = -1;
-    ssize_t n;
-    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
-    if (n < 0) return -1;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) memcpy(fd, CMSG_DATA(c), sizeof(int));
-    }
-    return (long)n;
-}

@@ -12,6 +12,10 @@ public struct JailOptions: Sendable {
     /// The vsock Unix socket the VMM listens on: removed at the end, and the base of the
     /// `PATH_P` sockets the supervisor connects to for the guest.
     public var vsockPath: String?
+    /// Whether the supervisor gets a command channel to the VMM (pause, resume, snapshot).
+    public var commands = false
+    /// The `kiln` executable that runs as the VMM (`kiln __vmm`); by default this one.
+    public var executable = "/proc/self/exe"
 
     /// What the VMM itself may use beyond guest RAM: its code, heap, thread stacks, KVM's
     /// page tables and the kernel image's page cache.

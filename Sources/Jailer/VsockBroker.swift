@@ -11,19 +11,16 @@ import Synchronization
 public enum VsockBroker {
     /// Supervisor side: serves one request; false when the VMM closed its end.
     static func serve(_ control: Int32, vsockPath: String) -> Bool {
-        var request = [UInt8](repeating: 0, count: 8)
-        var received: Int32 = -1
-        let n = kiln_recv_with_fd(control, &request, request.count, &received)
-        if received >= 0 { close(received) } // the VMM never sends descriptors
-        if n <= 0 { return n < 0 && (errno == EINTR || errno == EAGAIN) }
-        guard n == 4 else { return true }
+        let message: (bytes: [UInt8], descriptors: [Int32])
+        do { message = try UnixSocket.receiveMessage(control, capacity: 8) } catch { return error.code == EINTR || error.code == EAGAIN }
+        let request = message.bytes
+        if request.isEmpty { return false }
+        guard request.count == 4 else { return true }
         let port = UInt32(request[0]) | UInt32(request[1]) << 8 | UInt32(request[2]) << 16 | UInt32(request[3]) << 24
         if let fd = try? UnixSocket.connect(path: "\(vsockPath)_\(port)") {
-            var ok: UInt8 = 0
-            _ = kiln_send_with_fd(control, &ok, 1, fd.raw)
+            try? UnixSocket.sendMessage(control, [0], descriptors: [fd.raw])
         } else {
-            var failed: UInt8 = 1
-            _ = kiln_send_with_fd(control, &failed, 1, -1)
+            try? UnixSocket.sendMessage(control, [1])
         }
         return true
     }
@@ -33,13 +30,11 @@ public enum VsockBroker {
         let lock = Mutex(())
         return { port in
             lock.withLock { _ in
-                var request = [UInt8((port >> 0) & 0xFF), UInt8((port >> 8) & 0xFF), UInt8((port >> 16) & 0xFF), UInt8(port >> 24)]
-                guard kiln_send_with_fd(control, &request, 4, -1) == 0 else { return nil }
-                var reply: UInt8 = 1
-                var fd: Int32 = -1
-                let n = kiln_recv_with_fd(control, &reply, 1, &fd)
-                if n == 1 && reply == 0 && fd >= 0 { return fd }
-                if fd >= 0 { close(fd) }
+                let request = [UInt8((port >> 0) & 0xFF), UInt8((port >> 8) & 0xFF), UInt8((port >> 16) & 0xFF), UInt8(port >> 24)]
+                guard (try? UnixSocket.sendMessage(control, request)) != nil,
+                      let reply = try? UnixSocket.receiveMessage(control, capacity: 1, maxDescriptors: 1) else { return nil }
+                if reply.bytes == [0], let fd = reply.descriptors.first { return fd }
+                reply.descriptors.forEach { close($0) }
                 return nil
             }
         }

@@ -66,6 +66,29 @@ public enum UnixSocket {
         }
     }
 
+    /// Sends one message (on a SOCK_SEQPACKET socket: one record) with `descriptors` attached
+    /// (SCM_RIGHTS, at most 16); the caller keeps its own copies of them.
+    public static func sendMessage(_ fd: Int32, _ bytes: [UInt8], descriptors: [Int32] = []) throws(Errno) {
+        let ok = bytes.withUnsafeBytes { b in
+            descriptors.withUnsafeBufferPointer { kiln_send_fds(fd, b.baseAddress, b.count, $0.baseAddress, Int32($0.count)) }
+        }
+        guard ok == 0 else { throw Errno.current("sendmsg") }
+    }
+
+    /// Receives one message of at most `capacity` bytes with up to `maxDescriptors` descriptors,
+    /// which the caller then owns (close-on-exec; extra ones are closed). Empty bytes and no
+    /// descriptors: the peer closed its end.
+    public static func receiveMessage(_ fd: Int32, capacity: Int, maxDescriptors: Int = 0) throws(Errno) -> (bytes: [UInt8], descriptors: [Int32]) {
+        var buffer = [UInt8](repeating: 0, count: max(capacity, 1))
+        var fds = [Int32](repeating: -1, count: max(maxDescriptors, 1))
+        var count: Int32 = 0
+        let n = buffer.withUnsafeMutableBytes { b in
+            fds.withUnsafeMutableBufferPointer { kiln_recv_fds(fd, b.baseAddress, capacity, $0.baseAddress, Int32(maxDescriptors), &count) }
+        }
+        guard n >= 0 else { throw Errno.current("recvmsg") }
+        return (Array(buffer[0..<n]), Array(fds[0..<Int(count)]))
+    }
+
     /// Shuts the sending direction (the peer reads end of stream); errors are ignored.
     public static func shutdownSending(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
 

@@ -44,6 +44,8 @@ public final class Sandbox: Sendable {
         public var runtimeDirectory: String = Sandbox.defaultRuntimeDirectory
         /// Kernel parameters added to Kiln's.
         public var kernelArguments: [String] = []
+        /// Jailed VMM process (the default as root) or a VMM thread in this process.
+        public var isolation: Isolation = .automatic
 
         public init(kernelPath: String, imagePath: String) {
             self.kernelPath = kernelPath
@@ -57,9 +59,7 @@ public final class Sandbox: Sendable {
 
     public let agent: AgentClient
     public let directory: String
-    let machine: Machine
-    let thread: LinuxSys.Thread
-    let outcome: OutcomeBox
+    let host: any VMHost
     let consoleFD: Int32
     let stopped = Mutex(false)
 
@@ -71,9 +71,8 @@ public final class Sandbox: Sendable {
     var consolePath: String { directory + "/console.log" }
     var socketPath: String { directory + "/vsock.sock" }
 
-    private init(agent: AgentClient, directory: String, machine: Machine, thread: LinuxSys.Thread, outcome: OutcomeBox, consoleFD: Int32) {
-        self.agent = agent; self.directory = directory; self.machine = machine; self.thread = thread
-        self.outcome = outcome; self.consoleFD = consoleFD
+    private init(agent: AgentClient, directory: String, host: any VMHost, consoleFD: Int32) {
+        self.agent = agent; self.directory = directory; self.host = host; self.consoleFD = consoleFD
     }
 
     /// Boots the VM and waits until its agent has answered the handshake.
@@ -81,35 +80,67 @@ public final class Sandbox: Sendable {
         guard access(config.imagePath, R_OK) == 0 else {
             throw .setup("cannot read image \(config.imagePath): \(String(cString: strerror(errno)))")
         }
+        guard !config.imagePath.contains(",") else { throw .setup("the image path must not contain a comma: \(config.imagePath)") }
         let (directory, console) = try prepare(config.runtimeDirectory)
-        var machineConfig = MachineConfig(kernelPath: config.kernelPath, initrdPath: nil,
-                                          cmdline: ([baseCmdline] + config.kernelArguments).joined(separator: " "),
-                                          cpus: config.cpus, memoryMiB: config.memoryMiB, hostProfile: config.hostProfile,
-                                          consoleInput: nil, consoleOutput: console)
-        machineConfig.disks = [MachineConfig.Disk(path: config.imagePath, overlay: true)]
-        machineConfig.vsock = MachineConfig.Vsock(path: directory + "/vsock.sock")
-        let machine: Machine
-        do { machine = try Machine(machineConfig) } catch {
+        let cmdline = ([baseCmdline] + config.kernelArguments).joined(separator: " ")
+        let vsockPath = directory + "/vsock.sock"
+        let host: any VMHost
+        do throws(SandboxError) {
+            if config.isolation.jails {
+                let arguments = ["boot", "--kernel", config.kernelPath, "--cmdline", cmdline, "--cpus", "\(config.cpus)",
+                                 "--memory", "\(config.memoryMiB)", "--host-profile", config.hostProfile.rawValue,
+                                 "--disk", config.imagePath + ",overlay", "--vsock", vsockPath, "--headless"]
+                host = try JailedVM(arguments: arguments, cpus: config.cpus, memoryMiB: config.memoryMiB,
+                                    largestDisk: fileSize(config.imagePath), vsockPath: vsockPath, console: console)
+            } else {
+                var machineConfig = MachineConfig(kernelPath: config.kernelPath, initrdPath: nil, cmdline: cmdline,
+                                                  cpus: config.cpus, memoryMiB: config.memoryMiB, hostProfile: config.hostProfile,
+                                                  consoleInput: nil, consoleOutput: console)
+                machineConfig.disks = [MachineConfig.Disk(path: config.imagePath, overlay: true)]
+                machineConfig.vsock = MachineConfig.Vsock(path: vsockPath)
+                let machine: Machine
+                do { machine = try Machine(machineConfig) } catch { throw .setup(error.description) }
+                host = try InProcessVM(machine)
+            }
+        } catch {
             cleanUp(directory, console)
-            throw .setup(error.description)
+            throw error
         }
-        return try await launch(machine, directory: directory, console: console, timeout: config.bootTimeout)
+        return try await launch(host, directory: directory, console: console, timeout: config.bootTimeout)
     }
 
     /// Starts a sandbox from a snapshot (a template): the guest continues where the snapshot left
     /// it, with its own socket, write layer and copy-on-write memory; its clock is set to this
     /// host's and its random number generator reseeded, so that clones do not share streams.
     public static func restore(snapshot: String, runtimeDirectory: String = Sandbox.defaultRuntimeDirectory,
-                               hostProfile: HostProfile = .detect(), timeout: Double = 60) async throws(SandboxError) -> Sandbox {
+                               hostProfile: HostProfile = .detect(), isolation: Isolation = .automatic,
+                               timeout: Double = 60) async throws(SandboxError) -> Sandbox {
         let (directory, console) = try prepare(runtimeDirectory)
-        let overrides = RestoreOverrides(vsockPath: directory + "/vsock.sock", consoleInput: nil, consoleOutput: console,
-                                         hostProfile: hostProfile)
-        let machine: Machine
-        do { machine = try Machine(restoring: snapshot, overrides: overrides) } catch {
+        let vsockPath = directory + "/vsock.sock"
+        let host: any VMHost
+        do throws(SandboxError) {
+            if isolation.jails {
+                // Checked here too, for the jail's limits: the memory size and the disks' sizes.
+                let info: SnapshotInfo
+                do { info = try SnapshotInfo.read(directory: snapshot) } catch { throw .setup(error.description) }
+                guard info.hostProfile == hostProfile else {
+                    throw .setup("snapshot \(snapshot) was made on a host with profile \(info.hostProfile.rawValue); this host is \(hostProfile.rawValue)")
+                }
+                host = try JailedVM(arguments: ["restore", snapshot, "--vsock", vsockPath, "--headless"],
+                                    cpus: info.vcpus, memoryMiB: Int(info.memoryBytes >> 20),
+                                    largestDisk: info.config.disks.map { fileSize($0.path) }.max() ?? 0,
+                                    vsockPath: vsockPath, console: console)
+            } else {
+                let overrides = RestoreOverrides(vsockPath: vsockPath, consoleInput: nil, consoleOutput: console, hostProfile: hostProfile)
+                let machine: Machine
+                do { machine = try Machine(restoring: snapshot, overrides: overrides) } catch { throw .setup(error.description) }
+                host = try InProcessVM(machine)
+            }
+        } catch {
             cleanUp(directory, console)
-            throw .setup(error.description)
+            throw error
         }
-        let sandbox = try await launch(machine, directory: directory, console: console, timeout: timeout)
+        let sandbox = try await launch(host, directory: directory, console: console, timeout: timeout)
         do {
             try sandbox.agent.setTimeFromHost()
             var entropy = [UInt8](repeating: 0, count: 64)
@@ -126,9 +157,8 @@ public final class Sandbox: Sendable {
     }
 
     /// Snapshots the running sandbox into `directory` (the VM pauses for the duration).
-    @discardableResult
-    public func snapshot(to directory: String) throws(SandboxError) -> SnapshotSummary {
-        do { return try machine.snapshot(to: directory) } catch { throw .setup(error.description) }
+    public func snapshot(to directory: String) throws(SandboxError) {
+        try host.snapshot(to: directory)
     }
 
     static func prepare(_ base: String) throws(SandboxError) -> (directory: String, console: Int32) {
@@ -143,29 +173,16 @@ public final class Sandbox: Sendable {
         Files.removeFlatDirectory(directory)
     }
 
-    /// Runs `machine` on its own thread and waits for its agent's handshake.
-    static func launch(_ machine: Machine, directory: String, console: Int32, timeout: Double) async throws(SandboxError) -> Sandbox {
-        let outcome = OutcomeBox()
-        let thread: LinuxSys.Thread
-        do {
-            thread = try LinuxSys.Thread.spawn(name: "kiln-vm") {
-                let result = machine.run()
-                outcome.value.withLock { $0 = result }
-            }
-        } catch {
-            cleanUp(directory, console)
-            throw .setup("cannot start the VM thread: \(error)")
-        }
-
+    /// Waits for the agent of the VM `host` runs to answer the handshake.
+    static func launch(_ host: any VMHost, directory: String, console: Int32, timeout: Double) async throws(SandboxError) -> Sandbox {
         func abandon() {
-            machine.stop(.userQuit)
-            thread.join()
+            host.stop()
             cleanUp(directory, console)
         }
         let deadline = monotonicSeconds() + timeout
         var pause: UInt64 = 2_000_000
         while true {
-            if let ended = outcome.value.withLock({ $0 }) {
+            if let ended = host.ended {
                 let tail = consoleTail(directory + "/console.log")
                 abandon()
                 throw .vmStopped(describe(ended), console: tail)
@@ -179,8 +196,7 @@ public final class Sandbox: Sendable {
                 do {
                     let client = try AgentClient(socket: socket, software: "kiln")
                     BootTrace.mark("agent-ready")
-                    return Sandbox(agent: client, directory: directory, machine: machine, thread: thread, outcome: outcome,
-                                   consoleFD: console)
+                    return Sandbox(agent: client, directory: directory, host: host, consoleFD: console)
                 } catch {
                     if case .connection = error {} else { abandon(); throw .agent(error) }
                 }
@@ -197,15 +213,17 @@ public final class Sandbox: Sendable {
         let first = stopped.withLock { s in defer { s = true }; return !s }
         if first {
             agent.close()
-            machine.stop(.userQuit)
-            thread.join()
+            host.stop()
             Sandbox.cleanUp(directory, consoleFD)
         }
-        return outcome.value.withLock { $0 } ?? .userQuit
+        return host.ended ?? .userQuit
     }
 
     /// Whether the VM has ended on its own (guest shutdown, panic, failure).
-    public var ended: MachineOutcome? { outcome.value.withLock { $0 } }
+    public var ended: MachineOutcome? { host.ended }
+
+    /// The jailed VMM's process id and jail directory (nil when the VMM runs in this process).
+    public var vmmProcess: (pid: pid_t, jail: String)? { host.vmmProcess }
 
     /// The last lines the guest printed on its console.
     public func consoleTail(lines: Int = 20) -> String { Sandbox.consoleTail(consolePath, lines: lines) }
@@ -251,8 +269,23 @@ public final class Sandbox: Sendable {
 
     static let counterLock = Mutex(0)
 
+    static func fileSize(_ path: String) -> UInt64 {
+        var st = stat()
+        return stat(path, &st) == 0 ? UInt64(st.st_size) : 0
+    }
+
+    /// Removes the runtime directories of sandboxes whose process is gone (killed with SIGKILL,
+    /// which leaves no chance to clean up). A directory is `sandbox-<pid>-...`.
+    static func sweep(_ base: String) {
+        for name in Files.entries(base) where name.hasPrefix("sandbox-") {
+            guard let pid = pid_t(name.dropFirst("sandbox-".count).prefix { $0 != "-" }), pid > 0, pid != getpid() else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH { Files.removeFlatDirectory(base + "/" + name) }
+        }
+    }
+
     static func makeDirectory(_ base: String) throws(SandboxError) -> String {
         Files.makeDirectories(base)
+        sweep(base)
         let n = counterLock.withLock { c in c += 1; return c }
         let random = UInt32.random(in: 0...UInt32.max)
         let dir = "\(base)/sandbox-\(getpid())-\(n)-\(String(random, radix: 16))"
@@ -290,7 +323,3 @@ extension String {
     }
 }
 
-/// How the VM ended, set by its thread.
-final class OutcomeBox: Sendable {
-    let value = Mutex<MachineOutcome?>(nil)
-}

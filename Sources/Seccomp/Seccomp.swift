@@ -33,6 +33,8 @@ public enum ThreadKind: String, Sendable, CaseIterable {
     case devices
     /// kiln-console: host input to the serial port.
     case console
+    /// kiln-control: pause, resume and snapshot requests (a --control socket or the jail's command channel).
+    case control
 
     /// The policy's text as embedded in the binary.
     public var policyText: String { embeddedPolicies[rawValue] ?? "" }

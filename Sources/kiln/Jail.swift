@@ -27,11 +27,32 @@ enum JailCommand {
 
     /// Runs the VM described by `config` (parsed from `args`) in a jail; returns kiln's exit status.
     static func supervise(_ args: ArraySlice<String>, parsed: Arguments, config: MachineConfig) throws(Arguments.Failure) -> Int32 {
+        let options = try jailOptions(parsed, config: config)
+        var vmmArgs = vmmArguments(args)
+        // The VMM resolves no default images of its own: it gets the paths the supervisor found.
+        if parsed.string("kernel") == nil {
+            vmmArgs += ["--kernel", config.kernelPath] + (config.initrdPath.map { ["--initrd", $0] } ?? [])
+        }
+        return Supervisor.run(arguments: ["boot"] + vmmArgs, options: options)
+    }
+
+    /// `kiln restore` as root: the clone runs jailed like a booted VM, with limits from the snapshot.
+    static func superviseRestore(_ args: ArraySlice<String>, parsed: Arguments, snapshot: SnapshotInfo,
+                                 vsockPath: String?) throws(Arguments.Failure) -> Int32 {
+        var config = snapshot.config
+        if let vsockPath { config.vsock?.path = vsockPath }
+        let options = try jailOptions(parsed, config: config)
+        return Supervisor.run(arguments: ["restore"] + vmmArguments(args), options: options)
+    }
+
+    /// The jail for a VM shaped like `config`, with the user's --jail-uid/--jail-gid.
+    static func jailOptions(_ parsed: Arguments, config: MachineConfig) throws(Arguments.Failure) -> JailOptions {
         var options = JailOptions(cpus: config.cpus, memoryMiB: config.memoryMiB)
         options.uid = UInt32(try parsed.int("jail-uid", default: Int(JailSpec.defaultUID)))
         options.gid = UInt32(try parsed.int("jail-gid", default: Int(options.uid)))
         guard options.uid != 0, options.gid != 0 else { throw Arguments.Failure(message: "--jail-uid and --jail-gid must not be 0") }
         options.vsockPath = config.vsock?.path
+        // Overlay disks write to a layer as large as the image; plain ones to the image itself.
         let largestDisk = config.disks.filter { !$0.readOnly }.compactMap { diskSize($0.path) }.max() ?? 0
         options.fileSize = max(JailSpec.minimumFileSize, largestDisk)
         #if DEBUG
@@ -40,12 +61,7 @@ enum JailCommand {
             options.limits.memoryBytes = mib << 20
         }
         #endif
-        var vmmArgs = vmmArguments(args)
-        // The VMM resolves no default images of its own: it gets the paths the supervisor found.
-        if parsed.string("kernel") == nil {
-            vmmArgs += ["--kernel", config.kernelPath] + (config.initrdPath.map { ["--initrd", $0] } ?? [])
-        }
-        return Supervisor.run(arguments: vmmArgs, options: options)
+        return options
     }
 
     static func diskSize(_ path: String) -> UInt64? {

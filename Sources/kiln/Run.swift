@@ -26,6 +26,8 @@ let runUsage = """
       --template NAME        start from template NAME (kiln template create) instead of booting;
                              its image, kernel, memory and vCPUs are the template's
       --no-template          boot, even when a template for this image exists
+      --no-jail              as root, run the VMM inside this process instead of jailed
+                             (debugging only; see docs/security.md)
 
     Without --template, kiln run starts from the automatic template of the image and kernel
     (in /var/cache/kiln/templates) and makes it on first use: the first run boots, later runs
@@ -47,6 +49,7 @@ struct RunOptions {
     var bootTimeout: Double = 300
     var template: String?
     var noTemplate = false
+    var noJail = false
     var command: [String] = []
 
     static func parse(_ args: ArraySlice<String>) throws(Arguments.Failure) -> RunOptions {
@@ -93,6 +96,7 @@ struct RunOptions {
             case "--boot-timeout": o.bootTimeout = try number(arg, take(arg))
             case "--template": o.template = try take(arg)
             case "--no-template": o.noTemplate = true
+            case "--no-jail": o.noJail = true
             default:
                 if arg.hasPrefix("-") { throw .init(message: "unknown option \(arg)") }
                 o.command = Array(args[i...])
@@ -142,6 +146,10 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     config.cpus = options.cpus
     config.memoryMiB = options.memory
     config.bootTimeout = options.bootTimeout
+    if options.noJail {
+        config.isolation = .inProcess
+        if geteuid() == 0 { writeRaw(2, "kiln: warning: --no-jail: the VMM runs as root inside this process, with no jail (debugging only)\n") }
+    }
     let sandbox: Sandbox
     do {
         sandbox = try await startSandbox(config, options)
@@ -216,12 +224,12 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
         guard Templates.usable(name, hostProfile: config.hostProfile) else {
             throw SandboxError.setup("no usable template named '\(name)' in \(Templates.directory) (kiln template create \(name))")
         }
-        return try await Sandbox.restore(snapshot: Templates.path(name), hostProfile: config.hostProfile)
+        return try await Sandbox.restore(snapshot: Templates.path(name), hostProfile: config.hostProfile, isolation: config.isolation)
     }
     if options.noTemplate { return try await Sandbox.start(config) }
     let auto = Templates.autoName(for: config)
     if Templates.usable(auto, hostProfile: config.hostProfile) {
-        do { return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile) } catch {
+        do { return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile, isolation: config.isolation) } catch {
             writeRaw(2, "kiln: the template for this image did not start (\(error)); booting instead\n")
             return try await Sandbox.start(config)
         }

@@ -34,6 +34,7 @@ let usage = """
       --jail-uid N, --jail-gid N
                              as root, the VMM runs jailed as this user and group (default 64000)
       --no-jail              as root, run the VMM unconfined (debugging only; see docs/security.md)
+      --headless             the console takes no input (its output still goes to stdout)
       --no-seccomp           run the VMM without its seccomp filters (debugging only; see
                              docs/security.md, and KILN_SECCOMP=trap|log for gentler debugging)
 
@@ -54,7 +55,7 @@ func boot(_ args: ArraySlice<String>, jail: JailSpec? = nil) -> Int32 {
     do {
         let options: Set<String> = ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock", "control"]
         parsed = try Arguments(args, options: options.union(jail == nil ? JailCommand.options : Set<String>()),
-                               flags: Set(["no-seccomp"]).union(jail == nil ? JailCommand.flags : Set<String>()))
+                               flags: Set(["no-seccomp", "headless"]).union(jail == nil ? JailCommand.flags : Set<String>()))
         cpus = try parsed.int("cpus", default: 1)
         memory = try parsed.int("memory", default: 256)
     } catch {
@@ -102,6 +103,7 @@ func boot(_ args: ArraySlice<String>, jail: JailSpec? = nil) -> Int32 {
                                cpus: cpus, memoryMiB: memory, hostProfile: profile, bootProtocol: bootProtocol)
     config.disks = disks
     config.net = net
+    if parsed.flags.contains("headless") { config.consoleInput = nil }
     if let path = parsed.string("vsock") {
         guard !path.isEmpty else { fail("--vsock takes a socket PATH", code: 2) }
         config.vsock = MachineConfig.Vsock(path: path)
@@ -129,7 +131,7 @@ func boot(_ args: ArraySlice<String>, jail: JailSpec? = nil) -> Int32 {
     if let jail {
         do { try Confinement.enter(jail) } catch { fail(error.description) }
     }
-    return runAttached(machine, control: parsed.string("control"))
+    return runAttached(machine, control: parsed.string("control"), commands: jail?.commands == true ? JailSpec.commandFD : nil)
 }
 
 BootTrace.mark("process-start")
@@ -137,9 +139,13 @@ let argv = CommandLine.arguments
 switch argv.count > 1 ? argv[1] : "help" {
 case "boot": exit(boot(argv.dropFirst(2)))
 case "template": exit(await templateCommand(argv.dropFirst(2)))
-case "__vmm": // the jailed VMM, started by a root `kiln boot` (Sources/Jailer/Supervisor.swift)
-    guard argv.count > 2, let spec = JailSpec.decode(argv[2]) else { fail("__vmm is internal to kiln", code: 2) }
-    exit(boot(argv.dropFirst(3), jail: spec))
+case "__vmm": // the jailed VMM: `kiln __vmm SPEC boot|restore ARGS` (Sources/Jailer/Supervisor.swift)
+    guard argv.count > 3, let spec = JailSpec.decode(argv[2]) else { fail("__vmm is internal to kiln", code: 2) }
+    switch argv[3] {
+    case "boot": exit(boot(argv.dropFirst(4), jail: spec))
+    case "restore": exit(restore(argv.dropFirst(4), jail: spec))
+    default: fail("__vmm is internal to kiln", code: 2)
+    }
 case "run":
     if argv.count > 2 && (argv[2] == "--help" || argv[2] == "-h") { writeRaw(1, runUsage + "\n"); exit(0) }
     exit(await runCommand(argv.dropFirst(2)))

@@ -3,7 +3,7 @@ import Testing
 
 @Suite struct JailSpecTests {
     @Test func specRoundTripsThroughItsArgument() {
-        let spec = JailSpec(root: "/run/kiln/jail/12-ab/root", uid: 64001, gid: 64002, openFiles: 99, fileSize: 1 << 31, control: true)
+        let spec = JailSpec(root: "/run/kiln/jail/12-ab/root", uid: 64001, gid: 64002, openFiles: 99, fileSize: 1 << 31, control: true, commands: true)
         #expect(JailSpec.decode(spec.encoded) == spec)
         #expect(JailSpec.decode(JailSpec(root: "/r").encoded)?.control == false)
     }

@@ -53,6 +53,17 @@ import VMM
         #expect(kiln.errorOutput.split(separator: "\n").count == 1)
     }
 
+    @Test func noJailRunsTheVMMInKilnsOwnProcessAndSaysSo() throws {
+        let kiln = try KilnProcess(["run", "--no-jail", "--", "sh", "-c", "echo unjailed"])
+        kiln.closeInput()
+        let status = try kiln.wait(seconds: Self.seconds)
+        #expect(status == 0, "stderr: \(kiln.errorOutput)")
+        #expect(kiln.output == "unjailed\n")
+        if geteuid() == 0 {
+            #expect(kiln.errorOutput.hasPrefix("kiln: warning: --no-jail: the VMM runs as root inside this process"), "\(kiln.errorOutput)")
+        }
+    }
+
     @Test func usageErrorsExit2() throws {
         let kiln = try KilnProcess(["run", "--memory", "lots", "--", "true"])
         kiln.closeInput()
@@ -80,6 +91,29 @@ import VMM
         var config = Sandbox.Configuration(kernelPath: Self.kernel, imagePath: Self.image)
         config.runtimeDirectory = "/tmp/kiln-sandbox-tests-\(getpid())"
         let sandbox = try await Sandbox.start(config)
+
+        // As root (CI), the sandbox's VMM is a jailed process: its own user, no capabilities,
+        // no_new_privs, every thread filtered, its own PID and network namespaces.
+        let vmm = sandbox.vmmProcess
+        if geteuid() == 0 {
+            #expect(vmm != nil, "as root the VMM runs jailed")
+        }
+        if let vmm {
+            let status = TestFiles.procStatus(vmm.pid)
+            #expect(status["Uid"]?.hasPrefix("64000\t64000") == true, "\(status)")
+            #expect(status["CapEff"] == "0000000000000000")
+            #expect(status["NoNewPrivs"] == "1")
+            let threads = TestFiles.list("/proc/\(vmm.pid)/task")
+            #expect(threads.count >= 3)
+            for tid in threads {
+                let comm = TestFiles.read("/proc/\(vmm.pid)/task/\(tid)/comm") ?? "?"
+                #expect(TestFiles.procStatus(vmm.pid, task: tid)["Seccomp"] == "2", "thread \(comm) is not filtered")
+            }
+            for ns in ["pid", "net", "mnt"] {
+                #expect(TestFiles.link("/proc/\(vmm.pid)/ns/\(ns)") != TestFiles.link("/proc/self/ns/\(ns)"), "\(ns) namespace")
+            }
+            #expect(access(vmm.jail, F_OK) == 0)
+        }
 
         // Exit codes and signals.
         #expect(try await run(sandbox, ["true"]).status == AgentProtocol.ExitStatus(.exited(code: 0)))
@@ -133,6 +167,10 @@ import VMM
 
         #expect(sandbox.stop() == .userQuit)
         #expect(access(sandbox.directory, F_OK) != 0, "the sandbox's runtime directory is removed")
+        if let vmm {
+            #expect(kill(vmm.pid, 0) != 0, "the VMM process is gone")
+            #expect(access(vmm.jail, F_OK) != 0, "its jail directory is removed")
+        }
         #expect(try fileDigest(Self.image) == imageBefore, "the base image is never written")
     }
 

@@ -36,6 +36,15 @@ import Testing
         #expect(status == 128 + SIGSYS, "status \(status), stderr: \(stderr)")
     }
 
+    @Test func forbiddenCallOnTheControlThreadKillsKilnWithSIGSYS() throws {
+        // kiln-control exists with a control socket (or, jailed, a command channel).
+        let dir = "/tmp/kiln-seccomp-control-\(getpid())"
+        mkdir(dir, 0o755)
+        defer { unlink("\(dir)/control.sock"); rmdir(dir) }
+        let (status, stderr) = try forbiddenCall(in: "control", extra: ["--no-jail", "--control", "\(dir)/control.sock"])
+        #expect(status == 128 + SIGSYS, "status \(status), stderr: \(stderr)")
+    }
+
     @Test func trapModeNamesTheThreadAndTheCall() throws {
         let (status, stderr) = try forbiddenCall(in: "vcpu", environment: ["KILN_SECCOMP": "trap"])
         #expect(status == 159)

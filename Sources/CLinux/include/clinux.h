@@ -45,6 +45,13 @@ static const int KILN_IFNAMSIZ = IFNAMSIZ;
 // copied to `actual` (IFNAMSIZ bytes). Hides struct ifreq's unions from Swift.
 int kiln_tun_set_iff(int fd, const char *name, short flags, char *actual);
 
+// One message with up to `count` descriptors attached (SCM_RIGHTS), without SIGPIPE; 0 when
+// all of `len` went out.
+int kiln_send_fds(int sock, const void *buf, size_t len, const int *fds, int count);
+// Receives one message; the attached descriptors (close-on-exec) go to `fds`, at most `max`
+// (extra ones are closed), their number to *count. Returns the byte count or -1.
+long kiln_recv_fds(int sock, void *buf, size_t len, int *fds, int max, int *count);
+
 #include "kiln_process.h"
 
 #endif

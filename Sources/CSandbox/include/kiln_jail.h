@@ -11,9 +11,10 @@
 // namespace comes later, from the child itself, after it opened its TAP). The child waits
 // until `kiln_jail_release` so the caller can move it into its cgroups first; before execve it
 // asks for SIGKILL when the caller dies, unblocks all signals, puts `stdio` (-1: keep the
-// caller's) at fds 0-2 and `control_fd` at fd 3, and closes every other descriptor.
+// caller's) at fds 0-2 and `control_fds` (-1: none) at fds 3 and 4, and closes every other
+// descriptor.
 // Returns the pid (or -1 with errno) and a pidfd.
-pid_t kiln_jail_spawn(const char *path, char *const argv[], char *const envp[], const int stdio[3], int control_fd,
+pid_t kiln_jail_spawn(const char *path, char *const argv[], char *const envp[], const int stdio[3], const int control_fds[2],
                       int *pidfd, int *release_fd);
 // Lets a child started by kiln_jail_spawn run (go = 1) or makes it exit 127 (go = 0).
 int kiln_jail_release(int release_fd, int go);
@@ -33,11 +34,6 @@ int kiln_no_new_privs(void);
 int kiln_set_pdeathsig(int signo);
 int kiln_set_dumpable(int dumpable);
 int kiln_set_rlimit(int resource, uint64_t value);
-
-// One SOCK_SEQPACKET message with at most one descriptor attached (fd < 0: none).
-int kiln_send_with_fd(int sock, const void *buf, size_t len, int fd);
-// Receives one message; *fd is the attached descriptor or -1. Returns the byte count or -1.
-long kiln_recv_with_fd(int sock, void *buf, size_t len, int *fd);
 
 enum {
     KILN_CLONE_NEWNET = 0x40000000,

@@ -68,8 +68,13 @@ public final class WriteLayer: Sendable {
         let out = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard out >= 0 else { throw Errno.current("create \(path)") }
         defer { Glibc.close(out) }
+        try save(toDescriptor: out)
+    }
+
+    /// The same into an open, empty file (a jailed VMM's supervisor creates it).
+    public func save(toDescriptor out: Int32) throws(Errno) {
         let bits = bitmap
-        guard ftruncate(out, off_t(bits.count * 64 * VirtioBlock.sectorSize)) == 0 else { throw Errno.current("size \(path)") }
+        guard ftruncate(out, off_t(bits.count * 64 * VirtioBlock.sectorSize)) == 0 else { throw Errno.current("size the layer file") }
         try WriteLayer.copyRuns(bits, from: fd, to: out)
     }
 

@@ -30,6 +30,71 @@ openat errno EACCES             # malloc's overcommit probe (see vcpu.policy)
 exit
 exit_group
 """#,
+    "control": #"""
+# Seccomp policy for kiln-control: the thread that serves a VM's control requests (pause,
+# resume, status, snapshot) from a --control socket or, in the jail, from the supervisor's
+# command channel (fd 4). A snapshot pauses the vCPUs, reads every piece of VM state through
+# KVM's GET ioctls and writes guest memory, disk layers and the state file: into descriptors
+# the supervisor passed in (jailed), or into a directory it creates (--control, no jail).
+# Format and rules: docs/security.md#seccomp.
+
+poll                            # waiting for a request or the stop eventfd
+recvmsg                         # a request and the snapshot files' descriptors (jailed)
+sendmsg                         # the reply (jailed)
+recvfrom                        # a request line (--control socket)
+sendto                          # the reply (--control socket)
+accept4                         # the next --control client
+close
+futex
+read                            # the stop eventfd
+write                           # the state file; eventfds
+pread64                         # a disk's write layer, copied into the snapshot
+pwrite64                        # guest memory and layer runs into the snapshot files
+ftruncate                       # sizing the sparse memory and layer files
+mincore                         # which guest pages exist (only those are written)
+getpid
+gettid
+clock_gettime
+clock_nanosleep                 # waiting for the vCPUs to park
+nanosleep
+tgkill arg2 == SIGRTMIN         # kicking the vCPUs out of KVM_RUN to pause them
+tgkill arg2 == SIGABRT
+rt_sigprocmask
+restart_syscall
+
+# Reading the VM's state (KVM's GET ioctls only: nothing is changed).
+ioctl KVM_GET_MSR_INDEX_LIST
+ioctl KVM_CHECK_EXTENSION
+ioctl KVM_GET_REGS
+ioctl KVM_GET_SREGS
+ioctl KVM_GET_FPU
+ioctl KVM_GET_XSAVE
+ioctl KVM_GET_XCRS
+ioctl KVM_GET_DEBUGREGS
+ioctl KVM_GET_LAPIC
+ioctl KVM_GET_MSRS
+ioctl KVM_GET_VCPU_EVENTS
+ioctl KVM_GET_MP_STATE
+ioctl KVM_GET_IRQCHIP
+ioctl KVM_GET_PIT2
+ioctl KVM_GET_CLOCK
+
+# A snapshot into a directory (--control without the jail). In the jail the root is an empty,
+# read-only tmpfs, so these reach nothing.
+openat
+mkdir
+unlink
+rename
+
+mmap arg2 & PROT_EXEC == 0
+mprotect arg2 & PROT_EXEC == 0
+munmap
+madvise
+brk
+
+exit
+exit_group
+"""#,
     "devices": #"""
 # Seccomp policy for the device thread (kiln-devices).
 # An epoll loop over the virtqueue notification eventfds (ioeventfd) and the device backends:

@@ -19,12 +19,12 @@ public final class ControlSocket: Sendable {
         self.path = path
         let listener = listener, stop = stop
         do {
-            _ = try Thread.spawn(name: "kiln-control") {
+            try machine.startControlThread {
                 ControlSocket.serve(listener: listener, stop: stop, machine: machine)
             }
         } catch {
             Glibc.close(listener); Glibc.close(stop)
-            throw .system(error)
+            throw error
         }
     }
 
@@ -96,5 +96,29 @@ public final class ControlSocket: Sendable {
             }
             if pending.count > 4096 { return true } // no newline in sight: not a client of ours
         }
+    }
+}
+
+extension Machine {
+    /// Starts kiln-control: the thread installs the control seccomp filter before `body` runs,
+    /// and this returns once it has, so no control thread ever serves a request unfiltered.
+    func startControlThread(_ body: @escaping @Sendable () -> Void) throws(MachineError) {
+        let ready: Int32
+        do { ready = try once("eventfd") { eventfd(0, Int32(EFD_CLOEXEC)) } } catch { throw .system(error) }
+        defer { Glibc.close(ready) }
+        let confinement = self.confinement
+        do {
+            _ = try Thread.spawn(name: "kiln-control") {
+                let filtered = confinement.enter(.control)
+                var one: UInt64 = filtered ? 1 : 2
+                _ = Glibc.write(ready, &one, 8)
+                if filtered { body() }
+            }
+        } catch {
+            throw .system(error)
+        }
+        var value: UInt64 = 0
+        while Glibc.read(ready, &value, 8) < 0 && errno == EINTR {}
+        guard value == 1 else { throw .config(confinement.failed ?? "the control thread's seccomp filter did not install") }
     }
 }

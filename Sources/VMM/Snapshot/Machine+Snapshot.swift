@@ -5,6 +5,7 @@ import Glibc
 import GuestMemory
 import KVM
 import LinuxSys
+import Seccomp
 
 /// What a restored machine gets instead of the snapshot's settings: a clone's own identity.
 public struct RestoreOverrides: Sendable {
@@ -18,11 +19,42 @@ public struct RestoreOverrides: Sendable {
     public var consoleOutput: Int32 = 1
     /// The profile of this host; the snapshot must have been made under the same one.
     public var hostProfile: HostProfile = .detect()
+    /// The clone's seccomp mode (not part of a snapshot).
+    public var seccomp: SeccompMode = .kill
+    /// How guest connections to host ports are made (a jailed VMM asks its supervisor).
+    public var vsockConnector: VirtioVsock.Connector?
 
     public init(vsockPath: String? = nil, vsockCID: UInt64? = nil, net: NetSpec? = nil,
                 consoleInput: Int32? = 0, consoleOutput: Int32 = 1, hostProfile: HostProfile = .detect()) {
         self.vsockPath = vsockPath; self.vsockCID = vsockCID; self.net = net
         self.consoleInput = consoleInput; self.consoleOutput = consoleOutput; self.hostProfile = hostProfile
+    }
+}
+
+/// Where `snapshot` writes. A jailed VMM sees none of the host's directories, so its supervisor
+/// creates the files and passes their descriptors in (`files`); the VMM only writes them.
+public enum SnapshotTarget: Sendable {
+    case directory(String)
+    case files(SnapshotFiles)
+
+    var label: String {
+        switch self {
+        case .directory(let path): path
+        case .files: "(files passed by the supervisor)"
+        }
+    }
+}
+
+/// Open, writable, empty files for one snapshot: guest memory, the state (written last; the
+/// caller renames it into place) and one write-layer file per overlay disk, by virtio slot
+/// (`Machine.overlaySlots`). The caller keeps ownership of the descriptors.
+public struct SnapshotFiles: Sendable {
+    public var memory: Int32
+    public var state: Int32
+    public var layers: [Int: Int32]
+
+    public init(memory: Int32, state: Int32, layers: [Int: Int32]) {
+        self.memory = memory; self.state = state; self.layers = layers
     }
 }
 
@@ -84,18 +116,35 @@ extension Machine {
     /// running, and resumes it afterwards; a paused VM stays paused.
     @discardableResult
     public func snapshot(to directory: String) throws(MachineError) -> SnapshotSummary {
+        try snapshot(.directory(directory))
+    }
+
+    /// Writes a snapshot to `target`: a directory, or files someone else opened (see SnapshotFiles).
+    @discardableResult
+    public func snapshot(_ target: SnapshotTarget) throws(MachineError) -> SnapshotSummary {
         try control.withLock { _ throws(MachineError) in
             let wasPaused = gate.isPaused
             try pauseLocked()
             defer { if !wasPaused { _ = gate.open() } }
-            return try writeSnapshot(directory)
+            return try writeSnapshot(target)
         }
     }
 
-    private func writeSnapshot(_ directory: String) throws(MachineError) -> SnapshotSummary {
+    /// The virtio slots of the overlay disks, whose write layers a snapshot saves (one file each).
+    public var overlaySlots: [Int] {
+        virtio.transports.enumerated().compactMap { slot, t in (t.device as? VirtioBlock)?.layer == nil ? nil : slot }
+    }
+
+    private func writeSnapshot(_ target: SnapshotTarget) throws(MachineError) -> SnapshotSummary {
+        let directory = target.label
         func fail(_ why: String) -> MachineError { .snapshot(path: directory, why) }
-        if mkdir(directory, 0o755) != 0 && errno != EEXIST { throw fail("cannot create the directory: \(Errno.current("mkdir"))") }
+        if case .directory = target, mkdir(directory, 0o755) != 0 && errno != EEXIST {
+            throw fail("cannot create the directory: \(Errno.current("mkdir"))")
+        }
         guard !config.cmdline.contains("\n") else { throw fail("the kernel command line holds a newline") }
+        if case .files(let files) = target, Set(files.layers.keys) != Set(overlaySlots) {
+            throw fail("layer files for slots \(files.layers.keys.sorted()), the VM has overlay disks in slots \(overlaySlots)")
+        }
 
         var state: SnapshotState
         do {
@@ -118,10 +167,16 @@ extension Machine {
         // Memory first, state last and renamed into place: a directory with a `state` file is complete.
         let memoryPath = directory + "/" + SnapshotState.memoryFile
         let statePath = directory + "/" + SnapshotState.stateFile
-        unlink(statePath)
-        let mfd = Glibc.open(memoryPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard mfd >= 0 else { throw fail("cannot create \(memoryPath): \(Errno.current("open"))") }
-        defer { Glibc.close(mfd) }
+        let mfd: Int32
+        switch target {
+        case .directory:
+            unlink(statePath)
+            mfd = Glibc.open(memoryPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            guard mfd >= 0 else { throw fail("cannot create \(memoryPath): \(Errno.current("open"))") }
+        case .files(let files):
+            mfd = files.memory
+        }
+        defer { if case .directory = target { Glibc.close(mfd) } }
         guard ftruncate(mfd, off_t(state.memoryFileSize)) == 0 else { throw fail("cannot size \(memoryPath): \(Errno.current("ftruncate"))") }
         let written: Int
         do { written = try memory.dump(toFile: mfd, offsets: state.memory.map { Int($0.fileOffset) }) }
@@ -130,28 +185,41 @@ extension Machine {
         // Overlay disks: the written sectors are part of the guest's view of its disk.
         for (slot, transport) in virtio.transports.enumerated() {
             guard let block = transport.device as? VirtioBlock, let layer = block.layer else { continue }
-            let path = directory + "/" + SnapshotState.layerFile(slot)
-            do { try layer.save(to: path) } catch { throw fail("cannot save the write layer of disk \(slot): \(error)") }
+            do {
+                switch target {
+                case .directory: try layer.save(to: directory + "/" + SnapshotState.layerFile(slot))
+                case .files(let files): try layer.save(toDescriptor: files.layers[slot]!)
+                }
+            } catch { throw fail("cannot save the write layer of disk \(slot): \(error)") }
             state.layers.append(.init(slot: UInt32(slot), bitmap: layer.bitmap))
         }
 
         let bytes = state.encoded()
-        let tmp = statePath + ".tmp"
-        let sfd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard sfd >= 0 else { throw fail("cannot create \(tmp): \(Errno.current("open"))") }
-        let ok = bytes.withUnsafeBytes { b in
-            var done = 0
-            while done < b.count {
-                let n = Glibc.write(sfd, b.baseAddress! + done, b.count - done)
-                if n < 0 { if errno == EINTR { continue }; return false }
-                done += n
+        func writeAll(_ fd: Int32) -> Bool {
+            bytes.withUnsafeBytes { b in
+                var done = 0
+                while done < b.count {
+                    let n = Glibc.pwrite(fd, b.baseAddress! + done, b.count - done, off_t(done))
+                    if n < 0 { if errno == EINTR { continue }; return false }
+                    done += n
+                }
+                return true
             }
-            return true
         }
-        let writeError = Errno.current("write")
-        Glibc.close(sfd)
-        guard ok else { unlink(tmp); throw fail("cannot write \(tmp): \(writeError)") }
-        guard rename(tmp, statePath) == 0 else { throw fail("cannot rename \(tmp): \(Errno.current("rename"))") }
+        switch target {
+        case .directory:
+            let tmp = statePath + ".tmp"
+            let sfd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            guard sfd >= 0 else { throw fail("cannot create \(tmp): \(Errno.current("open"))") }
+            let ok = writeAll(sfd)
+            let writeError = Errno.current("write")
+            Glibc.close(sfd)
+            guard ok else { unlink(tmp); throw fail("cannot write \(tmp): \(writeError)") }
+            guard rename(tmp, statePath) == 0 else { throw fail("cannot rename \(tmp): \(Errno.current("rename"))") }
+        case .files(let files):
+            // The caller renames the state file into place once this returns.
+            guard ftruncate(files.state, 0) == 0, writeAll(files.state) else { throw fail("cannot write the state file: \(Errno.current("write"))") }
+        }
         return SnapshotSummary(directory: directory, stateBytes: bytes.count, memoryBytes: Int(state.memoryFileSize),
                                memoryBytesWritten: written)
     }
@@ -175,6 +243,8 @@ extension Machine {
         var config = snap.config
         config.consoleInput = overrides.consoleInput
         config.consoleOutput = overrides.consoleOutput
+        config.seccomp = overrides.seccomp
+        config.vsockConnector = overrides.vsockConnector
         if var vsock = config.vsock {
             if let path = overrides.vsockPath { vsock.path = path }
             if let cid = overrides.vsockCID { vsock.guestCID = cid }

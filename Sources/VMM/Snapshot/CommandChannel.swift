@@ -1,0 +1,72 @@
+import CLinux
+import Glibc
+import LinuxSys
+
+/// The jailed VMM's control channel: the supervisor's requests on a SOCK_SEQPACKET socket
+/// (fd 4 in the jail; docs/security.md, "Supervisor and VMM"). One message per request, the
+/// same commands as a control socket except that a snapshot's files come as descriptors,
+/// because the VMM cannot see the host's directories:
+///   `files`      -> `ok memory state disk-0.layer ...`: the files a snapshot is made of
+///   `snapshot`   + one descriptor per file, in that order -> `ok ...`
+///   `pause`, `resume`, `status` as on a control socket.
+/// Served on kiln-control with the control filter; it ends when the supervisor closes its end.
+public final class CommandChannel: Sendable {
+    private let stop: Int32
+
+    public init(socket: Int32, machine: Machine) throws(MachineError) {
+        do { stop = try once("eventfd") { eventfd(0, Int32(EFD_CLOEXEC)) } } catch { throw .system(error) }
+        let stop = self.stop
+        do {
+            try machine.startControlThread { CommandChannel.serve(socket, stop: stop, machine: machine) }
+        } catch {
+            Glibc.close(stop)
+            throw error
+        }
+    }
+
+    public func close() {
+        var one: UInt64 = 1
+        _ = Glibc.write(stop, &one, 8)
+    }
+
+    /// Answers one request (its text and attached descriptors, which this closes).
+    public static func execute(_ text: String, descriptors: [Int32], on machine: Machine) -> String {
+        defer { descriptors.forEach { Glibc.close($0) } }
+        switch text {
+        case "files":
+            return (["ok", SnapshotState.memoryFile, SnapshotState.stateFile] + machine.overlaySlots.map(SnapshotState.layerFile))
+                .joined(separator: " ")
+        case "snapshot":
+            let slots = machine.overlaySlots
+            guard descriptors.count == 2 + slots.count else {
+                return "error: snapshot needs \(2 + slots.count) descriptors (memory, state, \(slots.count) layers), got \(descriptors.count)"
+            }
+            let files = SnapshotFiles(memory: descriptors[0], state: descriptors[1],
+                                      layers: Dictionary(uniqueKeysWithValues: zip(slots, descriptors[2...])))
+            do {
+                let s = try machine.snapshot(.files(files))
+                return "ok memory=\(s.memoryBytes) written=\(s.memoryBytesWritten) state=\(s.stateBytes)"
+            } catch {
+                return "error: \(error.description)"
+            }
+        case let line where !line.hasPrefix("snapshot"):
+            return ControlSocket.execute(line, on: machine)
+        default:
+            return "error: unknown command '\(text)'"
+        }
+    }
+
+    private static func serve(_ socket: Int32, stop: Int32, machine: Machine) {
+        defer { Glibc.close(stop) }
+        var fds = [pollfd(fd: socket, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
+        while true {
+            if poll(&fds, 2, -1) < 0 { if errno == EINTR { continue } else { return } }
+            if fds[1].revents != 0 { return }
+            guard let message = try? UnixSocket.receiveMessage(socket, capacity: 256, maxDescriptors: 16) else { return }
+            if message.bytes.isEmpty && message.descriptors.isEmpty { return } // the supervisor went away
+            let text = String(decoding: message.bytes, as: UTF8.self)
+            let reply = execute(text, descriptors: message.descriptors, on: machine)
+            guard (try? UnixSocket.sendMessage(socket, Array(reply.utf8))) != nil else { return }
+        }
+    }
+}
