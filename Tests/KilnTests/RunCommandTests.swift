@@ -64,6 +64,29 @@ import VMM
         }
     }
 
+    @Test func whatAKilledKilnRunLeftBehindIsSweptByTheNextRun() throws {
+        // SIGKILL gives kiln run no chance to clean up: its VMM dies with it (parent-death
+        // signal), but its runtime directory, jail directory and cgroup stay until the next run.
+        let killed = try KilnProcess(["run", "--", "sh", "-c", "echo started; sleep 300"])
+        killed.closeInput()
+        try killed.waitForLine("started", seconds: Self.seconds)
+        let mine = "-\(killed.pid)-"
+        let runtime = TestFiles.list("/run/kiln").filter { $0.hasPrefix("sandbox-") && $0.contains(mine) }
+        let jails = TestFiles.list("/run/kiln/jail").filter { $0.hasPrefix("\(killed.pid)-") }
+        if geteuid() == 0 {
+            #expect(runtime.count == 1, "\(TestFiles.list("/run/kiln"))")
+            #expect(jails.count == 1, "\(TestFiles.list("/run/kiln/jail"))")
+        }
+        kill(killed.pid, SIGKILL)
+        #expect(try killed.wait(seconds: 30) == 128 + SIGKILL)
+
+        let next = try KilnProcess(["run", "--", "true"])
+        next.closeInput()
+        #expect(try next.wait(seconds: Self.seconds) == 0, "\(next.errorOutput)")
+        for name in runtime { #expect(access("/run/kiln/\(name)", F_OK) != 0, "\(name) was swept") }
+        for name in jails { #expect(access("/run/kiln/jail/\(name)", F_OK) != 0, "jail \(name) was swept") }
+    }
+
     @Test func usageErrorsExit2() throws {
         let kiln = try KilnProcess(["run", "--memory", "lots", "--", "true"])
         kiln.closeInput()
