@@ -15,6 +15,15 @@ int kiln_seccomp_install(const struct sock_filter *filter, unsigned short count)
     return 0;
 }
 
+int kiln_seccomp_install_all_threads(const struct sock_filter *filter, unsigned short count) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return errno;
+    struct sock_fprog prog = { .len = count, .filter = (struct sock_filter *)filter };
+    long rc = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog);
+    if (rc < 0) return errno;
+    if (rc > 0) return EBUSY; // thread rc has a filter of its own that this one does not extend
+    return 0;
+}
+
 static const char *const *trap_names;
 static int trap_name_count;
 static __thread char thread_kind[16] = "unnamed";
@@ -78,6 +87,7 @@ int kiln_seccomp_report_traps(const char *const *names, int count) {
 }
 
 // The constants policy files can name. Add here when a policy needs a new one.
+#include <sched.h>
 #include <linux/kvm.h>
 #include <linux/if_tun.h>
 #include <linux/sockios.h>
@@ -109,7 +119,9 @@ static const struct kiln_policy_constant constants[] = {
     K(PROT_NONE), K(PROT_READ), K(PROT_WRITE), K(PROT_EXEC),
     K(MADV_DONTNEED), K(MADV_FREE), K(MADV_DONTDUMP), K(MADV_HUGEPAGE),
     // signals and errors
-    K(SIGABRT), K(SIGSYS), { "SIGRTMIN", 0 /* glibc's, at run time */ },
+    K(SIGABRT), K(SIGSYS), K(SIGKILL), { "SIGRTMIN", 0 /* glibc's, at run time */ },
+    // threads
+    K(CLONE_THREAD), K(PR_SET_NAME),
     K(EACCES), K(EPERM), K(ENOENT), K(ENOSYS),
 };
 int kiln_policy_constant_count(void) { return sizeof constants / sizeof constants[0]; }

@@ -35,6 +35,8 @@ public enum ThreadKind: String, Sendable, CaseIterable {
     case console
     /// kiln-control: pause, resume and snapshot requests (a --control socket or the jail's command channel).
     case control
+    /// Every thread of `kiln run`'s own process once its jailed VMM runs (not a VMM thread).
+    case supervisor
 
     /// The policy's text as embedded in the binary.
     public var policyText: String { embeddedPolicies[rawValue] ?? "" }
@@ -82,6 +84,22 @@ public struct SeccompFilters: Sendable {
             if rc != 0 { throw .trapHandler(errno: rc) }
         }
         self.filters = filters
+    }
+
+    /// Confines every thread of the process, now and later, to `kind`'s policy (TSYNC): for a
+    /// process whose threads (runtime workers included) cannot each install their own.
+    public func installOnAllThreads(_ kind: ThreadKind) throws(SeccompError) {
+        guard mode != .off, let filter = filters[kind] else { return }
+        kiln_seccomp_set_thread_kind(kind.rawValue)
+        let rc = filter.instructions.withUnsafeBufferPointer {
+            kiln_seccomp_install_all_threads($0.baseAddress, UInt16($0.count))
+        }
+        if rc != 0 { throw .install(kind, errno: rc) }
+        #if DEBUG
+        if let target = getenv("KILN_TEST_FORBIDDEN_SYSCALL"), String(cString: target) == kind.rawValue {
+            _ = getppid()
+        }
+        #endif
     }
 
     /// Confines the calling thread (and threads it starts later) to `kind`'s policy.

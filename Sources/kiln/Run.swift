@@ -3,6 +3,7 @@ import CLinux
 import Glibc
 import LinuxSys
 import Sandbox
+import Seccomp
 import Synchronization
 import VMM
 
@@ -161,6 +162,14 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
         return 130
     }
     relay.sandbox(sandbox)
+    if sandbox.vmmProcess != nil {
+        // The VMM runs jailed in its own process: from here on kiln only relays and cleans up,
+        // and every thread of it is held to that (docs/security.md, "Seccomp").
+        do { try SeccompFilters(mode: seccompMode(disabled: false)).installOnAllThreads(.supervisor) } catch {
+            sandbox.stop()
+            fail("\(error)")
+        }
+    }
 
     let terminal = options.tty && isatty(0) != 0 ? RawTerminal.enter(fd: 0) : nil
     var size = winsize()

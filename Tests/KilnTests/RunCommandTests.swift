@@ -87,6 +87,26 @@ import VMM
         for name in jails { #expect(access("/run/kiln/jail/\(name)", F_OK) != 0, "jail \(name) was swept") }
     }
 
+    @Test func kilnRunsOwnThreadsAreFilteredOnceTheJailedVMMRuns() throws {
+        guard geteuid() == 0 else { return } // the supervisor filter goes with the jail (root)
+        let kiln = try KilnProcess(["run", "--", "sh", "-c", "echo started; sleep 2; echo done"])
+        kiln.closeInput()
+        try kiln.waitForLine("started", seconds: Self.seconds)
+        let threads = TestFiles.list("/proc/\(kiln.pid)/task")
+        #expect(threads.count >= 3)
+        for tid in threads {
+            let comm = TestFiles.read("/proc/\(kiln.pid)/task/\(tid)/comm") ?? "?"
+            #expect(TestFiles.procStatus(kiln.pid, task: tid)["Seccomp"] == "2", "kiln run's thread \(comm) is not filtered")
+        }
+        #expect(try kiln.wait(seconds: Self.seconds) == 0, "\(kiln.errorOutput)")
+        #expect(kiln.output == "started\ndone\n")
+
+        // A system call outside the policy ends kiln run with SIGSYS (debug-only hook).
+        let hooked = try KilnProcess(["run", "--", "true"], environment: ["KILN_TEST_FORBIDDEN_SYSCALL": "supervisor"])
+        hooked.closeInput()
+        #expect(try hooked.wait(seconds: Self.seconds) == 128 + SIGSYS, "\(hooked.errorOutput)")
+    }
+
     @Test func usageErrorsExit2() throws {
         let kiln = try KilnProcess(["run", "--memory", "lots", "--", "true"])
         kiln.closeInput()

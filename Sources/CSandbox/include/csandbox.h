@@ -28,6 +28,9 @@ static const uint32_t KILN_SECCOMP_DATA_ARGS = offsetof(struct seccomp_data, arg
 // Sets no_new_privs and installs `count` BPF instructions as a seccomp filter on the calling
 // thread only (no TSYNC). Returns 0, or the errno of the call that failed.
 int kiln_seccomp_install(const struct sock_filter *filter, unsigned short count);
+// The same for every thread of the process at once (SECCOMP_FILTER_FLAG_TSYNC); EBUSY when a
+// thread carries a filter the caller's does not extend.
+int kiln_seccomp_install_all_threads(const struct sock_filter *filter, unsigned short count);
 
 // Trap mode: a SIGSYS handler that prints which thread made which forbidden call, then exits
 // with status 159 (128 + SIGSYS). `names[nr]` names system call nr (NULL where unknown); the

@@ -194,6 +194,94 @@ openat errno EACCES             # malloc's overcommit probe (see vcpu.policy)
 exit                            # when run() was called on a thread of its own
 exit_group
 """#,
+    "supervisor": #"""
+# Seccomp policy for every thread of `kiln run`'s own process (the supervisor of its jailed VMM),
+# installed on all threads at once (TSYNC) as soon as the sandbox is up, so the VMM, started
+# before, does not inherit it. From then on kiln relays the command's streams to and from the
+# agent over the vsock socket (guest-controlled bytes), forwards signals and the window size,
+# connects guest vsock calls to host sockets for the VMM, and at the end kills the VMM and
+# removes the sandbox's runtime directory, jail directory and cgroup. No exec, fork, ptrace,
+# mount, namespace, credential or module calls; no sockets but Unix ones; signals only to
+# kill the VMM or to its own threads. Format and rules: docs/security.md#seccomp.
+
+read
+write
+futex
+poll
+ppoll
+recvfrom                        # agent frames
+sendto
+recvmsg                         # the VMM's vsock requests and command replies
+sendmsg
+epoll_wait                      # Dispatch and the Swift Concurrency runtime
+epoll_pwait
+epoll_ctl
+eventfd2
+timerfd_create
+timerfd_settime
+close
+shutdown
+socket arg0 == AF_UNIX          # a guest's vsock call to a host socket (VsockBroker)
+connect
+wait4                           # reaping the VMM
+waitid
+kill arg1 == SIGKILL            # stopping the VMM; cleaning its cgroup
+kill arg1 == 0                  # is a process still there?
+tgkill arg2 == SIGRTMIN
+tgkill arg2 == SIGABRT
+rt_sigprocmask
+rt_sigtimedwait                 # kiln-signals' sigwait
+rt_sigsuspend
+rt_sigreturn
+rt_sigaction
+sigaltstack
+restart_syscall
+ioctl TIOCGWINSZ                # the terminal's size for -t
+ioctl TCGETS                    # restoring the terminal after -t
+ioctl TCSETS
+ioctl TCSETSW
+ioctl TCSETSF
+
+# Clean-up and the console log's tail: the sandbox's files, the jail directory, the cgroup.
+openat
+getdents64
+newfstatat
+fstat
+lseek
+pread64
+unlink
+rmdir
+readlink
+
+clock_gettime
+clock_nanosleep
+nanosleep
+gettid
+getpid
+getuid
+geteuid
+getrandom
+sched_yield
+sched_getaffinity
+setpriority arg0 == 0, arg1 == 0     # Dispatch sets its worker threads' priority (PRIO_PROCESS, this thread)
+
+# Threads: Swift Concurrency may start workers late. clone3's flags are out of a filter's
+# reach, so it is refused (glibc then uses clone), and clone must make a thread.
+clone arg0 & CLONE_THREAD == CLONE_THREAD
+clone3 errno ENOSYS
+set_robust_list
+rseq
+prctl arg0 == PR_SET_NAME
+madvise
+mmap arg2 & PROT_EXEC == 0
+mprotect arg2 & PROT_EXEC == 0
+munmap
+mremap
+brk
+
+exit
+exit_group
+"""#,
     "vcpu": #"""
 # Seccomp policy for the vCPU threads (kiln-vcpu0, kiln-vcpu1, ...).
 # A vCPU thread runs the guest (KVM_RUN) and handles its exits itself: port I/O to the serial
