@@ -37,12 +37,18 @@ public enum Supervisor {
     public static let jailBase = "/run/kiln/jail"
 
     /// Runs the VMM jailed with `arguments` (the `kiln boot` options) and returns kiln's exit status.
-    public static func run(arguments: [String], options: JailOptions) -> Int32 {
+    /// `confine` runs once the VMM has started (kiln installs its supervisor seccomp filter there).
+    public static func run(arguments: [String], options: JailOptions, confine: () throws -> Void = {}) -> Int32 {
         let signals = [SIGINT, SIGTERM, SIGHUP, SIGQUIT].withUnsafeBufferPointer { kiln_signalfd($0.baseAddress, Int32($0.count)) }
         guard signals >= 0 else { return fail("signalfd: \(Errno.current("signalfd"))") }
         defer { close(signals) }
         let vmm: JailedVMM
         do { vmm = try JailedVMM.start(arguments: arguments, options: options) } catch { return fail(error.description) }
+        do { try confine() } catch {
+            vmm.kill()
+            _ = vmm.wait()
+            return fail("\(error)")
+        }
 
         // The VMM puts a terminal console in raw mode; a VMM that is killed cannot put it back.
         var terminal = termios()

@@ -1,5 +1,6 @@
 import Glibc
 import Jailer
+import Seccomp
 import VMM
 
 /// `kiln boot` as root: the options that pick the jail, and the hand-over to the supervisor.
@@ -33,7 +34,7 @@ enum JailCommand {
         if parsed.string("kernel") == nil {
             vmmArgs += ["--kernel", config.kernelPath] + (config.initrdPath.map { ["--initrd", $0] } ?? [])
         }
-        return Supervisor.run(arguments: ["boot"] + vmmArgs, options: options)
+        return Supervisor.run(arguments: ["boot"] + vmmArgs, options: options, confine: confineSupervisor(parsed))
     }
 
     /// `kiln restore` as root: the clone runs jailed like a booted VM, with limits from the snapshot.
@@ -42,7 +43,18 @@ enum JailCommand {
         var config = snapshot.config
         if let vsockPath { config.vsock?.path = vsockPath }
         let options = try jailOptions(parsed, config: config)
-        return Supervisor.run(arguments: ["restore"] + vmmArguments(args), options: options)
+        return Supervisor.run(arguments: ["restore"] + vmmArguments(args), options: options, confine: confineSupervisor(parsed))
+    }
+
+    /// Holds every thread of this process to the supervisor policy once the VMM runs (as `kiln
+    /// run` does); none with --no-seccomp, which the VMM gets too.
+    static func confineSupervisor(_ parsed: Arguments) -> () throws -> Void {
+        let disabled = parsed.flags.contains("no-seccomp")
+        return {
+            guard !disabled, let raw = getenv("KILN_SECCOMP").map({ String(cString: $0) }) ?? Optional("kill"),
+                  let mode = SeccompMode(rawValue: raw) else { return }
+            try SeccompFilters(mode: mode).installOnAllThreads(.supervisor)
+        }
     }
 
     /// The jail for a VM shaped like `config`, with the user's --jail-uid/--jail-gid.
