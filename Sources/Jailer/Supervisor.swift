@@ -24,7 +24,7 @@ public struct JailOptions: Sendable {
     /// Limits for a VM with `cpus` vCPUs and `memoryMiB` of guest RAM.
     public init(cpus: Int, memoryMiB: Int) {
         limits = CgroupLimits(memoryBytes: (UInt64(memoryMiB) + JailOptions.vmmOverheadMiB) << 20,
-                              cpuQuotaMicros: cpus * CgroupLimits.cpuPeriodMicros,
+                              cpuQuotaMicros: (cpus + 1) * CgroupLimits.cpuPeriodMicros,
                               pids: 16 + cpus)
     }
 }

@@ -18,7 +18,7 @@ import Testing
     @Test func limitsFollowTheVM() {
         let options = JailOptions(cpus: 2, memoryMiB: 256)
         #expect(options.limits.memoryBytes == (256 + JailOptions.vmmOverheadMiB) << 20)
-        #expect(options.limits.cpuQuotaMicros == 200_000)
+        #expect(options.limits.cpuQuotaMicros == 300_000)
         #expect(options.limits.pids == 18)
     }
 

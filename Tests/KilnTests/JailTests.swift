@@ -107,13 +107,13 @@ import Testing
         let limit = UInt64(192 + 128) << 20
         if let unified = dirs["unified"] {
             #expect(Self.read(unified + "/memory.max") == "\(limit)")
-            #expect(Self.read(unified + "/cpu.max") == "200000 100000")
+            #expect(Self.read(unified + "/cpu.max") == "300000 100000", "2 vCPUs + 1 for the VMM's other threads")
             #expect(Self.read(unified + "/pids.max") == "18")
             #expect(Self.read(unified + "/cgroup.procs").split(separator: "\n").count == 1)
         } else {
             try #require(dirs["memory"] != nil && dirs["pids"] != nil && dirs["cpu"] != nil, "cgroups: \(r["cgroup"] ?? "none")")
             #expect(Self.read(dirs["memory"]! + "/memory.limit_in_bytes") == "\(limit)")
-            #expect(Self.read(dirs["cpu"]! + "/cpu.cfs_quota_us") == "200000")
+            #expect(Self.read(dirs["cpu"]! + "/cpu.cfs_quota_us") == "300000", "2 vCPUs + 1 for the VMM's other threads")
             #expect(Self.read(dirs["cpu"]! + "/cpu.cfs_period_us") == "100000")
             #expect(Self.read(dirs["pids"]! + "/pids.max") == "18")
             #expect(Self.read(dirs["memory"]! + "/cgroup.procs").split(separator: "\n").count == 1)
