@@ -38,17 +38,27 @@ public enum Supervisor {
 
     /// Runs the VMM jailed with `arguments` (the `kiln boot` options) and returns kiln's exit status.
     /// `confine` runs once the VMM has started (kiln installs its supervisor seccomp filter there).
-    public static func run(arguments: [String], options: JailOptions, confine: () throws -> Void = {}) -> Int32 {
+    /// With `control`, the supervisor serves a control socket at that path (SupervisorControl).
+    public static func run(arguments: [String], options: JailOptions, control: String? = nil,
+                           confine: () throws -> Void = {}) -> Int32 {
         let signals = [SIGINT, SIGTERM, SIGHUP, SIGQUIT].withUnsafeBufferPointer { kiln_signalfd($0.baseAddress, Int32($0.count)) }
         guard signals >= 0 else { return fail("signalfd: \(Errno.current("signalfd"))") }
         defer { close(signals) }
         let vmm: JailedVMM
+        var options = options
+        options.commands = options.commands || control != nil
         do { vmm = try JailedVMM.start(arguments: arguments, options: options) } catch { return fail(error.description) }
-        do { try confine() } catch {
+        var controlSocket: SupervisorControl?
+        do {
+            if let control { controlSocket = try SupervisorControl(path: control, vmm: vmm) }
+            try confine()
+        } catch {
+            controlSocket?.close()
             vmm.kill()
             _ = vmm.wait()
             return fail("\(error)")
         }
+        defer { controlSocket?.close() }
 
         // The VMM puts a terminal console in raw mode; a VMM that is killed cannot put it back.
         var terminal = termios()

@@ -16,7 +16,7 @@ enum JailCommand {
             let arg = args[i]
             let name = String(arg.dropFirst(2).prefix { $0 != "=" })
             if arg.hasPrefix("--") && flags.contains(name) {
-            } else if arg.hasPrefix("--") && options.contains(name) {
+            } else if arg.hasPrefix("--") && (options.contains(name) || name == "control") { // the supervisor serves --control
                 if !arg.contains("=") { i += 1 }
             } else {
                 out.append(arg)
@@ -34,7 +34,8 @@ enum JailCommand {
         if parsed.string("kernel") == nil {
             vmmArgs += ["--kernel", config.kernelPath] + (config.initrdPath.map { ["--initrd", $0] } ?? [])
         }
-        return Supervisor.run(arguments: ["boot"] + vmmArgs, options: options, confine: confineSupervisor(parsed))
+        return Supervisor.run(arguments: ["boot"] + vmmArgs, options: options, control: parsed.string("control"),
+                              confine: confineSupervisor(parsed))
     }
 
     /// `kiln restore` as root: the clone runs jailed like a booted VM, with limits from the snapshot.
@@ -43,7 +44,8 @@ enum JailCommand {
         var config = snapshot.config
         if let vsockPath { config.vsock?.path = vsockPath }
         let options = try jailOptions(parsed, config: config)
-        return Supervisor.run(arguments: ["restore"] + vmmArguments(args), options: options, confine: confineSupervisor(parsed))
+        return Supervisor.run(arguments: ["restore"] + vmmArguments(args), options: options, control: parsed.string("control"),
+                              confine: confineSupervisor(parsed))
     }
 
     /// Holds every thread of this process to the supervisor policy once the VMM runs (as `kiln

@@ -44,7 +44,6 @@ func restore(_ args: ArraySlice<String>, jail: JailSpec? = nil) -> Int32 {
         if parsed.flags.contains("no-jail") {
             writeRaw(2, "kiln: warning: --no-jail: the VMM runs as root with no jail (debugging only)\n")
         } else {
-            if parsed.string("control") != nil { fail("--control does not work inside the jail yet: add --no-jail", code: 2) }
             let info: SnapshotInfo
             do { info = try SnapshotInfo.read(directory: directory) } catch { fail(error.description) }
             do { return try JailCommand.superviseRestore(args, parsed: parsed, snapshot: info, vsockPath: overrides.vsockPath) }

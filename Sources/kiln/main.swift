@@ -30,7 +30,7 @@ let usage = """
                              PATH and write "CONNECT <port>\\n"; guest connections to CID 2
                              port P go to the Unix socket PATH_P (see docs/vsock.md)
       --control PATH         a control socket: one command per line, pause, resume, status,
-                             snapshot DIR (see docs/snapshot-format.md); needs --no-jail as root
+                             snapshot DIR (see docs/snapshot-format.md)
       --jail-uid N, --jail-gid N
                              as root, the VMM runs jailed as this user and group (default 64000)
       --no-jail              as root, run the VMM unconfined (debugging only; see docs/security.md)
@@ -109,10 +109,6 @@ func boot(_ args: ArraySlice<String>, jail: JailSpec? = nil) -> Int32 {
         config.vsock = MachineConfig.Vsock(path: path)
     }
     if jail == nil && geteuid() == 0 {
-        if parsed.string("control") != nil && !parsed.flags.contains("no-jail") {
-            // The control socket's thread would exist before the VMM enters its jail, which must be single-threaded.
-            fail("--control does not work inside the jail yet: add --no-jail", code: 2)
-        }
         if parsed.flags.contains("no-jail") {
             writeRaw(2, "kiln: warning: --no-jail: the VMM runs as root with no jail (debugging only)\n")
         } else {

@@ -200,7 +200,8 @@ exit_group
 # before, does not inherit it. From then on kiln relays the command's streams to and from the
 # agent over the vsock socket (guest-controlled bytes), forwards signals and the window size,
 # connects guest vsock calls to host sockets for the VMM, and at the end kills the VMM and
-# removes the sandbox's runtime directory, jail directory and cgroup. No exec, fork, ptrace,
+# removes the sandbox's runtime directory, jail directory and cgroup. kiln boot and kiln restore
+# install it in their supervisor the same way. No exec, fork, ptrace,
 # mount, namespace, credential or module calls; no sockets but Unix ones; signals only to
 # kill the VMM or to its own threads. Format and rules: docs/security.md#seccomp.
 
@@ -252,6 +253,11 @@ pread64
 unlink
 rmdir
 readlink
+# --control on a jailed VMM (kiln boot, kiln restore): the supervisor takes the clients and
+# creates a snapshot's directory and files for the VMM.
+accept4
+mkdir
+rename
 
 clock_gettime
 clock_nanosleep

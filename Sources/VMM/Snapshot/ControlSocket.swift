@@ -57,45 +57,7 @@ public final class ControlSocket: Sendable {
 
     private static func serve(listener: Int32, stop: Int32, machine: Machine) {
         defer { Glibc.close(listener); Glibc.close(stop) }
-        var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
-        while true {
-            let n = poll(&fds, 2, -1)
-            if n < 0 { if errno == EINTR { continue } else { return } }
-            if fds[1].revents != 0 { return }
-            guard let client = try? UnixSocket.accept(listener) else { continue }
-            if !converse(client.raw, stop: stop, machine: machine) { return }
-        }
-    }
-
-    /// Serves one client until it hangs up; false when the machine is going away.
-    private static func converse(_ fd: Int32, stop: Int32, machine: Machine) -> Bool {
-        var pending: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
-        while true {
-            let n = poll(&fds, 2, -1)
-            if n < 0 { if errno == EINTR { continue } else { return true } }
-            if fds[1].revents != 0 { return false }
-            let got: Int?
-            do { got = try buffer.withUnsafeMutableBytes { b throws(Errno) in try UnixSocket.receive(fd, into: b) } }
-            catch { return true }
-            guard let count = got else { continue }
-            if count == 0 { return true }
-            pending += buffer[0..<count]
-            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = String(decoding: pending[..<newline], as: UTF8.self).trimmingSpaces
-                pending.removeFirst(newline + 1)
-                guard !line.isEmpty else { continue }
-                let reply = Array((execute(line, on: machine) + "\n").utf8)
-                var sent = 0
-                while sent < reply.count {
-                    guard let k = try? reply[sent...].withUnsafeBytes({ b throws(Errno) in try UnixSocket.send(fd, b) }) else { return true }
-                    if k == 0 { usleep(1000) }
-                    sent += k
-                }
-            }
-            if pending.count > 4096 { return true } // no newline in sight: not a client of ours
-        }
+        LineServer.serve(listener: listener, stop: stop) { execute($0, on: machine) }
     }
 }
 

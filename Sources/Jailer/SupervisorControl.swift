@@ -1,0 +1,56 @@
+import CLinux
+import Glibc
+import LinuxSys
+
+/// `--control PATH` for a jailed VMM: the supervisor listens at PATH (the VMM could neither bind
+/// it inside its jail nor write `snapshot DIR` there) and turns each line into a request on the
+/// VMM's command channel; `snapshot DIR` becomes `JailedVMM.snapshot(to:)`, which creates the
+/// files in DIR and hands the VMM their descriptors. Same lines and replies as an unjailed VMM's
+/// control socket (docs/snapshot-format.md).
+final class SupervisorControl: Sendable {
+    let path: String
+    private let stop: Int32
+
+    init(path: String, vmm: JailedVMM) throws(JailedVMM.Failure) {
+        let listener: Int32
+        do { listener = try UnixSocket.listen(path: path, backlog: 8).release() }
+        catch { throw JailedVMM.Failure(description: "cannot listen on control socket \(path): \(error)") }
+        let stop = eventfd(0, Int32(EFD_CLOEXEC))
+        guard stop >= 0 else {
+            Glibc.close(listener); unlink(path)
+            throw JailedVMM.Failure(description: "eventfd: \(Errno.current("eventfd"))")
+        }
+        self.path = path
+        self.stop = stop
+        do {
+            _ = try LinuxSys.Thread.spawn(name: "kiln-control") {
+                defer { Glibc.close(listener); Glibc.close(stop) }
+                LineServer.serve(listener: listener, stop: stop) { SupervisorControl.execute($0, vmm: vmm) }
+            }
+        } catch {
+            Glibc.close(listener); Glibc.close(stop); unlink(path)
+            throw JailedVMM.Failure(description: "cannot start the control thread: \(error)")
+        }
+    }
+
+    static func execute(_ line: String, vmm: JailedVMM) -> String {
+        let words = line.split(separator: " ", maxSplits: 1).map(String.init)
+        do throws(JailedVMM.Failure) {
+            switch words.first ?? "" {
+            case "pause" where words.count == 1, "resume" where words.count == 1, "status" where words.count == 1:
+                return try vmm.request(line)
+            case "snapshot" where words.count == 2: return try vmm.snapshot(to: words[1])
+            default: return "error: unknown command '\(line)' (pause, resume, status, snapshot DIR)"
+            }
+        } catch {
+            return "error: \(error.description)"
+        }
+    }
+
+    /// Stops serving and removes the socket file.
+    func close() {
+        var one: UInt64 = 1
+        _ = write(stop, &one, 8)
+        unlink(path)
+    }
+}
