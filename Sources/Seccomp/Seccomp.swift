@@ -89,29 +89,21 @@ public struct SeccompFilters: Sendable {
     /// Confines every thread of the process, now and later, to `kind`'s policy (TSYNC): for a
     /// process whose threads (runtime workers included) cannot each install their own.
     public func installOnAllThreads(_ kind: ThreadKind) throws(SeccompError) {
-        guard mode != .off, let filter = filters[kind] else { return }
-        kiln_seccomp_set_thread_kind(kind.rawValue)
-        let rc = filter.instructions.withUnsafeBufferPointer {
-            kiln_seccomp_install_all_threads($0.baseAddress, UInt16($0.count))
-        }
-        if rc != 0 { throw .install(kind, errno: rc) }
-        #if DEBUG
-        if let target = getenv("KILN_TEST_FORBIDDEN_SYSCALL"), String(cString: target) == kind.rawValue {
-            _ = getppid()
-        }
-        #endif
+        try install(kind, using: kiln_seccomp_install_all_threads)
     }
 
     /// Confines the calling thread (and threads it starts later) to `kind`'s policy.
     public func install(_ kind: ThreadKind) throws(SeccompError) {
+        try install(kind, using: kiln_seccomp_install)
+    }
+
+    private func install(_ kind: ThreadKind, using call: (UnsafePointer<sock_filter>?, UInt16) -> Int32) throws(SeccompError) {
         guard mode != .off, let filter = filters[kind] else { return }
         kiln_seccomp_set_thread_kind(kind.rawValue)
-        let rc = filter.instructions.withUnsafeBufferPointer {
-            kiln_seccomp_install($0.baseAddress, UInt16($0.count))
-        }
+        let rc = filter.instructions.withUnsafeBufferPointer { call($0.baseAddress, UInt16($0.count)) }
         if rc != 0 { throw .install(kind, errno: rc) }
         #if DEBUG
-        // Tests only (compiled out of release builds): prove this thread's filter is in force.
+        // Tests only (compiled out of release builds): prove this filter is in force.
         if let target = getenv("KILN_TEST_FORBIDDEN_SYSCALL"), String(cString: target) == kind.rawValue {
             _ = getppid()
         }

@@ -156,27 +156,13 @@ import Testing
     }
 
     func listDirectory(_ path: String) throws -> [String] {
-        guard let dir = opendir(path) else { throw POSIXFailure(what: "opendir \(path)") }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
+        guard access(path, F_OK) == 0 else { throw POSIXFailure(what: "opendir \(path)") }
+        return TestFiles.list(path)
     }
 
     func readText(_ path: String) throws -> String {
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw POSIXFailure(what: "open \(path)") }
-        defer { close(fd) }
-        var bytes: [UInt8] = [], buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = read(fd, &buffer, buffer.count)
-            if n <= 0 { break }
-            bytes += buffer[0..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        guard let text = TestFiles.read(path) else { throw POSIXFailure(what: "open \(path)") }
+        return text
     }
 
     struct POSIXFailure: Error { let what: String }
