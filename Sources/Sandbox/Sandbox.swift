@@ -192,7 +192,10 @@ public final class Sandbox: Sendable {
                 abandon()
                 throw .agentTimeout(seconds: timeout, console: tail)
             }
-            if let socket = connectToGuest(directory + "/vsock.sock", port: agentPort) {
+            // A loaded host's emulated guest can take seconds to answer a connection: wait for it
+            // (up to the deadline) rather than drop it and start over.
+            let wait = min(30, max(1, deadline - monotonicSeconds()))
+            if let socket = connectToGuest(directory + "/vsock.sock", port: agentPort, timeout: wait) {
                 do {
                     let client = try AgentClient(socket: socket, software: "kiln")
                     BootTrace.mark("agent-ready")
@@ -236,10 +239,10 @@ public final class Sandbox: Sendable {
     // MARK: Helpers
 
     /// A host-initiated vsock connection (docs/vsock.md): nil when nothing listens on `port` yet.
-    static func connectToGuest(_ path: String, port: Int) -> FileDescriptor? {
+    static func connectToGuest(_ path: String, port: Int, timeout seconds: Double = 5) -> FileDescriptor? {
         guard let fd = try? UnixSocket.connect(path: path) else { return nil }
         _ = fcntl(fd.raw, F_SETFL, fcntl(fd.raw, F_GETFL) & ~O_NONBLOCK)
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        var timeout = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1e6))
         _ = setsockopt(fd.raw, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let request = Array("CONNECT \(port)\n".utf8)
         guard request.withUnsafeBytes({ Glibc.send(fd.raw, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return nil }
