@@ -10,13 +10,18 @@ of random bytes as virtio-blk. On the guest's busybox shell it runs, in this ord
 
   seqread   busybox dd if=/dev/vda of=/dev/null bs=1M count=N           (buffered, caches dropped)
   read4k    busybox dd if=/dev/vda of=/dev/null bs=4k count=C iflag=direct
-            (small-block reads as a stand-in for IOPS; there is no fio in the guest)
+            (sequential 4 KiB reads, each one request, queue depth 1)
+  rand4k    /bin/randread /dev/vda C 1
+            (C reads of 4 KiB at random 4 KiB-aligned offsets, O_DIRECT, queue depth 1, the same
+            offsets in every boot: rootfs/randread.c, appended to the initramfs by devices.sh
+            through rootfs/build-bench-initramfs.sh; there is no fio in the guest)
   seqwrite  busybox dd if=/dev/zero of=/dev/vda bs=1M count=N conv=fsync
 
 Timing: the guest's busybox dd prints no rate and its date has no %N, so the guest reads
-/proc/uptime with the shell's `read` builtin (no fork) just before and after dd
-(10 ms resolution; includes dd's fork+exec, ~0.5 s on emulated-CPL0 hosts). The host's
-wall time between the two console lines is recorded as a cross-check.
+/proc/uptime with the shell's `read` builtin (no fork) just before and after each command
+(10 ms resolution; includes the command's fork+exec, ~0.5 s on emulated-CPL0 hosts). The host's
+wall time between the two console lines is recorded as a cross-check. randread also times its
+reads itself (CLOCK_MONOTONIC, no exec): that is its program_requests_per_s.
 Host CPU: utime+stime of every thread of the VMM process (/proc/PID/task/*/stat) when
 those two lines arrive; reported as CPU seconds per GiB moved, in total and per thread.
 
@@ -41,14 +46,16 @@ import boot  # noqa: E402  (helpers shared with the boot benchmark)
 MARKER = boot.MARKER
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 IMAGE_MIB = 64
-TESTS = []  # (name, dd arguments, bytes moved); set by set_tests()
+TESTS = []  # (name, guest command, bytes moved); set by set_tests()
+RANDREAD_RE = re.compile(r"randread: (\d+) reads of 4096 B in (\d+) ns")
 
 
 def set_tests(mib, count4k):
     TESTS[:] = [
-        ("seqread", f"if=/dev/vda of=/dev/null bs=1M count={mib}", mib << 20),
-        ("read4k", f"if=/dev/vda of=/dev/null bs=4k count={count4k} iflag=direct", count4k * 4096),
-        ("seqwrite", f"if=/dev/zero of=/dev/vda bs=1M count={mib} conv=fsync", mib << 20),
+        ("seqread", f"busybox dd if=/dev/vda of=/dev/null bs=1M count={mib}", mib << 20),
+        ("read4k", f"busybox dd if=/dev/vda of=/dev/null bs=4k count={count4k} iflag=direct", count4k * 4096),
+        ("rand4k", f"/bin/randread /dev/vda {count4k} 1", count4k * 4096),
+        ("seqwrite", f"busybox dd if=/dev/zero of=/dev/vda bs=1M count={mib} conv=fsync", mib << 20),
     ]
 
 
@@ -56,16 +63,37 @@ def log(msg):
     print(f"[devices.py {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def thread_cpu(pid):
-    """{tid: (comm, cpu seconds)} for every thread of pid."""
-    out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
+def descendants(pid):
+    """pid and every process below it: a root `kiln boot` runs the VMM in a jailed child (`kiln __vmm`)."""
+    pids, i = [pid], 0
+    while i < len(pids):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            tids = os.listdir(f"/proc/{pids[i]}/task")
+        except OSError:
+            tids = []
+        for tid in tids:
+            try:
+                with open(f"/proc/{pids[i]}/task/{tid}/children") as f:
+                    pids.extend(int(c) for c in f.read().split())
+            except OSError:
+                pass
+        i += 1
+    return pids
+
+
+def thread_cpu(pid):
+    """{tid: (comm, cpu seconds)} for every thread of pid and of its descendants."""
+    out = {}
+    tids = []
+    for p in descendants(pid):
+        try:
+            tids.extend(f"{p}/task/{t}" for t in os.listdir(f"/proc/{p}/task"))
+        except OSError:
+            pass
+    for path in tids:
+        tid = path.rsplit("/", 1)[1]
+        try:
+            with open(f"/proc/{path}/stat", "rb") as f:
                 s = f.read()
         except OSError:
             continue
@@ -166,10 +194,10 @@ def run_once(vmm, argv, env, boot_timeout, test_timeout, shutdown_timeout):
         pm, _ = c.wait_for(boot.PROMPT_RE, pos, 30)
         if pm:
             pos = pm.end()
-        for name, ddargs, nbytes in TESTS:
+        for name, command, nbytes in TESTS:
             # Typed text never matches the patterns below ('KB-T''0', $U0 ...); only the output does.
             c.send(f"echo 3 > /proc/sys/vm/drop_caches; read U0 R < /proc/uptime; echo KB-T''0-{name}; "
-                   f"busybox dd {ddargs}; RC=$?; read U1 R < /proc/uptime; echo KB-E''ND-{name} $U0 $U1 $RC")
+                   f"{command}; RC=$?; read U1 R < /proc/uptime; echo KB-E''ND-{name} $U0 $U1 $RC")
             t0m, t0 = c.wait_for(re.compile(rb"KB-T0-" + name.encode() + rb"\b"), pos, 60)
             cpu0 = thread_cpu(c.pid)
             if not t0m:
@@ -181,26 +209,29 @@ def run_once(vmm, argv, env, boot_timeout, test_timeout, shutdown_timeout):
             if not em:
                 res["error"] = f"{name}: not done within {test_timeout} s"
                 break
-            dd_out = bytes(c.out[t0m.end():em.start()]).decode(errors="replace")
+            out = bytes(c.out[t0m.end():em.start()]).decode(errors="replace")
             pos = em.end()
             u0, u1, rc = float(em.group(1)), float(em.group(2)), int(em.group(3))
             threads = cpu_delta(cpu0, cpu1)
             cpu = sum(r["cpu_s"] for r in threads)
             guest_s = u1 - u0
             gib = nbytes / (1 << 30)
-            tr = {"bytes": nbytes, "dd_rc": rc, "guest_s": round(guest_s, 2), "host_wall_s": round(t1 - t0, 2),
+            tr = {"bytes": nbytes, "rc": rc, "guest_s": round(guest_s, 2), "host_wall_s": round(t1 - t0, 2),
                   "mib_per_s": round(nbytes / (1 << 20) / guest_s, 3) if guest_s > 0 else None,
                   "host_cpu_s": round(cpu, 2), "host_cpu_s_per_gib": round(cpu / gib, 1),
                   "busiest_thread_cpu_s_per_gib": round(threads[0]["cpu_s"] / gib, 1) if threads else None,
                   "other_threads_cpu_s_per_gib": round((cpu - threads[0]["cpu_s"]) / gib, 2) if threads else None,
-                  "threads": threads[:6], "dd_output": dd_out.strip()[-300:]}
-            if name == "read4k":
+                  "threads": threads[:6], "output": out.strip()[-300:]}
+            if name in ("read4k", "rand4k"):
                 tr["requests_per_s"] = round(nbytes / 4096 / guest_s, 1) if guest_s > 0 else None
+            if name == "rand4k":
+                rm = RANDREAD_RE.search(out)
+                tr["program_requests_per_s"] = round(int(rm.group(1)) * 1e9 / int(rm.group(2)), 1) if rm else None
             res["tests"][name] = tr
             log(f"  {vmm} {name}: {guest_s:.2f} s guest ({tr['mib_per_s']} MiB/s), host wall {t1 - t0:.2f} s, "
-                f"VMM CPU {cpu:.2f} s ({tr['host_cpu_s_per_gib']} s/GiB; busiest thread {threads[0]['comm'] if threads else '?'}), dd rc {rc}")
+                f"VMM CPU {cpu:.2f} s ({tr['host_cpu_s_per_gib']} s/GiB; busiest thread {threads[0]['comm'] if threads else '?'}), rc {rc}")
             if rc != 0:
-                res["error"] = f"{name}: dd exited {rc}: {dd_out.strip()[-200:]}"
+                res["error"] = f"{name}: exited {rc}: {out.strip()[-200:]}"
                 break
     code, killed = c.end(shutdown_timeout)
     res["exit_code"], res["killed"] = code, killed
@@ -225,12 +256,16 @@ def strip_devices(cmdline):
 ROWS = [
     ("seqread", "mib_per_s", "seq read 1 MiB blocks, MiB/s"),
     ("read4k", "requests_per_s", "4 KiB direct reads, reads/s"),
+    ("rand4k", "requests_per_s", "random 4 KiB direct reads, reads/s"),
+    ("rand4k", "program_requests_per_s", "random 4 KiB direct reads, reads/s by randread's own clock"),
     ("seqwrite", "mib_per_s", "seq write 1 MiB blocks + fsync, MiB/s"),
     ("seqread", "host_cpu_s_per_gib", "seq read: VMM CPU s/GiB"),
     ("read4k", "host_cpu_s_per_gib", "4 KiB reads: VMM CPU s/GiB"),
+    ("rand4k", "host_cpu_s_per_gib", "random 4 KiB reads: VMM CPU s/GiB"),
     ("seqwrite", "host_cpu_s_per_gib", "seq write: VMM CPU s/GiB"),
     ("seqread", "other_threads_cpu_s_per_gib", "seq read: CPU s/GiB outside the busiest (vCPU) thread"),
     ("read4k", "other_threads_cpu_s_per_gib", "4 KiB reads: CPU s/GiB outside the busiest (vCPU) thread"),
+    ("rand4k", "other_threads_cpu_s_per_gib", "random 4 KiB reads: CPU s/GiB outside the busiest (vCPU) thread"),
     ("seqwrite", "other_threads_cpu_s_per_gib", "seq write: CPU s/GiB outside the busiest (vCPU) thread"),
 ]
 
@@ -558,8 +593,9 @@ def main():
     return write_report("devices", "virtio-blk", args, host, runs, table, order, kiln_argv,
                         qemu_argv(qemu_append) if qemu_append else None, append_source, here, root,
                         {"image_mib": IMAGE_MIB,
-                         "timing": "guest /proc/uptime (read builtin) before/after dd, includes dd fork+exec",
-                         "tests": [{"name": n, "dd": d, "bytes": b} for n, d, b in TESTS]})
+                         "timing": "guest /proc/uptime (read builtin) before/after each command, includes its fork+exec; "
+                                   "rand4k also by randread's own CLOCK_MONOTONIC",
+                         "tests": [{"name": n, "command": c, "bytes": b} for n, c, b in TESTS]})
 
 
 def write_report(name, title, args, host, runs, table, order, kiln_argv, qemu_command, append_source, here, root,
