@@ -104,6 +104,30 @@ def thread_cpu(pid):
     return out
 
 
+def cpu_throttling(pid):
+    """nr_throttled and throttled seconds of the CPU cgroup of pid's last descendant (the jailed
+    Kiln VMM has a CPU quota of one core per vCPU; QEMU has none), or None without a quota."""
+    target = descendants(pid)[-1]
+    try:
+        lines = open(f"/proc/{target}/cgroup").read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        ctl = set(controllers.split(","))
+        base = "/sys/fs/cgroup/cpu" if "cpu" in ctl else "/sys/fs/cgroup" if controllers == "" else None
+        if base is None or path == "/":
+            continue
+        try:
+            stat = dict(l.split() for l in open(f"{base}{path}/cpu.stat").read().splitlines())
+        except (OSError, ValueError):
+            continue
+        usec = int(stat.get("throttled_usec", int(stat.get("throttled_time", 0)) // 1000))
+        return {"cgroup": path, "nr_periods": int(stat.get("nr_periods", 0)),
+                "nr_throttled": int(stat.get("nr_throttled", 0)), "throttled_s": round(usec / 1e6, 3)}
+    return None
+
+
 def cpu_delta(before, after):
     """Per-thread CPU seconds between two thread_cpu() samples, busiest first."""
     rows = []
@@ -233,6 +257,7 @@ def run_once(vmm, argv, env, boot_timeout, test_timeout, shutdown_timeout):
             if rc != 0:
                 res["error"] = f"{name}: exited {rc}: {out.strip()[-200:]}"
                 break
+    res["cpu_throttling"] = cpu_throttling(c.pid)
     code, killed = c.end(shutdown_timeout)
     res["exit_code"], res["killed"] = code, killed
     cm = boot.CMDLINE_RE.search(bytes(c.out))
@@ -419,6 +444,7 @@ def run_net_once(vmm, argv, env, ns, kib, port, boot_timeout, test_timeout, shut
             if sr.get("error") or sr.get("bytes") != nbytes or not em:
                 res["error"] = f"{name}: {sr.get('error') or 'short transfer or no end line'}"
                 break
+    res["cpu_throttling"] = cpu_throttling(c.pid)
     code, killed = c.end(shutdown_timeout)
     res["exit_code"], res["killed"] = code, killed
     cm = boot.CMDLINE_RE.search(bytes(c.out))
