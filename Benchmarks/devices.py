@@ -479,6 +479,8 @@ def net_main(args, here, root):
                 "-device", "virtio-net-device,netdev=n0"]
 
     order = [args.only] if args.only else ["kiln", "qemu"]
+    if args.other_kiln:  # a second Kiln binary (another build, e.g. before a change) in the same rotation
+        order.append("kiln-other")
     subprocess.run(["ip", "netns", "add", ns], check=True)
     log(f"host load {host['loadavg_start']}; namespace {ns}")
     runs, kiln_cmdlines = [], set()
@@ -488,6 +490,8 @@ def net_main(args, here, root):
             for vmm in order:
                 if vmm == "kiln":
                     argv = ["ip", "netns", "exec", ns] + kiln_argv
+                elif vmm == "kiln-other":
+                    argv = ["ip", "netns", "exec", ns, args.other_kiln] + kiln_argv[1:]
                 else:
                     if qemu_append is None:
                         if kiln_cmdlines:
@@ -529,14 +533,21 @@ def net_main(args, here, root):
                         ("h2g64k", "host -> guest, netio: VMM CPU s"), ("g2h64k", "guest -> host, netio: VMM CPU s")):
         key = "kib_per_s" if "KiB/s" in label else "host_cpu_s"
         row = {"row": label, "test": test, "metric": key}
-        for vmm in ("kiln", "qemu"):
+        for vmm in ("kiln", "qemu") + (("kiln-other",) if args.other_kiln else ()):
             vals = [r["tests"][test][key] for r in runs if r["vmm"] == vmm and test in r["tests"]
                     and r["tests"][test].get(key) is not None and r["tests"][test].get("bytes") == args.kib * 1024]
             row[vmm] = vals
             row[vmm + "_median"] = boot.med(vals)
         k, q = row["kiln_median"], row["qemu_median"]
         row["ratio_kiln_over_qemu"] = round(k / q, 3) if k is not None and q else None
+        if args.other_kiln:
+            o = row["kiln-other_median"]
+            row["ratio_kiln_other_over_qemu"] = round(o / q, 3) if o is not None and q else None
         table.append(row)
+    if args.other_kiln:
+        print(f"\nSecond Kiln binary {args.other_kiln} (vmm kiln-other), medians: " + "; ".join(
+            f"{r['row']}: {boot.fmt(r['kiln-other_median'], '.3g')} ({', '.join(format(v, '.3g') for v in r['kiln-other'])}),"
+            f" /QEMU {boot.fmt(r['ratio_kiln_other_over_qemu'], '.2f')}" for r in table), file=sys.stderr)
     return write_report("devices-net", "virtio-net", args, host, runs, table, order, kiln_argv,
                         qemu_argv(qemu_append) if qemu_append else None, append_source, here, root,
                         {"kib": args.kib, "namespace": ns,
@@ -565,6 +576,8 @@ def main():
     ap.add_argument("--device", choices=["blk", "net"], default="blk",
                     help="blk (default) or net: virtio-net over a TAP in a private network namespace (root)")
     ap.add_argument("--kib", type=int, default=256, help="--device net: KiB per transfer (default 256)")
+    ap.add_argument("--other-kiln", default=None,
+                    help="--device net: a second kiln binary to boot in the same rotation (reported as kiln-other)")
     ap.add_argument("--json", default=None, help="default Benchmarks/results/devices-<date>.json")
     args = ap.parse_args()
     if args.device == "net":
@@ -652,6 +665,7 @@ def write_report(name, title, args, host, runs, table, order, kiln_argv, qemu_co
         "config": {"rounds": args.runs, "memory_mib": args.memory, **config, "order": "interleaved " + ",".join(order)},
         "kernel": boot.file_id(args.kernel), "initrd": boot.file_id(args.initrd),
         "kiln": {"argv": kiln_argv, "binary": boot.file_id(args.kiln) if args.only != "qemu" else None},
+        "kiln_other": {"binary": boot.file_id(args.other_kiln)} if getattr(args, "other_kiln", None) else None,
         "qemu": {"argv": qemu_command, "append_source": append_source,
                  "version": qemu_version},
         "same_guest_cmdline_apart_from_devices": (k_lines == q_lines) if k_lines and q_lines else None,
