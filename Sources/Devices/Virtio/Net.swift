@@ -50,7 +50,6 @@ public final class VirtioNet: VirtioDevice {
         /// Receive chains popped and not yet used, oldest first: for the frame in `rxPacket`, or
         /// for the next frame. They are always the last chains popped (see `liveQueues`).
         var held: [DescriptorChain] = []
-        var heldCapacity = 0
         /// Bytes (header included) of a frame read from the backend that waits in `rxPacket` for
         /// more receive chains; 0 when none.
         var pending = 0
