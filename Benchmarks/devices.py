@@ -10,13 +10,18 @@ of random bytes as virtio-blk. On the guest's busybox shell it runs, in this ord
 
   seqread   busybox dd if=/dev/vda of=/dev/null bs=1M count=N           (buffered, caches dropped)
   read4k    busybox dd if=/dev/vda of=/dev/null bs=4k count=C iflag=direct
-            (small-block reads as a stand-in for IOPS; there is no fio in the guest)
+            (sequential 4 KiB reads, each one request, queue depth 1)
+  rand4k    /bin/randread /dev/vda C 1
+            (C reads of 4 KiB at random 4 KiB-aligned offsets, O_DIRECT, queue depth 1, the same
+            offsets in every boot: rootfs/randread.c, appended to the initramfs by devices.sh
+            through rootfs/build-bench-initramfs.sh; there is no fio in the guest)
   seqwrite  busybox dd if=/dev/zero of=/dev/vda bs=1M count=N conv=fsync
 
 Timing: the guest's busybox dd prints no rate and its date has no %N, so the guest reads
-/proc/uptime with the shell's `read` builtin (no fork) just before and after dd
-(10 ms resolution; includes dd's fork+exec, ~0.5 s on emulated-CPL0 hosts). The host's
-wall time between the two console lines is recorded as a cross-check.
+/proc/uptime with the shell's `read` builtin (no fork) just before and after each command
+(10 ms resolution; includes the command's fork+exec, ~0.5 s on emulated-CPL0 hosts). The host's
+wall time between the two console lines is recorded as a cross-check. randread also times its
+reads itself (CLOCK_MONOTONIC, no exec): that is its program_requests_per_s.
 Host CPU: utime+stime of every thread of the VMM process (/proc/PID/task/*/stat) when
 those two lines arrive; reported as CPU seconds per GiB moved, in total and per thread.
 
@@ -41,14 +46,16 @@ import boot  # noqa: E402  (helpers shared with the boot benchmark)
 MARKER = boot.MARKER
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 IMAGE_MIB = 64
-TESTS = []  # (name, dd arguments, bytes moved); set by set_tests()
+TESTS = []  # (name, guest command, bytes moved); set by set_tests()
+RANDREAD_RE = re.compile(r"randread: (\d+) reads of 4096 B in (\d+) ns")
 
 
 def set_tests(mib, count4k):
     TESTS[:] = [
-        ("seqread", f"if=/dev/vda of=/dev/null bs=1M count={mib}", mib << 20),
-        ("read4k", f"if=/dev/vda of=/dev/null bs=4k count={count4k} iflag=direct", count4k * 4096),
-        ("seqwrite", f"if=/dev/zero of=/dev/vda bs=1M count={mib} conv=fsync", mib << 20),
+        ("seqread", f"busybox dd if=/dev/vda of=/dev/null bs=1M count={mib}", mib << 20),
+        ("read4k", f"busybox dd if=/dev/vda of=/dev/null bs=4k count={count4k} iflag=direct", count4k * 4096),
+        ("rand4k", f"/bin/randread /dev/vda {count4k} 1", count4k * 4096),
+        ("seqwrite", f"busybox dd if=/dev/zero of=/dev/vda bs=1M count={mib} conv=fsync", mib << 20),
     ]
 
 
@@ -56,16 +63,37 @@ def log(msg):
     print(f"[devices.py {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def thread_cpu(pid):
-    """{tid: (comm, cpu seconds)} for every thread of pid."""
-    out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
+def descendants(pid):
+    """pid and every process below it: a root `kiln boot` runs the VMM in a jailed child (`kiln __vmm`)."""
+    pids, i = [pid], 0
+    while i < len(pids):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            tids = os.listdir(f"/proc/{pids[i]}/task")
+        except OSError:
+            tids = []
+        for tid in tids:
+            try:
+                with open(f"/proc/{pids[i]}/task/{tid}/children") as f:
+                    pids.extend(int(c) for c in f.read().split())
+            except OSError:
+                pass
+        i += 1
+    return pids
+
+
+def thread_cpu(pid):
+    """{tid: (comm, cpu seconds)} for every thread of pid and of its descendants."""
+    out = {}
+    tids = []
+    for p in descendants(pid):
+        try:
+            tids.extend(f"{p}/task/{t}" for t in os.listdir(f"/proc/{p}/task"))
+        except OSError:
+            pass
+    for path in tids:
+        tid = path.rsplit("/", 1)[1]
+        try:
+            with open(f"/proc/{path}/stat", "rb") as f:
                 s = f.read()
         except OSError:
             continue
@@ -74,6 +102,30 @@ def thread_cpu(pid):
         fields = s[rp + 2:].split()
         out[tid] = (comm, (int(fields[11]) + int(fields[12])) / CLK_TCK)
     return out
+
+
+def cpu_throttling(pid):
+    """nr_throttled and throttled seconds of the CPU cgroup of pid's last descendant (the jailed
+    Kiln VMM has a CPU quota of one core per vCPU; QEMU has none), or None without a quota."""
+    target = descendants(pid)[-1]
+    try:
+        lines = open(f"/proc/{target}/cgroup").read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        ctl = set(controllers.split(","))
+        base = "/sys/fs/cgroup/cpu" if "cpu" in ctl else "/sys/fs/cgroup" if controllers == "" else None
+        if base is None or path == "/":
+            continue
+        try:
+            stat = dict(l.split() for l in open(f"{base}{path}/cpu.stat").read().splitlines())
+        except (OSError, ValueError):
+            continue
+        usec = int(stat.get("throttled_usec", int(stat.get("throttled_time", 0)) // 1000))
+        return {"cgroup": path, "nr_periods": int(stat.get("nr_periods", 0)),
+                "nr_throttled": int(stat.get("nr_throttled", 0)), "throttled_s": round(usec / 1e6, 3)}
+    return None
 
 
 def cpu_delta(before, after):
@@ -166,10 +218,10 @@ def run_once(vmm, argv, env, boot_timeout, test_timeout, shutdown_timeout):
         pm, _ = c.wait_for(boot.PROMPT_RE, pos, 30)
         if pm:
             pos = pm.end()
-        for name, ddargs, nbytes in TESTS:
+        for name, command, nbytes in TESTS:
             # Typed text never matches the patterns below ('KB-T''0', $U0 ...); only the output does.
             c.send(f"echo 3 > /proc/sys/vm/drop_caches; read U0 R < /proc/uptime; echo KB-T''0-{name}; "
-                   f"busybox dd {ddargs}; RC=$?; read U1 R < /proc/uptime; echo KB-E''ND-{name} $U0 $U1 $RC")
+                   f"{command}; RC=$?; read U1 R < /proc/uptime; echo KB-E''ND-{name} $U0 $U1 $RC")
             t0m, t0 = c.wait_for(re.compile(rb"KB-T0-" + name.encode() + rb"\b"), pos, 60)
             cpu0 = thread_cpu(c.pid)
             if not t0m:
@@ -181,27 +233,31 @@ def run_once(vmm, argv, env, boot_timeout, test_timeout, shutdown_timeout):
             if not em:
                 res["error"] = f"{name}: not done within {test_timeout} s"
                 break
-            dd_out = bytes(c.out[t0m.end():em.start()]).decode(errors="replace")
+            out = bytes(c.out[t0m.end():em.start()]).decode(errors="replace")
             pos = em.end()
             u0, u1, rc = float(em.group(1)), float(em.group(2)), int(em.group(3))
             threads = cpu_delta(cpu0, cpu1)
             cpu = sum(r["cpu_s"] for r in threads)
             guest_s = u1 - u0
             gib = nbytes / (1 << 30)
-            tr = {"bytes": nbytes, "dd_rc": rc, "guest_s": round(guest_s, 2), "host_wall_s": round(t1 - t0, 2),
+            tr = {"bytes": nbytes, "rc": rc, "guest_s": round(guest_s, 2), "host_wall_s": round(t1 - t0, 2),
                   "mib_per_s": round(nbytes / (1 << 20) / guest_s, 3) if guest_s > 0 else None,
                   "host_cpu_s": round(cpu, 2), "host_cpu_s_per_gib": round(cpu / gib, 1),
                   "busiest_thread_cpu_s_per_gib": round(threads[0]["cpu_s"] / gib, 1) if threads else None,
                   "other_threads_cpu_s_per_gib": round((cpu - threads[0]["cpu_s"]) / gib, 2) if threads else None,
-                  "threads": threads[:6], "dd_output": dd_out.strip()[-300:]}
-            if name == "read4k":
+                  "threads": threads[:6], "output": out.strip()[-300:]}
+            if name in ("read4k", "rand4k"):
                 tr["requests_per_s"] = round(nbytes / 4096 / guest_s, 1) if guest_s > 0 else None
+            if name == "rand4k":
+                rm = RANDREAD_RE.search(out)
+                tr["program_requests_per_s"] = round(int(rm.group(1)) * 1e9 / int(rm.group(2)), 1) if rm else None
             res["tests"][name] = tr
             log(f"  {vmm} {name}: {guest_s:.2f} s guest ({tr['mib_per_s']} MiB/s), host wall {t1 - t0:.2f} s, "
-                f"VMM CPU {cpu:.2f} s ({tr['host_cpu_s_per_gib']} s/GiB; busiest thread {threads[0]['comm'] if threads else '?'}), dd rc {rc}")
+                f"VMM CPU {cpu:.2f} s ({tr['host_cpu_s_per_gib']} s/GiB; busiest thread {threads[0]['comm'] if threads else '?'}), rc {rc}")
             if rc != 0:
-                res["error"] = f"{name}: dd exited {rc}: {dd_out.strip()[-200:]}"
+                res["error"] = f"{name}: exited {rc}: {out.strip()[-200:]}"
                 break
+    res["cpu_throttling"] = cpu_throttling(c.pid)
     code, killed = c.end(shutdown_timeout)
     res["exit_code"], res["killed"] = code, killed
     cm = boot.CMDLINE_RE.search(bytes(c.out))
@@ -225,12 +281,16 @@ def strip_devices(cmdline):
 ROWS = [
     ("seqread", "mib_per_s", "seq read 1 MiB blocks, MiB/s"),
     ("read4k", "requests_per_s", "4 KiB direct reads, reads/s"),
+    ("rand4k", "requests_per_s", "random 4 KiB direct reads, reads/s"),
+    ("rand4k", "program_requests_per_s", "random 4 KiB direct reads, reads/s by randread's own clock"),
     ("seqwrite", "mib_per_s", "seq write 1 MiB blocks + fsync, MiB/s"),
     ("seqread", "host_cpu_s_per_gib", "seq read: VMM CPU s/GiB"),
     ("read4k", "host_cpu_s_per_gib", "4 KiB reads: VMM CPU s/GiB"),
+    ("rand4k", "host_cpu_s_per_gib", "random 4 KiB reads: VMM CPU s/GiB"),
     ("seqwrite", "host_cpu_s_per_gib", "seq write: VMM CPU s/GiB"),
     ("seqread", "other_threads_cpu_s_per_gib", "seq read: CPU s/GiB outside the busiest (vCPU) thread"),
     ("read4k", "other_threads_cpu_s_per_gib", "4 KiB reads: CPU s/GiB outside the busiest (vCPU) thread"),
+    ("rand4k", "other_threads_cpu_s_per_gib", "random 4 KiB reads: CPU s/GiB outside the busiest (vCPU) thread"),
     ("seqwrite", "other_threads_cpu_s_per_gib", "seq write: CPU s/GiB outside the busiest (vCPU) thread"),
 ]
 
@@ -275,10 +335,15 @@ def markdown(table):
 #   g2h  guest `busybox dd if=/dev/zero of=/tmp/blob bs=1k count=N` (own command, not timed), then
 #        `busybox nc HOST PORT < /tmp/blob`; time from the first byte to the N-th KiB arriving
 #        (busybox nc keeps the socket open after its stdin ends, so the host closes it then).
+#   h2g64k, g2h64k  the same with /bin/netio (rootfs/netio.c, in the initramfs devices.sh builds)
+#        instead of busybox nc: 64 KiB per read/write system call instead of nc's 1 KiB, so that
+#        fewer guest system calls leave more of the time to the network path and its offloads.
 # Guest commands avoid $(...) and pipelines and call `busybox nc` (docs/host-kvm.md).
 
 NET_HOST, NET_GUEST, NET_PREFIX = "10.200.88.1", "10.200.88.2", 24
-NET_TESTS = ("h2g", "g2h")
+NET_TESTS = ("h2g", "g2h", "h2g64k", "g2h64k")
+NET_COMMANDS = {"h2g": "busybox nc {host} {port} > /dev/null", "g2h": "busybox nc {host} {port} < /tmp/blob",
+                "h2g64k": "/bin/netio recv {host} {port}", "g2h64k": "/bin/netio send {host} {port} {kib}"}
 
 # Runs inside the namespace; prints LISTENING, then one JSON line per connection.
 NET_SERVER = r"""
@@ -340,7 +405,7 @@ def run_net_once(vmm, argv, env, ns, kib, port, boot_timeout, test_timeout, shut
         nbytes = kib * 1024
         for name in NET_TESTS if res["error"] is None else ():
             port += 1
-            srv = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", NET_SERVER, name, str(port),
+            srv = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", NET_SERVER, name[:3], str(port),
                                     str(nbytes), str(test_timeout)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True)
             if srv.stdout.readline().strip() != "LISTENING":
@@ -348,8 +413,8 @@ def run_net_once(vmm, argv, env, ns, kib, port, boot_timeout, test_timeout, shut
                 srv.kill(); srv.wait()
                 break
             cpu0 = thread_cpu(c.pid)
-            redirect = "> /dev/null" if name == "h2g" else "< /tmp/blob"
-            c.send(f"busybox nc {NET_HOST} {port} {redirect}; echo KB-E''ND-{name} $?")
+            command = NET_COMMANDS[name].format(host=NET_HOST, port=port, kib=kib)
+            c.send(f"{command}; echo KB-E''ND-{name} $?")
             em, t1 = c.wait_for(re.compile(rb"KB-END-" + name.encode() + rb" (\d+)"), pos, test_timeout + 10)
             try:
                 out, err = srv.communicate(timeout=test_timeout + 10)
@@ -368,14 +433,18 @@ def run_net_once(vmm, argv, env, ns, kib, port, boot_timeout, test_timeout, shut
                   "kib_per_s": round(sr["bytes"] / 1024 / secs, 2) if secs and sr.get("bytes") else None,
                   "nc_rc": int(em.group(1)) if em else None, "listener": sr,
                   "host_cpu_s": round(cpu, 2), "threads": threads[:6]}
+            nm = re.search(rb"netio: \w+ (\d+) B in (\d+) ns", bytes(c.out[pos:em.start() if em else len(c.out)]))
+            if nm:  # netio's own clock, from connect to close
+                tr["program_kib_per_s"] = round(int(nm.group(1)) / 1024 / (int(nm.group(2)) / 1e9), 2)
             res["tests"][name] = tr
             log(f"  {vmm} {name}: {tr['bytes']} B in {tr['seconds']} s ({tr['kib_per_s']} KiB/s), "
-                f"nc rc {tr['nc_rc']}, VMM CPU {cpu:.2f} s (busiest {threads[0]['comm'] if threads else '?'})")
+                f"rc {tr['nc_rc']}, VMM CPU {cpu:.2f} s (busiest {threads[0]['comm'] if threads else '?'})")
             if em:
                 pos = em.end()
             if sr.get("error") or sr.get("bytes") != nbytes or not em:
                 res["error"] = f"{name}: {sr.get('error') or 'short transfer or no end line'}"
                 break
+    res["cpu_throttling"] = cpu_throttling(c.pid)
     code, killed = c.end(shutdown_timeout)
     res["exit_code"], res["killed"] = code, killed
     cm = boot.CMDLINE_RE.search(bytes(c.out))
@@ -410,6 +479,8 @@ def net_main(args, here, root):
                 "-device", "virtio-net-device,netdev=n0"]
 
     order = [args.only] if args.only else ["kiln", "qemu"]
+    if args.other_kiln:  # a second Kiln binary (another build, e.g. before a change) in the same rotation
+        order.append("kiln-other")
     subprocess.run(["ip", "netns", "add", ns], check=True)
     log(f"host load {host['loadavg_start']}; namespace {ns}")
     runs, kiln_cmdlines = [], set()
@@ -419,6 +490,8 @@ def net_main(args, here, root):
             for vmm in order:
                 if vmm == "kiln":
                     argv = ["ip", "netns", "exec", ns] + kiln_argv
+                elif vmm == "kiln-other":
+                    argv = ["ip", "netns", "exec", ns, args.other_kiln] + kiln_argv[1:]
                 else:
                     if qemu_append is None:
                         if kiln_cmdlines:
@@ -454,17 +527,27 @@ def net_main(args, here, root):
 
     table = []
     for test, label in (("h2g", f"host -> guest {args.kib} KiB, KiB/s"), ("g2h", f"guest -> host {args.kib} KiB, KiB/s"),
-                        ("h2g", "host -> guest: VMM CPU s"), ("g2h", "guest -> host: VMM CPU s")):
+                        ("h2g", "host -> guest: VMM CPU s"), ("g2h", "guest -> host: VMM CPU s"),
+                        ("h2g64k", f"host -> guest {args.kib} KiB, 64 KiB reads (netio), KiB/s"),
+                        ("g2h64k", f"guest -> host {args.kib} KiB, 64 KiB writes (netio), KiB/s"),
+                        ("h2g64k", "host -> guest, netio: VMM CPU s"), ("g2h64k", "guest -> host, netio: VMM CPU s")):
         key = "kib_per_s" if "KiB/s" in label else "host_cpu_s"
         row = {"row": label, "test": test, "metric": key}
-        for vmm in ("kiln", "qemu"):
+        for vmm in ("kiln", "qemu") + (("kiln-other",) if args.other_kiln else ()):
             vals = [r["tests"][test][key] for r in runs if r["vmm"] == vmm and test in r["tests"]
                     and r["tests"][test].get(key) is not None and r["tests"][test].get("bytes") == args.kib * 1024]
             row[vmm] = vals
             row[vmm + "_median"] = boot.med(vals)
         k, q = row["kiln_median"], row["qemu_median"]
         row["ratio_kiln_over_qemu"] = round(k / q, 3) if k is not None and q else None
+        if args.other_kiln:
+            o = row["kiln-other_median"]
+            row["ratio_kiln_other_over_qemu"] = round(o / q, 3) if o is not None and q else None
         table.append(row)
+    if args.other_kiln:
+        print(f"\nSecond Kiln binary {args.other_kiln} (vmm kiln-other), medians: " + "; ".join(
+            f"{r['row']}: {boot.fmt(r['kiln-other_median'], '.3g')} ({', '.join(format(v, '.3g') for v in r['kiln-other'])}),"
+            f" /QEMU {boot.fmt(r['ratio_kiln_other_over_qemu'], '.2f')}" for r in table), file=sys.stderr)
     return write_report("devices-net", "virtio-net", args, host, runs, table, order, kiln_argv,
                         qemu_argv(qemu_append) if qemu_append else None, append_source, here, root,
                         {"kib": args.kib, "namespace": ns,
@@ -493,6 +576,8 @@ def main():
     ap.add_argument("--device", choices=["blk", "net"], default="blk",
                     help="blk (default) or net: virtio-net over a TAP in a private network namespace (root)")
     ap.add_argument("--kib", type=int, default=256, help="--device net: KiB per transfer (default 256)")
+    ap.add_argument("--other-kiln", default=None,
+                    help="--device net: a second kiln binary to boot in the same rotation (reported as kiln-other)")
     ap.add_argument("--json", default=None, help="default Benchmarks/results/devices-<date>.json")
     args = ap.parse_args()
     if args.device == "net":
@@ -558,8 +643,9 @@ def main():
     return write_report("devices", "virtio-blk", args, host, runs, table, order, kiln_argv,
                         qemu_argv(qemu_append) if qemu_append else None, append_source, here, root,
                         {"image_mib": IMAGE_MIB,
-                         "timing": "guest /proc/uptime (read builtin) before/after dd, includes dd fork+exec",
-                         "tests": [{"name": n, "dd": d, "bytes": b} for n, d, b in TESTS]})
+                         "timing": "guest /proc/uptime (read builtin) before/after each command, includes its fork+exec; "
+                                   "rand4k also by randread's own CLOCK_MONOTONIC",
+                         "tests": [{"name": n, "command": c, "bytes": b} for n, c, b in TESTS]})
 
 
 def write_report(name, title, args, host, runs, table, order, kiln_argv, qemu_command, append_source, here, root,
@@ -579,6 +665,7 @@ def write_report(name, title, args, host, runs, table, order, kiln_argv, qemu_co
         "config": {"rounds": args.runs, "memory_mib": args.memory, **config, "order": "interleaved " + ",".join(order)},
         "kernel": boot.file_id(args.kernel), "initrd": boot.file_id(args.initrd),
         "kiln": {"argv": kiln_argv, "binary": boot.file_id(args.kiln) if args.only != "qemu" else None},
+        "kiln_other": {"binary": boot.file_id(args.other_kiln)} if getattr(args, "other_kiln", None) else None,
         "qemu": {"argv": qemu_command, "append_source": append_source,
                  "version": qemu_version},
         "same_guest_cmdline_apart_from_devices": (k_lines == q_lines) if k_lines and q_lines else None,

@@ -14,5 +14,9 @@ command -v qemu-system-x86_64 >/dev/null || { echo "devices.sh: qemu-system-x86_
 
 kernel=${KILN_KERNEL:-/var/cache/kiln/kernel/vmlinux}
 initrd=${KILN_INITRD:-/var/cache/kiln/initramfs/initramfs.cpio}
+# The tests need /bin/randread and /bin/netio in the guest: the same initramfs with them appended.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+initrd=$(rootfs/build-bench-initramfs.sh "$initrd" "$work/bench.cpio")
 echo "devices.sh: kernel $kernel, initramfs $initrd; load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-exec python3 Benchmarks/devices.py --kiln .build/release/kiln --kernel "$kernel" --initrd "$initrd" "$@"
+python3 Benchmarks/devices.py --kiln .build/release/kiln --kernel "$kernel" --initrd "$initrd" "$@"

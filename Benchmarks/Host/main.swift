@@ -35,13 +35,13 @@ struct Driver {
         try memory.write(flags, at: d + 12); try memory.write(next, at: d + 14)
     }
 
-    /// Posts `count` requests (3 descriptors each) of `bytes` at consecutive sectors.
-    mutating func post(count: Int, type: UInt32, bytes: Int, firstSector: UInt64) throws {
+    /// Posts `count` requests (3 descriptors each) of `bytes`, request r at `sector(r)`.
+    mutating func post(count: Int, type: UInt32, bytes: Int, sector: (Int) -> UInt64) throws {
         for r in 0..<count {
             let head = UInt16((r * 3) % Int(size))
             let header = headers + UInt64(r) * 16
             try memory.write(type, at: header)
-            try memory.write(firstSector + UInt64(r * bytes / 512), at: header + 8)
+            try memory.write(sector(r), at: header + 8)
             try descriptor(head, header, 16, 1, head + 1)
             try descriptor(head + 1, data + UInt64(r * bytes), UInt32(bytes), type == 0 ? 3 : 1, head + 2)
             try descriptor(head + 2, statuses + UInt64(r), 1, 2, 0)
@@ -52,7 +52,17 @@ struct Driver {
     }
 }
 
-func benchBlock(type: UInt32, bytes: Int, seconds: Double) throws -> (nsPerRequest: Double, mibPerSecond: Double) {
+/// xorshift64*: the same offsets every run.
+struct Random {
+    var state: UInt64 = 1
+    mutating func next() -> UInt64 {
+        state ^= state >> 12; state ^= state << 25; state ^= state >> 27
+        return state &* 0x2545_F491_4F6C_DD1D
+    }
+}
+
+/// Requests of `bytes` at consecutive sectors, or (`random`) at random `bytes`-aligned offsets.
+func benchBlock(type: UInt32, bytes: Int, random: Bool = false, seconds: Double) throws -> (nsPerRequest: Double, mibPerSecond: Double) {
     let path = "/tmp/kiln-bench-\(getpid()).img"
     let imageSize = 256 << 20
     let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
@@ -72,10 +82,15 @@ func benchBlock(type: UInt32, bytes: Int, seconds: Double) throws -> (nsPerReque
     let span = UInt64(imageSize / 512) - UInt64(batch * bytes / 512)
     var requests = 0
     var sector: UInt64 = 0
+    var rng = Random()
+    let slots = UInt64(imageSize / bytes)
     let start = now()
     var elapsed = 0.0
     while elapsed < seconds {
-        try driver.post(count: batch, type: type, bytes: bytes, firstSector: sector)
+        let first = sector
+        try driver.post(count: batch, type: type, bytes: bytes) { r in
+            random ? rng.next() % slots * UInt64(bytes / 512) : first + UInt64(r * bytes / 512)
+        }
         block.process(queue: 0)
         requests += batch
         sector = (sector + UInt64(batch * bytes / 512)) % span
@@ -87,8 +102,10 @@ func benchBlock(type: UInt32, bytes: Int, seconds: Double) throws -> (nsPerReque
 func runBlockBenchmark() throws {
     print("| virtio-blk host path (fake guest memory, image in page cache) | ns/request | MiB/s |")
     print("|---|---:|---:|")
-    for (name, type, bytes) in [("read 4 KiB", UInt32(0), 4096), ("write 4 KiB", 1, 4096), ("read 64 KiB", 0, 65536), ("write 64 KiB", 1, 65536)] {
-        let r = try benchBlock(type: type, bytes: bytes, seconds: 2)
+    for (name, type, bytes, random) in [("read 4 KiB", UInt32(0), 4096, false), ("random read 4 KiB", 0, 4096, true),
+                                        ("write 4 KiB", 1, 4096, false), ("random write 4 KiB", 1, 4096, true),
+                                        ("read 64 KiB", 0, 65536, false), ("write 64 KiB", 1, 65536, false)] {
+        let r = try benchBlock(type: type, bytes: bytes, random: random, seconds: 2)
         print("| \(name) | \(Int(r.nsPerRequest)) | \(Int(r.mibPerSecond)) |")
     }
 }

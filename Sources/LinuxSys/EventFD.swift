@@ -13,6 +13,9 @@ public struct EventFD: ~Copyable, Sendable {
         fd = FileDescriptor(owning: raw)
     }
 
+    /// Hands the descriptor to an owner that keeps it as a plain number (and closes it).
+    public consuming func release() -> Int32 { fd.release() }
+
     public func signal(_ value: UInt64 = 1) {
         var value = value
         while Glibc.write(fd.raw, &value, 8) == -1 && errno == EINTR {}

@@ -46,6 +46,13 @@ public struct Tap: ~Copyable, Sendable {
         try Tap.ip(["link", "set", name, "up"])
     }
 
+    /// Tells the TAP which offloads its reader accepts (TUNSETOFFLOAD): with `.checksum` the kernel
+    /// may hand over frames with a partial checksum, with `.tso4`/`.tso6` (which need `.checksum`)
+    /// TCP segments up to 64 KiB. Frames written to a TAP may carry offloads whatever this says.
+    public static func setOffloads(_ offloads: TapOffloads, fd: Int32) throws(Errno) {
+        _ = try once("TUNSETOFFLOAD \(offloads.rawValue)") { kiln_ioctl_int(fd, KILN_TUNSETOFFLOAD, UInt(offloads.rawValue)) }
+    }
+
     /// Hands the descriptor to its new owner (the device); the interface lives as long as it does.
     public consuming func descriptor() -> FileDescriptor { fd }
 
@@ -53,4 +60,14 @@ public struct Tap: ~Copyable, Sendable {
         let result = try runProgram(["ip"] + args)
         if result.status != 0 { throw Errno(EIO, call: "ip \(args.joined(separator: " ")) exited with \(result.status)") }
     }
+}
+
+/// The TUN_F_* offload flags of TUNSETOFFLOAD (linux/if_tun.h).
+public struct TapOffloads: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let checksum = TapOffloads(rawValue: KILN_TUN_F_CSUM)
+    public static let tso4 = TapOffloads(rawValue: KILN_TUN_F_TSO4)
+    public static let tso6 = TapOffloads(rawValue: KILN_TUN_F_TSO6)
+    public static let tsoECN = TapOffloads(rawValue: KILN_TUN_F_TSO_ECN)
 }

@@ -28,8 +28,10 @@ public enum VirtioDeviceSpec: Sendable, Equatable {
                 // A TAP Kiln created is brought up; an existing one's link state is its owner's business.
                 if let host = spec.host { try tap.configureHost(address: host.address, prefix: host.prefix) }
                 else if tap.created { try tap.bringUp() }
-                let name = tap.name
-                return VirtioNet(backend: tap.descriptor(), name: name, mac: spec.mac)
+                let name = tap.name, raw = tap.fd.raw
+                // The device owns the descriptor from here on, and is the only caller of this.
+                return VirtioNet(backend: tap.descriptor(), name: name, mac: spec.mac,
+                                 offloads: { offloads throws(Errno) in try Tap.setOffloads(offloads, fd: raw) })
             } catch {
                 throw .config("cannot set up TAP \(spec.tap ?? Tap.autoName): \(error)")
             }

@@ -36,6 +36,11 @@ void kiln_set_thread_name(const char *name);
 // TAP devices (/dev/net/tun): request numbers and flags Swift cannot compute from the macros.
 static const unsigned long KILN_TUNSETIFF = TUNSETIFF;
 static const unsigned long KILN_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
+static const unsigned long KILN_TUNSETOFFLOAD = TUNSETOFFLOAD;
+static const unsigned int KILN_TUN_F_CSUM = TUN_F_CSUM;
+static const unsigned int KILN_TUN_F_TSO4 = TUN_F_TSO4;
+static const unsigned int KILN_TUN_F_TSO6 = TUN_F_TSO6;
+static const unsigned int KILN_TUN_F_TSO_ECN = TUN_F_TSO_ECN;
 static const short KILN_IFF_TAP = IFF_TAP;
 static const short KILN_IFF_NO_PI = IFF_NO_PI;
 static const short KILN_IFF_VNET_HDR = IFF_VNET_HDR;

@@ -78,6 +78,14 @@ public struct Virtqueue: Sendable, Equatable {
         self.lastAvailable = lastAvailable; self.nextUsed = nextUsed; self.signalledUsed = signalledUsed
     }
 
+    /// The queue as if the last `count` chains popped had not been: a device that holds popped
+    /// chains unused saves this, so that a restored device pops them again instead of losing them.
+    public func rewound(by count: Int) -> Virtqueue {
+        var q = self
+        q.lastAvailable &-= UInt16(truncatingIfNeeded: count)
+        return q
+    }
+
     /// Back to the state after reset (sizes and addresses cleared).
     public mutating func reset() { self = Virtqueue() }
 

@@ -109,6 +109,7 @@ write                           # irqfds, TAP frames, stderr
 pread64                         # virtio-blk
 pwrite64
 fdatasync                       # virtio-blk FLUSH
+ioctl TUNSETOFFLOAD             # virtio-net: the TAP's offloads follow the guest's (activation, reset)
 futex
 gettid
 epoll_ctl
