@@ -6,10 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ ! -x .build/release/kiln ]]; then
-    echo "devices.sh: building kiln (release)" >&2
-    swift build -c release --product kiln 2>&1 | tail -3 >&2
-fi
+# Always (incremental, seconds when current): a stale binary would be measured under today's commit.
+echo "devices.sh: building kiln (release)" >&2
+swift build -c release -j 2 --product kiln 2>&1 | tail -1 >&2
 command -v qemu-system-x86_64 >/dev/null || { echo "devices.sh: qemu-system-x86_64 missing (apt-get install qemu-system-x86)" >&2; exit 1; }
 
 kernel=${KILN_KERNEL:-/var/cache/kiln/kernel/vmlinux}
