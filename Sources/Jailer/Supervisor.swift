@@ -114,8 +114,9 @@ public enum Supervisor {
         Cgroup.sweep(isStale: isStale)
     }
 
-    /// A VM id is `<supervisor pid>-<random>`; its entries are stale once that process is gone.
-    static func isStale(_ id: String) -> Bool {
+    /// A VM id (or a sandbox directory's suffix) is `<owner pid>-<rest>`; its entries are stale
+    /// once that process is gone.
+    public static func isStale(_ id: String) -> Bool {
         guard let dash = id.firstIndex(of: "-"), let pid = pid_t(id[..<dash]), pid > 0 else { return false }
         return pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH
     }

@@ -1,5 +1,6 @@
 import AgentProtocol
 import Glibc
+import Jailer
 import LinuxSys
 import Synchronization
 import VMM
@@ -280,9 +281,8 @@ public final class Sandbox: Sendable {
     /// Removes the runtime directories of sandboxes whose process is gone (killed with SIGKILL,
     /// which leaves no chance to clean up). A directory is `sandbox-<pid>-...`.
     static func sweep(_ base: String) {
-        for name in Files.entries(base) where name.hasPrefix("sandbox-") {
-            guard let pid = pid_t(name.dropFirst("sandbox-".count).prefix { $0 != "-" }), pid > 0, pid != getpid() else { continue }
-            if kill(pid, 0) != 0 && errno == ESRCH { Files.removeFlatDirectory(base + "/" + name) }
+        for name in Files.entries(base) where name.hasPrefix("sandbox-") && Supervisor.isStale(String(name.dropFirst("sandbox-".count))) {
+            Files.removeFlatDirectory(base + "/" + name)
         }
     }
 

@@ -1,6 +1,5 @@
 import Glibc
 import Jailer
-import Seccomp
 import VMM
 
 /// `kiln boot` as root: the options that pick the jail, and the hand-over to the supervisor.
@@ -35,7 +34,7 @@ enum JailCommand {
             vmmArgs += ["--kernel", config.kernelPath] + (config.initrdPath.map { ["--initrd", $0] } ?? [])
         }
         return Supervisor.run(arguments: ["boot"] + vmmArgs, options: options, control: parsed.string("control"),
-                              confine: confineSupervisor(parsed))
+                              confine: { try confineSupervisor(disabled: parsed.flags.contains("no-seccomp")) })
     }
 
     /// `kiln restore` as root: the clone runs jailed like a booted VM, with limits from the snapshot.
@@ -45,18 +44,7 @@ enum JailCommand {
         if let vsockPath { config.vsock?.path = vsockPath }
         let options = try jailOptions(parsed, config: config)
         return Supervisor.run(arguments: ["restore"] + vmmArguments(args), options: options, control: parsed.string("control"),
-                              confine: confineSupervisor(parsed))
-    }
-
-    /// Holds every thread of this process to the supervisor policy once the VMM runs (as `kiln
-    /// run` does); none with --no-seccomp, which the VMM gets too.
-    static func confineSupervisor(_ parsed: Arguments) -> () throws -> Void {
-        let disabled = parsed.flags.contains("no-seccomp")
-        return {
-            guard !disabled, let raw = getenv("KILN_SECCOMP").map({ String(cString: $0) }) ?? Optional("kill"),
-                  let mode = SeccompMode(rawValue: raw) else { return }
-            try SeccompFilters(mode: mode).installOnAllThreads(.supervisor)
-        }
+                              confine: { try confineSupervisor(disabled: parsed.flags.contains("no-seccomp")) })
     }
 
     /// The jail for a VM shaped like `config`, with the user's --jail-uid/--jail-gid.

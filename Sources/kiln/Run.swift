@@ -3,7 +3,6 @@ import CLinux
 import Glibc
 import LinuxSys
 import Sandbox
-import Seccomp
 import Synchronization
 import VMM
 
@@ -165,7 +164,7 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     if sandbox.vmmProcess != nil {
         // The VMM runs jailed in its own process: from here on kiln only relays and cleans up,
         // and every thread of it is held to that (docs/security.md, "Seccomp").
-        do { try SeccompFilters(mode: seccompMode(disabled: false)).installOnAllThreads(.supervisor) } catch {
+        do { try confineSupervisor(disabled: false) } catch {
             sandbox.stop()
             fail("\(error)")
         }
