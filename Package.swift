@@ -10,6 +10,8 @@ let package = Package(
     name: "Kiln",
     products: [
         .executable(name: "kiln", targets: ["kiln"]),
+        .executable(name: "kiln-vmm", targets: ["kiln-vmm"]),
+        .library(name: "VMMProtocol", targets: ["VMMProtocol"]),
         .library(name: "VMM", targets: ["VMM"]),
         .library(name: "AgentProtocol", targets: ["AgentProtocol"]),
         .library(name: "Sandbox", targets: ["Sandbox"]),
@@ -25,23 +27,32 @@ let package = Package(
         .target(name: "Boot", dependencies: ["GuestMemory"], swiftSettings: strict),
         .target(name: "Devices", dependencies: ["GuestMemory", "LinuxSys"], swiftSettings: strict),
         .target(name: "AgentProtocol", swiftSettings: strict),
+        // The supervisor-VMM wire formats: the launch configuration, the sandbox record. Pure Swift.
+        .target(name: "VMMProtocol", swiftSettings: strict),
         .target(name: "Agent", dependencies: ["AgentProtocol", "CLinux", "LinuxSys"], swiftSettings: strict),
         // The guest's PID 1. Images take the release build, fully static so that it runs from a
         // bare root filesystem; the debug build stays dynamic so that tests can link against it.
         .executableTarget(name: "kiln-agent", dependencies: ["Agent", "CLinux", "LinuxSys"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
-        .target(name: "Sandbox", dependencies: ["AgentProtocol", "Jailer", "LinuxSys", "VMM"], swiftSettings: strict),
+        .target(name: "Sandbox", dependencies: ["AgentProtocol", "Jailer", "LinuxSys", "Seccomp", "VMM", "VMMProtocol"], swiftSettings: strict),
         .target(name: "Seccomp", dependencies: ["CSandbox"], swiftSettings: strict),
-        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp"], swiftSettings: strict),
-        .target(name: "Jailer", dependencies: ["CSandbox", "CLinux", "LinuxSys"], swiftSettings: strict),
-        // Release builds are fully static: no dynamic loader relocations touching every page of the
-        // Swift runtime, which keeps the VMM's own resident memory near 4 MiB instead of 10.
-        .executableTarget(name: "kiln", dependencies: ["VMM", "Sandbox", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "Seccomp"], swiftSettings: strict,
+        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp", "VMMProtocol"], swiftSettings: strict),
+        .target(name: "Jailer", dependencies: ["CSandbox", "CLinux", "LinuxSys", "VMMProtocol"], swiftSettings: strict),
+        // The jailed VMM process, started by kiln and the Sandbox library. Release builds are fully
+        // static: no dynamic loader relocations touching every page of the Swift runtime, which
+        // keeps the VMM's own resident memory near 4 MiB instead of 10.
+        .executableTarget(name: "kiln-vmm", dependencies: ["VMM", "VMMProtocol", "Jailer", "LinuxSys", "Seccomp"], swiftSettings: strict,
+                          linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
+        // The CLI; static in release too, so that it runs from anywhere (`kiln run --no-jail` and
+        // non-root runs keep the VMM in this process).
+        .executableTarget(name: "kiln", dependencies: ["VMM", "VMMProtocol", "Sandbox", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "Seccomp"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"],
                           path: "Benchmarks/Host", swiftSettings: strict),
 
         .target(name: "KilnTestSupport", dependencies: ["CLinux"], path: "Tests/Support", swiftSettings: strict),
+        // Tests only: starts a detached sandbox and waits to be killed (SandboxDetachTests).
+        .executableTarget(name: "kiln-test-detach", dependencies: ["LinuxSys", "Sandbox"], path: "Tests/DetachHelper", swiftSettings: strict),
         .testTarget(name: "LinuxSysTests", dependencies: ["LinuxSys"], swiftSettings: strict),
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"], swiftSettings: strict),
         .testTarget(name: "KVMTests", dependencies: ["KVM"], swiftSettings: strict),
@@ -51,8 +62,9 @@ let package = Package(
         .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"], swiftSettings: strict),
         .testTarget(name: "AgentTests", dependencies: ["Sandbox", "AgentProtocol", "KilnTestSupport", "LinuxSys", "kiln-agent"],
                     swiftSettings: strict),
-        .testTarget(name: "JailerTests", dependencies: ["Jailer"], swiftSettings: strict),
+        .testTarget(name: "JailerTests", dependencies: ["Jailer", "VMMProtocol"], swiftSettings: strict),
+        .testTarget(name: "VMMProtocolTests", dependencies: ["VMMProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
-        .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"], swiftSettings: strict),
+        .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )

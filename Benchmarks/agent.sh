@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-5}
 echo "agent.sh: building (release)" >&2
 swift build -c release -j 2 --product kiln >&2
+swift build -c release -j 2 --product kiln-vmm >&2
 swift build -c release -j 2 --product kiln-agent >&2
 swift build -c release -j 2 --product kiln-bench >&2
 rootfs/build-image.sh .build/release/kiln-agent >/dev/null

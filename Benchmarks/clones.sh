@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-10}
 kiln=.build/release/kiln
-[[ -x $kiln ]] || swift build -c release -j 2 --product kiln >&2
+[[ -x $kiln && -x ${kiln}-vmm ]] || { swift build -c release -j 2 --product kiln >&2 && swift build -c release -j 2 --product kiln-vmm >&2; }
 $kiln template create >/dev/null
 sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
 avail() { awk '/MemAvailable/ {print $2}' /proc/meminfo; }
@@ -26,7 +26,7 @@ for _ in $(seq 240); do
 done
 sleep 2
 after=$(avail)
-# As root each clone is two processes: kiln run (the supervisor) and its jailed VMM (kiln __vmm).
+# As root each clone is two processes: kiln run (the supervisor) and its jailed VMM (kiln-vmm).
 sum() {  # sum FIELD PID...: the smaps_rollup field over the given processes, in KiB
     local field=$1 total=0 r; shift
     for p in "$@"; do r=$(awk -v f="^$field:" '$0 ~ f {print $2}' /proc/$p/smaps_rollup 2>/dev/null || echo 0); total=$((total + ${r:-0})); done

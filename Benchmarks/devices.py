@@ -64,7 +64,7 @@ def log(msg):
 
 
 def descendants(pid):
-    """pid and every process below it: a root `kiln boot` runs the VMM in a jailed child (`kiln __vmm`)."""
+    """pid and every process below it: a root `kiln boot` runs the VMM in a jailed child (`kiln-vmm`)."""
     pids, i = [pid], 0
     while i < len(pids):
         try:

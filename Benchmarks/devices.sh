@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 # Always (incremental, seconds when current): a stale binary would be measured under today's commit.
 echo "devices.sh: building kiln (release)" >&2
 swift build -c release -j 2 --product kiln 2>&1 | tail -1 >&2
+swift build -c release -j 2 --product kiln-vmm 2>&1 | tail -1 >&2
 command -v qemu-system-x86_64 >/dev/null || { echo "devices.sh: qemu-system-x86_64 missing (apt-get install qemu-system-x86)" >&2; exit 1; }
 
 kernel=${KILN_KERNEL:-/var/cache/kiln/kernel/vmlinux}

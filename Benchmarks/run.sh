@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 echo "run.sh: building kiln (release)" >&2
 swift build -c release --product kiln 2>&1 | tail -3 >&2
+swift build -c release --product kiln-vmm 2>&1 | tail -3 >&2
 
 if ! command -v qemu-system-x86_64 >/dev/null; then
     echo "run.sh: installing qemu-system-x86" >&2

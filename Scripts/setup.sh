@@ -2,7 +2,7 @@
 # Sets up Kiln on Debian: installs what the guest kernel, initramfs and image builds need,
 # builds (or reuses from the cache) Kiln's guest kernel, initramfs and default sandbox image,
 # and builds kiln.
-#   Scripts/setup.sh            release build of kiln at .build/release/kiln
+#   Scripts/setup.sh            release build of kiln at .build/release/kiln (and kiln-vmm beside it)
 #   Scripts/setup.sh --debug    debug build only (what the tests use)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -58,7 +58,8 @@ if [[ ${1:-} == --debug ]]; then
     log "building kiln (debug) and its tests"
     build --build-tests
 else
-    log "building kiln (release)"
+    log "building kiln and kiln-vmm, its jailed VMM (release)"
     build -c release --product kiln
+    build -c release --product kiln-vmm
     log "ready: .build/release/kiln run -- COMMAND (or .build/release/kiln boot)"
 fi

@@ -20,12 +20,18 @@
 #ifndef SYS_clone3
 #define SYS_clone3 435
 #endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
 #ifndef SYS_close_range
 #define SYS_close_range 436
 #endif
 
 pid_t kiln_jail_spawn(const char *path, char *const argv[], char *const envp[], const int stdio[3], const int control_fds[2],
-                      int *pidfd, int *release_fd) {
+                      int detached, int *pidfd, int *release_fd) {
     int sync[2];
     if (pipe2(sync, O_CLOEXEC) != 0) return -1;
     int child_pidfd = -1;
@@ -48,7 +54,10 @@ pid_t kiln_jail_spawn(const char *path, char *const argv[], char *const envp[], 
         ssize_t n;
         do { n = read(sync[0], &go, 1); } while (n < 0 && errno == EINTR);
         if (n != 1 || go != 'g') _exit(127);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        // Tied: the VMM dies with the thread that started it. Detached: its own session and
+        // process group, so neither that death nor a signal to the caller's group reaches it.
+        if (detached) { if (setsid() < 0) _exit(127); }
+        else prctl(PR_SET_PDEATHSIG, SIGKILL);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
@@ -80,6 +89,9 @@ int kiln_jail_release(int release_fd, int go) {
     close(release_fd);
     return n == 1 ? 0 : -1;
 }
+
+int kiln_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+int kiln_pidfd_kill(int pidfd, int signo) { return (int)syscall(SYS_pidfd_send_signal, pidfd, signo, NULL, 0); }
 
 int kiln_unshare(int flags) { return unshare(flags); }
 int kiln_pivot_root(const char *new_root, const char *put_old) { return (int)syscall(SYS_pivot_root, new_root, put_old); }

@@ -1,8 +1,9 @@
 import CSandbox
 import Glibc
 import LinuxSys
+import VMMProtocol
 
-/// The jailed VMM's side: runs in the child `kiln __vmm` (PID 1 of its own PID namespace, in
+/// The jailed VMM's side: runs in the child `kiln-vmm` (PID 1 of its own PID namespace, in
 /// new mount, IPC and UTS namespaces, already in its cgroup), still root with every capability.
 /// `prepare` comes first; the VMM then opens everything it needs (/dev/kvm, kernel, disks, TAP,
 /// vsock listener) and `enter` locks it in before the guest runs an instruction.
@@ -62,8 +63,9 @@ public enum Confinement {
         if kiln_set_ids(spec.uid, spec.gid) != 0 { throw Failure("setresuid \(spec.uid) / setresgid \(spec.gid)") }
         if kiln_drop_capabilities() != 0 { throw Failure("capset") }
         if kiln_no_new_privs() != 0 { throw Failure("no_new_privs") }
-        // A credential change clears the parent-death signal; the VMM must not outlive its supervisor.
-        if kiln_set_pdeathsig(SIGKILL) != 0 { throw Failure("PR_SET_PDEATHSIG") }
+        // A credential change clears the parent-death signal; a tied VMM must not outlive its
+        // supervisor (a detached one is meant to).
+        if !spec.detached && kiln_set_pdeathsig(SIGKILL) != 0 { throw Failure("PR_SET_PDEATHSIG") }
         // No core dumps of guest memory, and /proc/1 is root's, not the jail user's.
         if kiln_set_dumpable(0) != 0 { throw Failure("PR_SET_DUMPABLE") }
 

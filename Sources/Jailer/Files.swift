@@ -26,6 +26,39 @@ enum Files {
         _ = try retrying("write \(path)") { Glibc.write(fd, &bytes, bytes.count) }
     }
 
+    /// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so a reader
+    /// sees the old file or the whole new one.
+    static func writeAtomically(_ path: String, _ bytes: [UInt8]) throws(Errno) {
+        let temporary = path + ".tmp"
+        let fd = try retrying("open \(temporary)") { Glibc.open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) }
+        var done = 0
+        while done < bytes.count {
+            let n = bytes[done...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { let e = Errno.current("write \(temporary)"); Glibc.close(fd); unlink(temporary); throw e }
+            done += n
+        }
+        guard fsync(fd) == 0 else { let e = Errno.current("fsync \(temporary)"); Glibc.close(fd); unlink(temporary); throw e }
+        Glibc.close(fd)
+        guard rename(temporary, path) == 0 else { let e = Errno.current("rename \(path)"); unlink(temporary); throw e }
+    }
+
+    static func readBytes(_ path: String, limit: Int = 1 << 16) -> [UInt8]? {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while out.count <= limit {
+            let n = Glibc.read(fd, &buffer, buffer.count)
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { return nil }
+            if n == 0 { break }
+            out += buffer[0..<n]
+        }
+        return out
+    }
+
     static func list(_ path: String) -> [String] {
         guard let dir = opendir(path) else { return [] }
         defer { closedir(dir) }

@@ -2,15 +2,19 @@ import CSandbox
 import Glibc
 import LinuxSys
 import Synchronization
+import VMMProtocol
 
 /// One jailed VMM process and everything made for it: the jail directory, the cgroup and the
 /// control socket. `start` returns once the VMM runs; `wait` serves it until it exits, then
 /// removes all of it. `kiln boot` uses it through `Supervisor.run`; a library (`kiln run`'s
 /// sandbox) can hold one for a VM whose console is a log file rather than the terminal.
+/// `adopt` takes over a detached VMM another process started (docs/security.md, "Detached sandboxes").
 public final class JailedVMM: Sendable {
     public let id: String
     public let pid: pid_t
-    let pidfd: Int32
+    /// The VMM's pidfd; closed (and set to -1) by `wait` under the lock, so `kill` never
+    /// signals a descriptor number that was reused.
+    private let pidfd: Mutex<Int32>
     let control: Int32
     /// The command channel (pause, resume, snapshot), when `options.commands`; -1 otherwise.
     let commands: Int32
@@ -18,8 +22,12 @@ public final class JailedVMM: Sendable {
     let commandLock = Mutex(())
     /// The jail directory (`/run/kiln/jail/ID`), removed when the VMM has ended.
     public let directory: String
-    let cgroup: Cgroup
+    public let cgroup: Cgroup
     public let options: JailOptions
+    /// Whether this process started the VMM (and so can reap it and read its exit status).
+    let isChild: Bool
+    /// The VMM's identity (pid, start time, boot id), recorded for a detached VMM.
+    public let identity: ProcessIdentity?
 
     public struct Failure: Error, CustomStringConvertible {
         public let description: String
@@ -30,18 +38,27 @@ public final class JailedVMM: Sendable {
         case exited(Int32)
         /// Killed by `signal`; `outOfMemory` when the cgroup's OOM killer did it.
         case signaled(Int32, outOfMemory: Bool)
+        /// An adopted VMM (not this process's child) ended: its exit status went to its parent.
+        case endedElsewhere(outOfMemory: Bool)
     }
 
-    init(id: String, pid: pid_t, pidfd: Int32, control: Int32, commands: Int32, directory: String, cgroup: Cgroup, options: JailOptions) {
-        self.id = id; self.pid = pid; self.pidfd = pidfd; self.control = control; self.commands = commands
-        self.directory = directory; self.cgroup = cgroup; self.options = options
+    init(id: String, pid: pid_t, pidfd: Int32, control: Int32, commands: Int32, directory: String, cgroup: Cgroup,
+         options: JailOptions, isChild: Bool, identity: ProcessIdentity?) {
+        self.id = id; self.pid = pid; self.pidfd = Mutex(pidfd); self.control = control; self.commands = commands
+        self.directory = directory; self.cgroup = cgroup; self.options = options; self.isChild = isChild; self.identity = identity
     }
 
-    /// Starts `kiln __vmm` (this executable) jailed, with `arguments` as its `kiln boot` options
-    /// and `stdio` (-1 keeps this process's) as its stdin, stdout and stderr.
-    public static func start(arguments: [String], options: JailOptions, stdio: [Int32] = [-1, -1, -1]) throws(Failure) -> JailedVMM {
+    /// Starts the VMM executable (`options.executable`, `kiln-vmm`) jailed: `launch` (with the
+    /// jail filled in here) goes to it as the first message on fd 3, and `stdio` (-1 keeps this
+    /// process's) become its stdin, stdout and stderr.
+    public static func start(_ launch: VMMLaunch, options: JailOptions, stdio: [Int32] = [-1, -1, -1]) throws(Failure) -> JailedVMM {
+        guard access(options.executable, X_OK) == 0 else {
+            throw Failure(description: "the VMM executable \(options.executable) was not found (kiln-vmm is looked for beside this executable; KILN_VMM names another)")
+        }
         Supervisor.sweep()
-        let id = "\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
+        // `d<pid>-...` for a detached VMM: sweeps keyed on the creator's pid pass it by, even
+        // those of older Kiln builds on the host; it is stale only once the VMM is gone.
+        let id = "\(options.detached ? "d" : "")\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
         let dir = "\(Supervisor.jailBase)/\(id)", root = "\(dir)/root"
         do {
             try Files.makeDirectories(root)
@@ -55,60 +72,168 @@ public final class JailedVMM: Sendable {
             Supervisor.removeJailDirectory(dir)
             throw Failure(description: error.description)
         }
-        func undo() { cgroup.remove(); Supervisor.removeJailDirectory(dir) }
+        var ours: [Int32] = []
+        func undo() {
+            ours.forEach { close($0) }
+            if let path = options.commandSocket { unlink(path) }
+            cgroup.remove()
+            Supervisor.removeJailDirectory(dir)
+        }
 
-        // fd 3: the VMM's requests for host sockets; fd 4: the supervisor's commands.
+        // fd 3: the launch, then the VMM's requests for host sockets; fd 4: the supervisor's
+        // commands, on a socket pair or (detached) on a listening socket anyone may reconnect to.
         var pair: [Int32] = [-1, -1], commandPair: [Int32] = [-1, -1]
         let seqpacket = Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
-        if options.vsockPath != nil || options.commands {
-            guard socketpair(AF_UNIX, seqpacket, 0, &pair) == 0 else {
-                undo()
-                throw Failure(description: "socketpair: \(Errno.current("socketpair"))")
-            }
+        guard socketpair(AF_UNIX, seqpacket, 0, &pair) == 0 else {
+            undo()
+            throw Failure(description: "socketpair: \(Errno.current("socketpair"))")
         }
-        if options.commands {
+        ours.append(pair[0])
+        var commandKind = JailSpec.Commands.none
+        if let path = options.commandSocket {
+            do { commandPair[1] = try UnixSocket.listenMessages(path: path).release() } catch {
+                close(pair[1])
+                undo()
+                throw Failure(description: "cannot listen on the command socket: \(error)")
+            }
+            commandKind = .listener
+        } else if options.commands {
             guard socketpair(AF_UNIX, seqpacket, 0, &commandPair) == 0 else {
-                close(pair[0]); close(pair[1])
+                close(pair[1])
                 undo()
                 throw Failure(description: "socketpair: \(Errno.current("socketpair"))")
             }
+            ours.append(commandPair[0])
+            commandKind = .channel
         }
-        func closeOurs() { for fd in [pair[0], commandPair[0]] where fd >= 0 { close(fd) } }
-        let spec = JailSpec(root: root, uid: options.uid, gid: options.gid, fileSize: options.fileSize,
-                            control: options.vsockPath != nil, commands: options.commands)
-        let argv = ["kiln", "__vmm", spec.encoded] + arguments
+        let childControl = [pair[1], commandPair[1]]
+        func closeChildEnds() { for fd in childControl where fd >= 0 { close(fd) } }
+
+        var launch = launch
+        launch.jail = JailSpec(root: root, uid: options.uid, gid: options.gid, fileSize: options.fileSize,
+                               control: options.vsockPath != nil, commands: commandKind, detached: options.detached)
+        // Queued before the VMM exists: it reads the launch as its first act.
+        do { try UnixSocket.sendMessage(pair[0], launch.encoded()) } catch {
+            closeChildEnds()
+            undo()
+            throw Failure(description: "cannot send the VMM its launch configuration: \(error)")
+        }
+
         var pidfd: Int32 = -1, release: Int32 = -1
         let stdio3 = (0..<3).map { $0 < stdio.count ? stdio[$0] : -1 }
-        let childControl = [pair[1], commandPair[1]]
-        let pid = Supervisor.withCStrings(argv) { cArgv in
+        let pid = Supervisor.withCStrings(["kiln-vmm"]) { cArgv in
             Supervisor.withCStrings(Supervisor.childEnvironment()) { cEnv in
                 stdio3.withUnsafeBufferPointer { io in
                     childControl.withUnsafeBufferPointer {
-                        kiln_jail_spawn(options.executable, cArgv, cEnv, io.baseAddress, $0.baseAddress, &pidfd, &release)
+                        kiln_jail_spawn(options.executable, cArgv, cEnv, io.baseAddress, $0.baseAddress, options.detached ? 1 : 0,
+                                        &pidfd, &release)
                     }
                 }
             }
         }
         let spawnError = Errno.current("clone3")
-        for fd in childControl where fd >= 0 { close(fd) }
+        closeChildEnds()
         guard pid > 0 else {
-            closeOurs()
             undo()
             throw Failure(description: "cannot start the jailed VMM: \(spawnError)")
         }
-        do { try cgroup.add(pid: pid) } catch {
+        func abandonChild() {
             _ = kiln_jail_release(release, 0)
             var status: Int32 = 0
             waitpid(pid, &status, 0)
             close(pidfd)
-            closeOurs()
             undo()
+        }
+        do { try cgroup.add(pid: pid) } catch {
+            abandonChild()
             throw Failure(description: error.description)
         }
         try? Files.write("\(dir)/vmm.pid", "\(pid)\n", create: true)
+        // A detached VMM is recorded before it may run: if this process dies first, the child
+        // exits (its release pipe closes) and the record names a VMM that is gone, for a sweep.
+        var identity: ProcessIdentity?
+        if options.detached {
+            do throws(Failure) {
+                guard let me = ProcessIdentity.of(pid) else { throw Failure(description: "cannot read the VMM's start time") }
+                identity = me
+                do { try Files.write("\(dir)/detached", me.text, create: true) } catch {
+                    throw Failure(description: "cannot write \(dir)/detached: \(error)")
+                }
+                if let path = options.recordPath, let commandSocket = options.commandSocket, let vsock = options.vsockPath {
+                    let record = VMMRecord(pid: pid, startTime: me.startTime, bootID: me.bootID, jailDirectory: dir,
+                                           cgroups: cgroup.directories, cgroupV2: cgroup.version == .v2,
+                                           vsockPath: Supervisor.absolute(vsock), commandSocket: Supervisor.absolute(commandSocket))
+                    do { try Files.writeAtomically(path, record.encoded()) } catch {
+                        throw Failure(description: "cannot write the sandbox record \(path): \(error)")
+                    }
+                }
+            } catch {
+                abandonChild()
+                throw error
+            }
+        }
         _ = kiln_jail_release(release, 1)
-        return JailedVMM(id: id, pid: pid, pidfd: pidfd, control: options.vsockPath != nil ? pair[0] : -1, commands: commandPair[0],
-                         directory: dir, cgroup: cgroup, options: options)
+        var commands = commandKind == .channel ? commandPair[0] : -1
+        if commandKind == .listener, let path = options.commandSocket {
+            // The listener is the VMM's now; this process is its first client.
+            do { commands = try UnixSocket.connectMessages(path: path).release() } catch {
+                _ = kiln_pidfd_kill(pidfd, SIGKILL)
+                var status: Int32 = 0
+                waitpid(pid, &status, 0)
+                close(pidfd)
+                undo()
+                throw Failure(description: "cannot connect to the VMM's command socket: \(error)")
+            }
+        }
+        let control = options.vsockPath != nil ? pair[0] : -1
+        if control < 0 { close(pair[0]) }
+        return JailedVMM(id: id, pid: pid, pidfd: pidfd, control: control, commands: commands,
+                         directory: dir, cgroup: cgroup, options: options, isChild: true, identity: identity)
+    }
+
+    /// Why `adopt` could not take a detached VMM over.
+    public enum AdoptFailure: Error, CustomStringConvertible {
+        /// The recorded process no longer runs (or its pid now belongs to another process).
+        case gone
+        case unreachable(String)
+
+        public var description: String {
+            switch self {
+            case .gone: "the VMM is gone"
+            case .unreachable(let why): why
+            }
+        }
+    }
+
+    /// Takes over the detached VMM `record` describes, started by another (maybe dead) process:
+    /// verifies its identity (a pidfd opened, then pid and start time checked, so a reused pid is
+    /// never taken for it) and connects to its command socket. Guest connections to host
+    /// sockets are not served for it (its broker was its first supervisor; docs/security.md).
+    public static func adopt(_ record: VMMRecord) throws(AdoptFailure) -> JailedVMM {
+        let identity = ProcessIdentity(pid: record.pid, startTime: record.startTime, bootID: record.bootID)
+        guard let pidfd = identity.open() else { throw .gone }
+        let commands: Int32
+        do { commands = try UnixSocket.connectMessages(path: record.commandSocket).release() } catch {
+            close(pidfd)
+            throw .unreachable("cannot connect to the VMM's command socket \(record.commandSocket): \(error)")
+        }
+        var options = JailOptions(cpus: 1, memoryMiB: 0)
+        options.vsockPath = record.vsockPath
+        options.commandSocket = record.commandSocket
+        options.detached = true
+        let id = String(record.jailDirectory.split(separator: "/").last ?? "")
+        return JailedVMM(id: id, pid: record.pid, pidfd: pidfd, control: -1, commands: commands, directory: record.jailDirectory,
+                         cgroup: Cgroup(version: record.cgroupV2 ? .v2 : .v1, directories: record.cgroups), options: options,
+                         isChild: false, identity: identity)
+    }
+
+    /// Removes what a detached VMM that is gone left behind: its vsock and command sockets, its
+    /// cgroup (killing anything still in it) and its jail directory. Paths are checked to be
+    /// Kiln's own before anything is removed.
+    public static func reap(_ record: VMMRecord) {
+        for path in [record.vsockPath, record.commandSocket] where Files.isSocket(path) { unlink(path) }
+        for dir in record.cgroups where dir.contains("/kiln/") { Cgroup.removeLeaf(dir) }
+        if record.jailDirectory.hasPrefix(Supervisor.jailBase + "/") { Supervisor.removeJailDirectory(record.jailDirectory) }
     }
 
     /// Sends one command to the VMM (with `descriptors` attached) and returns its reply line.
@@ -163,14 +288,17 @@ public final class JailedVMM: Sendable {
         return reply
     }
 
-    /// Kills the VMM (SIGKILL); `wait` then reports it and cleans up.
-    public func kill() { _ = Glibc.kill(pid, SIGKILL) }
+    /// Kills the VMM (SIGKILL, through its pidfd); `wait` then reports it and cleans up.
+    public func kill() {
+        pidfd.withLock { fd in if fd >= 0 { _ = kiln_pidfd_kill(fd, SIGKILL) } }
+    }
 
     /// Blocks until the VMM exits, serving its control requests, then removes its jail directory,
     /// cgroup and vsock socket. Call it once. When `interrupt` (e.g. a signalfd) becomes readable,
     /// `onInterrupt` runs (it may call `kill()`).
     public func wait(interrupt: Int32 = -1, onInterrupt: () -> Void = {}) -> Ending {
-        var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0),
+        let processFD = pidfd.withLock { $0 }
+        var fds = [pollfd(fd: processFD, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: interrupt, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: control, events: Int16(POLLIN), revents: 0)]
         while true {
@@ -188,14 +316,28 @@ public final class JailedVMM: Sendable {
             if fds[0].revents != 0 { break }
         }
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        var reaped = false
+        if isChild {
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            reaped = true
+        } else {
+            // Not our child, unless this process became its parent as a subreaper: then reap it.
+            var info = siginfo_t()
+            let pidfdType = idtype_t(3) // P_PIDFD
+            if waitid(pidfdType, id_t(processFD), &info, WEXITED | WNOHANG) == 0, info._sifields._sigchld.si_pid != 0 {
+                let code = info._sifields._sigchld.si_status
+                status = info.si_code == 1 /* CLD_EXITED */ ? (code & 0xFF) << 8 : code & 0x7F
+                reaped = true
+            }
+        }
         let outOfMemory = cgroup.oomKills > 0
-        close(pidfd)
+        pidfd.withLock { fd in close(fd); fd = -1 }
         if control >= 0 { close(control) }
         commandLock.withLock { _ in if commands >= 0 { shutdown(commands, Int32(SHUT_RDWR)) } }
-        if let path = options.vsockPath, Files.isSocket(path) { unlink(path) }
+        for path in [options.vsockPath, options.commandSocket].compactMap({ $0 }) where Files.isSocket(path) { unlink(path) }
         cgroup.remove()
         Supervisor.removeJailDirectory(directory)
+        guard reaped else { return .endedElsewhere(outOfMemory: outOfMemory) }
         if status & 0x7F == 0 { return .exited((status >> 8) & 0xFF) }
         return .signaled(status & 0x7F, outOfMemory: outOfMemory)
     }

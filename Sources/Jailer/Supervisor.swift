@@ -2,6 +2,7 @@ import CLinux
 import CSandbox
 import Glibc
 import LinuxSys
+import VMMProtocol
 
 /// How `kiln boot` run as root confines one VM (see docs/security.md, "Jailer").
 public struct JailOptions: Sendable {
@@ -14,8 +15,14 @@ public struct JailOptions: Sendable {
     public var vsockPath: String?
     /// Whether the supervisor gets a command channel to the VMM (pause, resume, snapshot).
     public var commands = false
-    /// The `kiln` executable that runs as the VMM (`kiln __vmm`); by default this one.
-    public var executable = "/proc/self/exe"
+    /// The VMM executable (`kiln-vmm`); by default the one `VMMExecutable.locate` finds.
+    public var executable = VMMExecutable.locate() ?? "kiln-vmm"
+    /// The VMM outlives this process (no parent-death signal, a session of its own). It then
+    /// needs `commandSocket` (where it accepts command connections, the creator's included)
+    /// and, to be adopted, `recordPath` (where its `VMMRecord` is written) and `vsockPath`.
+    public var detached = false
+    public var commandSocket: String?
+    public var recordPath: String?
 
     /// What the VMM itself may use beyond guest RAM: its code, heap, thread stacks, KVM's
     /// page tables and the kernel image's page cache.
@@ -33,13 +40,28 @@ public struct JailOptions: Sendable {
 /// cgroup, starts the VMM (this executable's hidden `__vmm` command) in new namespaces, serves
 /// its requests for host sockets, waits for it, and removes everything when it ends, however
 /// it ends. Entries left by a supervisor that was itself SIGKILLed are swept at the next start.
+/// Where the VMM executable is: `$KILN_VMM`, else `kiln-vmm` beside this executable (kiln, or a
+/// test runner in the same build directory).
+public enum VMMExecutable {
+    public static func locate() -> String? {
+        if let p = getenv("KILN_VMM"), p.pointee != 0 { return String(cString: p) }
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard n > 0 else { return nil }
+        let me = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard let slash = me.lastIndex(of: "/") else { return nil }
+        let sibling = String(me[..<slash]) + "/kiln-vmm"
+        return access(sibling, X_OK) == 0 ? sibling : nil
+    }
+}
+
 public enum Supervisor {
     public static let jailBase = "/run/kiln/jail"
 
-    /// Runs the VMM jailed with `arguments` (the `kiln boot` options) and returns kiln's exit status.
+    /// Runs the VMM jailed as `launch` says and returns kiln's exit status.
     /// `confine` runs once the VMM has started (kiln installs its supervisor seccomp filter there).
     /// With `control`, the supervisor serves a control socket at that path (SupervisorControl).
-    public static func run(arguments: [String], options: JailOptions, control: String? = nil,
+    public static func run(_ launch: VMMLaunch, options: JailOptions, control: String? = nil,
                            confine: () throws -> Void = {}) -> Int32 {
         let signals = [SIGINT, SIGTERM, SIGHUP, SIGQUIT].withUnsafeBufferPointer { kiln_signalfd($0.baseAddress, Int32($0.count)) }
         guard signals >= 0 else { return fail("signalfd: \(Errno.current("signalfd"))") }
@@ -47,7 +69,7 @@ public enum Supervisor {
         let vmm: JailedVMM
         var options = options
         options.commands = options.commands || control != nil
-        do { vmm = try JailedVMM.start(arguments: arguments, options: options) } catch { return fail(error.description) }
+        do { vmm = try JailedVMM.start(launch, options: options) } catch { return fail(error.description) }
         var controlSocket: SupervisorControl?
         do {
             if let control { controlSocket = try SupervisorControl(path: control, vmm: vmm) }
@@ -75,6 +97,7 @@ public enum Supervisor {
         }
         switch ending {
         case .exited(let code): return code
+        case .endedElsewhere: return 1 // only an adopted VMM, never one this started
         case .signaled(let signal, let outOfMemory):
             // A VMM killed by signal N ends kiln with 128+N, as if kiln itself had been (the shell's
             // convention), with the reason on stderr.
@@ -102,7 +125,8 @@ public enum Supervisor {
     }
 
     /// Removes the jail directories and cgroups of supervisors that no longer run (a supervisor
-    /// killed by SIGKILL cannot clean up; its VMM died with it through PR_SET_PDEATHSIG).
+    /// killed by SIGKILL cannot clean up; its VMM died with it through PR_SET_PDEATHSIG), and
+    /// of detached VMMs that no longer run.
     public static func sweep() {
         for name in Files.list(jailBase) where isStale(name) {
             let dir = "\(jailBase)/\(name)"
@@ -115,14 +139,23 @@ public enum Supervisor {
     }
 
     /// A VM id (or a sandbox directory's suffix) is `<owner pid>-<rest>`; its entries are stale
-    /// once that process is gone.
+    /// once that process is gone. A detached VMM's is `d<creator pid>-<rest>`: once its jail
+    /// directory holds the VMM's identity (`detached`) it is stale when the VMM is gone, whatever
+    /// became of its creator; before that (while it is being started), when the creator is.
     public static func isStale(_ id: String) -> Bool {
-        guard let dash = id.firstIndex(of: "-"), let pid = pid_t(id[..<dash]), pid > 0 else { return false }
+        var owner = Substring(id)
+        if owner.hasPrefix("d") {
+            if !id.contains("/"), let text = Files.read("\(jailBase)/\(id)/detached") {
+                return !(ProcessIdentity(text: text)?.isAlive ?? false)
+            }
+            owner = owner.dropFirst()
+        }
+        guard let dash = owner.firstIndex(of: "-"), let pid = pid_t(owner[..<dash]), pid > 0 else { return false }
         return pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH
     }
 
     static func removeJailDirectory(_ dir: String) {
-        for name in ["cleanup", "vmm.pid"] { unlink("\(dir)/\(name)") }
+        for name in ["cleanup", "vmm.pid", "detached"] { unlink("\(dir)/\(name)") }
         rmdir("\(dir)/root")
         rmdir(dir)
     }

@@ -2,6 +2,7 @@ import CSandbox
 import Glibc
 import LinuxSys
 import Synchronization
+import VMMProtocol
 
 /// Guest vsock connections to host port P go to the Unix socket `PATH_P`, which the jailed
 /// VMM can neither see nor (as its unprivileged user) connect to. The VMM asks the supervisor

@@ -39,6 +39,26 @@ public enum UnixSocket {
         return fd
     }
 
+    static var messageFlags: Int32 { Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue) }
+
+    /// A listening SOCK_SEQPACKET socket at `path` (blocking, close-on-exec): one record per
+    /// message, with descriptors attached (a jailed VMM's command socket). Fails if `path` exists.
+    public static func listenMessages(path: String, backlog: Int32 = 8) throws(Errno) -> FileDescriptor {
+        let fd = FileDescriptor(owning: try once("socket") { socket(AF_UNIX, messageFlags, 0) })
+        let address = try Address(path)
+        _ = try once("bind \(path)") { address.with { bind(fd.raw, $0, $1) } }
+        _ = try once("listen \(path)") { Glibc.listen(fd.raw, backlog) }
+        return fd
+    }
+
+    /// Connects a blocking SOCK_SEQPACKET socket to the listener at `path`.
+    public static func connectMessages(path: String) throws(Errno) -> FileDescriptor {
+        let fd = FileDescriptor(owning: try once("socket") { socket(AF_UNIX, messageFlags, 0) })
+        let address = try Address(path)
+        _ = try retrying("connect \(path)") { address.with { Glibc.connect(fd.raw, $0, $1) } }
+        return fd
+    }
+
     /// Sends without raising SIGPIPE; returns the bytes taken, 0 when the socket is full.
     public static func send(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws(Errno) -> Int {
         guard bytes.count > 0 else { return 0 }

@@ -3,7 +3,9 @@ import Glibc
 import Jailer
 import LinuxSys
 import Synchronization
+import Seccomp
 import VMM
+import VMMProtocol
 
 /// Why a sandbox could not be started.
 public enum SandboxError: Error, CustomStringConvertible, Sendable {
@@ -13,6 +15,10 @@ public enum SandboxError: Error, CustomStringConvertible, Sendable {
     /// The agent did not answer within the boot timeout.
     case agentTimeout(seconds: Double, console: String)
     case agent(AgentClientError)
+    /// A detached sandbox's VMM no longer runs (`adopt`); what it left was removed.
+    case vmGone(directory: String)
+    /// `directory` holds no sandbox record, or one that cannot be read.
+    case notAdoptable(directory: String, why: String)
 
     public var description: String {
         switch self {
@@ -21,6 +27,8 @@ public enum SandboxError: Error, CustomStringConvertible, Sendable {
         case .agentTimeout(let s, let console):
             "the sandbox's agent did not come up within \(Int(s)) s" + Self.tail(console)
         case .agent(let e): "cannot talk to the sandbox's agent: \(e)"
+        case .vmGone(let dir): "the sandbox in \(dir) is gone: its VMM no longer runs (its leftovers were removed)"
+        case .notAdoptable(let dir, let why): "cannot adopt the sandbox in \(dir): \(why)"
         }
     }
 
@@ -47,6 +55,11 @@ public final class Sandbox: Sendable {
         public var kernelArguments: [String] = []
         /// Jailed VMM process (the default as root) or a VMM thread in this process.
         public var isolation: Isolation = .automatic
+        /// Whether the VMM dies with this process (the default) or outlives it (`.detached`,
+        /// jailed only), to be taken over with `Sandbox.adopt(directory:)`.
+        public var lifetime: Lifetime = .tiedToProcess
+        /// The VMM's seccomp filters (`.kill`; the others are for debugging).
+        public var seccomp: SeccompMode = .kill
 
         public init(kernelPath: String, imagePath: String) {
             self.kernelPath = kernelPath
@@ -72,7 +85,7 @@ public final class Sandbox: Sendable {
     var consolePath: String { directory + "/console.log" }
     var socketPath: String { directory + "/vsock.sock" }
 
-    private init(agent: AgentClient, directory: String, host: any VMHost, consoleFD: Int32) {
+    init(agent: AgentClient, directory: String, host: any VMHost, consoleFD: Int32) {
         self.agent = agent; self.directory = directory; self.host = host; self.consoleFD = consoleFD
     }
 
@@ -81,24 +94,23 @@ public final class Sandbox: Sendable {
         guard access(config.imagePath, R_OK) == 0 else {
             throw .setup("cannot read image \(config.imagePath): \(String(cString: strerror(errno)))")
         }
-        guard !config.imagePath.contains(",") else { throw .setup("the image path must not contain a comma: \(config.imagePath)") }
-        let (directory, console) = try prepare(config.runtimeDirectory)
+        try checkLifetime(config.lifetime, config.isolation)
+        let (directory, console) = try prepare(config.runtimeDirectory, lifetime: config.lifetime)
         let cmdline = ([baseCmdline] + config.kernelArguments).joined(separator: " ")
         let vsockPath = directory + "/vsock.sock"
+        var machineConfig = MachineConfig(kernelPath: config.kernelPath, initrdPath: nil, cmdline: cmdline,
+                                          cpus: config.cpus, memoryMiB: config.memoryMiB, hostProfile: config.hostProfile,
+                                          consoleInput: nil, consoleOutput: console)
+        machineConfig.disks = [MachineConfig.Disk(path: config.imagePath, overlay: true)]
+        machineConfig.vsock = MachineConfig.Vsock(path: vsockPath)
+        machineConfig.seccomp = config.seccomp
         let host: any VMHost
         do throws(SandboxError) {
             if config.isolation.jails {
-                let arguments = ["boot", "--kernel", config.kernelPath, "--cmdline", cmdline, "--cpus", "\(config.cpus)",
-                                 "--memory", "\(config.memoryMiB)", "--host-profile", config.hostProfile.rawValue,
-                                 "--disk", config.imagePath + ",overlay", "--vsock", vsockPath, "--headless"]
-                host = try JailedVM(arguments: arguments, cpus: config.cpus, memoryMiB: config.memoryMiB,
-                                    largestDisk: fileSize(config.imagePath), vsockPath: vsockPath, console: console)
+                let launch = VMMLaunch(machine: .boot(machineConfig.launch), seccomp: config.seccomp.rawValue, headless: true)
+                host = try JailedVM(launch, cpus: config.cpus, memoryMiB: config.memoryMiB, largestDisk: fileSize(config.imagePath),
+                                    directory: directory, console: console, lifetime: config.lifetime)
             } else {
-                var machineConfig = MachineConfig(kernelPath: config.kernelPath, initrdPath: nil, cmdline: cmdline,
-                                                  cpus: config.cpus, memoryMiB: config.memoryMiB, hostProfile: config.hostProfile,
-                                                  consoleInput: nil, consoleOutput: console)
-                machineConfig.disks = [MachineConfig.Disk(path: config.imagePath, overlay: true)]
-                machineConfig.vsock = MachineConfig.Vsock(path: vsockPath)
                 let machine: Machine
                 do { machine = try Machine(machineConfig) } catch { throw .setup(error.description) }
                 host = try InProcessVM(machine)
@@ -113,11 +125,16 @@ public final class Sandbox: Sendable {
     /// Starts a sandbox from a snapshot (a template): the guest continues where the snapshot left
     /// it, with its own socket, write layer and copy-on-write memory; its clock is set to this
     /// host's and its random number generator reseeded, so that clones do not share streams.
+    /// `lifetime: .detached` makes a sandbox that outlives this process (see `Lifetime`).
     public static func restore(snapshot: String, runtimeDirectory: String = Sandbox.defaultRuntimeDirectory,
                                hostProfile: HostProfile = .detect(), isolation: Isolation = .automatic,
+                               lifetime: Lifetime = .tiedToProcess, seccomp: SeccompMode = .kill,
                                timeout: Double = 60) async throws(SandboxError) -> Sandbox {
-        let (directory, console) = try prepare(runtimeDirectory)
+        try checkLifetime(lifetime, isolation)
+        let (directory, console) = try prepare(runtimeDirectory, lifetime: lifetime)
         let vsockPath = directory + "/vsock.sock"
+        var overrides = RestoreOverrides(vsockPath: vsockPath, consoleInput: nil, consoleOutput: console, hostProfile: hostProfile)
+        overrides.seccomp = seccomp
         let host: any VMHost
         do throws(SandboxError) {
             if isolation.jails {
@@ -127,12 +144,11 @@ public final class Sandbox: Sendable {
                 guard info.hostProfile == hostProfile else {
                     throw .setup("snapshot \(snapshot) was made on a host with profile \(info.hostProfile.rawValue); this host is \(hostProfile.rawValue)")
                 }
-                host = try JailedVM(arguments: ["restore", snapshot, "--vsock", vsockPath, "--headless"],
-                                    cpus: info.vcpus, memoryMiB: Int(info.memoryBytes >> 20),
+                let launch = VMMLaunch(machine: .restore(overrides.launch(snapshot: snapshot)), seccomp: seccomp.rawValue, headless: true)
+                host = try JailedVM(launch, cpus: info.vcpus, memoryMiB: Int(info.memoryBytes >> 20),
                                     largestDisk: info.config.disks.map { fileSize($0.path) }.max() ?? 0,
-                                    vsockPath: vsockPath, console: console)
+                                    directory: directory, console: console, lifetime: lifetime)
             } else {
-                let overrides = RestoreOverrides(vsockPath: vsockPath, consoleInput: nil, consoleOutput: console, hostProfile: hostProfile)
                 let machine: Machine
                 do { machine = try Machine(restoring: snapshot, overrides: overrides) } catch { throw .setup(error.description) }
                 host = try InProcessVM(machine)
@@ -162,15 +178,15 @@ public final class Sandbox: Sendable {
         try host.snapshot(to: directory)
     }
 
-    static func prepare(_ base: String) throws(SandboxError) -> (directory: String, console: Int32) {
-        let directory = try makeDirectory(base)
+    static func prepare(_ base: String, lifetime: Lifetime) throws(SandboxError) -> (directory: String, console: Int32) {
+        let directory = try makeDirectory(base, lifetime: lifetime)
         let console = Glibc.open(directory + "/console.log", O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
         guard console >= 0 else { Files.removeFlatDirectory(directory); throw .setup("cannot create the console log in \(directory)") }
         return (directory, console)
     }
 
     static func cleanUp(_ directory: String, _ console: Int32) {
-        Glibc.close(console)
+        if console >= 0 { Glibc.close(console) }
         Files.removeFlatDirectory(directory)
     }
 
@@ -279,19 +295,19 @@ public final class Sandbox: Sendable {
     }
 
     /// Removes the runtime directories of sandboxes whose process is gone (killed with SIGKILL,
-    /// which leaves no chance to clean up). A directory is `sandbox-<pid>-...`.
-    static func sweep(_ base: String) {
-        for name in Files.entries(base) where name.hasPrefix("sandbox-") && Supervisor.isStale(String(name.dropFirst("sandbox-".count))) {
-            Files.removeFlatDirectory(base + "/" + name)
-        }
-    }
+    /// which leaves no chance to clean up). A directory is `sandbox-<pid>-...`; a detached
+    /// sandbox's (it holds a record) lives as long as its VMM instead (`sweepDead`).
+    static func sweep(_ base: String) { sweepDead(in: base) }
 
-    static func makeDirectory(_ base: String) throws(SandboxError) -> String {
+    /// A new runtime directory: `sandbox-<pid>-<n>-<random>`, or `sandbox-d<pid>-...` for a
+    /// detached sandbox, a name that no sweep keyed on the creator's pid alone matches
+    /// (Supervisor.isStale), so that older Kiln builds on the host leave it to its VMM's life.
+    static func makeDirectory(_ base: String, lifetime: Lifetime) throws(SandboxError) -> String {
         Files.makeDirectories(base)
         sweep(base)
         let n = counterLock.withLock { c in c += 1; return c }
         let random = UInt32.random(in: 0...UInt32.max)
-        let dir = "\(base)/sandbox-\(getpid())-\(n)-\(String(random, radix: 16))"
+        let dir = "\(base)/sandbox-\(lifetime == .detached ? "d" : "")\(getpid())-\(n)-\(String(random, radix: 16))"
         guard mkdir(dir, 0o700) == 0 else { throw .setup("cannot create \(dir): \(String(cString: strerror(errno)))") }
         return dir
     }

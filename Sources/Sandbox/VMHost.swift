@@ -3,6 +3,7 @@ import Jailer
 import LinuxSys
 import Synchronization
 import VMM
+import VMMProtocol
 
 /// Where a sandbox's VMM runs. As root, Kiln jails it (`automatic`); `inProcess` runs it on a
 /// thread of the calling process, with per-thread seccomp filters but no jail (the only choice
@@ -64,7 +65,7 @@ final class InProcessVM: VMHost {
     }
 }
 
-/// The VMM as a jailed `kiln __vmm` process (Sources/Jailer): its own namespaces, cgroup,
+/// The VMM as a jailed `kiln-vmm` process (Sources/Jailer): its own namespaces, cgroup,
 /// unprivileged user and seccomp filters. A thread of this process waits for it, serving its
 /// requests for host sockets, and removes its jail, cgroup and vsock socket when it ends.
 final class JailedVM: VMHost {
@@ -72,25 +73,33 @@ final class JailedVM: VMHost {
     let waiter: LinuxSys.Thread
     let outcome = OutcomeBox()
 
-    /// Starts the VMM with `arguments` (`boot ...` or `restore ...`), its console on `console`.
-    init(arguments: [String], cpus: Int, memoryMiB: Int, largestDisk: UInt64, vsockPath: String, console: Int32) throws(SandboxError) {
+    /// Starts the VMM as `launch` says, its console on `console`. `detached`: the VMM outlives
+    /// this process, takes commands on `directory/commands.sock` and is recorded in
+    /// `directory/sandbox.record` (Sandbox.adopt).
+    init(_ launch: VMMLaunch, cpus: Int, memoryMiB: Int, largestDisk: UInt64, directory: String, console: Int32,
+         lifetime: Sandbox.Lifetime) throws(SandboxError) {
         var options = JailOptions(cpus: cpus, memoryMiB: memoryMiB)
-        options.vsockPath = vsockPath
+        options.vsockPath = directory + "/vsock.sock"
         options.commands = true
         options.fileSize = max(JailSpec.minimumFileSize, largestDisk)
-        guard let executable = JailedVM.kilnExecutable() else {
-            throw .setup("as root, a sandbox's VMM runs jailed as `kiln __vmm`, and no kiln executable was found (set KILN_EXECUTABLE, or use the in-process isolation)")
+        if lifetime == .detached {
+            options.detached = true
+            options.commandSocket = directory + "/" + Sandbox.commandSocketName
+            options.recordPath = directory + "/" + Sandbox.recordName
+        }
+        guard let executable = VMMExecutable.locate() else {
+            throw .setup("as root, a sandbox's VMM runs jailed as `kiln-vmm`, and no kiln-vmm executable was found beside this program (set KILN_VMM, or use the in-process isolation)")
         }
         options.executable = executable
-        // The VMM gets SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG follows the
-        // thread, not the process), so a thread that lives as long as it starts it and waits.
+        // A tied VMM gets SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG follows
+        // the thread, not the process), so a thread that lives as long as it starts it and waits.
         let started = StartBox(), outcome = self.outcome, limitMiB = options.limits.memoryBytes >> 20
-        let launch = options
+        let jailOptions = options
         do {
             waiter = try LinuxSys.Thread.spawn(name: "kiln-jail-wait") {
                 let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
                 let vmm: JailedVMM
-                do throws(JailedVMM.Failure) { vmm = try JailedVMM.start(arguments: arguments, options: launch, stdio: [null, console, console]) } catch {
+                do throws(JailedVMM.Failure) { vmm = try JailedVMM.start(launch, options: jailOptions, stdio: [null, console, console]) } catch {
                     if null >= 0 { close(null) }
                     started.set(.failure(error))
                     return
@@ -108,6 +117,27 @@ final class JailedVM: VMHost {
         case .failure(let error):
             waiter.join()
             throw .setup(error.description)
+        }
+    }
+
+    /// Takes over the running detached VMM of `record` (Sandbox.adopt): a thread waits on its
+    /// pidfd and removes its jail, cgroup and sockets once it has ended.
+    init(adopting record: VMMRecord) throws(SandboxError) {
+        do { vmm = try JailedVMM.adopt(record) } catch {
+            switch error {
+            case .gone: throw .vmGone(directory: "")
+            case .unreachable(let why): throw .setup(why)
+            }
+        }
+        let vmm = self.vmm, outcome = self.outcome
+        do {
+            waiter = try LinuxSys.Thread.spawn(name: "kiln-jail-wait") {
+                let ending = vmm.wait()
+                outcome.value.withLock { $0 = JailedVM.outcome(ending, limitMiB: 0) }
+            }
+        } catch {
+            vmm.kill()
+            throw .setup("cannot start the thread that waits for the VMM: \(error)")
         }
     }
 
@@ -133,21 +163,9 @@ final class JailedVM: VMHost {
         case .signaled(_, outOfMemory: true):
             .failed("the VMM exceeded its jail's memory limit (\(limitMiB) MiB) and the kernel's OOM killer ended it")
         case .signaled(let signal, outOfMemory: false): .failed("the VMM was killed by signal \(signal)")
+        case .endedElsewhere(outOfMemory: true): .failed("the VMM exceeded its jail's memory limit and the kernel's OOM killer ended it")
+        case .endedElsewhere(outOfMemory: false): .failed("the VMM ended (its exit status went to the process that started it)")
         }
-    }
-
-    /// The `kiln` executable to run as the VMM: $KILN_EXECUTABLE, this process if it is kiln,
-    /// or a `kiln` beside this executable (a test runner in the same build directory).
-    static func kilnExecutable() -> String? {
-        if let p = getenv("KILN_EXECUTABLE"), p.pointee != 0 { return String(cString: p) }
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard n > 0 else { return nil }
-        let me = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        if me.hasSuffix("/kiln") { return "/proc/self/exe" }
-        guard let slash = me.lastIndex(of: "/") else { return nil }
-        let sibling = String(me[..<slash]) + "/kiln"
-        return access(sibling, X_OK) == 0 ? sibling : nil
     }
 }
 

@@ -2,6 +2,7 @@ import Glibc
 import Jailer
 import LinuxSys
 import VMM
+import VMMProtocol
 
 let restoreUsage = """
     usage: kiln restore DIR [--vsock PATH] [--vsock-cid N] [--net SPEC] [--control PATH] [--headless]
@@ -20,14 +21,14 @@ let restoreUsage = """
       --no-seccomp       no seccomp filters (debugging only; see docs/security.md)
     """
 
-/// `kiln restore DIR [...]`; `jail` is set in the jailed VMM a root `kiln run` starts for a template.
-func restore(_ args: ArraySlice<String>, jail: JailSpec? = nil) -> Int32 {
+/// `kiln restore DIR [...]`: as root the clone runs in a jailed `kiln-vmm`, otherwise in this process.
+func restore(_ args: ArraySlice<String>) -> Int32 {
     guard let directory = args.first, !directory.hasPrefix("--") else { fail("kiln restore needs a snapshot DIR\n\(restoreUsage)", code: 2) }
     let parsed: Arguments
     var overrides = RestoreOverrides()
     do throws(Arguments.Failure) {
-        parsed = try Arguments(args.dropFirst(), options: Set(["vsock", "vsock-cid", "net", "control"]).union(jail == nil ? JailCommand.options : []),
-                               flags: Set(["headless", "no-seccomp"]).union(jail == nil ? JailCommand.flags : []))
+        parsed = try Arguments(args.dropFirst(), options: Set(["vsock", "vsock-cid", "net", "control"]).union(JailCommand.options),
+                               flags: Set(["headless", "no-seccomp"]).union(JailCommand.flags))
         if let cid = parsed.string("vsock-cid") {
             guard let n = UInt64(cid) else { throw Arguments.Failure(message: "--vsock-cid needs a number, got '\(cid)'") }
             overrides.vsockCID = n
@@ -40,44 +41,33 @@ func restore(_ args: ArraySlice<String>, jail: JailSpec? = nil) -> Int32 {
         do { overrides.net = try NetSpec.parse(spec) } catch { fail(error.description, code: 2) }
     }
     if parsed.flags.contains("headless") { overrides.consoleInput = nil }
-    if jail == nil && geteuid() == 0 {
+    overrides.seccomp = seccompMode(disabled: parsed.flags.contains("no-seccomp"))
+    if geteuid() == 0 {
         if parsed.flags.contains("no-jail") {
             writeRaw(2, "kiln: warning: --no-jail: the VMM runs as root with no jail (debugging only)\n")
         } else {
             let info: SnapshotInfo
             do { info = try SnapshotInfo.read(directory: directory) } catch { fail(error.description) }
-            do { return try JailCommand.superviseRestore(args, parsed: parsed, snapshot: info, vsockPath: overrides.vsockPath) }
+            let launch = VMMLaunch(machine: .restore(overrides.launch(snapshot: directory)), seccomp: overrides.seccomp.rawValue,
+                                   headless: overrides.consoleInput == nil)
+            do { return try JailCommand.superviseRestore(launch, parsed: parsed, snapshot: info, vsockPath: overrides.vsockPath) }
             catch { fail("\(error.message)\n\(restoreUsage)", code: 2) }
         }
     }
-    overrides.seccomp = seccompMode(disabled: parsed.flags.contains("no-seccomp"))
-    if let jail {
-        do { try Confinement.prepare() } catch { fail(error.description) }
-        if jail.control { overrides.vsockConnector = VsockBroker.connector() }
-    }
     let machine: Machine
     do { machine = try Machine(restoring: directory, overrides: overrides) } catch { fail(error.description) }
-    // Everything is open and mapped: lock the VMM in before the guest runs an instruction.
-    if let jail {
-        do { try Confinement.enter(jail) } catch { fail(error.description) }
-    }
-    return runAttached(machine, control: parsed.string("control"), commands: jail?.commands == true ? JailSpec.commandFD : nil)
+    return runAttached(machine, control: parsed.string("control"))
 }
 
-/// Runs `machine` with an optional control socket (or, jailed, the supervisor's command channel
-/// on the descriptor `commands`), mapping its end to the exit code as `kiln boot` does.
-func runAttached(_ machine: Machine, control path: String?, commands: Int32? = nil) -> Int32 {
+/// Runs `machine` in this process with an optional control socket, mapping its end to the exit
+/// code as `kiln boot` does.
+func runAttached(_ machine: Machine, control path: String?) -> Int32 {
     var control: ControlSocket?
     if let path {
         do { control = try ControlSocket(path: path, machine: machine) } catch { fail(error.description) }
     }
-    var channel: CommandChannel?
-    if let commands {
-        do { channel = try CommandChannel(socket: commands, machine: machine) } catch { fail(error.description) }
-    }
     let outcome = machine.run()
     control?.close()
-    channel?.close()
     switch outcome {
     case .guestShutdown, .userQuit: return 0
     case .guestPanicked: fail("the guest kernel panicked (see the console output above)")

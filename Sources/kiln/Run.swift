@@ -146,6 +146,8 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     config.cpus = options.cpus
     config.memoryMiB = options.memory
     config.bootTimeout = options.bootTimeout
+    // The jailed VMM gets its seccomp mode in its launch configuration, not from the environment.
+    config.seccomp = seccompMode(disabled: false)
     if options.noJail {
         config.isolation = .inProcess
         if geteuid() == 0 { writeRaw(2, "kiln: warning: --no-jail: the VMM runs as root inside this process, with no jail (debugging only)\n") }
@@ -232,12 +234,14 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
         guard Templates.usable(name, hostProfile: config.hostProfile) else {
             throw SandboxError.setup("no usable template named '\(name)' in \(Templates.directory) (kiln template create \(name))")
         }
-        return try await Sandbox.restore(snapshot: Templates.path(name), hostProfile: config.hostProfile, isolation: config.isolation)
+        return try await Sandbox.restore(snapshot: Templates.path(name), hostProfile: config.hostProfile, isolation: config.isolation,
+                                           seccomp: config.seccomp)
     }
     if options.noTemplate { return try await Sandbox.start(config) }
     let auto = Templates.autoName(for: config)
     if Templates.usable(auto, hostProfile: config.hostProfile) {
-        do { return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile, isolation: config.isolation) } catch {
+        do { return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile, isolation: config.isolation,
+                                           seccomp: config.seccomp) } catch {
             writeRaw(2, "kiln: the template for this image did not start (\(error)); booting instead\n")
             return try await Sandbox.start(config)
         }

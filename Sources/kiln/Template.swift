@@ -36,6 +36,7 @@ func templateCommand(_ args: ArraySlice<String>) async -> Int32 {
         var config = Sandbox.Configuration(kernelPath: kernel, imagePath: image)
         config.cpus = cpus
         config.memoryMiB = memory
+        config.seccomp = seccompMode(disabled: false)
         let templateName = name ?? Templates.autoName(for: config)
         writeRaw(2, "kiln: booting a sandbox for template \(templateName)...\n")
         do {

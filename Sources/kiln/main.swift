@@ -3,6 +3,7 @@ import Glibc
 import Jailer
 import LinuxSys
 import VMM
+import VMMProtocol
 
 let usage = """
     usage: kiln run [options] -- COMMAND [ARG...]   run a command in a new sandbox (kiln run --help)
@@ -48,14 +49,13 @@ func fail(_ message: String, code: Int32 = 1) -> Never {
     exit(code)
 }
 
-/// Boots a VM; `jail` is set in the jailed VMM that a root `kiln boot` starts (`kiln __vmm`).
-func boot(_ args: ArraySlice<String>, jail: JailSpec? = nil) -> Int32 {
+/// Boots a VM: as root in a jailed `kiln-vmm` (JailCommand), otherwise in this process.
+func boot(_ args: ArraySlice<String>) -> Int32 {
     let parsed: Arguments
     let cpus: Int, memory: Int
     do {
         let options: Set<String> = ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock", "control"]
-        parsed = try Arguments(args, options: options.union(jail == nil ? JailCommand.options : Set<String>()),
-                               flags: Set(["no-seccomp", "headless"]).union(jail == nil ? JailCommand.flags : Set<String>()))
+        parsed = try Arguments(args, options: options.union(JailCommand.options), flags: Set(["no-seccomp", "headless"]).union(JailCommand.flags))
         cpus = try parsed.int("cpus", default: 1)
         memory = try parsed.int("memory", default: 256)
     } catch {
@@ -108,26 +108,19 @@ func boot(_ args: ArraySlice<String>, jail: JailSpec? = nil) -> Int32 {
         guard !path.isEmpty else { fail("--vsock takes a socket PATH", code: 2) }
         config.vsock = MachineConfig.Vsock(path: path)
     }
-    if jail == nil && geteuid() == 0 {
+    config.seccomp = seccompMode(disabled: parsed.flags.contains("no-seccomp"))
+    if geteuid() == 0 {
         if parsed.flags.contains("no-jail") {
             writeRaw(2, "kiln: warning: --no-jail: the VMM runs as root with no jail (debugging only)\n")
         } else {
-            do { return try JailCommand.supervise(args, parsed: parsed, config: config) }
+            let launch = VMMLaunch(machine: .boot(config.launch), seccomp: config.seccomp.rawValue, headless: config.consoleInput == nil)
+            do { return try JailCommand.supervise(launch, parsed: parsed, config: config) }
             catch { fail("\(error.message)\n\(usage)", code: 2) }
         }
     }
-    if let jail {
-        do { try Confinement.prepare() } catch { fail(error.description) }
-        if jail.control { config.vsockConnector = VsockBroker.connector() }
-    }
-    config.seccomp = seccompMode(disabled: parsed.flags.contains("no-seccomp"))
     let machine: Machine
     do { machine = try Machine(config) } catch { fail(error.description) }
-    // Everything the VM needs is open: lock the VMM in before the guest runs an instruction.
-    if let jail {
-        do { try Confinement.enter(jail) } catch { fail(error.description) }
-    }
-    return runAttached(machine, control: parsed.string("control"), commands: jail?.commands == true ? JailSpec.commandFD : nil)
+    return runAttached(machine, control: parsed.string("control"))
 }
 
 BootTrace.mark("process-start")
@@ -135,13 +128,6 @@ let argv = CommandLine.arguments
 switch argv.count > 1 ? argv[1] : "help" {
 case "boot": exit(boot(argv.dropFirst(2)))
 case "template": exit(await templateCommand(argv.dropFirst(2)))
-case "__vmm": // the jailed VMM: `kiln __vmm SPEC boot|restore ARGS` (Sources/Jailer/Supervisor.swift)
-    guard argv.count > 3, let spec = JailSpec.decode(argv[2]) else { fail("__vmm is internal to kiln", code: 2) }
-    switch argv[3] {
-    case "boot": exit(boot(argv.dropFirst(4), jail: spec))
-    case "restore": exit(restore(argv.dropFirst(4), jail: spec))
-    default: fail("__vmm is internal to kiln", code: 2)
-    }
 case "run":
     if argv.count > 2 && (argv[2] == "--help" || argv[2] == "-h") { writeRaw(1, runUsage + "\n"); exit(0) }
     exit(await runCommand(argv.dropFirst(2)))

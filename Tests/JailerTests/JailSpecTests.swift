@@ -1,18 +1,28 @@
+import Glibc
 @testable import Jailer
 import Testing
 
 @Suite struct JailSpecTests {
-    @Test func specRoundTripsThroughItsArgument() {
-        let spec = JailSpec(root: "/run/kiln/jail/12-ab/root", uid: 64001, gid: 64002, openFiles: 99, fileSize: 1 << 31, control: true, commands: true)
-        #expect(JailSpec.decode(spec.encoded) == spec)
-        #expect(JailSpec.decode(JailSpec(root: "/r").encoded)?.control == false)
+    @Test func aProcessIdentityNamesThisProcessAndNoLaterOne() throws {
+        let me = try #require(ProcessIdentity.of(getpid()))
+        #expect(me.isAlive)
+        #expect(ProcessIdentity(text: me.text) == me)
+        // The same pid with another start time (a reused pid) or from another boot is not it.
+        #expect(!ProcessIdentity(pid: me.pid, startTime: me.startTime + 1, bootID: me.bootID).isAlive)
+        #expect(!ProcessIdentity(pid: me.pid, startTime: me.startTime, bootID: "another-boot").isAlive)
+        #expect(!ProcessIdentity(pid: Int32.max - 1, startTime: 1, bootID: me.bootID).isAlive)
+        for bad in ["", "1 2 x", "12 nope x", "12 34"] { #expect(ProcessIdentity(text: bad) == nil, "\(bad)") }
     }
 
-    @Test func malformedSpecsAreRefused() {
-        for bad in ["", "root=relative,uid=1,gid=1,nofile=1,fsize=1,control=0", "root=/r,uid=x,gid=1,nofile=1,fsize=1,control=0",
-                    "root=/r,gid=1,nofile=1,fsize=1,control=0", "garbage"] {
-            #expect(JailSpec.decode(bad) == nil, "\(bad)")
-        }
+    @Test func anExitedProcessIsNotAlive() throws {
+        let pid = fork()
+        if pid == 0 { _exit(0) }
+        let identity = try #require(ProcessIdentity.of(pid))
+        usleep(200_000)
+        #expect(!identity.isAlive, "a zombie is not a running VMM")
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        #expect(!identity.isAlive)
     }
 
     @Test func limitsFollowTheVM() {
@@ -39,5 +49,8 @@ import Testing
         #expect(!Supervisor.isStale("not-an-id"))
         #expect(!Supervisor.isStale("1-abc"), "PID 1 is alive")
         #expect(Supervisor.isStale("\(Int32.max - 1)-abc"), "no such process")
+        // A detached VMM's id, before its identity is recorded: its creator's pid decides.
+        #expect(!Supervisor.isStale("d1-abc"))
+        #expect(Supervisor.isStale("d\(Int32.max - 1)-abc"))
     }
 }

@@ -93,8 +93,8 @@ import Testing
             }
             threads[field("Name") ?? tid] = (field("Seccomp"), field("Seccomp_filters"))
         }
-        // The jailed VMM is exec'd as /proc/self/exe, so its main thread is named "exe".
-        let main = vmm == kiln.pid ? "kiln" : "exe"
+        // The jailed VMM is the kiln-vmm executable.
+        let main = vmm == kiln.pid ? "kiln" : "kiln-vmm"
         #expect(Set(threads.keys) == [main, "kiln-vcpu0", "kiln-devices", "kiln-console", "kvm-nx-lpage-re"],
                 "\(threads)")
         for (name, t) in threads {

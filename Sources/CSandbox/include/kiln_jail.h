@@ -10,14 +10,20 @@
 // Starts `path` with `argv`/`envp` in new mount, PID, IPC and UTS namespaces (the network
 // namespace comes later, from the child itself, after it opened its TAP). The child waits
 // until `kiln_jail_release` so the caller can move it into its cgroups first; before execve it
-// asks for SIGKILL when the caller dies, unblocks all signals, puts `stdio` (-1: keep the
+// asks for SIGKILL when the caller dies (or, `detached`, starts a session of its own and
+// outlives the caller), unblocks all signals, puts `stdio` (-1: keep the
 // caller's) at fds 0-2 and `control_fds` (-1: none) at fds 3 and 4, and closes every other
 // descriptor.
 // Returns the pid (or -1 with errno) and a pidfd.
 pid_t kiln_jail_spawn(const char *path, char *const argv[], char *const envp[], const int stdio[3], const int control_fds[2],
-                      int *pidfd, int *release_fd);
+                      int detached, int *pidfd, int *release_fd);
 // Lets a child started by kiln_jail_spawn run (go = 1) or makes it exit 127 (go = 0).
 int kiln_jail_release(int release_fd, int go);
+
+// pidfd_open(pid, 0) and pidfd_send_signal(pidfd, signo, NULL, 0): a process that is not our
+// child, named so that a reused pid cannot be signalled by mistake.
+int kiln_pidfd_open(pid_t pid);
+int kiln_pidfd_kill(int pidfd, int signo);
 
 int kiln_unshare(int flags);
 int kiln_pivot_root(const char *new_root, const char *put_old);

@@ -228,6 +228,7 @@ connect
 wait4                           # reaping the VMM
 waitid
 kill arg1 == SIGKILL            # stopping the VMM; cleaning its cgroup
+pidfd_send_signal arg1 == SIGKILL   # stopping the VMM through its pidfd (a reused pid is never hit)
 kill arg1 == 0                  # is a process still there?
 tgkill arg2 == SIGRTMIN
 tgkill arg2 == SIGABRT

@@ -13,11 +13,13 @@ import LinuxSys
 public final class CommandChannel: Sendable {
     private let stop: Int32
 
-    public init(socket: Int32, machine: Machine) throws(MachineError) {
+    /// Serves `socket`: the supervisor's end of a socket pair, or (`listening`) a listening
+    /// socket whose every connection is such a channel (a detached VMM's, docs/security.md).
+    public init(socket: Int32, listening: Bool = false, machine: Machine) throws(MachineError) {
         do { stop = try once("eventfd") { eventfd(0, Int32(EFD_CLOEXEC)) } } catch { throw .system(error) }
         let stop = self.stop
         do {
-            try machine.startControlThread { CommandChannel.serve(socket, stop: stop, machine: machine) }
+            try machine.startControlThread { CommandChannel.serve(socket, listening: listening, stop: stop, machine: machine) }
         } catch {
             Glibc.close(stop)
             throw error
@@ -56,17 +58,43 @@ public final class CommandChannel: Sendable {
         }
     }
 
-    private static func serve(_ socket: Int32, stop: Int32, machine: Machine) {
+    /// At most this many command connections at once on a listening socket (an adopter and
+    /// the creator, say); more are closed at once.
+    static let maxClients = 4
+
+    private static func serve(_ socket: Int32, listening: Bool, stop: Int32, machine: Machine) {
         defer { Glibc.close(stop) }
-        var fds = [pollfd(fd: socket, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
+        var clients: [Int32] = listening ? [] : [socket]
         while true {
-            if poll(&fds, 2, -1) < 0 { if errno == EINTR { continue } else { return } }
-            if fds[1].revents != 0 { return }
-            guard let message = try? UnixSocket.receiveMessage(socket, capacity: 256, maxDescriptors: 16) else { return }
-            if message.bytes.isEmpty && message.descriptors.isEmpty { return } // the supervisor went away
-            let text = String(decoding: message.bytes, as: UTF8.self)
-            let reply = execute(text, descriptors: message.descriptors, on: machine)
-            guard (try? UnixSocket.sendMessage(socket, Array(reply.utf8))) != nil else { return }
+            var fds = [pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
+            if listening { fds.append(pollfd(fd: socket, events: Int16(POLLIN), revents: 0)) }
+            let first = fds.count
+            fds += clients.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            if poll(&fds, nfds_t(fds.count), -1) < 0 { if errno == EINTR { continue } else { return } }
+            if fds[0].revents != 0 { return }
+            var gone: [Int32] = []
+            for (k, client) in clients.enumerated() where fds[first + k].revents != 0 {
+                if !answer(client, machine: machine) { gone.append(client) }
+            }
+            if listening && fds[1].revents != 0, let accepted = try? UnixSocket.accept(socket) {
+                let fd = accepted.release()
+                if clients.count < maxClients { clients.append(fd) } else { Glibc.close(fd) }
+            }
+            // A supervisor's channel ending ends the service; a listener's client just leaves.
+            if !gone.isEmpty && !listening { return }
+            for fd in gone { Glibc.close(fd) }
+            clients.removeAll { gone.contains($0) }
         }
+    }
+
+    /// Answers one request on `socket`; false when the peer went away.
+    private static func answer(_ socket: Int32, machine: Machine) -> Bool {
+        let message: (bytes: [UInt8], descriptors: [Int32])
+        do { message = try UnixSocket.receiveMessage(socket, capacity: 256, maxDescriptors: 16) }
+        catch { return error.code == EAGAIN || error.code == EINTR }
+        if message.bytes.isEmpty && message.descriptors.isEmpty { return false }
+        let text = String(decoding: message.bytes, as: UTF8.self)
+        let reply = execute(text, descriptors: message.descriptors, on: machine)
+        return (try? UnixSocket.sendMessage(socket, Array(reply.utf8))) != nil
     }
 }

@@ -1,0 +1,70 @@
+import Boot
+import Seccomp
+import VMMProtocol
+
+// The typed launch configuration (VMMProtocol.VMMLaunch) to and from this module's types.
+// The CLI parses into MachineConfig/RestoreOverrides once; a jailed VMM gets the same values
+// through a VMMLaunch, and the names of enums are checked here, where their types live.
+
+extension VMMLaunch.Net {
+    public init(_ spec: NetSpec) {
+        self.init(tap: spec.tap, mac: spec.mac, host: spec.host?.address, hostPrefix: spec.host?.prefix ?? 0, guest: spec.guest)
+    }
+
+    public var spec: NetSpec {
+        NetSpec(tap: tap, mac: mac, host: host.map { (address: $0, prefix: hostPrefix) }, guest: guest)
+    }
+}
+
+extension HostProfile {
+    init(launch name: String) throws(MachineError) {
+        guard let p = HostProfile(rawValue: name) else { throw .config("unknown host profile '\(name)'") }
+        self = p
+    }
+}
+
+extension SeccompMode {
+    /// The mode a launch names.
+    public init(launch name: String) throws(MachineError) {
+        guard let m = SeccompMode(rawValue: name) else { throw .config("unknown seccomp mode '\(name)'") }
+        self = m
+    }
+}
+
+extension MachineConfig {
+    /// This configuration as a launch's boot half (what a jailed VMM needs to build it again).
+    public var launch: VMMLaunch.Boot {
+        VMMLaunch.Boot(kernel: kernelPath, initrd: initrdPath, cmdline: cmdline, cpus: cpus, memoryMiB: memoryMiB,
+                       hostProfile: hostProfile.rawValue, bootProtocol: bootProtocol?.rawValue,
+                       disks: disks.map { VMMLaunch.Disk(path: $0.path, readOnly: $0.readOnly, overlay: $0.overlay) },
+                       net: net.map(VMMLaunch.Net.init), vsock: vsock.map { VMMLaunch.Vsock(path: $0.path, cid: $0.guestCID) })
+    }
+
+    /// The configuration a launch describes, with the console on stdin (unless headless) and stdout.
+    public init(launch b: VMMLaunch.Boot, headless: Bool) throws(MachineError) {
+        var proto: BootProtocol?
+        if let name = b.bootProtocol {
+            guard let p = BootProtocol(rawValue: name) else { throw .config("unknown boot protocol '\(name)'") }
+            proto = p
+        }
+        self.init(kernelPath: b.kernel, initrdPath: b.initrd, cmdline: b.cmdline, cpus: b.cpus, memoryMiB: b.memoryMiB,
+                  hostProfile: try HostProfile(launch: b.hostProfile), bootProtocol: proto,
+                  consoleInput: headless ? nil : 0, consoleOutput: 1)
+        disks = b.disks.map { Disk(path: $0.path, readOnly: $0.readOnly, overlay: $0.overlay) }
+        net = b.net?.spec
+        vsock = b.vsock.map { Vsock(path: $0.path, guestCID: $0.cid) }
+    }
+}
+
+extension RestoreOverrides {
+    /// These overrides as a launch's restore half.
+    public func launch(snapshot: String) -> VMMLaunch.Restore {
+        VMMLaunch.Restore(snapshot: snapshot, hostProfile: hostProfile.rawValue, vsockPath: vsockPath, vsockCID: vsockCID,
+                          net: net.map(VMMLaunch.Net.init))
+    }
+
+    public init(launch r: VMMLaunch.Restore, headless: Bool) throws(MachineError) {
+        self.init(vsockPath: r.vsockPath, vsockCID: r.vsockCID, net: r.net?.spec, consoleInput: headless ? nil : 0, consoleOutput: 1,
+                  hostProfile: try HostProfile(launch: r.hostProfile))
+    }
+}

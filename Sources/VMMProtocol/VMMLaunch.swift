@@ -1,0 +1,173 @@
+/// Everything a VMM process needs to start one VM: boot a kernel or restore a snapshot, the
+/// jail it enters and its seccomp mode. The supervisor encodes it and sends it as the first
+/// message on fd 3 of the jailed `kiln-vmm` (docs/security.md, "Launch configuration"); the
+/// VMM decodes it, so nothing is formatted into argv and parsed back (an image path may hold
+/// any character but NUL). Names of enums from higher targets (host profile, boot protocol,
+/// seccomp mode) travel as their raw values and are checked where those types live.
+public struct VMMLaunch: Sendable, Equatable {
+    public enum Machine: Sendable, Equatable {
+        case boot(Boot)
+        case restore(Restore)
+    }
+
+    public struct Boot: Sendable, Equatable {
+        public var kernel: String
+        public var initrd: String?
+        public var cmdline: String
+        public var cpus: Int
+        public var memoryMiB: Int
+        public var hostProfile: String
+        public var bootProtocol: String?
+        public var disks: [Disk]
+        public var net: Net?
+        public var vsock: Vsock?
+
+        public init(kernel: String, initrd: String?, cmdline: String, cpus: Int, memoryMiB: Int, hostProfile: String,
+                    bootProtocol: String? = nil, disks: [Disk] = [], net: Net? = nil, vsock: Vsock? = nil) {
+            self.kernel = kernel; self.initrd = initrd; self.cmdline = cmdline; self.cpus = cpus; self.memoryMiB = memoryMiB
+            self.hostProfile = hostProfile; self.bootProtocol = bootProtocol; self.disks = disks; self.net = net; self.vsock = vsock
+        }
+    }
+
+    public struct Disk: Sendable, Equatable {
+        public var path: String
+        public var readOnly: Bool
+        public var overlay: Bool
+        public init(path: String, readOnly: Bool = false, overlay: Bool = false) {
+            self.path = path; self.readOnly = readOnly; self.overlay = overlay
+        }
+    }
+
+    public struct Net: Sendable, Equatable {
+        /// nil: the kernel picks a free kiln%d.
+        public var tap: String?
+        public var mac: [UInt8]
+        /// The host side's IPv4 address and prefix, and the guest's address (both or neither).
+        public var host: String?
+        public var hostPrefix: Int
+        public var guest: String?
+        public init(tap: String?, mac: [UInt8], host: String? = nil, hostPrefix: Int = 0, guest: String? = nil) {
+            self.tap = tap; self.mac = mac; self.host = host; self.hostPrefix = hostPrefix; self.guest = guest
+        }
+    }
+
+    public struct Vsock: Sendable, Equatable {
+        public var path: String
+        public var cid: UInt64
+        public init(path: String, cid: UInt64) { self.path = path; self.cid = cid }
+    }
+
+    public struct Restore: Sendable, Equatable {
+        /// The snapshot directory.
+        public var snapshot: String
+        public var hostProfile: String
+        public var vsockPath: String?
+        public var vsockCID: UInt64?
+        public var net: Net?
+        public init(snapshot: String, hostProfile: String, vsockPath: String? = nil, vsockCID: UInt64? = nil, net: Net? = nil) {
+            self.snapshot = snapshot; self.hostProfile = hostProfile; self.vsockPath = vsockPath; self.vsockCID = vsockCID; self.net = net
+        }
+    }
+
+    public var machine: Machine
+    /// The jail to enter (the supervisor fills it in); nil for a VMM that is not jailed.
+    public var jail: JailSpec?
+    /// SeccompMode's raw value: kill, trap, log or off.
+    public var seccomp: String
+    /// The console takes no input (stdin is not read).
+    public var headless: Bool
+
+    public init(machine: Machine, jail: JailSpec? = nil, seccomp: String = "kill", headless: Bool = false) {
+        self.machine = machine; self.jail = jail; self.seccomp = seccomp; self.headless = headless
+    }
+
+    /// "KVML" and the format version.
+    static let magic: [UInt8] = [0x4B, 0x56, 0x4D, 0x4C, 1]
+    /// The largest encoded launch (one SOCK_SEQPACKET message).
+    public static let maxEncodedSize = 1 << 20
+
+    public func encoded() -> [UInt8] {
+        var w = WireWriter()
+        w.raw(Self.magic)
+        switch machine {
+        case .boot(let b):
+            w.u8(1)
+            w.string(b.kernel); w.optional(b.initrd) { $0.string($1) }; w.string(b.cmdline)
+            w.u64(UInt64(b.cpus)); w.u64(UInt64(b.memoryMiB)); w.string(b.hostProfile)
+            w.optional(b.bootProtocol) { $0.string($1) }
+            w.array(b.disks) { w, d in w.string(d.path); w.bool(d.readOnly); w.bool(d.overlay) }
+            w.optional(b.net) { $0.net($1) }
+            w.optional(b.vsock) { w, v in w.string(v.path); w.u64(v.cid) }
+        case .restore(let r):
+            w.u8(2)
+            w.string(r.snapshot); w.string(r.hostProfile)
+            w.optional(r.vsockPath) { $0.string($1) }; w.optional(r.vsockCID) { $0.u64($1) }
+            w.optional(r.net) { $0.net($1) }
+        }
+        w.optional(jail) { w, j in j.encode(&w) }
+        w.string(seccomp)
+        w.bool(headless)
+        return w.bytes
+    }
+
+    /// Decodes a launch; any malformed, truncated or oversized input is an error, never a crash.
+    public static func decode(_ bytes: [UInt8]) throws(WireError) -> VMMLaunch {
+        guard bytes.count <= maxEncodedSize else { throw .invalid(field: "launch", why: "\(bytes.count) bytes") }
+        var r = WireReader(bytes)
+        try r.expect(magic: magic, format: "Kiln VMM launch configuration (version 1)")
+        let machine: Machine
+        switch try r.u8("machine") {
+        case 1:
+            let kernel = try r.string("boot.kernel")
+            let initrd = try r.optional("boot.initrd") { (r: inout WireReader) throws(WireError) in try r.string("boot.initrd") }
+            let cmdline = try r.string("boot.cmdline")
+            let cpus = try r.int("boot.cpus", in: 1...255), memory = try r.int("boot.memory", in: 1...(1 << 20))
+            let profile = try r.string("boot.hostProfile")
+            let proto = try r.optional("boot.bootProtocol") { (r: inout WireReader) throws(WireError) in try r.string("boot.bootProtocol") }
+            let disks = try r.array("boot.disks", max: 16) { (r: inout WireReader) throws(WireError) in
+                Disk(path: try r.string("disk.path"), readOnly: try r.bool("disk.readOnly"), overlay: try r.bool("disk.overlay"))
+            }
+            let net = try r.optional("boot.net") { (r: inout WireReader) throws(WireError) in try r.net() }
+            let vsock = try r.optional("boot.vsock") { (r: inout WireReader) throws(WireError) in
+                Vsock(path: try r.string("vsock.path"), cid: try r.u64("vsock.cid"))
+            }
+            machine = .boot(Boot(kernel: kernel, initrd: initrd, cmdline: cmdline, cpus: cpus, memoryMiB: memory, hostProfile: profile,
+                                 bootProtocol: proto, disks: disks, net: net, vsock: vsock))
+        case 2:
+            let snapshot = try r.string("restore.snapshot"), profile = try r.string("restore.hostProfile")
+            let vsockPath = try r.optional("restore.vsockPath") { (r: inout WireReader) throws(WireError) in try r.string("restore.vsockPath") }
+            let cid = try r.optional("restore.vsockCID") { (r: inout WireReader) throws(WireError) in try r.u64("restore.vsockCID") }
+            let net = try r.optional("restore.net") { (r: inout WireReader) throws(WireError) in try r.net() }
+            machine = .restore(Restore(snapshot: snapshot, hostProfile: profile, vsockPath: vsockPath, vsockCID: cid, net: net))
+        case let tag:
+            throw .invalid(field: "machine", why: "unknown kind \(tag)")
+        }
+        let jail = try r.optional("jail") { (r: inout WireReader) throws(WireError) in try JailSpec.decode(&r) }
+        let seccomp = try r.string("seccomp")
+        let headless = try r.bool("headless")
+        try r.finish()
+        return VMMLaunch(machine: machine, jail: jail, seccomp: seccomp, headless: headless)
+    }
+}
+
+extension WireWriter {
+    mutating func net(_ n: VMMLaunch.Net) {
+        optional(n.tap) { $0.string($1) }
+        data(n.mac)
+        optional(n.host) { $0.string($1) }
+        u64(UInt64(n.hostPrefix))
+        optional(n.guest) { $0.string($1) }
+    }
+}
+
+extension WireReader {
+    mutating func net() throws(WireError) -> VMMLaunch.Net {
+        let tap = try optional("net.tap") { (r: inout WireReader) throws(WireError) in try r.string("net.tap") }
+        let mac = try data("net.mac", max: 6)
+        guard mac.count == 6 else { throw .invalid(field: "net.mac", why: "\(mac.count) bytes, not 6") }
+        let host = try optional("net.host") { (r: inout WireReader) throws(WireError) in try r.string("net.host") }
+        let prefix = try int("net.hostPrefix", in: 0...32)
+        let guest = try optional("net.guest") { (r: inout WireReader) throws(WireError) in try r.string("net.guest") }
+        return VMMLaunch.Net(tap: tap, mac: mac, host: host, hostPrefix: prefix, guest: guest)
+    }
+}
