@@ -237,7 +237,11 @@ public final class JailedVMM: Sendable {
     }
 
     /// Sends one command to the VMM (with `descriptors` attached) and returns its reply line.
-    public func request(_ command: String, descriptors: [Int32] = []) throws(Failure) -> String {
+    public func request(_ command: VMMCommand, descriptors: [Int32] = []) throws(Failure) -> String {
+        try request(text: command.text, descriptors: descriptors)
+    }
+
+    func request(text command: String, descriptors: [Int32]) throws(Failure) -> String {
         try commandLock.withLock { _ throws(Failure) in
             guard commands >= 0 else { throw Failure(description: "this VMM was started without a command channel") }
             do {
@@ -266,7 +270,7 @@ public final class JailedVMM: Sendable {
         }
         // The VMM names the files (memory, state, one per overlay disk); it is not trusted, so a
         // name must be a plain file name.
-        let files = try request("files")
+        let files = try request(.files)
         let names = files.split(separator: " ").dropFirst().map(String.init)
         guard files.hasPrefix("ok "), names.count >= 2, names[0] == "memory", names[1] == "state", names.count <= 16,
               names.allSatisfy({ name in !name.hasPrefix(".") && name.utf8.allSatisfy { isalnum(Int32($0)) != 0 || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: ".") } })
@@ -280,7 +284,7 @@ public final class JailedVMM: Sendable {
             fds.append(fd)
         }
         unlink(directory + "/state")
-        let reply = try request("snapshot", descriptors: fds)
+        let reply = try request(.snapshot(directory: nil), descriptors: fds)
         guard reply.hasPrefix("ok") else { unlink(directory + "/state.tmp"); throw Failure(description: "snapshot: \(reply)") }
         guard rename(directory + "/state.tmp", directory + "/state") == 0 else {
             throw Failure(description: "cannot rename the state file in \(directory): \(Errno.current("rename"))")

@@ -1,6 +1,7 @@
 import CLinux
 import Glibc
 import LinuxSys
+import VMMProtocol
 
 /// `--control PATH` for a jailed VMM: the supervisor listens at PATH (the VMM could neither bind
 /// it inside its jail nor write `snapshot DIR` there) and turns each line into a request on the
@@ -34,13 +35,13 @@ final class SupervisorControl: Sendable {
     }
 
     static func execute(_ line: String, vmm: JailedVMM) -> String {
-        let words = line.split(separator: " ", maxSplits: 1).map(String.init)
         do throws(JailedVMM.Failure) {
-            switch words.first ?? "" {
-            case "pause" where words.count == 1, "resume" where words.count == 1, "status" where words.count == 1:
-                return try vmm.request(line)
-            case "snapshot" where words.count == 2: return try vmm.snapshot(to: words[1])
-            default: return "error: unknown command '\(line)' (pause, resume, status, snapshot DIR)"
+            let command: VMMCommand
+            do { command = try VMMCommand.parse(line) } catch { return "error: \(error)" }
+            switch command {
+            case .pause, .resume, .status: return try vmm.request(command)
+            case .snapshot(let directory?): return try vmm.snapshot(to: directory)
+            case .files, .snapshot(nil): return "error: \(VMMCommand.ParseError(text: line))"
             }
         } catch {
             return "error: \(error.description)"

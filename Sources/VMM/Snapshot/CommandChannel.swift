@@ -1,6 +1,7 @@
 import CLinux
 import Glibc
 import LinuxSys
+import VMMProtocol
 
 /// The jailed VMM's control channel: the supervisor's requests on a SOCK_SEQPACKET socket
 /// (fd 4 in the jail; docs/security.md, "Supervisor and VMM"). One message per request, the
@@ -34,11 +35,13 @@ public final class CommandChannel: Sendable {
     /// Answers one request (its text and attached descriptors, which this closes).
     public static func execute(_ text: String, descriptors: [Int32], on machine: Machine) -> String {
         defer { descriptors.forEach { Glibc.close($0) } }
-        switch text {
-        case "files":
+        let command: VMMCommand
+        do { command = try VMMCommand.parse(text) } catch { return "error: \(error)" }
+        switch command {
+        case .files:
             return (["ok", SnapshotState.memoryFile, SnapshotState.stateFile] + machine.overlaySlots.map(SnapshotState.layerFile))
                 .joined(separator: " ")
-        case "snapshot":
+        case .snapshot(nil):
             let slots = machine.overlaySlots
             guard descriptors.count == 2 + slots.count else {
                 return "error: snapshot needs \(2 + slots.count) descriptors (memory, state, \(slots.count) layers), got \(descriptors.count)"
@@ -51,10 +54,11 @@ public final class CommandChannel: Sendable {
             } catch {
                 return "error: \(error.description)"
             }
-        case let line where !line.hasPrefix("snapshot"):
-            return ControlSocket.execute(line, on: machine)
-        default:
-            return "error: unknown command '\(text)'"
+        case .snapshot:
+            // A jailed VMM sees no host directory: its supervisor passes the files instead.
+            return "error: snapshot takes descriptors here, not a directory"
+        case .pause, .resume, .status:
+            do { return try ControlSocket.execute(command, on: machine) } catch { return "error: \(error.description)" }
         }
     }
 

@@ -1,6 +1,7 @@
 import CLinux
 import Glibc
 import LinuxSys
+import VMMProtocol
 
 /// A Unix socket that controls a running machine with one command per line (docs/snapshot-format.md):
 /// `pause`, `resume`, `snapshot DIR`, `status`; each answered with `ok[ detail]` or `error: why`.
@@ -39,19 +40,26 @@ public final class ControlSocket: Sendable {
 
     /// Runs one command line against `machine` and returns the reply line (without newline).
     public static func execute(_ line: String, on machine: Machine) -> String {
-        let words = line.split(separator: " ", maxSplits: 1).map(String.init)
         do {
-            switch words.first ?? "" {
-            case "pause" where words.count == 1: try machine.pause(); return "ok"
-            case "resume" where words.count == 1: try machine.resume(); return "ok"
-            case "status" where words.count == 1: return "ok \(machine.isPaused ? "paused" : "running")"
-            case "snapshot" where words.count == 2:
-                let s = try machine.snapshot(to: words[1])
+            switch try VMMCommand.parse(line) {
+            case .snapshot(let directory?):
+                let s = try machine.snapshot(to: directory)
                 return "ok memory=\(s.memoryBytes) written=\(s.memoryBytesWritten) state=\(s.stateBytes)"
-            default: return "error: unknown command '\(line)' (pause, resume, status, snapshot DIR)"
+            case .files, .snapshot(nil): return "error: \(VMMCommand.ParseError(text: line))"
+            case let command: return try execute(command, on: machine)
             }
         } catch {
-            return "error: \(error.description)"
+            return "error: \(error)"
+        }
+    }
+
+    /// pause, resume and status, the same on every control socket and channel.
+    static func execute(_ command: VMMCommand, on machine: Machine) throws(MachineError) -> String {
+        switch command {
+        case .pause: try machine.pause(); return "ok"
+        case .resume: try machine.resume(); return "ok"
+        case .status: return "ok \(machine.isPaused ? "paused" : "running")"
+        case .files, .snapshot: return "error: '\(command.text)' is not served here"
         }
     }
 
