@@ -19,6 +19,8 @@ let package = Package(
                           swiftSettings: fuzz),
         .executableTarget(name: "FuzzSnapshot", dependencies: ["FuzzSupport", .product(name: "VMM", package: "Kiln")],
                           swiftSettings: fuzz),
+        .executableTarget(name: "FuzzLaunch", dependencies: ["FuzzSupport", .product(name: "VMMProtocol", package: "Kiln")],
+                          swiftSettings: fuzz),
         .executableTarget(name: "FuzzAgentProtocol", dependencies: ["FuzzSupport", .product(name: "AgentProtocol", package: "Kiln")],
                           swiftSettings: fuzz),
     ]
