@@ -14,6 +14,12 @@ let package = Package(
         .library(name: "AgentProtocol", targets: ["AgentProtocol"]),
         .library(name: "Sandbox", targets: ["Sandbox"]),
         .executable(name: "kiln-agent", targets: ["kiln-agent"]),
+        .library(name: "KilnService", targets: ["KilnService"]),
+    ],
+    // Only the service (and the CLI that starts it) links these; the VMM and the agent do not.
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .target(name: "CLinux"),
@@ -33,10 +39,16 @@ let package = Package(
         .target(name: "Sandbox", dependencies: ["AgentProtocol", "Jailer", "LinuxSys", "VMM"], swiftSettings: strict),
         .target(name: "Seccomp", dependencies: ["CSandbox"], swiftSettings: strict),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp"], swiftSettings: strict),
+        // `kiln serve`: the E2B-compatible multi-tenant service (docs/service.md).
+        .target(name: "KilnService", dependencies: [
+            "Sandbox", "AgentProtocol", "LinuxSys",
+            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .target(name: "Jailer", dependencies: ["CSandbox", "CLinux", "LinuxSys"], swiftSettings: strict),
         // Release builds are fully static: no dynamic loader relocations touching every page of the
         // Swift runtime, which keeps the VMM's own resident memory near 4 MiB instead of 10.
-        .executableTarget(name: "kiln", dependencies: ["VMM", "Sandbox", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "Seccomp"], swiftSettings: strict,
+        .executableTarget(name: "kiln", dependencies: ["VMM", "Sandbox", "KilnService", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "Seccomp"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"],
                           path: "Benchmarks/Host", swiftSettings: strict),
@@ -53,6 +65,7 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(name: "JailerTests", dependencies: ["Jailer"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
+        .testTarget(name: "KilnServiceTests", dependencies: ["KilnService", "Sandbox", "AgentProtocol"], swiftSettings: strict),
         .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )

@@ -29,7 +29,7 @@ public final class AgentClient: Sendable {
     public let agentSoftware: String
     public let capabilities: Capabilities
     public let version: Version
-    private let state = Mutex(State())
+    let state = Mutex(State())
     private let writeLock = Mutex(())
     private let readerThread = Mutex<LinuxSys.Thread?>(nil)
 
@@ -334,7 +334,11 @@ public final class AgentClient: Sendable {
                 for c in p.creditWaiters { resumers.append { c.resume() } }
             }
             for (id, _) in s.processes where s.processes[id]?.exit == nil { s.processes[id] = nil }
-            for (_, r) in s.reads { if let c = r.done { resumers.append { c.resume(throwing: error) } } }
+            for (_, r) in s.reads {
+                if let c = r.done { resumers.append { c.resume(throwing: error) } }
+                if let c = r.opened { resumers.append { c.resume(throwing: error) } }
+                r.sink?.finish(throwing: error)
+            }
             for (_, w) in s.writes {
                 if let c = w.done { resumers.append { c.resume(throwing: error) } }
                 for c in w.creditWaiters { resumers.append { c.resume() } }
@@ -365,8 +369,9 @@ public final class AgentClient: Sendable {
                     st.processes[s] = nil
                     resume = { c.resume(throwing: AgentClientError.failed(failure)) }
                 } else if st.reads[s] != nil {
-                    let c = st.reads.removeValue(forKey: s)!.done
-                    resume = { c?.resume(throwing: AgentClientError.failed(failure)) }
+                    let r = st.reads.removeValue(forKey: s)!
+                    r.sink?.finish(throwing: AgentClientError.failed(failure))
+                    resume = { r.done?.resume(throwing: AgentClientError.failed(failure)); r.opened?.resume(throwing: AgentClientError.failed(failure)) }
                 } else if st.writes[s] != nil {
                     st.writes[s]!.result = .failure(AgentClientError.failed(failure))
                     let waiters = st.writes[s]!.creditWaiters
@@ -409,15 +414,21 @@ public final class AgentClient: Sendable {
                 }
             case .fileInfo(let info):
                 st.reads[s]?.info = info
+                if let c = st.reads[s]?.opened { st.reads[s]!.opened = nil; resume = { c.resume(returning: info) } }
             case .fileData(let bytes):
-                if st.reads[s] != nil {
+                if let sink = st.reads[s]?.sink {
+                    sink.yield(bytes)
+                } else if st.reads[s] != nil {
                     st.reads[s]!.contents.append(contentsOf: bytes)
                     if let credit = st.reads[s]!.window.consume(bytes.count) {
                         resume = { [self] in send(Frame(stream: s, .credit(.file, bytes: credit))) }
                     }
                 }
             case .fileEnd:
-                if let r = st.reads.removeValue(forKey: s), let c = r.done {
+                if let sink = st.reads[s]?.sink {
+                    st.reads[s] = nil
+                    sink.finish()
+                } else if let r = st.reads.removeValue(forKey: s), let c = r.done {
                     let info = r.info ?? FileInfo(mode: 0, size: UInt64(r.contents.count), uid: 0, gid: 0)
                     resume = { c.resume(returning: (info, r.contents)) }
                 }
@@ -463,6 +474,10 @@ struct ReadState {
     var contents: [UInt8] = []
     var window = ReceiveWindow()
     var done: CheckedContinuation<(info: FileInfo, contents: [UInt8]), any Error>?
+    /// A streamed read (`openFile`): the info goes to `opened`, the data to `sink`, and credit
+    /// returns as the consumer takes the data.
+    var opened: CheckedContinuation<FileInfo, any Error>?
+    var sink: AsyncThrowingStream<[UInt8], any Error>.Continuation?
 }
 
 struct WriteState {
