@@ -125,9 +125,12 @@ struct ProcessRPC {
         }
         var env = config.envs ?? [:]
         if pty != nil && env["TERM"] == nil { env["TERM"] = "xterm-256color" }
+        // The call's deadline (the SDK's command `timeout`) bounds the process: the agent kills its
+        // group when it passes, and the stream ends with deadline_exceeded.
+        let deadline = request.header("connect-timeout-ms").flatMap { UInt32($0) } ?? 0
         let exec = Exec(argv: [config.cmd] + (config.args ?? []), environment: sandbox.environment(user: user, extra: env),
                         workingDirectory: config.cwd.flatMap { $0.isEmpty ? nil : $0 } ?? user.home,
-                        uid: user.uid, gid: user.gid, groups: user.groups, pty: pty)
+                        uid: user.uid, gid: user.gid, groups: user.groups, pty: pty, timeoutMillis: deadline)
         let remote: RemoteProcess
         do { remote = try await sandbox.agent.exec(exec) } catch let e as AgentClientError {
             if case .failed(let f) = e {
@@ -178,7 +181,7 @@ struct ProcessRPC {
             case .pty(let b): try await out.send(M.EventResponse(event: M.Event(data: .init(pty: Base64Bytes(b)))))
             case .end(let status, let error):
                 try await out.send(M.EventResponse(event: M.Event(end: ProcessRPC.end(status, error: error))))
-                try await out.finish()
+                try await out.finish(status?.timedOut == true ? EnvdError(.deadlineExceeded, "the command ran past its timeout and was killed") : nil)
                 return
             }
         }
