@@ -67,7 +67,7 @@ def service():
                 os.environ[k] = v
         if left:
             failed = "processes left running after kiln serve stopped:\n" + "\n".join(f"  {p} {c}" for p, c in left.items())
-        elif code not in (0, -signal.SIGTERM):
+        elif code not in (0, -signal.SIGTERM, 128 + signal.SIGTERM):
             failed = f"kiln serve exited with {code} on SIGTERM:\n{svc.log_tail()}"
         if failed is None and os.environ.get("KILN_E2B_KEEP") != "1":
             shutil.rmtree(workdir, ignore_errors=True)

@@ -40,7 +40,7 @@ TINY_MAX_SANDBOXES = 1
 TENANTS = {
     "tenants": [
         {"name": "acme", "apiKeys": [ACME_KEY], "maxSandboxes": 20, "maxMemoryMiB": 8192},
-        {"name": "tiny", "apiKeys": [TINY_KEY], "maxSandboxes": TINY_MAX_SANDBOXES, "maxMemoryMiB": 2048},
+        {"name": "tiny", "apiKeys": [TINY_KEY], "maxSandboxes": TINY_MAX_SANDBOXES, "maxMemoryMiB": 8192},
     ]
 }
 

@@ -41,6 +41,10 @@ def test_text_write_creates_parents_and_reads_back(shared_sandbox):
     assert info.path == path
     assert shared_sandbox.files.read(path) == text
     assert bytes(shared_sandbox.files.read(path, format="bytes")) == text.encode()
+    # The SDK's other upload form (application/octet-stream instead of multipart/form-data).
+    raw = path.replace("hello.txt", "raw.bin")
+    shared_sandbox.files.write(raw, b"\x00\x01binary\xff", use_octet_stream=True)
+    assert bytes(shared_sandbox.files.read(raw, format="bytes")) == b"\x00\x01binary\xff"
 
 
 def test_directory_operations(shared_sandbox):
