@@ -24,7 +24,7 @@ import Testing
         #expect(try Frame(stream: 0, .ping(nonce: 0x0102_0304_0506_0708)).encoded() ==
             [8, 0, 0, 0, 0x03, 0, 0, 0, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1])
         #expect(try Frame(stream: 0, .hello(Hello(software: "k"))).encoded() ==
-            [13, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0] + Array("KILN".utf8) + [1, 0, 1, 0, 1, 0, 0, 0, 0x6B])
+            [13, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0] + Array("KILN".utf8) + [1, 0, 2, 0, 1, 0, 0, 0, 0x6B])
         #expect(try Frame(stream: 7, .stdout([0xAA])).encoded() == [1, 0, 0, 0, 0x15, 0, 0, 0, 7, 0, 0, 0, 0xAA])
     }
 
@@ -93,6 +93,30 @@ import Testing
         #expect(throws: ProtocolError.reservedBits(.writeFile)) {
             try Frame(stream: 1, .writeFile(WriteFile(path: "/x", mode: 0o644, options: .init(rawValue: 0x80)))).encoded()
         }
+        #expect(throws: ProtocolError.reservedBits(.spawn)) {
+            try Frame(stream: 1, .spawn(Spawn(Exec(argv: ["x"]), flags: .init(rawValue: 2)))).encoded()
+        }
+        #expect(throws: ProtocolError.invalidValue(.signalProcess, field: "signal number")) {
+            try Frame(stream: 1, .signalProcess(pid: 1, signal: 65)).encoded()
+        }
+        #expect(throws: ProtocolError.invalidValue(.makeDirectory, field: "mode")) {
+            try Frame(stream: 1, .makeDirectory(MakeDirectory(path: "/x", mode: 0o40755))).encoded()
+        }
+        #expect(throws: ProtocolError.invalidValue(.entry, field: "symlink presence byte")) {
+            try Frame(stream: 1, .entry(EntryInfo(name: "l", path: "/l", kind: .symlink, mode: 0o777))).encoded()
+        }
+        #expect(throws: ProtocolError.invalidValue(.entries, field: "nanoseconds")) {
+            try Frame(stream: 1, .entries([EntryInfo(name: "f", path: "/f", kind: .file, mode: 0, modifiedNanoseconds: 1_000_000_000)])).encoded()
+        }
+        #expect(throws: ProtocolError.reservedBits(.processes)) {
+            try Frame(stream: 1, .processes([ProcessSummary(pid: 1, argv: [], flags: .init(rawValue: 0x80))])).encoded()
+        }
+    }
+
+    /// Pins the byte layout of one 1.2 message that docs/agent-protocol.md spells out.
+    @Test func statBytesMatchTheDocument() throws {
+        #expect(try Frame(stream: 2, .stat(path: "/a")).encoded() == [6, 0, 0, 0, 0x30, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0x2F, 0x61])
+        #expect(try Frame(stream: 2, .directoryMade(created: true)).encoded() == [1, 0, 0, 0, 0x36, 0, 0, 0, 2, 0, 0, 0, 1])
     }
 
     @Test func aProtocolErrorReachesThePeerWithItsCodeAndText() throws {
