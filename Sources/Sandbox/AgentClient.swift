@@ -289,7 +289,7 @@ public final class AgentClient: Sendable {
         let stream = try state.withLock { s throws(AgentClientError) -> UInt32 in
             if let e = s.closed { throw e }
             let id = s.allocateStream()
-            s.requests[id] = RequestState()
+            s.requests[id] = RequestState(listsProcesses: message.type == .listProcesses)
             return id
         }
         return try await withCheckedThrowingContinuation { c in
@@ -617,7 +617,7 @@ public final class AgentClient: Sendable {
                 st.requests[s]?.processes.append(contentsOf: list)
             case .listEnd:
                 if let r = st.requests.removeValue(forKey: s), let c = r.done {
-                    let answer: Message = r.processes.isEmpty ? .entries(r.entries) : .processes(r.processes)
+                    let answer: Message = r.listsProcesses ? .processes(r.processes) : .entries(r.entries)
                     resume = { c.resume(returning: answer) }
                 }
             case .watching:
@@ -643,6 +643,8 @@ extension AgentClient.State {
 }
 
 struct RequestState {
+    /// ListProcesses (its ListEnd answers with Processes) rather than ListDirectory.
+    let listsProcesses: Bool
     var entries: [EntryInfo] = []
     var processes: [ProcessSummary] = []
     var done: CheckedContinuation<Message, any Error>?
