@@ -66,8 +66,8 @@ final class ChildProcess {
     func detach() {
         connection = nil
         stream = 0
-        stdoutWindow = SendWindow(initial: Wire.initialWindow - UInt32(clamping: bufferedStdout.count))
-        stderrWindow = SendWindow(initial: Wire.initialWindow - UInt32(clamping: bufferedStderr.count))
+        stdoutWindow = SendWindow(initial: Wire.initialWindow - min(Wire.initialWindow, UInt32(clamping: bufferedStdout.count)))
+        stderrWindow = SendWindow(initial: Wire.initialWindow - min(Wire.initialWindow, UInt32(clamping: bufferedStderr.count)))
     }
 
     /// Attach: the stream starts with fresh windows, as an Exec stream does.

@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 @testable import AgentProtocol
 
@@ -144,5 +145,32 @@ import Testing
         }
         #expect(error.description.contains("this side speaks \(Wire.version), the peer 0.9"))
         #expect(error.code == 2)
+    }
+}
+
+/// The fuzzer's 1.2 seeds (Fuzz/seeds/FuzzAgentProtocol) are valid streams, so that mutations
+/// start from frames the decoder accepts.
+@Suite struct FuzzSeedTests {
+    @Test func theVersion12SeedsDecodeCompletely() throws {
+        let file = String(#filePath)
+        let seeds = String(file.dropLast("Tests/AgentProtocolTests/RoundTripTests.swift".count)) + "Fuzz/seeds/FuzzAgentProtocol/"
+        for (name, side, count) in [("host-1.2", Side.host, 13), ("agent-1.2", Side.agent, 12)] {
+            let bytes = try #require(readSeed(seeds + name), "\(seeds + name)")
+            #expect(bytes[0] & 1 == (side == .host ? 0 : 1))
+            #expect(try decode(Array(bytes.dropFirst()), from: side).count == count, "\(name)")
+        }
+    }
+
+    func readSeed(_ path: String) -> [UInt8]? {
+        guard let f = fopen(path, "rb") else { return nil }
+        defer { fclose(f) }
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = fread(&buffer, 1, buffer.count, f)
+            if n <= 0 { break }
+            out += buffer[0..<n]
+        }
+        return out
     }
 }
