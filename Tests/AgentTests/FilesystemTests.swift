@@ -150,4 +150,15 @@ import Testing
         // The connection goes on after the watch.
         #expect(try await client.stat("\(dir)/w").kind == .directory)
     }
+
+    @Test func badRequestsFailAndTheAgentGoesOn() async throws {
+        #expect(await failure { _ = try await client.stat("") }?.errno == EINVAL)
+        #expect(await failure { _ = try await client.listDirectory("bad\u{0}path") }?.errno == EINVAL)
+        #expect(await failure { try await client.remove("") }?.errno == EINVAL)
+        #expect(await failure { _ = try await client.attach(pid: 0) }?.errno == ESRCH)
+        // Not a process the agent started, even though it exists.
+        #expect(await failure { try await client.signal(pid: UInt32(getpid()), SIGCONT) }?.errno == ESRCH)
+        #expect(await failure { _ = try await client.watchDirectory("\(dir)/missing") }?.errno == ENOENT)
+        #expect(try await client.ping().processes == 0)
+    }
 }

@@ -165,3 +165,37 @@ import Testing
         return nil
     }
 }
+
+/// A host talking to a 1.1 agent sends none of the 1.2 messages: each operation says why.
+@Suite struct OlderAgentTests {
+    @Test func version12OperationsAreRefusedLocallyAgainstA11Agent() async throws {
+        var fds: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[1]) }
+        // The 1.1 agent's answer waits in the socket before the client even says Hello.
+        let ack = try Frame(stream: 0, .helloAck(HelloAck(version: Version(major: 1, minor: 1), software: "old agent",
+                                                           capabilities: []))).encoded()
+        _ = ack.withUnsafeBytes { write(fds[1], $0.baseAddress, $0.count) }
+        let client = try AgentClient(socket: FileDescriptor(owning: fds[0]))
+        #expect(client.version == Version(major: 1, minor: 1))
+        for operation in ["Stat", "Spawn", "ListProcesses"] {
+            do {
+                switch operation {
+                case "Stat": _ = try await client.stat("/")
+                case "Spawn": _ = try await client.exec(Exec(argv: ["true"]), keep: true)
+                default: _ = try await client.listProcesses()
+                }
+                Issue.record("\(operation) went to a 1.1 agent")
+            } catch AgentClientError.unsupported(let name, let needs, let agent) {
+                #expect(name == operation && needs == Version(major: 1, minor: 2) && agent == Version(major: 1, minor: 1))
+            }
+        }
+        // Only the Hello went out.
+        var decoder = FrameDecoder(from: .host)
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = buffer.withUnsafeMutableBytes { recv(fds[1], $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        decoder.feed(buffer[0..<max(n, 0)])
+        guard case .hello? = try decoder.next()?.message else { Issue.record("no Hello"); return }
+        #expect(try decoder.next() == nil)
+    }
+}
