@@ -304,7 +304,9 @@ public actor SandboxManager {
                 try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: vms, hostProfile: settings.hostProfile,
                                           isolation: settings.isolation)
             }
-            return ServiceSandbox(id: id, sandbox: sandbox, envVars: envVars, blocking: blocking)
+            let live = ServiceSandbox(id: id, sandbox: sandbox, envVars: envVars, blocking: blocking)
+            await live.reattach()
+            return live
         } catch {
             logger.error("cannot start sandbox \(id): \(error)")
             throw APIError(500, "cannot start the sandbox: \(error)")
