@@ -16,6 +16,12 @@ let package = Package(
         .library(name: "AgentProtocol", targets: ["AgentProtocol"]),
         .library(name: "Sandbox", targets: ["Sandbox"]),
         .executable(name: "kiln-agent", targets: ["kiln-agent"]),
+        .library(name: "KilnService", targets: ["KilnService"]),
+    ],
+    // Only the service (and the CLI that starts it) links these; the VMM and the agent do not.
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .target(name: "CLinux"),
@@ -37,15 +43,22 @@ let package = Package(
         .target(name: "Sandbox", dependencies: ["AgentProtocol", "Jailer", "LinuxSys", "Seccomp", "VMM", "VMMProtocol"], swiftSettings: strict),
         .target(name: "Seccomp", dependencies: ["CSandbox"], swiftSettings: strict),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp", "VMMProtocol"], swiftSettings: strict),
+        // `kiln serve`: the E2B-compatible multi-tenant service (docs/service.md).
+        .target(name: "KilnService", dependencies: [
+            "Sandbox", "AgentProtocol", "LinuxSys",
+            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .target(name: "Jailer", dependencies: ["CSandbox", "CLinux", "LinuxSys", "VMMProtocol"], swiftSettings: strict),
         // The jailed VMM process, started by kiln and the Sandbox library. Release builds are fully
         // static: no dynamic loader relocations touching every page of the Swift runtime, which
-        // keeps the VMM's own resident memory near 4 MiB instead of 10.
+        // keeps the VMM's own resident memory near 4 MiB instead of 10. It links no NIO, no
+        // ArgumentParser: nothing the CLI and the service need is mapped where a guest could reach.
         .executableTarget(name: "kiln-vmm", dependencies: ["VMM", "VMMProtocol", "Jailer", "LinuxSys", "Seccomp"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
-        // The CLI; static in release too, so that it runs from anywhere (`kiln run --no-jail` and
-        // non-root runs keep the VMM in this process).
-        .executableTarget(name: "kiln", dependencies: ["VMM", "VMMProtocol", "Sandbox", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "Seccomp"], swiftSettings: strict,
+        // The CLI and `kiln serve`; static in release too, so that it runs from anywhere
+        // (`kiln run --no-jail` and non-root runs keep the VMM in this process).
+        .executableTarget(name: "kiln", dependencies: ["VMM", "VMMProtocol", "Sandbox", "KilnService", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "Seccomp"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"],
                           path: "Benchmarks/Host", swiftSettings: strict),
@@ -65,6 +78,7 @@ let package = Package(
         .testTarget(name: "JailerTests", dependencies: ["Jailer", "VMMProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMProtocolTests", dependencies: ["VMMProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
+        .testTarget(name: "KilnServiceTests", dependencies: ["KilnService", "Sandbox", "AgentProtocol"], swiftSettings: strict),
         .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )

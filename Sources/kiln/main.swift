@@ -10,6 +10,7 @@ let usage = """
            kiln template create|list|rm ...               snapshots that kiln run starts from (kiln template --help)
            kiln boot [options]      boot a kernel with the serial console attached
            kiln restore DIR [options]  continue a snapshot (kiln restore --help)
+           kiln serve [options]     the E2B-compatible sandbox service (kiln serve --help)
            kiln help
 
     kiln boot options:
@@ -131,6 +132,8 @@ case "template": exit(await templateCommand(argv.dropFirst(2)))
 case "run":
     if argv.count > 2 && (argv[2] == "--help" || argv[2] == "-h") { writeRaw(1, runUsage + "\n"); exit(0) }
     exit(await runCommand(argv.dropFirst(2)))
+case "serve" where argv.count > 2 && ["--help", "-h"].contains(argv[2]): writeRaw(1, serveUsage + "\n")
+case "serve": exit(await serveCommand(argv.dropFirst(2)))
 case "restore" where argv.count > 2 && ["--help", "-h"].contains(argv[2]): writeRaw(1, restoreUsage + "\n")
 case "restore": exit(restore(argv.dropFirst(2)))
 case "help", "--help", "-h": writeRaw(1, usage + "\n")

@@ -1,0 +1,89 @@
+import FoundationEssentials
+import Glibc
+
+/// The control API's JSON bodies, in E2B's shapes (e2b-dev/infra spec/openapi.yml: NewSandbox,
+/// Sandbox, ListedSandbox, SandboxDetail, Error). Written from the published description.
+struct NewSandboxRequest: Decodable, Sendable {
+    var templateID: String
+    var timeout: Int?
+    var autoPause: Bool?
+    var secure: Bool?
+    var allowInternetAccess: Bool?
+    var metadata: [String: String]?
+    var envVars: [String: String]?
+
+    enum CodingKeys: String, CodingKey {
+        case templateID, timeout, autoPause, secure, metadata, envVars
+        case allowInternetAccess = "allow_internet_access"
+    }
+}
+
+/// E2B's create answer (`Sandbox`).
+struct CreatedSandbox: Encodable, Sendable {
+    var templateID: String
+    var sandboxID: String
+    var alias: String?
+    var clientID: String
+    var envdVersion: String
+    var envdAccessToken: String?
+    var domain: String?
+}
+
+/// E2B's `ListedSandbox` and `SandboxDetail` (a superset; the SDK reads what each call needs).
+struct SandboxDescription: Encodable, Sendable {
+    var templateID: String
+    var alias: String?
+    var sandboxID: String
+    var clientID: String
+    var startedAt: String
+    var endAt: String
+    var cpuCount: Int
+    var memoryMB: Int
+    var diskSizeMB: Int
+    var metadata: [String: String]
+    var state: String
+    var envdVersion: String
+    var envdAccessToken: String?
+    var domain: String?
+}
+
+/// E2B's `SandboxMetric`.
+struct SandboxMetric: Encodable, Sendable {
+    var timestamp: String
+    var timestampUnix: Int
+    var cpuCount: Int
+    var cpuUsedPct: Double
+    var memUsed: Int
+    var memTotal: Int
+    var memCache: Int
+    var diskUsed: Int
+    var diskTotal: Int
+}
+
+struct TimeoutRequest: Decodable, Sendable { var timeout: Int }
+struct ConnectRequest: Decodable, Sendable { var timeout: Int? }
+struct ResumeRequest: Decodable, Sendable { var timeout: Int?; var autoPause: Bool? }
+
+/// E2B's `Error` body.
+struct ErrorBody: Encodable, Sendable {
+    var code: Int
+    var message: String
+}
+
+enum Timestamps {
+    /// RFC 3339 in UTC with milliseconds, as E2B's API writes times.
+    static func rfc3339(_ seconds: Double) -> String {
+        var t = time_t(seconds.rounded(.down))
+        var tm = Glibc.tm()
+        gmtime_r(&t, &tm)
+        let ms = Int((seconds - seconds.rounded(.down)) * 1000)
+        func pad(_ v: Int32, _ n: Int) -> String { let s = String(v); return String(repeating: "0", count: max(0, n - s.count)) + s }
+        return "\(pad(tm.tm_year + 1900, 4))-\(pad(tm.tm_mon + 1, 2))-\(pad(tm.tm_mday, 2))T\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(Int32(ms), 3))Z"
+    }
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}

@@ -1,0 +1,414 @@
+import FoundationEssentials
+import Glibc
+import Logging
+import Sandbox
+import Synchronization
+import VMM
+
+/// What the service keeps about a sandbox, on disk in `STATE/sandboxes/ID.json` (written
+/// atomically at every change), so that a restarted service knows every sandbox it had.
+struct SandboxRecord: Codable, Sendable {
+    enum State: String, Codable, Sendable { case running, paused }
+    var id: String
+    var tenant: String
+    var templateID: String
+    var alias: String?
+    var clientID: String
+    var startedAt: Double
+    var endAt: Double
+    var metadata: [String: String]
+    var envVars: [String: String]
+    var accessToken: String
+    var autoPause: Bool
+    var cpuCount: Int
+    var memoryMB: Int
+    var diskSizeMB: Int
+    var state: State
+    /// The running VM's runtime directory (for adoption after a restart).
+    var runtimeDirectory: String?
+}
+
+/// An API error in E2B's shape: the HTTP status and a message.
+public struct APIError: Error, Sendable, CustomStringConvertible {
+    public var status: Int
+    public var message: String
+    public init(_ status: Int, _ message: String) { self.status = status; self.message = message }
+    public var description: String { "\(status): \(message)" }
+
+    static func notFound(_ id: String) -> APIError { APIError(404, "sandbox \(id) not found") }
+}
+
+/// The service's sandboxes: create, find, pause, resume and end them, enforce each tenant's quota
+/// and every sandbox's timeout. All VM work runs on `blocking`, never on the cooperative pool.
+public actor SandboxManager {
+    public struct Settings: Sendable {
+        public var stateDirectory: String
+        public var hostProfile: HostProfile = .detect()
+        public var isolation: Isolation = .automatic
+        /// E2B's default time to live and the longest the service grants.
+        public var defaultTimeout = 300
+        public var maxTimeout = 86_400
+        public var envdVersion = "0.5.7"
+        public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
+    }
+
+    /// Finds (making it on first use, if it knows how) the snapshot directory of a template.
+    public typealias TemplateResolver = @Sendable (String) async throws -> String
+
+    final class Entry: @unchecked Sendable {
+        var record: SandboxRecord
+        var live: ServiceSandbox?
+        /// A pause, resume or kill is under way: other changes wait or are refused.
+        var busy = false
+        init(record: SandboxRecord, live: ServiceSandbox?) { self.record = record; self.live = live }
+    }
+
+    let settings: Settings
+    let tenants: Tenants
+    let resolveTemplate: TemplateResolver
+    let blocking: BlockingExecutor
+    let logger: Logger
+    public let metrics: Metrics
+    var entries: [String: Entry] = [:]
+    /// Creates under way per tenant, counted against its quota before their VM exists.
+    var pending: [String: (count: Int, memory: Int)] = [:]
+    var ttlTask: Task<Void, Never>?
+
+    public init(settings: Settings, tenants: Tenants, resolveTemplate: @escaping TemplateResolver, metrics: Metrics, logger: Logger) throws {
+        self.settings = settings
+        self.tenants = tenants
+        self.resolveTemplate = resolveTemplate
+        self.metrics = metrics
+        self.logger = logger
+        blocking = BlockingExecutor(threads: 32)
+        for sub in ["sandboxes", "snapshots", "vms"] {
+            do { try FileIO.makeDirectories(settings.stateDirectory + "/" + sub) } catch { throw APIError(500, "\(error)") }
+        }
+    }
+
+    var recordsDirectory: String { settings.stateDirectory + "/sandboxes" }
+    var snapshotsDirectory: String { settings.stateDirectory + "/snapshots" }
+    var vmsDirectory: String { settings.stateDirectory + "/vms" }
+
+    // MARK: Start-up and the timeout sweep
+
+    /// Loads the records a previous run left: paused sandboxes stay paused, running ones are
+    /// adopted when their VM still runs, and the rest are reaped.
+    public func recover() async {
+        for name in FileIO.entries(recordsDirectory) where name.hasSuffix(".json") {
+            let path = recordsDirectory + "/" + name
+            guard let bytes = try? FileIO.read(path), let record = try? JSONDecoder().decode(SandboxRecord.self, from: Data(bytes)) else {
+                logger.warning("dropping unreadable sandbox record \(path)")
+                unlink(path)
+                continue
+            }
+            switch record.state {
+            case .paused:
+                entries[record.id] = Entry(record: record, live: nil)
+            case .running:
+                if let live = await adopt(record) {
+                    entries[record.id] = Entry(record: record, live: live)
+                    logger.info("adopted running sandbox \(record.id)")
+                } else {
+                    logger.info("sandbox \(record.id) ended while the service was down: reaped")
+                    forget(record.id)
+                }
+            }
+        }
+        updateGauges()
+    }
+
+    /// Reconnects to a sandbox whose VM outlived the previous service process.
+    func adopt(_ record: SandboxRecord) async -> ServiceSandbox? {
+        // TODO(vmm-launch): Sandbox.adopt(directory:) once VMMs outlive the service.
+        _ = record.runtimeDirectory
+        return nil
+    }
+
+    public func startTimeoutSweep() {
+        ttlTask = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(nanoseconds: 500_000_000)
+                await self?.sweepExpired()
+            }
+        }
+    }
+
+    /// The host enforces every timeout: a sandbox past its end is paused (autoPause) or killed,
+    /// whether or not its guest answers.
+    func sweepExpired() async {
+        let now = Timestamps.now()
+        for (id, entry) in entries where entry.record.state == .running && entry.record.endAt <= now && !entry.busy {
+            if entry.record.autoPause {
+                logger.info("sandbox \(id) reached its timeout: pausing")
+                do { try await pause(entry) } catch {
+                    logger.warning("pausing expired sandbox \(id) failed (\(error)): killing it")
+                    await kill(entry)
+                }
+            } else {
+                logger.info("sandbox \(id) reached its timeout: killing")
+                await kill(entry)
+            }
+        }
+    }
+
+    // MARK: The API's operations
+
+    func create(tenant: Tenant, _ request: NewSandboxRequest) async throws(APIError) -> SandboxRecord {
+        let started = Timestamps.now()
+        let timeout = request.timeout ?? settings.defaultTimeout
+        guard timeout >= 0 else { throw APIError(400, "timeout must not be negative") }
+        guard request.templateID.utf8.count <= 255, !request.templateID.isEmpty,
+              request.templateID.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "/") }), !request.templateID.hasPrefix(".") else {
+            throw APIError(400, "invalid template id '\(request.templateID)'")
+        }
+        for (k, _) in request.envVars ?? [:] where k.isEmpty || k.contains("=") || k.contains("\0") {
+            throw APIError(400, "invalid environment variable name '\(k)'")
+        }
+        let template: String
+        do { template = try await resolveTemplate(request.templateID) } catch let e as APIError { throw e } catch {
+            throw APIError(500, "template '\(request.templateID)' cannot be used: \(error)")
+        }
+        let info: SnapshotInfo
+        do { info = try SnapshotInfo.read(directory: template) } catch {
+            throw APIError(500, "template '\(request.templateID)' is damaged: \(error)")
+        }
+        let memoryMB = Int(info.memoryBytes >> 20)
+        try reserve(tenant, memoryMB: memoryMB)
+        defer { release(tenant, memoryMB: memoryMB) }
+
+        let id = Random.sandboxID()
+        let live: ServiceSandbox
+        do {
+            live = try await start(id: id, snapshot: template, envVars: request.envVars ?? [:])
+        } catch {
+            metrics.count(error: "create")
+            throw error
+        }
+        let now = Timestamps.now()
+        let record = SandboxRecord(
+            id: id, tenant: tenant.name, templateID: request.templateID, alias: request.templateID, clientID: "kiln",
+            startedAt: now, endAt: now + Double(min(timeout, settings.maxTimeout)), metadata: request.metadata ?? [:],
+            envVars: request.envVars ?? [:], accessToken: Random.hex(bytes: 24), autoPause: request.autoPause ?? false,
+            cpuCount: info.vcpus, memoryMB: memoryMB, diskSizeMB: Int((info.config.disks.first.map { fileSize($0.path) } ?? 0) >> 20),
+            state: .running, runtimeDirectory: live.sandbox.directory)
+        entries[id] = Entry(record: record, live: live)
+        save(record)
+        metrics.observeCreate(seconds: Timestamps.now() - started)
+        updateGauges()
+        logger.info("created sandbox \(id) for tenant \(tenant.name) from template \(request.templateID)")
+        return record
+    }
+
+    func get(tenant: Tenant, id: String) throws(APIError) -> SandboxRecord {
+        try entry(tenant, id).record
+    }
+
+    func list(tenant: Tenant) -> [SandboxRecord] {
+        entries.values.map(\.record).filter { $0.tenant == tenant.name }.sorted { $0.startedAt < $1.startedAt }
+    }
+
+    func kill(tenant: Tenant, id: String) async throws(APIError) {
+        let e = try entry(tenant, id)
+        guard !e.busy else { throw APIError(409, "sandbox \(id) is being paused or resumed") }
+        await kill(e)
+    }
+
+    func setTimeout(tenant: Tenant, id: String, seconds: Int) throws(APIError) {
+        guard seconds >= 0 else { throw APIError(400, "timeout must not be negative") }
+        let e = try entry(tenant, id)
+        e.record.endAt = Timestamps.now() + Double(min(seconds, settings.maxTimeout))
+        save(e.record)
+    }
+
+    func pause(tenant: Tenant, id: String) async throws(APIError) {
+        let e = try entry(tenant, id)
+        guard e.record.state == .running else { throw APIError(409, "sandbox \(id) is already paused") }
+        guard !e.busy else { throw APIError(409, "sandbox \(id) is being paused or resumed") }
+        try await pause(e)
+    }
+
+    /// Resumes a paused sandbox (E2B's connect and resume); a running one only gets its timeout
+    /// extended. Returns the record and whether it was resumed.
+    func connect(tenant: Tenant, id: String, timeout: Int?) async throws(APIError) -> (SandboxRecord, resumed: Bool) {
+        let e = try entry(tenant, id)
+        guard !e.busy else { throw APIError(409, "sandbox \(id) is being paused or resumed") }
+        let seconds = min(timeout ?? settings.defaultTimeout, settings.maxTimeout)
+        if e.record.state == .running {
+            if timeout != nil {
+                e.record.endAt = max(e.record.endAt, Timestamps.now() + Double(seconds))
+                save(e.record)
+            }
+            return (e.record, false)
+        }
+        guard let t = tenants.all.first(where: { $0.name == e.record.tenant }) else { throw APIError(404, "sandbox \(id) not found") }
+        try reserve(t, memoryMB: e.record.memoryMB)
+        defer { release(t, memoryMB: e.record.memoryMB) }
+        e.busy = true
+        defer { e.busy = false }
+        let live = try await start(id: id, snapshot: snapshotDirectory(id), envVars: e.record.envVars)
+        e.live = live
+        e.record.state = .running
+        e.record.runtimeDirectory = live.sandbox.directory
+        e.record.endAt = Timestamps.now() + Double(seconds)
+        save(e.record)
+        updateGauges()
+        logger.info("resumed sandbox \(id)")
+        return (e.record, true)
+    }
+
+    /// One sample of what the sandbox's VM costs the host (E2B's SandboxMetric): its VMM's CPU
+    /// since start and its resident memory; empty for a paused sandbox.
+    func metrics(tenant: Tenant, id: String) throws(APIError) -> [SandboxMetric] {
+        let e = try entry(tenant, id)
+        guard let pid = e.live?.sandbox.vmmProcess?.pid else { return [] }
+        let now = Timestamps.now()
+        let stat = (try? FileIO.read("/proc/\(pid)/stat")).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+        let fields = stat.split(separator: ")").last.map { $0.split(separator: " ") } ?? []
+        let ticks = fields.count > 12 ? (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0) : 0
+        let cpuSeconds = ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+        let status = (try? FileIO.read("/proc/\(pid)/status")).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let rssKiB = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+            .flatMap { $0.split(separator: " ").dropFirst().first }.flatMap { Int($0) } ?? 0
+        let elapsed = max(0.001, now - e.record.startedAt)
+        return [SandboxMetric(timestamp: Timestamps.rfc3339(now), timestampUnix: Int(now), cpuCount: e.record.cpuCount,
+                              cpuUsedPct: min(100 * Double(e.record.cpuCount), 100 * cpuSeconds / elapsed),
+                              memUsed: rssKiB * 1024, memTotal: e.record.memoryMB << 20, memCache: 0,
+                              diskUsed: 0, diskTotal: e.record.diskSizeMB << 20)]
+    }
+
+    /// The running sandbox an envd request names, checked against its access token.
+    func envdTarget(id: String, token: String?) throws(APIError) -> ServiceSandbox {
+        guard let e = entries[id], Tenants.constantTimeEqual(e.record.accessToken, token ?? "") else {
+            throw APIError(502, "The sandbox \(id) was not found")
+        }
+        guard e.record.state == .running, let live = e.live else { throw APIError(502, "The sandbox \(id) was not found: it is paused") }
+        return live
+    }
+
+    public func shutdown() {
+        ttlTask?.cancel()
+    }
+
+    // MARK: Internals
+
+    func entry(_ tenant: Tenant, _ id: String) throws(APIError) -> Entry {
+        // Another tenant's sandbox is answered exactly as an unknown one.
+        guard let e = entries[id], e.record.tenant == tenant.name else { throw .notFound(id) }
+        return e
+    }
+
+    func reserve(_ tenant: Tenant, memoryMB: Int) throws(APIError) {
+        let running = entries.values.filter { $0.record.tenant == tenant.name && $0.record.state == .running }
+        let p = pending[tenant.name] ?? (0, 0)
+        guard running.count + p.count < tenant.maxSandboxes else {
+            metrics.count(error: "quota")
+            throw APIError(429, "tenant \(tenant.name) has reached its limit of \(tenant.maxSandboxes) running sandboxes")
+        }
+        let memory = running.reduce(0) { $0 + $1.record.memoryMB } + p.memory
+        guard memory + memoryMB <= tenant.maxMemoryMiB else {
+            metrics.count(error: "quota")
+            throw APIError(429, "tenant \(tenant.name) would exceed its guest memory limit of \(tenant.maxMemoryMiB) MiB (\(memory) MiB in use, \(memoryMB) MiB asked)")
+        }
+        pending[tenant.name] = (p.count + 1, p.memory + memoryMB)
+    }
+
+    func release(_ tenant: Tenant, memoryMB: Int) {
+        if let p = pending[tenant.name] { pending[tenant.name] = (p.count - 1, p.memory - memoryMB) }
+    }
+
+    func start(id: String, snapshot: String, envVars: [String: String]) async throws(APIError) -> ServiceSandbox {
+        let settings = self.settings, vms = vmsDirectory
+        do {
+            let sandbox = try await blocking.run {
+                try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: vms, hostProfile: settings.hostProfile,
+                                          isolation: settings.isolation)
+            }
+            let live = ServiceSandbox(id: id, sandbox: sandbox, envVars: envVars, blocking: blocking)
+            await live.reattach()
+            return live
+        } catch {
+            logger.error("cannot start sandbox \(id): \(error)")
+            throw APIError(500, "cannot start the sandbox: \(error)")
+        }
+    }
+
+    func pause(_ e: Entry) async throws(APIError) {
+        guard let live = e.live else { return }
+        e.busy = true
+        defer { e.busy = false }
+        let id = e.record.id
+        let final = snapshotDirectory(id), fresh = final + ".new"
+        FileIO.removeTree(fresh)
+        do {
+            try await blocking.run {
+                try FileIO.makeDirectories(fresh)
+                try live.sandbox.snapshot(to: fresh)
+            }
+        } catch {
+            FileIO.removeTree(fresh)
+            throw APIError(500, "cannot pause sandbox \(id): \(error)")
+        }
+        await live.close()
+        // The previous snapshot (a resumed sandbox's memory was mapped from it) goes only now.
+        FileIO.removeTree(final)
+        rename(fresh, final)
+        e.live = nil
+        e.record.state = .paused
+        e.record.runtimeDirectory = nil
+        save(e.record)
+        updateGauges()
+        logger.info("paused sandbox \(id)")
+    }
+
+    func kill(_ e: Entry) async {
+        let id = e.record.id
+        e.busy = true
+        if let live = e.live { await live.close() }
+        forget(id)
+        updateGauges()
+        logger.info("killed sandbox \(id)")
+    }
+
+    func forget(_ id: String) {
+        entries[id] = nil
+        unlink(recordsDirectory + "/" + id + ".json")
+        FileIO.removeTree(snapshotDirectory(id))
+    }
+
+    func snapshotDirectory(_ id: String) -> String { snapshotsDirectory + "/" + id }
+
+    func save(_ record: SandboxRecord) {
+        do {
+            let data = try JSONEncoder().encode(record)
+            try FileIO.writeAtomically(recordsDirectory + "/" + record.id + ".json", Array(data))
+        } catch {
+            logger.error("cannot save the record of sandbox \(record.id): \(error)")
+        }
+    }
+
+    func updateGauges() {
+        var counts: [String: [String: Int]] = [:]
+        for t in tenants.all { counts[t.name] = ["running": 0, "paused": 0] }
+        for e in entries.values { counts[e.record.tenant, default: [:]][e.record.state.rawValue, default: 0] += 1 }
+        metrics.setSandboxes(counts)
+    }
+
+    nonisolated func fileSize(_ path: String) -> UInt64 {
+        var st = stat()
+        return stat(path, &st) == 0 ? UInt64(st.st_size) : 0
+    }
+
+    func describe(_ r: SandboxRecord) -> SandboxDescription {
+        SandboxDescription(templateID: r.templateID, alias: r.alias, sandboxID: r.id, clientID: r.clientID,
+                           startedAt: Timestamps.rfc3339(r.startedAt), endAt: Timestamps.rfc3339(r.endAt),
+                           cpuCount: r.cpuCount, memoryMB: r.memoryMB, diskSizeMB: r.diskSizeMB, metadata: r.metadata,
+                           state: r.state.rawValue, envdVersion: settings.envdVersion, envdAccessToken: r.accessToken, domain: nil)
+    }
+
+    func created(_ r: SandboxRecord) -> CreatedSandbox {
+        CreatedSandbox(templateID: r.templateID, sandboxID: r.id, alias: r.alias, clientID: r.clientID,
+                       envdVersion: settings.envdVersion, envdAccessToken: r.accessToken, domain: nil)
+    }
+}

@@ -1,0 +1,216 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// One HTTP/1.1 request as a handler sees it: the head, and the body read on demand (so that an
+/// upload streams to the guest instead of being held whole).
+public final class HTTPRequest: @unchecked Sendable {
+    public let head: HTTPRequestHead
+    public let path: String
+    public let query: [String: String]
+    private var iterator: NIOAsyncChannelInboundStream<HTTPServerRequestPart>.AsyncIterator
+    private(set) var bodyFinished = false
+
+    init(head: HTTPRequestHead, iterator: NIOAsyncChannelInboundStream<HTTPServerRequestPart>.AsyncIterator) {
+        self.head = head
+        self.iterator = iterator
+        (path, query) = HTTPRequest.split(head.uri)
+    }
+
+    public var method: HTTPMethod { head.method }
+    public func header(_ name: String) -> String? { head.headers.first(name: name) }
+
+    /// The next piece of the body; nil at its end.
+    public func nextBodyChunk() async throws -> ByteBuffer? {
+        guard !bodyFinished else { return nil }
+        while let part = try await iterator.next() {
+            switch part {
+            case .body(let buffer): return buffer
+            case .end: bodyFinished = true; return nil
+            case .head: throw HTTPError(.badRequest, "a request head arrived inside a body")
+            }
+        }
+        bodyFinished = true
+        throw HTTPError(.badRequest, "the client closed the connection inside the request body")
+    }
+
+    /// The whole body, refused past `limit` bytes (413).
+    public func collectBody(limit: Int) async throws -> ByteBuffer {
+        var all = ByteBuffer()
+        while var chunk = try await nextBodyChunk() {
+            guard all.readableBytes + chunk.readableBytes <= limit else {
+                throw HTTPError(.payloadTooLarge, "the request body is larger than \(limit) bytes")
+            }
+            all.writeBuffer(&chunk)
+        }
+        return all
+    }
+
+    /// Reads and drops what is left of the body, so that the connection can carry the next request.
+    func drain() async throws {
+        while try await nextBodyChunk() != nil {}
+    }
+
+    /// Hands the iterator back to the connection loop.
+    func takeIterator() -> NIOAsyncChannelInboundStream<HTTPServerRequestPart>.AsyncIterator { iterator }
+
+    static func split(_ uri: String) -> (String, [String: String]) {
+        guard let q = uri.firstIndex(of: "?") else { return (percentDecode(uri), [:]) }
+        var query: [String: String] = [:]
+        for pair in uri[uri.index(after: q)...].split(separator: "&") {
+            let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let key = percentDecode(String(kv[0]), plusIsSpace: true)
+            let value = kv.count > 1 ? percentDecode(String(kv[1]), plusIsSpace: true) : ""
+            query[key] = query[key].map { $0 + "," + value } ?? value
+        }
+        return (percentDecode(String(uri[..<q])), query)
+    }
+
+    /// Percent-decoding; a malformed escape is kept as it is.
+    static func percentDecode(_ s: String, plusIsSpace: Bool = false) -> String {
+        var out: [UInt8] = []
+        let bytes = Array(s.utf8)
+        var i = 0
+        func hex(_ b: UInt8) -> UInt8? {
+            switch b {
+            case 48...57: b - 48
+            case 65...70: b - 55
+            case 97...102: b - 87
+            default: nil
+            }
+        }
+        while i < bytes.count {
+            if bytes[i] == UInt8(ascii: "%"), i + 2 < bytes.count, let h = hex(bytes[i + 1]), let l = hex(bytes[i + 2]) {
+                out.append(h << 4 | l); i += 3
+            } else if plusIsSpace && bytes[i] == UInt8(ascii: "+") {
+                out.append(32); i += 1
+            } else {
+                out.append(bytes[i]); i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// An error a handler answers with before it has started its response.
+public struct HTTPError: Error, Sendable {
+    public var status: HTTPResponseStatus
+    public var message: String
+    public init(_ status: HTTPResponseStatus, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+}
+
+/// Writes one response: a head, then either one body or a stream of chunks. Writes wait while the
+/// client does not read (back-pressure reaches the producer), and fail once it has gone.
+public final class HTTPResponseWriter: @unchecked Sendable {
+    let outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
+    let keepAlive: Bool
+    private(set) var headSent = false
+    private(set) var ended = false
+    private var streaming = false
+
+    init(outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, keepAlive: Bool) {
+        self.outbound = outbound
+        self.keepAlive = keepAlive
+    }
+
+    /// A complete response with `body`.
+    public func respond(_ status: HTTPResponseStatus, headers: [(String, String)] = [], body: ByteBuffer? = nil) async throws {
+        var h = HTTPHeaders(headers)
+        h.replaceOrAdd(name: "content-length", value: "\(body?.readableBytes ?? 0)")
+        if !keepAlive { h.replaceOrAdd(name: "connection", value: "close") }
+        headSent = true
+        try await outbound.write(.head(HTTPResponseHead(version: .http1_1, status: status, headers: h)))
+        if let body, body.readableBytes > 0 { try await outbound.write(.body(.byteBuffer(body))) }
+        try await outbound.write(.end(nil))
+        ended = true
+    }
+
+    /// Starts a chunked response; follow with `write` and `end`.
+    public func start(_ status: HTTPResponseStatus, headers: [(String, String)] = []) async throws {
+        var h = HTTPHeaders(headers)
+        h.replaceOrAdd(name: "transfer-encoding", value: "chunked")
+        if !keepAlive { h.replaceOrAdd(name: "connection", value: "close") }
+        headSent = true
+        streaming = true
+        try await outbound.write(.head(HTTPResponseHead(version: .http1_1, status: status, headers: h)))
+    }
+
+    public func write(_ chunk: ByteBuffer) async throws {
+        guard chunk.readableBytes > 0 else { return }
+        try await outbound.write(.body(.byteBuffer(chunk)))
+    }
+
+    public func end() async throws {
+        guard !ended else { return }
+        ended = true
+        try await outbound.write(.end(nil))
+    }
+}
+
+/// What serves requests: the service's router.
+public protocol HTTPHandler: Sendable {
+    func handle(_ request: HTTPRequest, _ response: HTTPResponseWriter) async
+}
+
+/// The listener: HTTP/1.1 with keep-alive, one task per connection, requests on a connection
+/// handled in order.
+public struct HTTPServer: Sendable {
+    public let host: String
+    public let port: Int
+    let logger: Logger
+
+    public init(host: String, port: Int, logger: Logger) {
+        self.host = host
+        self.port = port
+        self.logger = logger
+    }
+
+    /// Binds and calls `ready` with the bound address, then serves until the task is cancelled.
+    public func run(handler: some HTTPHandler, ready: @Sendable (SocketAddress) -> Void) async throws {
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .bind(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
+                        wrappingChannelSynchronously: channel,
+                        configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 16))
+                    )
+                }
+            }
+        if let address = server.channel.localAddress { ready(address) }
+        try await withThrowingDiscardingTaskGroup { group in
+            try await server.executeThenClose { connections in
+                for try await connection in connections {
+                    group.addTask { await serve(connection, handler: handler) }
+                }
+            }
+        }
+    }
+
+    func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, handler: some HTTPHandler) async {
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                var iterator = inbound.makeAsyncIterator()
+                while let part = try await iterator.next() {
+                    guard case .head(let head) = part else { continue }
+                    let request = HTTPRequest(head: head, iterator: iterator)
+                    let response = HTTPResponseWriter(outbound: outbound, keepAlive: head.isKeepAlive)
+                    await handler.handle(request, response)
+                    if !response.ended { return } // a response cut short: the connection cannot go on
+                    try await request.drain()
+                    iterator = request.takeIterator()
+                    if !head.isKeepAlive { return }
+                }
+            }
+        } catch {
+            logger.debug("connection ended: \(error)")
+        }
+    }
+}

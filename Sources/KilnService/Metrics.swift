@@ -1,0 +1,51 @@
+import Synchronization
+
+/// The service's counters, served as Prometheus text at `GET /metrics`.
+public final class Metrics: Sendable {
+    struct State {
+        var sandboxes: [String: [String: Int]] = [:]
+        var createBuckets = [Int](repeating: 0, count: Metrics.bounds.count)
+        var createCount = 0
+        var createSum = 0.0
+        var errors: [String: Int] = [:]
+        var requests: [String: Int] = [:]
+    }
+    let state = Mutex(State())
+    static let bounds: [Double] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+
+    public init() {}
+
+    func setSandboxes(_ counts: [String: [String: Int]]) { state.withLock { $0.sandboxes = counts } }
+
+    func observeCreate(seconds: Double) {
+        state.withLock { s in
+            s.createCount += 1
+            s.createSum += seconds
+            for (i, b) in Metrics.bounds.enumerated() where seconds <= b { s.createBuckets[i] += 1 }
+        }
+    }
+
+    func count(error kind: String) { state.withLock { $0.errors[kind, default: 0] += 1 } }
+    func count(request route: String, status: Int) { state.withLock { $0.requests["\(route)|\(status)", default: 0] += 1 } }
+
+    public func render() -> String {
+        state.withLock { s in
+            var out = "# HELP kiln_sandboxes Sandboxes by tenant and state.\n# TYPE kiln_sandboxes gauge\n"
+            for (tenant, states) in s.sandboxes.sorted(by: { $0.key < $1.key }) {
+                for (state, n) in states.sorted(by: { $0.key < $1.key }) { out += "kiln_sandboxes{tenant=\"\(tenant)\",state=\"\(state)\"} \(n)\n" }
+            }
+            out += "# HELP kiln_sandbox_create_seconds Time to create a sandbox, request to running.\n# TYPE kiln_sandbox_create_seconds histogram\n"
+            for (i, b) in Metrics.bounds.enumerated() { out += "kiln_sandbox_create_seconds_bucket{le=\"\(b)\"} \(s.createBuckets[i])\n" }
+            out += "kiln_sandbox_create_seconds_bucket{le=\"+Inf\"} \(s.createCount)\n"
+            out += "kiln_sandbox_create_seconds_sum \(s.createSum)\nkiln_sandbox_create_seconds_count \(s.createCount)\n"
+            out += "# HELP kiln_api_errors_total API errors by kind.\n# TYPE kiln_api_errors_total counter\n"
+            for (k, n) in s.errors.sorted(by: { $0.key < $1.key }) { out += "kiln_api_errors_total{kind=\"\(k)\"} \(n)\n" }
+            out += "# HELP kiln_api_requests_total API requests by route and status.\n# TYPE kiln_api_requests_total counter\n"
+            for (k, n) in s.requests.sorted(by: { $0.key < $1.key }) {
+                let parts = k.split(separator: "|")
+                out += "kiln_api_requests_total{route=\"\(parts[0])\",status=\"\(parts[1])\"} \(n)\n"
+            }
+            return out
+        }
+    }
+}

@@ -1,0 +1,97 @@
+import Glibc
+import KilnService
+import LinuxSys
+import Logging
+import Sandbox
+import Synchronization
+
+let serveUsage = """
+    usage: kiln serve [--listen HOST:PORT] [--tenants FILE] [--state-dir DIR]
+
+    Serves E2B's API (control and in-sandbox) on one listener, default 127.0.0.1:3000, so that
+    the e2b SDK drives Kiln sandboxes: E2B_API_URL=http://HOST:PORT E2B_SANDBOX_URL=http://HOST:PORT.
+      --tenants FILE    {"tenants": [{"name", "apiKeys": [...], "maxSandboxes", "maxMemoryMiB"}]};
+                        without it one key is generated on first start and printed once
+      --state-dir DIR   sandbox records, paused sandboxes and the generated key
+                        (default /var/lib/kiln/serve)
+    Templates are Kiln templates by name (kiln template create NAME); `base`, the SDK's default,
+    is a Debian image with bash and python3, built on first use. See docs/service.md.
+    """
+
+func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
+    let parsed: Arguments
+    do { parsed = try Arguments(args, options: ["listen", "tenants", "state-dir"], flags: []) } catch {
+        fail("\(error.message)\n\(serveUsage)", code: 2)
+    }
+    let listen = parsed.string("listen") ?? "127.0.0.1:3000"
+    guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
+        fail("--listen must be HOST:PORT with a port from 0 to 65535, not '\(listen)'", code: 2)
+    }
+    var host = String(listen[..<colon])
+    if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    let bindHost = host
+    let stateDir = parsed.string("state-dir") ?? "/var/lib/kiln/serve"
+    _ = Glibc.mkdir(stateDir, 0o700)
+    guard access(stateDir, W_OK) == 0 else { fail("cannot write to the state directory \(stateDir)") }
+
+    LoggingSystem.bootstrap { label in
+        var h = StreamLogHandler.standardError(label: label)
+        h.logLevel = DefaultImages.env("KILN_LOG").flatMap { Logger.Level(rawValue: $0) } ?? .info
+        return h
+    }
+    let logger = Logger(label: "kiln.serve")
+
+    let tenants: Tenants
+    do {
+        if let file = parsed.string("tenants") {
+            tenants = try Tenants.load(path: file)
+        } else {
+            let (local, generated) = try Tenants.local(stateDirectory: stateDir)
+            tenants = local
+            if let generated { writeRaw(1, "kiln serve: generated API key (stored in \(stateDir)/api-key): \(generated)\n") }
+        }
+    } catch { fail("\(error)") }
+
+    let manager: SandboxManager
+    do {
+        manager = try SandboxManager(settings: .init(stateDirectory: stateDir), tenants: tenants,
+                                     resolveTemplate: ServeTemplates.resolve, metrics: Metrics(), logger: logger)
+    } catch { fail("cannot start the service: \(error)") }
+    await manager.recover()
+    await manager.startTimeoutSweep()
+
+    let service = Service(manager: manager, tenants: tenants, logger: logger)
+    do {
+        try await HTTPServer(host: bindHost, port: port, logger: logger).run(handler: service) { address in
+            writeRaw(2, "kiln serve: listening on http://\(listen.hasSuffix(":0") ? "\(bindHost):\(address.port ?? port)" : listen)\n")
+        }
+    } catch {
+        fail("cannot serve on \(listen): \(error)")
+    }
+    return 0
+}
+
+/// Templates for the service: Kiln templates by name; `base` is made on first use from the
+/// Debian image (built on first use too), one build at a time.
+enum ServeTemplates {
+    static let building = Mutex(false)
+
+    @Sendable static func resolve(_ name: String) async throws -> String {
+        if Templates.usable(name) { return Templates.path(name) }
+        guard name == "base" else { throw APIError(404, "template '\(name)' not found (make it with `kiln template create \(name)`)") }
+        while building.withLock({ b in defer { b = true }; return b }) {
+            try await Task.sleep(nanoseconds: 200_000_000)
+            if Templates.usable(name) { return Templates.path(name) }
+        }
+        defer { building.withLock { $0 = false } }
+        if Templates.usable(name) { return Templates.path(name) }
+        let kernel: String, image: String
+        do {
+            kernel = try DefaultImages.kernel()
+            image = try DefaultImages.image(named: "debian")
+        } catch { throw APIError(500, "cannot build the base template: \(error.message)") }
+        let sandbox = try await Templates.create(name, config: Sandbox.Configuration(kernelPath: kernel, imagePath: image))
+        sandbox.stop()
+        return Templates.path(name)
+    }
+}
