@@ -29,7 +29,10 @@ public struct ProcessIdentity: Sendable, Equatable {
         let fd = kiln_pidfd_open(pid)
         guard fd >= 0 else { return nil }
         var poll = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        guard ProcessIdentity.startTime(of: pid) == startTime, Glibc.poll(&poll, 1, 0) == 0 else {
+        var ready: Int32
+        repeat { ready = Glibc.poll(&poll, 1, 0) } while ready < 0 && errno == EINTR
+        // Readable: it has exited (a zombie keeps its pid and start time until it is reaped).
+        guard ProcessIdentity.startTime(of: pid) == startTime, ready == 0 else {
             close(fd)
             return nil
         }
