@@ -59,7 +59,8 @@ let package = Package(
         // The CLI and `kiln serve`; static in release too, so that it runs from anywhere
         // (`kiln run --no-jail` and non-root runs keep the VMM in this process).
         .executableTarget(name: "kiln", dependencies: ["VMM", "VMMProtocol", "Sandbox", "KilnService", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "Seccomp"], swiftSettings: strict,
-                          linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
+                          linkerSettings: [.unsafeFlags(["-static-executable", "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims"],
+                                                        .when(configuration: .release))]),
         .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"],
                           path: "Benchmarks/Host", swiftSettings: strict),
 
