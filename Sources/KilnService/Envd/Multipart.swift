@@ -78,12 +78,16 @@ final class MultipartReader: @unchecked Sendable {
             if let at = find(delimiter), buffer.count >= at + delimiter.count + 2 {
                 let after = at + delimiter.count
                 if buffer[after] == UInt8(ascii: "-") && buffer[after + 1] == UInt8(ascii: "-") { finished = true; return nil }
+                guard buffer[after] == UInt8(ascii: "\r") && buffer[after + 1] == UInt8(ascii: "\n") else {
+                    throw Failure.malformed("a boundary is not followed by CRLF")
+                }
+                // The delimiter line's CRLF may be the first half of the blank line: a part without headers.
                 guard let end = find(Array("\r\n\r\n".utf8), from: after) else {
                     guard buffer.count - after < MultipartReader.maxHeaders else { throw Failure.malformed("part headers too long") }
                     guard try await fill() else { throw Failure.malformed("the body ended inside part headers") }
                     continue
                 }
-                let headerText = String(decoding: buffer[(after + 2)..<end], as: UTF8.self)
+                let headerText = end > after ? String(decoding: buffer[(after + 2)..<end], as: UTF8.self) : ""
                 buffer.removeFirst(end + 4)
                 inPart = true
                 return MultipartReader.parseHeaders(headerText)
