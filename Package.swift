@@ -65,7 +65,10 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(name: "JailerTests", dependencies: ["Jailer"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
-        .testTarget(name: "KilnServiceTests", dependencies: ["KilnService", "Sandbox", "AgentProtocol"], swiftSettings: strict),
+        .testTarget(name: "KilnServiceTests", dependencies: [
+            "KilnService", "Sandbox", "AgentProtocol",
+            .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .testTarget(name: "KilnTests", dependencies: ["kiln", "KilnTestSupport", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )
