@@ -103,8 +103,7 @@ struct ControlAPI {
                 guard let body = try await decode(TimeoutRequest.self, request) else { throw APIError(400, "timeout is required") }
                 try await manager.setTimeout(tenant: t, id: id, seconds: body.timeout)
             case "refreshes":
-                struct Refresh: Decodable { var duration: Int? }
-                let body = try await decode(Refresh.self, request, allowEmpty: true)
+                let body = try await decode(RefreshRequest.self, request, allowEmpty: true)
                 try await manager.setTimeout(tenant: t, id: id, seconds: body?.duration ?? 60)
             case "pause":
                 try await manager.pause(tenant: t, id: id)
