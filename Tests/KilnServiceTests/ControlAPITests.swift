@@ -8,30 +8,26 @@ import Testing
 @Suite struct ControlAPITests {
     static let acme = "acme-key-1234"
     static let globex = "globex-key-5678"
-    /// Paused sandboxes of globex, recovered from their records (no VM behind them).
+    static let initech = "initech-key-9012"
+    /// Paused sandboxes, recovered from their records (no VM behind them): two of globex, and
+    /// one of initech that a test kills.
     static let pausedID = "iglobexpaused0000000"
-    static let doomedID = "iglobexdoomed0000000"
+    static let pagedID = "iglobexpaged00000000"
+    static let doomedID = "iinitechdoomed000000"
 
-    static func record(_ id: String) -> SandboxRecord {
-        SandboxRecord(id: id, tenant: "globex", templateID: "base", alias: "base", clientID: "kiln", startedAt: 1_700_000_000,
+    static func record(_ id: String, tenant: String = "globex") -> SandboxRecord {
+        SandboxRecord(id: id, tenant: tenant, templateID: "base", alias: "base", clientID: "kiln", startedAt: 1_700_000_000,
                       endAt: 1_700_000_300, metadata: ["owner": "globex", "app": "a b"], envVars: [:], accessToken: "token-of-\(id)",
                       autoPause: false, cpuCount: 1, memoryMB: 256, diskSizeMB: 1024, state: .paused, runtimeDirectory: nil)
     }
 
     /// One server for the suite (its tests run in parallel against it).
-    actor Shared {
-        var server: TestServer?
-        func get() async throws -> TestServer {
-            if let server { return server }
-            let s = try await TestServer.start(
-                tenants: [Tenant(name: "acme", apiKeys: [acme], maxSandboxes: 3, maxMemoryMiB: 4096),
-                          Tenant(name: "globex", apiKeys: [globex])],
-                seed: [record(pausedID), record(doomedID)])
-            server = s
-            return s
-        }
+    static let shared = SharedServer {
+        try await TestServer.start(
+            tenants: [Tenant(name: "acme", apiKeys: [acme], maxSandboxes: 3, maxMemoryMiB: 4096),
+                      Tenant(name: "globex", apiKeys: [globex]), Tenant(name: "initech", apiKeys: [initech])],
+            seed: [record(pausedID), record(pagedID), record(doomedID, tenant: "initech")])
     }
-    static let shared = Shared()
     var server: TestServer { get async throws { try await Self.shared.get() } }
 
     func expectError(_ r: RawHTTP.Response, _ status: Int, containing text: String? = nil, sourceLocation: SourceLocation = #_sourceLocation) {
@@ -133,18 +129,18 @@ import Testing
     @Test func theOwnerSeesAndKillsAPausedSandbox() async throws {
         let s = try await server
         struct Detail: Decodable { var sandboxID: String; var templateID: String; var state: String; var metadata: [String: String]; var startedAt: String; var endAt: String; var memoryMB: Int }
-        let d = try await s.request("GET", "/sandboxes/\(Self.doomedID)", key: Self.globex).json(Detail.self)
+        let d = try await s.request("GET", "/sandboxes/\(Self.doomedID)", key: Self.initech).json(Detail.self)
         #expect(d.sandboxID == Self.doomedID && d.state == "paused" && d.metadata["app"] == "a b" && d.memoryMB == 256)
         #expect(d.startedAt == "2023-11-14T22:13:20.000Z" && d.endAt == "2023-11-14T22:18:20.000Z")
         // Metadata filters match on decoded keys and values.
-        let filtered = try await s.request("GET", "/v2/sandboxes?state=paused&metadata=app%3Da%2520b", key: Self.globex)
+        let filtered = try await s.request("GET", "/v2/sandboxes?state=paused&metadata=app%3Da%2520b", key: Self.initech)
         #expect(filtered.text.contains(Self.doomedID), "\(filtered.text)")
-        #expect(try await s.request("GET", "/v2/sandboxes?state=paused&metadata=app%3Dother", key: Self.globex).text == "[]")
+        #expect(try await s.request("GET", "/v2/sandboxes?state=paused&metadata=app%3Dother", key: Self.initech).text == "[]")
         // v1 lists running sandboxes only.
-        #expect(try await s.request("GET", "/sandboxes", key: Self.globex).text == "[]")
-        expectError(try await s.request("POST", "/sandboxes/\(Self.doomedID)/pause", key: Self.globex), 409, containing: "already paused")
-        #expect(try await s.request("DELETE", "/sandboxes/\(Self.doomedID)", key: Self.globex).status == 204)
-        expectError(try await s.request("GET", "/sandboxes/\(Self.doomedID)", key: Self.globex), 404)
+        #expect(try await s.request("GET", "/sandboxes", key: Self.initech).text == "[]")
+        expectError(try await s.request("POST", "/sandboxes/\(Self.doomedID)/pause", key: Self.initech), 409, containing: "already paused")
+        #expect(try await s.request("DELETE", "/sandboxes/\(Self.doomedID)", key: Self.initech).status == 204)
+        expectError(try await s.request("GET", "/sandboxes/\(Self.doomedID)", key: Self.initech), 404)
         #expect(access(s.stateDirectory + "/sandboxes/\(Self.doomedID).json", F_OK) != 0, "the record outlived the kill")
     }
 
@@ -158,7 +154,8 @@ import Testing
         let page = try await s.request("GET", "/v2/sandboxes?state=paused&limit=1", key: Self.globex)
         let first = try page.json([Listed].self)
         #expect(page.status == 200 && first.count == 1, "\(page.text)")
-        if let token = page.headers["x-next-token"] {
+        let token = try #require(page.headers["x-next-token"], "two paused sandboxes, one per page")
+        do {
             let next = try await s.request("GET", "/v2/sandboxes?state=paused&limit=1&nextToken=\(token)", key: Self.globex).json([Listed].self)
             #expect(next.map(\.sandboxID) == [token] && token != first.first?.sandboxID)
         }

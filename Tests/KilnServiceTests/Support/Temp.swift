@@ -1,6 +1,15 @@
 import Glibc
+import Synchronization
 
 enum Temp {
+    static let leftovers = Mutex<[String]>([])
+
+    /// Removes `path` when the test process exits (for fixtures shared by a suite, which has no teardown).
+    static func removeAtExit(_ path: String) {
+        let first = leftovers.withLock { l in l.append(path); return l.count == 1 }
+        if first { atexit { for p in Temp.leftovers.withLock({ $0 }) { Temp.remove(p) } } }
+    }
+
     /// A new empty directory under /tmp.
     static func directory(_ prefix: String = "kiln-svc-tests") -> String {
         var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)

@@ -55,10 +55,37 @@ final class TestServer: Sendable {
         return try await RawHTTP.request(port: port, method, path, headers: h, body: body.map { Array($0.utf8) })
     }
 
+    /// Ends every sandbox the server still has, the listener and the state directory.
     func stop() async {
+        await manager.killAll()
         task.cancel()
         await manager.shutdown()
         Temp.remove(stateDirectory)
+    }
+}
+
+extension SandboxManager {
+    func killAll() async {
+        for e in Array(entries.values) { await kill(e) }
+    }
+}
+
+/// A server shared by a suite's tests (which run in parallel), started once.
+actor SharedServer {
+    let start: @Sendable () async throws -> TestServer
+    var server: Task<TestServer, any Error>?
+    init(_ start: @escaping @Sendable () async throws -> TestServer) { self.start = start }
+
+    func get() async throws -> TestServer {
+        if server == nil {
+            let start = self.start
+            server = Task {
+                let s = try await start()
+                Temp.removeAtExit(s.stateDirectory)
+                return s
+            }
+        }
+        return try await server!.value
     }
 }
 
