@@ -163,7 +163,7 @@ import Testing
 
     @Test func healthAndMetricsAnswer() async throws {
         let s = try await server
-        #expect(try await s.request("GET", "/health").status == 200)
+        #expect(try await s.request("GET", "/health").status == 204)
         let m = try await s.request("GET", "/metrics", key: Self.acme)
         #expect(m.status == 200 && m.text.contains("kiln_"), "\(m.text)")
         expectError(try await s.request("GET", "/metrics"), 401)

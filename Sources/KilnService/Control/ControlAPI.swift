@@ -71,7 +71,8 @@ struct ControlAPI {
     func dispatch(_ request: HTTPRequest, _ response: HTTPResponseWriter) async throws -> Int {
         let parts = request.path.split(separator: "/").map(String.init)
         let method = request.method
-        if parts == ["health"] { try await response.respond(.ok); return 200 }
+        // E2B answers its health check with 204.
+        if parts == ["health"] { try await response.respond(.noContent); return 204 }
         let t = try tenant(request)
         if parts == ["metrics"], method == .GET {
             try await response.respond(.ok, headers: [("content-type", "text/plain; version=0.0.4")], body: ByteBuffer(string: metrics.render()))
