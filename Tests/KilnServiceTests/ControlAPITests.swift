@@ -25,7 +25,7 @@ import Testing
     static let shared = SharedServer {
         try await TestServer.start(
             tenants: [Tenant(name: "acme", apiKeys: [acme], maxSandboxes: 3, maxMemoryMiB: 4096),
-                      Tenant(name: "globex", apiKeys: [globex]), Tenant(name: "initech", apiKeys: [initech])],
+                      Tenant(name: "globex", apiKeys: [globex]), Tenant(name: "initech", apiKeys: [initech], maxSandboxes: 0)],
             seed: [record(pausedID), record(pagedID), record(doomedID, tenant: "initech")])
     }
     var server: TestServer { get async throws { try await Self.shared.get() } }
@@ -78,6 +78,13 @@ import Testing
         expectError(try await s.request("POST", "/sandboxes", key: Self.acme, body: big), 413, containing: "larger than")
         // The connection was drained: the server still answers.
         #expect(try await s.request("GET", "/v2/sandboxes", key: Self.acme).status == 200)
+    }
+
+    @Test func aTenantAtItsLimitIs429BeforeItsTemplateIsLookedUp() async throws {
+        let s = try await server
+        // initech's limit is 0 running sandboxes: no template is resolved (nor built) for it.
+        expectError(try await s.request("POST", "/sandboxes", key: Self.initech, body: #"{"templateID": "base"}"#), 429, containing: "limit of 0")
+        expectError(try await s.request("POST", "/sandboxes", key: Self.initech, body: #"{"templateID": "no-such-template"}"#), 429)
     }
 
     @Test func anUnknownTemplateIs404() async throws {
