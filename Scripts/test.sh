@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Kiln's whole test suite: unit tests, VM tests on /dev/kvm with tiny guests, and
 # end-to-end boots of Kiln's own Linux kernel (about a minute of boots on hosts whose
-# guest kernel mode is emulated). Installs and builds what the tests need first.
+# guest kernel mode is emulated), then the E2B SDK suite against `kiln serve`
+# (Scripts/test-e2b.sh). Installs and builds what the tests need first; arguments go to swift test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 Scripts/setup.sh --debug
@@ -9,4 +10,5 @@ command -v swift >/dev/null || export PATH=/opt/swift/usr/bin:$PATH
 # Most sandbox tests restore the default template instead of booting: make it once (one boot;
 # reused while the kernel and image are unchanged).
 .build/debug/kiln template create >/dev/null
-exec swift test "$@"
+swift test "$@"
+exec Scripts/test-e2b.sh

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Build a Debian sandbox image on request: debootstrap (minbase + python3) as an ext4 root
 # filesystem with kiln-agent as /sbin/kiln-agent. Then: kiln run --image debian -- python3 ...
+# It is shaped like E2B's base template (what `kiln serve` offers as "base"): bash, coreutils,
+# python3, a user `user` (1000:1000, /home/user, /bin/bash), and login scripts that print nothing
+# and start no process, because every command arrives as `bash -l -c CMD` and every guest process
+# costs most of a second on emulated-kernel hosts (docs/host-kvm.md in shared docs).
 #
 #   rootfs/build-debian-image.sh [AGENT]   -> last stdout line: absolute path of the image
 #
@@ -24,6 +28,33 @@ PACKAGES=python3${KILN_DEBIAN_PACKAGES:+,$KILN_DEBIAN_PACKAGES}
 SIZE_MIB=${KILN_IMAGE_MIB:-2048}
 
 [[ $(id -u) == 0 ]] || die "run as root (debootstrap needs it)"
+
+# shape_like_e2b STAGE: the user, quiet login scripts, and nothing the sandbox never reads.
+shape_like_e2b() {
+    local s=$1
+    chroot "$s" /usr/sbin/groupadd --gid 1000 user
+    # No ~/.bash_logout: a non-interactive login shell that runs `exit N` would run clear_console.
+    rm -f "$s/etc/skel/.bash_logout"
+    chroot "$s" /usr/sbin/useradd --uid 1000 --gid 1000 --create-home --home-dir /home/user --shell /bin/bash user
+    # Debian's /etc/profile runs $(id -u) (a fork, and on emulated hosts a forked shell is the
+    # case that can crash) and root's ~/.profile runs mesg: one fixed PATH for everyone instead.
+    cat >"$s/etc/profile" <<'PROFILE'
+# Kiln: read by every `bash -l`; starts no process and prints nothing.
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+if [ -n "${PS1-}" ] && [ -n "${BASH_VERSION-}" ] && [ -f /etc/bash.bashrc ]; then . /etc/bash.bashrc; fi
+PROFILE
+    rm -f "$s"/etc/profile.d/*
+    printf '%s\n' '# Kiln: quiet login for root.' 'if [ -n "${BASH_VERSION-}" ] && [ -f ~/.bashrc ]; then . ~/.bashrc; fi' >"$s/root/.profile"
+    echo kiln >"$s/etc/hostname"
+    printf '127.0.0.1 localhost kiln\n::1 localhost\n' >"$s/etc/hosts"
+    # Documentation, manuals, translations and apt's caches: never read in a sandbox.
+    rm -rf "$s"/usr/share/doc/* "$s"/usr/share/man/* "$s"/usr/share/info/* "$s"/usr/share/lintian \
+        "$s"/var/cache/apt/archives/*.deb "$s"/var/cache/apt/*.bin "$s"/var/lib/apt/lists/* \
+        "$s"/var/log/*.log "$s"/var/log/apt/* "$s"/var/cache/debconf/*-old
+    [[ ! -d $s/usr/share/locale ]] || find "$s/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+}
+
 ensure_packages debootstrap e2fsprogs binutils
 AGENT=$(agent_binary "$ROOT" "${1:-}")
 
@@ -42,9 +73,8 @@ if [[ ! -f $OUT ]]; then
     trap 'rm -rf "$stage" "$tmp"' EXIT
     debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$stage" "$MIRROR" >"$OUT_DIR/debootstrap.log" 2>&1 \
         || { tail -20 "$OUT_DIR/debootstrap.log" >&2; die "debootstrap failed (log: $OUT_DIR/debootstrap.log)"; }
-    rm -rf "$stage"/var/cache/apt/archives/*.deb "$stage"/var/lib/apt/lists/*
+    shape_like_e2b "$stage"
     install_agent "$stage" "$AGENT"
-    echo kiln >"$stage/etc/hostname"
     make_ext4 "$stage" "$tmp" "$SIZE_MIB" kiln-debian
     mv -f "$tmp" "$OUT"
     trap - EXIT

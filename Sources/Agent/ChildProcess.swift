@@ -2,10 +2,20 @@ import AgentProtocol
 import CLinux
 import Glibc
 
-/// One process started by Exec: its descriptors, flow-control windows and what is known of its end.
+/// One process started by Exec or Spawn: its descriptors, flow-control windows, the stream it is
+/// attached to (none while a kept process is detached) and what is known of its end.
 final class ChildProcess {
-    let stream: UInt32
+    /// The agent's own key for it: unlike a pid, never reused.
+    let id: UInt64
     let pid: pid_t
+    /// The attached stream and its connection; stream 0 and no connection while detached.
+    var stream: UInt32
+    weak var connection: Connection?
+    /// Spawn's keep flag: detach instead of dying when the connection closes.
+    let keep: Bool
+    let tag: String
+    /// What ListProcesses reports: the request as the host sent it.
+    let request: Exec
     /// Write end of the stdin pipe, or the PTY master (also `output`).
     var input: Int32
     /// Read end of the stdout pipe, or the PTY master.
@@ -22,6 +32,10 @@ final class ChildProcess {
     var pendingInputStart = 0
     var stdinCloseRequested = false
 
+    /// Output read while detached, at most one window per channel, sent on the next Attach.
+    var bufferedStdout: [UInt8] = []
+    var bufferedStderr: [UInt8] = []
+
     var outputOpen = true
     var errorOutputOpen: Bool
     /// The wait status once reaped.
@@ -29,9 +43,14 @@ final class ChildProcess {
     var deadline: UInt64?
     var timedOut = false
 
-    init(stream: UInt32, pid: pid_t, input: Int32, output: Int32, errorOutput: Int32, pty: Bool, deadline: UInt64?) {
+    init(id: UInt64, stream: UInt32, pid: pid_t, spawn: Spawn, input: Int32, output: Int32, errorOutput: Int32, pty: Bool,
+         deadline: UInt64?) {
+        self.id = id
         self.stream = stream
         self.pid = pid
+        keep = spawn.flags.contains(.keep)
+        tag = spawn.tag
+        request = spawn.exec
         self.input = input
         self.output = output
         self.errorOutput = errorOutput
@@ -40,7 +59,35 @@ final class ChildProcess {
         self.deadline = deadline
     }
 
+    /// Exited, every pipe at end of file: all that is left is to report the Exit.
     var finished: Bool { waitStatus != nil && !outputOpen && !errorOutputOpen }
+
+    /// The connection closed: keep running, buffering output up to one window per channel.
+    func detach() {
+        connection = nil
+        stream = 0
+        stdoutWindow = SendWindow(initial: Wire.initialWindow - min(Wire.initialWindow, UInt32(clamping: bufferedStdout.count)))
+        stderrWindow = SendWindow(initial: Wire.initialWindow - min(Wire.initialWindow, UInt32(clamping: bufferedStderr.count)))
+    }
+
+    /// Attach: the stream starts with fresh windows, as an Exec stream does.
+    func attach(to connection: Connection, stream: UInt32) {
+        self.connection = connection
+        self.stream = stream
+        stdoutWindow = SendWindow()
+        stderrWindow = SendWindow()
+        stdinWindow = ReceiveWindow()
+    }
+
+    var summary: ProcessSummary {
+        var flags: ProcessSummary.Flags = []
+        if pty { flags.insert(.pty) }
+        if keep { flags.insert(.kept) }
+        if connection != nil { flags.insert(.attached) }
+        if waitStatus != nil { flags.insert(.exited) }
+        return ProcessSummary(pid: UInt32(pid), tag: tag, argv: request.argv, environment: request.environment,
+                              workingDirectory: request.workingDirectory, flags: flags)
+    }
     var hasPendingInput: Bool { pendingInputStart < pendingInput.count }
 
     /// Sends `signal` to the process group (the process leads its own session), or to the
@@ -74,7 +121,11 @@ final class ChildProcess {
     }
 
     /// Starts `exec` as described in docs/agent-protocol.md ("Processes").
-    static func start(_ exec: Exec, stream: UInt32, setIDs: Bool, now: UInt64) -> Result<ChildProcess, Failure> {
+    /// `environment` is what the process gets (the host's plus what the agent adds).
+    static func start(_ spawn: Spawn, environment: [String], id: UInt64, stream: UInt32, setIDs: Bool, now: UInt64)
+        -> Result<ChildProcess, Failure> {
+        var exec = spawn.exec
+        exec.environment = environment
         guard !exec.argv.isEmpty else { return .failure(Failure(errno: EINVAL, message: "empty argv")) }
         let strings = exec.argv + exec.environment + [exec.workingDirectory]
         guard !strings.contains(where: { $0.utf8.contains(0) }) else {
@@ -158,8 +209,8 @@ final class ChildProcess {
             return .failure(f)
         case .success(let pid):
             let deadline = exec.timeoutMillis == 0 ? nil : now + UInt64(exec.timeoutMillis)
-            return .success(ChildProcess(stream: stream, pid: pid, input: input, output: output, errorOutput: errorOutput,
-                                         pty: exec.pty != nil, deadline: deadline))
+            return .success(ChildProcess(id: id, stream: stream, pid: pid, spawn: spawn, input: input, output: output,
+                                         errorOutput: errorOutput, pty: exec.pty != nil, deadline: deadline))
         }
     }
 

@@ -17,6 +17,8 @@ final class Connection {
     var processes: [UInt32: ChildProcess] = [:]
     var incoming: [UInt32: IncomingFile] = [:]
     var outgoing: [UInt32: OutgoingFile] = [:]
+    var listings: [UInt32: DirectoryListing] = [:]
+    var watches: [UInt32: DirectoryWatch] = [:]
     var scratch = [UInt8](repeating: 0, count: 1 << 18)
 
     init(socket: Int32, server: AgentServer) {
@@ -25,6 +27,8 @@ final class Connection {
     }
 
     var hasOutput: Bool { outStart < out.count }
+    /// A listing can go on now: the event loop must not sleep in poll.
+    var hasPendingWork: Bool { !listings.isEmpty && unsentCount < AgentServer.outputHighWater && !closed }
     var unsentCount: Int { out.count - outStart }
 
     func log(_ text: String) { writeRaw(2, "kiln-agent: \(text)\n") }
@@ -96,29 +100,36 @@ final class Connection {
             log("host reported protocol error \(code): \(message)")
             closing = true
 
-        case .exec(var exec):
+        case .exec(let exec):
             try checkNew(s)
-            for entry in server.options.inheritedEnvironment {
-                let name = entry.prefix(while: { $0 != "=" }) + "="
-                if !exec.environment.contains(where: { $0.hasPrefix(name) }) { exec.environment.append(entry) }
-            }
-            switch ChildProcess.start(exec, stream: s, setIDs: server.setIDs, now: AgentServer.monotonicMillis()) {
-            case .success(let p):
-                processes[s] = p
-                send(Frame(stream: s, .started(pid: UInt32(p.pid))))
-            case .failure(let f):
-                send(Frame(stream: s, .failure(f)))
+            start(Spawn(exec), stream: s)
+        case .spawn(let spawn):
+            try checkNew(s)
+            start(spawn, stream: s)
+        case .attach(let pid):
+            try checkNew(s)
+            attach(pid: pid, stream: s)
+        case .listProcesses:
+            try checkNew(s)
+            listProcesses(stream: s)
+        case .signalProcess(let pid, let signo):
+            try checkNew(s)
+            if let p = server.process(pid: pid), p.waitStatus == nil {
+                p.send(signo)
+                send(Frame(stream: s, .done))
+            } else {
+                send(Frame(stream: s, .failure(Failure(errno: ESRCH, message: "no process \(pid) started by the agent is running"))))
             }
         case .stdin(let bytes):
             guard let p = processes[s] else { return }
             try p.stdinWindow.receive(bytes.count, stream: s)
             if p.input < 0 || p.stdinCloseRequested { return } // stdin already closed: discard
             p.pendingInput.append(contentsOf: bytes)
-            writeInput(p)
+            server.writeInput(p)
         case .stdinClose:
             guard let p = processes[s] else { return }
             p.stdinCloseRequested = true
-            writeInput(p)
+            server.writeInput(p)
         case .credit(let channel, let bytes):
             switch channel {
             case .stdout: processes[s]?.stdoutWindow.grant(bytes)
@@ -164,86 +175,155 @@ final class Connection {
             case .failure(let f): send(Frame(stream: s, .failure(f)))
             }
         case .cancel:
+            let cancelled = Frame(stream: s, .failure(Failure(errno: ECANCELED, message: "cancelled")))
             if let f = incoming.removeValue(forKey: s) {
                 f.abandon()
-                send(Frame(stream: s, .failure(Failure(errno: ECANCELED, message: "cancelled"))))
+                send(cancelled)
             } else if let f = outgoing.removeValue(forKey: s) {
                 f.close()
-                send(Frame(stream: s, .failure(Failure(errno: ECANCELED, message: "cancelled"))))
+                send(cancelled)
+            } else if let l = listings.removeValue(forKey: s) {
+                l.close()
+                send(cancelled)
+            } else if let w = watches.removeValue(forKey: s) {
+                w.close()
+                send(cancelled)
             }
-        case .helloAck, .pong, .reseeded, .started, .failure, .stdout, .stderr, .exit, .fileInfo, .fileWritten:
+
+        case .stat(let path):
+            try checkNew(s)
+            reply(s, Filesystem.entry(path, users: UserDatabase.load()).map { .entry($0) })
+        case .listDirectory(let path, let depth):
+            try checkNew(s)
+            switch DirectoryListing.open(path, depth: depth, stream: s) {
+            case .success(let l): listings[s] = l
+            case .failure(let f): send(Frame(stream: s, .failure(f)))
+            }
+        case .makeDirectory(let request):
+            try checkNew(s)
+            reply(s, Filesystem.makeDirectory(request).map { .directoryMade(created: $0) })
+        case .rename(let from, let to):
+            try checkNew(s)
+            reply(s, Filesystem.rename(from: from, to: to, users: UserDatabase.load()).map { .entry($0) })
+        case .remove(let path):
+            try checkNew(s)
+            send(Frame(stream: s, Filesystem.remove(path).map { .failure($0) } ?? .done))
+        case .watchDirectory(let path, let recursive):
+            try checkNew(s)
+            switch DirectoryWatch.open(path, recursive: recursive, stream: s) {
+            case .success(let w):
+                watches[s] = w
+                send(Frame(stream: s, .watching))
+            case .failure(let f): send(Frame(stream: s, .failure(f)))
+            }
+        case .lookupUser(let name):
+            try checkNew(s)
+            if let user = UserDatabase.load().lookup(name) {
+                send(Frame(stream: s, .user(user)))
+            } else {
+                send(Frame(stream: s, .failure(Failure(errno: ENOENT, message: "no user '\(name)' in /etc/passwd"))))
+            }
+
+        case .helloAck, .pong, .reseeded, .started, .failure, .stdout, .stderr, .exit, .fileInfo, .fileWritten,
+             .processes, .entry, .entries, .listEnd, .directoryMade, .done, .watching, .events, .user:
             throw .unexpected(frame.message.type) // the decoder already refuses these from a host
         }
     }
 
+    func reply(_ stream: UInt32, _ result: Result<Message, Failure>) {
+        switch result {
+        case .success(let m): send(Frame(stream: stream, m))
+        case .failure(let f): send(Frame(stream: stream, .failure(f)))
+        }
+    }
+
     func checkNew(_ stream: UInt32) throws(ProtocolError) {
-        if processes[stream] != nil || incoming[stream] != nil || outgoing[stream] != nil { throw .streamInUse(stream) }
+        if processes[stream] != nil || incoming[stream] != nil || outgoing[stream] != nil || listings[stream] != nil
+            || watches[stream] != nil { throw .streamInUse(stream) }
     }
 
-    /// Moves pending stdin into the process; returns credit as it goes.
-    func writeInput(_ p: ChildProcess) {
-        while p.hasPendingInput && p.input >= 0 {
-            let count = p.pendingInput.count - p.pendingInputStart
-            let n = p.pendingInput.withUnsafeBytes { Glibc.write(p.input, $0.baseAddress! + p.pendingInputStart, count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN { break }
-                // The process closed its stdin: drop what is left, as a pipe would.
-                p.pendingInput.removeAll(); p.pendingInputStart = 0
-                if !p.pty { p.closeInput() }
-                break
-            }
-            p.pendingInputStart += n
-            if let credit = p.stdinWindow.consume(n) { send(Frame(stream: p.stream, .credit(.stdin, bytes: credit))) }
+    /// Exec and Spawn: start the process attached to this stream.
+    func start(_ spawn: Spawn, stream s: UInt32) {
+        var environment = spawn.exec.environment
+        for entry in server.options.inheritedEnvironment {
+            let name = entry.prefix(while: { $0 != "=" }) + "="
+            if !environment.contains(where: { $0.hasPrefix(name) }) { environment.append(entry) }
         }
-        if !p.hasPendingInput {
-            p.pendingInput.removeAll(keepingCapacity: true)
-            p.pendingInputStart = 0
-            if p.stdinCloseRequested && p.input >= 0 {
-                if p.pty {
-                    // A terminal has no end of file of its own: type the EOF character.
-                    var t = termios()
-                    var eof: UInt8 = 4
-                    if tcgetattr(p.output, &t) == 0 { eof = withUnsafeBytes(of: &t.c_cc) { $0[Int(VEOF)] } }
-                    _ = Glibc.write(p.input, &eof, 1)
-                    p.stdinCloseRequested = false
-                } else {
-                    p.closeInput()
-                }
-            }
+        switch ChildProcess.start(spawn, environment: environment, id: server.nextID(), stream: s, setIDs: server.setIDs,
+                                  now: AgentServer.monotonicMillis()) {
+        case .success(let p):
+            p.connection = self
+            processes[s] = p
+            server.processes[p.id] = p
+            send(Frame(stream: s, .started(pid: UInt32(p.pid))))
+        case .failure(let f):
+            send(Frame(stream: s, .failure(f)))
         }
     }
 
-    /// Reads what the process wrote, within the host's credit, and queues it as frames.
-    func readOutput(_ p: ChildProcess, stderr: Bool) {
-        let fd = stderr ? p.errorOutput : p.output
-        let available = stderr ? p.stderrWindow.available : p.stdoutWindow.available
-        let wanted = Int(min(available, UInt64(scratch.count)))
-        guard wanted > 0, fd >= 0 else { return }
-        let n = scratch.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, wanted) }
-        if n < 0 && (errno == EINTR || errno == EAGAIN) { return }
-        if n <= 0 {
-            // End of file; on a PTY, EIO once the last slave descriptor is closed.
-            if stderr { p.errorOutputOpen = false } else { p.outputOpen = false }
+    /// Attach: this stream takes the process over; a stream attached to it before (on any
+    /// connection) ends with Failure EBUSY. Buffered output goes out first.
+    func attach(pid: UInt32, stream s: UInt32) {
+        guard let p = server.process(pid: pid) else {
+            send(Frame(stream: s, .failure(Failure(errno: ESRCH, message: "no process \(pid) started by the agent"))))
             return
         }
-        if stderr { _ = p.stderrWindow.take(upTo: n) } else { _ = p.stdoutWindow.take(upTo: n) }
-        scratch.withUnsafeBytes { raw in
-            try? Frame.encodeData(stderr ? .stderr : .stdout, stream: p.stream,
-                                  bytes: UnsafeRawBufferPointer(rebasing: raw[0..<n]), into: &out)
+        if let previous = p.connection {
+            previous.processes[p.stream] = nil
+            previous.send(Frame(stream: p.stream, .failure(Failure(errno: EBUSY, message: "process \(pid) was attached by another stream"))))
+        }
+        p.attach(to: self, stream: s)
+        processes[s] = p
+        send(Frame(stream: s, .started(pid: pid)))
+        server.sendBuffered(p)
+    }
+
+    /// ListProcesses: Processes frames of at most about 256 KiB each, then ListEnd.
+    func listProcesses(stream s: UInt32) {
+        var batch: [ProcessSummary] = []
+        var bytes = 0
+        for p in server.processes.values.sorted(by: { $0.id < $1.id }) {
+            let summary = p.summary
+            let size = 32 + summary.tag.utf8.count + summary.workingDirectory.utf8.count
+                + (summary.argv + summary.environment).reduce(0) { $0 + 4 + $1.utf8.count }
+            if !batch.isEmpty && bytes + size > DirectoryListing.frameTarget {
+                send(Frame(stream: s, .processes(batch)))
+                batch = []; bytes = 0
+            }
+            batch.append(summary)
+            bytes += size
+        }
+        if !batch.isEmpty { send(Frame(stream: s, .processes(batch))) }
+        send(Frame(stream: s, .listEnd))
+    }
+
+    /// Moves listings on, a batch per turn of the event loop, while the host keeps reading.
+    func pumpListings() {
+        for l in listings.values where unsentCount < AgentServer.outputHighWater {
+            let frames = l.pump()
+            for f in frames { send(f) }
+            if case .failure? = frames.last?.message { listings[l.stream] = nil }
+            if case .listEnd? = frames.last?.message { listings[l.stream] = nil }
         }
     }
 
-    /// Sends Exit for processes that have ended and whose output is all sent.
-    func finishProcesses() {
-        for p in processes.values where p.waitStatus != nil {
-            // A pipe whose writer has exited can still hold data: drain it while credit allows.
-            if p.outputOpen && p.stdoutWindow.available > 0 && unsentCount < AgentServer.outputHighWater { readOutput(p, stderr: false) }
-            if p.errorOutputOpen && p.stderrWindow.available > 0 && unsentCount < AgentServer.outputHighWater { readOutput(p, stderr: true) }
-            guard p.finished else { continue }
-            send(Frame(stream: p.stream, .exit(p.exitStatus)))
-            p.closeAll()
-            processes[p.stream] = nil
+    /// The watch's inotify descriptor is readable: send its events (or its end).
+    func readWatch(_ s: UInt32) {
+        guard let w = watches[s] else { return }
+        let (events, end) = w.read()
+        // One read can hold thousands of events with long paths: frames of about 256 KiB.
+        var batch: [WatchEvent] = []
+        var bytes = 0
+        for e in events {
+            if bytes > DirectoryListing.frameTarget { send(Frame(stream: s, .events(batch))); batch = []; bytes = 0 }
+            batch.append(e)
+            bytes += 5 + e.name.utf8.count
+        }
+        if !batch.isEmpty { send(Frame(stream: s, .events(batch))) }
+        if let end {
+            w.close()
+            watches[s] = nil
+            send(Frame(stream: s, .failure(end)))
         }
     }
 
@@ -273,16 +353,24 @@ final class Connection {
         }
     }
 
-    /// The host is gone: kill what it started, drop partial files.
-    func abandon(into abandoned: inout Set<pid_t>) {
+    /// The host is gone: detach the kept processes, kill the others, drop partial files and
+    /// stop listings and watches.
+    func abandon() {
         for p in processes.values {
-            if p.waitStatus == nil { p.send(SIGKILL); abandoned.insert(p.pid) }
+            if p.keep {
+                p.detach()
+                continue
+            }
+            if p.waitStatus == nil { p.send(SIGKILL); server.abandoned.insert(p.pid) }
             p.closeAll()
+            server.processes[p.id] = nil
         }
         processes.removeAll()
         for f in incoming.values { f.abandon() }
         for f in outgoing.values { f.close() }
-        incoming.removeAll(); outgoing.removeAll()
+        for l in listings.values { l.close() }
+        for w in watches.values { w.close() }
+        incoming.removeAll(); outgoing.removeAll(); listings.removeAll(); watches.removeAll()
         Glibc.close(socket)
     }
 }

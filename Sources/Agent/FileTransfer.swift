@@ -82,16 +82,7 @@ final class IncomingFile {
     }
 
     static func makeDirectories(_ directory: String, uid: UInt32, gid: UInt32) -> Failure? {
-        var st = stat()
-        if stat(directory, &st) == 0 {
-            return st.st_mode & S_IFMT == S_IFDIR ? nil : Failure(errno: ENOTDIR, message: "\(directory) is not a directory")
-        }
-        if directory != "/" && directory != ".", let failure = makeDirectories(parent(of: directory), uid: uid, gid: gid) {
-            return failure
-        }
-        if mkdir(directory, 0o755) != 0 && errno != EEXIST { return errnoFailure("mkdir \(directory)") }
-        if getuid() == 0 { _ = chown(directory, uid, gid) }
-        return nil
+        Filesystem.makeDirectories(directory, mode: 0o755, uid: uid, gid: gid)
     }
 }
 

@@ -171,6 +171,75 @@ struct PayloadReader {
         return list
     }
 
+    mutating func u32s() throws(ProtocolError) -> [UInt32] {
+        let n = try count(elementSize: 4)
+        var list: [UInt32] = []
+        list.reserveCapacity(n)
+        for _ in 0..<n { list.append(try int()) }
+        return list
+    }
+
+    mutating func execFields() throws(ProtocolError) -> Exec {
+        let argv = try strings()
+        let environment = try strings()
+        let directory = try string()
+        let uid: UInt32 = try int()
+        let gid: UInt32 = try int()
+        let groups = try u32s()
+        let pty: WindowSize? = switch try int(UInt8.self) {
+        case 0: nil
+        case 1: try windowSize()
+        default: throw .invalidValue(type, field: "pty presence byte")
+        }
+        return Exec(argv: argv, environment: environment, workingDirectory: directory,
+                    uid: uid, gid: gid, groups: groups, pty: pty, timeoutMillis: try int())
+    }
+
+    mutating func mode() throws(ProtocolError) -> UInt32 {
+        let mode: UInt32 = try int()
+        guard mode & ~0o7777 == 0 else { throw .invalidValue(type, field: "mode") }
+        return mode
+    }
+
+    mutating func kind() throws(ProtocolError) -> EntryInfo.Kind {
+        guard let kind = EntryInfo.Kind(rawValue: try int()) else { throw .invalidValue(type, field: "entry kind") }
+        return kind
+    }
+
+    /// Fewest bytes an encoded EntryInfo takes: four empty strings and the fixed fields.
+    static let entryInfoMinimum = 4 * 4 + 1 + 4 + 8 + 4 + 4 + 8 + 4 + 1
+
+    mutating func entryInfo() throws(ProtocolError) -> EntryInfo {
+        let name = try string()
+        let path = try string()
+        let kind = try kind()
+        let mode = try mode()
+        let size: UInt64 = try int()
+        let uid: UInt32 = try int()
+        let gid: UInt32 = try int()
+        let owner = try string()
+        let group = try string()
+        let seconds: Int64 = try int()
+        let nanoseconds: UInt32 = try int()
+        guard nanoseconds < 1_000_000_000 else { throw .invalidValue(type, field: "nanoseconds") }
+        let symlink: EntryInfo.Symlink? = switch try int(UInt8.self) {
+        case 0: nil
+        case 1: EntryInfo.Symlink(target: try string(), resolved: try string(), targetKind: try self.kind(), targetMode: try self.mode())
+        default: throw .invalidValue(type, field: "symlink presence byte")
+        }
+        // A symlink always says where it leads; nothing else does.
+        guard (kind == .symlink) == (symlink != nil) else { throw .invalidValue(type, field: "symlink presence byte") }
+        return EntryInfo(name: name, path: path, kind: kind, mode: mode, size: size, uid: uid, gid: gid, owner: owner,
+                         group: group, modifiedSeconds: seconds, modifiedNanoseconds: nanoseconds, symlink: symlink)
+    }
+
+    /// A flag byte whose only named bit is bit 0.
+    mutating func flag() throws(ProtocolError) -> Bool {
+        let byte: UInt8 = try int()
+        guard byte & ~1 == 0 else { throw .reservedBits(type) }
+        return byte == 1
+    }
+
     mutating func version() throws(ProtocolError) -> Version {
         Version(major: try int(), minor: try int())
     }
@@ -215,22 +284,7 @@ struct PayloadReader {
             guard nanoseconds < 1_000_000_000 else { throw .invalidValue(.setTime, field: "nanoseconds") }
             return .setTime(seconds: seconds, nanoseconds: nanoseconds)
         case .exec:
-            let argv = try strings()
-            let environment = try strings()
-            let directory = try string()
-            let uid: UInt32 = try int()
-            let gid: UInt32 = try int()
-            let n = try count(elementSize: 4)
-            var groups: [UInt32] = []
-            groups.reserveCapacity(n)
-            for _ in 0..<n { groups.append(try int()) }
-            let pty: WindowSize? = switch try int(UInt8.self) {
-            case 0: nil
-            case 1: try windowSize()
-            default: throw .invalidValue(.exec, field: "pty presence byte")
-            }
-            return .exec(Exec(argv: argv, environment: environment, workingDirectory: directory,
-                              uid: uid, gid: gid, groups: groups, pty: pty, timeoutMillis: try int()))
+            return .exec(try execFields())
         case .started:
             return .started(pid: try int())
         case .failure:
@@ -283,6 +337,79 @@ struct PayloadReader {
             return .fileEnd
         case .cancel:
             return .cancel
+        case .spawn:
+            let exec = try execFields()
+            let flags = Spawn.Flags(rawValue: try int())
+            guard Spawn.Flags.known.isSuperset(of: flags) else { throw .reservedBits(.spawn) }
+            return .spawn(Spawn(exec, flags: flags, tag: try string()))
+        case .attach:
+            return .attach(pid: try int())
+        case .listProcesses:
+            return .listProcesses
+        case .processes:
+            // pid, four empty strings or lists, flags.
+            let n = try count(elementSize: 4 + 4 * 4 + 1)
+            var list: [ProcessSummary] = []
+            list.reserveCapacity(n)
+            for _ in 0..<n {
+                let pid: UInt32 = try int()
+                let tag = try string()
+                let argv = try strings()
+                let environment = try strings()
+                let directory = try string()
+                let flags = ProcessSummary.Flags(rawValue: try int())
+                guard ProcessSummary.Flags.known.isSuperset(of: flags) else { throw .reservedBits(.processes) }
+                list.append(ProcessSummary(pid: pid, tag: tag, argv: argv, environment: environment,
+                                           workingDirectory: directory, flags: flags))
+            }
+            return .processes(list)
+        case .signalProcess:
+            let pid: UInt32 = try int()
+            let signal: Int32 = try int()
+            guard Message.signals.contains(signal) else { throw .invalidValue(.signalProcess, field: "signal number") }
+            return .signalProcess(pid: pid, signal: signal)
+        case .stat:
+            return .stat(path: try string())
+        case .entry:
+            return .entry(try entryInfo())
+        case .listDirectory:
+            return .listDirectory(path: try string(), depth: try int())
+        case .entries:
+            let n = try count(elementSize: PayloadReader.entryInfoMinimum)
+            var list: [EntryInfo] = []
+            list.reserveCapacity(n)
+            for _ in 0..<n { list.append(try entryInfo()) }
+            return .entries(list)
+        case .listEnd:
+            return .listEnd
+        case .makeDirectory:
+            return .makeDirectory(MakeDirectory(path: try string(), mode: try mode(), uid: try int(), gid: try int()))
+        case .directoryMade:
+            return .directoryMade(created: try flag())
+        case .rename:
+            return .rename(from: try string(), to: try string())
+        case .remove:
+            return .remove(path: try string())
+        case .done:
+            return .done
+        case .watchDirectory:
+            return .watchDirectory(path: try string(), recursive: try flag())
+        case .watching:
+            return .watching
+        case .events:
+            let n = try count(elementSize: 1 + 4)
+            var list: [WatchEvent] = []
+            list.reserveCapacity(n)
+            for _ in 0..<n {
+                guard let kind = WatchEvent.Kind(rawValue: try int()) else { throw .invalidValue(.events, field: "event kind") }
+                list.append(WatchEvent(kind, name: try string()))
+            }
+            return .events(list)
+        case .lookupUser:
+            return .lookupUser(name: try string())
+        case .user:
+            return .user(UserInfo(name: try string(), uid: try int(), gid: try int(), groups: try u32s(),
+                                  home: try string(), shell: try string()))
         case .stdin, .stdout, .stderr, .fileData:
             preconditionFailure("data frames do not go through PayloadReader")
         }

@@ -51,6 +51,18 @@ extension Message {
             if w.mode & ~0o7777 != 0 { .invalidValue(.writeFile, field: "mode") }
             else if !WriteFile.Options.known.isSuperset(of: w.options) { .reservedBits(.writeFile) }
             else { nil }
+        case .spawn(let sp):
+            Spawn.Flags.known.isSuperset(of: sp.flags) ? nil : .reservedBits(.spawn)
+        case .signalProcess(_, let s):
+            Message.signals.contains(s) ? nil : .invalidValue(.signalProcess, field: "signal number")
+        case .makeDirectory(let m):
+            m.mode & ~0o7777 != 0 ? .invalidValue(.makeDirectory, field: "mode") : nil
+        case .entry(let e):
+            e.problem(.entry)
+        case .entries(let list):
+            list.lazy.compactMap { $0.problem(.entries) }.first
+        case .processes(let list):
+            list.contains { !ProcessSummary.Flags.known.isSuperset(of: $0.flags) } ? .reservedBits(.processes) : nil
         default:
             nil
         }
@@ -93,22 +105,7 @@ extension Message {
             out.put(seconds)
             out.put(ns)
         case .exec(let e):
-            out.put(UInt32(truncatingIfNeeded: e.argv.count))
-            for a in e.argv { out.put(a) }
-            out.put(UInt32(truncatingIfNeeded: e.environment.count))
-            for v in e.environment { out.put(v) }
-            out.put(e.workingDirectory)
-            out.put(e.uid)
-            out.put(e.gid)
-            out.put(UInt32(truncatingIfNeeded: e.groups.count))
-            for g in e.groups { out.put(g) }
-            if let size = e.pty {
-                out.put(UInt8(1))
-                out.put(size)
-            } else {
-                out.put(UInt8(0))
-            }
-            out.put(e.timeoutMillis)
+            out.put(e)
         case .started(let pid):
             out.put(pid)
         case .failure(let f):
@@ -150,6 +147,64 @@ extension Message {
             out.put(i.gid)
         case .fileWritten(let bytes):
             out.put(bytes)
+        case .spawn(let sp):
+            out.put(sp.exec)
+            out.put(sp.flags.rawValue)
+            out.put(sp.tag)
+        case .attach(let pid):
+            out.put(pid)
+        case .listProcesses, .listEnd, .done, .watching:
+            break
+        case .processes(let list):
+            out.put(UInt32(truncatingIfNeeded: list.count))
+            for p in list {
+                out.put(p.pid)
+                out.put(p.tag)
+                out.put(p.argv)
+                out.put(p.environment)
+                out.put(p.workingDirectory)
+                out.put(p.flags.rawValue)
+            }
+        case .signalProcess(let pid, let signal):
+            out.put(pid)
+            out.put(UInt32(bitPattern: signal))
+        case .stat(let path), .remove(let path), .lookupUser(let path):
+            out.put(path)
+        case .entry(let e):
+            out.put(e)
+        case .listDirectory(let path, let depth):
+            out.put(path)
+            out.put(depth)
+        case .entries(let list):
+            out.put(UInt32(truncatingIfNeeded: list.count))
+            for e in list { out.put(e) }
+        case .makeDirectory(let m):
+            out.put(m.path)
+            out.put(m.mode)
+            out.put(m.uid)
+            out.put(m.gid)
+        case .directoryMade(let created):
+            out.put(UInt8(created ? 1 : 0))
+        case .rename(let from, let to):
+            out.put(from)
+            out.put(to)
+        case .watchDirectory(let path, let recursive):
+            out.put(path)
+            out.put(UInt8(recursive ? 1 : 0))
+        case .events(let list):
+            out.put(UInt32(truncatingIfNeeded: list.count))
+            for e in list {
+                out.put(e.kind.rawValue)
+                out.put(e.name)
+            }
+        case .user(let u):
+            out.put(u.name)
+            out.put(u.uid)
+            out.put(u.gid)
+            out.put(UInt32(truncatingIfNeeded: u.groups.count))
+            for g in u.groups { out.put(g) }
+            out.put(u.home)
+            out.put(u.shell)
         }
     }
 }
@@ -176,5 +231,61 @@ extension [UInt8] {
     mutating func put(_ size: WindowSize) {
         put(size.rows)
         put(size.columns)
+    }
+
+    mutating func put(_ strings: [String]) {
+        put(UInt32(truncatingIfNeeded: strings.count))
+        for s in strings { put(s) }
+    }
+
+    mutating func put(_ e: Exec) {
+        put(e.argv)
+        put(e.environment)
+        put(e.workingDirectory)
+        put(e.uid)
+        put(e.gid)
+        put(UInt32(truncatingIfNeeded: e.groups.count))
+        for g in e.groups { put(g) }
+        if let size = e.pty {
+            put(UInt8(1))
+            put(size)
+        } else {
+            put(UInt8(0))
+        }
+        put(e.timeoutMillis)
+    }
+
+    mutating func put(_ e: EntryInfo) {
+        put(e.name)
+        put(e.path)
+        put(e.kind.rawValue)
+        put(e.mode)
+        put(e.size)
+        put(e.uid)
+        put(e.gid)
+        put(e.owner)
+        put(e.group)
+        put(e.modifiedSeconds)
+        put(e.modifiedNanoseconds)
+        if let link = e.symlink {
+            put(UInt8(1))
+            put(link.target)
+            put(link.resolved)
+            put(link.targetKind.rawValue)
+            put(link.targetMode)
+        } else {
+            put(UInt8(0))
+        }
+    }
+}
+
+extension EntryInfo {
+    /// What the decoder would reject, reported as an error of a frame of `type`.
+    func problem(_ type: MessageType) -> ProtocolError? {
+        if mode & ~0o7777 != 0 { return .invalidValue(type, field: "mode") }
+        if modifiedNanoseconds >= 1_000_000_000 { return .invalidValue(type, field: "nanoseconds") }
+        if (kind == .symlink) != (symlink != nil) { return .invalidValue(type, field: "symlink presence byte") }
+        if let link = symlink, link.targetMode & ~0o7777 != 0 { return .invalidValue(type, field: "mode") }
+        return nil
     }
 }

@@ -48,6 +48,41 @@ public enum Message: Equatable, Sendable {
     case fileWritten(bytes: UInt64)
     case cancel
 
+    /// (1.2) Exec with options: a process that may outlive its connection, and a tag.
+    case spawn(Spawn)
+    /// (1.2) Attaches this new stream to a process the agent runs (kept or not), by pid.
+    case attach(pid: UInt32)
+    /// (1.2) Asks for every process the agent runs: answered by Processes frames, then ListEnd.
+    case listProcesses
+    case processes([ProcessSummary])
+    /// (1.2) Sends a signal to a process group the agent started, without attaching to it.
+    case signalProcess(pid: UInt32, signal: Int32)
+
+    /// (1.2) Filesystem operations, each on a new stream.
+    case stat(path: String)
+    /// The answer to Stat and Rename.
+    case entry(EntryInfo)
+    /// Lists `path` down to `depth` levels (0 and 1: direct children): Entries frames, then ListEnd.
+    case listDirectory(path: String, depth: UInt32)
+    case entries([EntryInfo])
+    /// Ends the answer to ListDirectory or ListProcesses.
+    case listEnd
+    case makeDirectory(MakeDirectory)
+    /// The answer to MakeDirectory: false when the path already was a directory.
+    case directoryMade(created: Bool)
+    case rename(from: String, to: String)
+    case remove(path: String)
+    /// Success without a value: the answer to Remove and SignalProcess.
+    case done
+    /// Watches a directory until the host sends Cancel: Watching, then Events frames.
+    case watchDirectory(path: String, recursive: Bool)
+    case watching
+    case events([WatchEvent])
+
+    /// (1.2) Looks a user up in the guest's /etc/passwd and /etc/group, by name or number.
+    case lookupUser(name: String)
+    case user(UserInfo)
+
     public var type: MessageType {
         switch self {
         case .hello: .hello
@@ -77,6 +112,26 @@ public enum Message: Equatable, Sendable {
         case .fileEnd: .fileEnd
         case .fileWritten: .fileWritten
         case .cancel: .cancel
+        case .spawn: .spawn
+        case .attach: .attach
+        case .listProcesses: .listProcesses
+        case .processes: .processes
+        case .signalProcess: .signalProcess
+        case .stat: .stat
+        case .entry: .entry
+        case .listDirectory: .listDirectory
+        case .entries: .entries
+        case .listEnd: .listEnd
+        case .makeDirectory: .makeDirectory
+        case .directoryMade: .directoryMade
+        case .rename: .rename
+        case .remove: .remove
+        case .done: .done
+        case .watchDirectory: .watchDirectory
+        case .watching: .watching
+        case .events: .events
+        case .lookupUser: .lookupUser
+        case .user: .user
         }
     }
 }
@@ -226,5 +281,171 @@ public struct FileInfo: Equatable, Sendable {
         self.size = size
         self.uid = uid
         self.gid = gid
+    }
+}
+
+/// (1.2) Exec with options (docs/agent-protocol.md, "Processes that outlive the connection").
+public struct Spawn: Equatable, Sendable {
+    public struct Flags: OptionSet, Equatable, Sendable {
+        public var rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// The process keeps running when the connection that started it closes.
+        public static let keep = Flags(rawValue: 1 << 0)
+        static let known: Flags = [.keep]
+    }
+    public var exec: Exec
+    public var flags: Flags
+    /// Free text the host chooses (E2B's process tag); reported by ListProcesses.
+    public var tag: String
+    public init(_ exec: Exec, flags: Flags = [], tag: String = "") {
+        self.exec = exec
+        self.flags = flags
+        self.tag = tag
+    }
+}
+
+/// (1.2) One process in the answer to ListProcesses.
+public struct ProcessSummary: Equatable, Sendable {
+    public struct Flags: OptionSet, Equatable, Sendable {
+        public var rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        public static let pty = Flags(rawValue: 1 << 0)
+        /// Started with Spawn's keep flag.
+        public static let kept = Flags(rawValue: 1 << 1)
+        /// A stream of a live connection is attached to it.
+        public static let attached = Flags(rawValue: 1 << 2)
+        /// It has exited; its status waits for an Attach to collect it.
+        public static let exited = Flags(rawValue: 1 << 3)
+        static let known: Flags = [.pty, .kept, .attached, .exited]
+    }
+    public var pid: UInt32
+    public var tag: String
+    public var argv: [String]
+    /// The environment as the host gave it (without what the agent adds).
+    public var environment: [String]
+    public var workingDirectory: String
+    public var flags: Flags
+    public init(pid: UInt32, tag: String = "", argv: [String], environment: [String] = [], workingDirectory: String = "",
+                flags: Flags = []) {
+        self.pid = pid
+        self.tag = tag
+        self.argv = argv
+        self.environment = environment
+        self.workingDirectory = workingDirectory
+        self.flags = flags
+    }
+}
+
+/// (1.2) A filesystem entry as Stat, Rename and ListDirectory report it. Everything is from
+/// lstat(2), so a symlink is reported as itself; `symlink` says where it leads.
+public struct EntryInfo: Equatable, Sendable {
+    public enum Kind: UInt8, Equatable, Sendable, CaseIterable {
+        /// A device, FIFO or socket (or, as a symlink's target kind, a target that does not resolve).
+        case other = 0
+        case file = 1
+        case directory = 2
+        case symlink = 3
+    }
+    public struct Symlink: Equatable, Sendable {
+        /// The link's contents, as readlink(2) returns them.
+        public var target: String
+        /// The absolute path with every link resolved (realpath(3)); empty when it does not resolve.
+        public var resolved: String
+        /// What the resolved path is; `.other` when it does not resolve.
+        public var targetKind: Kind
+        /// Permission bits of the resolved path; 0 when it does not resolve.
+        public var targetMode: UInt32
+        public init(target: String, resolved: String, targetKind: Kind, targetMode: UInt32) {
+            self.target = target
+            self.resolved = resolved
+            self.targetKind = targetKind
+            self.targetMode = targetMode
+        }
+    }
+    /// The last path component.
+    public var name: String
+    /// The path as the request named it (ListDirectory: the requested path, "/", the relative path).
+    public var path: String
+    public var kind: Kind
+    /// Permission bits including setuid, setgid and sticky (0o7777).
+    public var mode: UInt32
+    public var size: UInt64
+    public var uid: UInt32
+    public var gid: UInt32
+    /// Names from the guest's /etc/passwd and /etc/group; empty when the id is not there.
+    public var owner: String
+    public var group: String
+    public var modifiedSeconds: Int64
+    /// Below 10^9.
+    public var modifiedNanoseconds: UInt32
+    /// Present exactly when `kind` is `.symlink`.
+    public var symlink: Symlink?
+
+    public init(name: String, path: String, kind: Kind, mode: UInt32, size: UInt64 = 0, uid: UInt32 = 0, gid: UInt32 = 0,
+                owner: String = "", group: String = "", modifiedSeconds: Int64 = 0, modifiedNanoseconds: UInt32 = 0,
+                symlink: Symlink? = nil) {
+        self.name = name
+        self.path = path
+        self.kind = kind
+        self.mode = mode
+        self.size = size
+        self.uid = uid
+        self.gid = gid
+        self.owner = owner
+        self.group = group
+        self.modifiedSeconds = modifiedSeconds
+        self.modifiedNanoseconds = modifiedNanoseconds
+        self.symlink = symlink
+    }
+}
+
+/// (1.2) Creates a directory and any missing parents.
+public struct MakeDirectory: Equatable, Sendable {
+    public var path: String
+    /// Permission bits (0o7777) of every directory created, applied without the umask.
+    public var mode: UInt32
+    /// Owner of every directory created (when the agent runs as root).
+    public var uid: UInt32
+    public var gid: UInt32
+    public init(path: String, mode: UInt32 = 0o755, uid: UInt32 = 0, gid: UInt32 = 0) {
+        self.path = path
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+    }
+}
+
+/// (1.2) One change in a watched directory.
+public struct WatchEvent: Equatable, Sendable {
+    /// envd's EventType numbering.
+    public enum Kind: UInt8, Equatable, Sendable, CaseIterable {
+        case create = 1, write = 2, remove = 3, rename = 4, chmod = 5
+    }
+    public var kind: Kind
+    /// The entry's path relative to the watched directory ("" for the directory itself).
+    public var name: String
+    public init(_ kind: Kind, name: String) {
+        self.kind = kind
+        self.name = name
+    }
+}
+
+/// (1.2) A user of the guest, from /etc/passwd and /etc/group.
+public struct UserInfo: Equatable, Sendable {
+    public var name: String
+    public var uid: UInt32
+    public var gid: UInt32
+    /// Every group the user is in: the primary group first, then those of /etc/group that list
+    /// the user, each once (what `id -G` prints).
+    public var groups: [UInt32]
+    public var home: String
+    public var shell: String
+    public init(name: String, uid: UInt32, gid: UInt32, groups: [UInt32], home: String, shell: String) {
+        self.name = name
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.home = home
+        self.shell = shell
     }
 }

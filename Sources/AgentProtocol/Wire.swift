@@ -10,7 +10,7 @@ public enum Wire {
     /// Credit each receiver grants per data channel when a stream opens.
     public static let initialWindow: UInt32 = 1 << 20
     /// The version this build speaks.
-    public static let version = Version(major: 1, minor: 1)
+    public static let version = Version(major: 1, minor: 2)
 }
 
 /// Protocol version: peers talk only when majors are equal; the session uses the smaller minor.
@@ -61,6 +61,29 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case fileEnd = 0x24
     case fileWritten = 0x25
     case cancel = 0x26
+    // Processes that outlive the connection (1.2).
+    case spawn = 0x1B
+    case attach = 0x1C
+    case listProcesses = 0x1D
+    case processes = 0x1E
+    case signalProcess = 0x1F
+    // Filesystem operations (1.2).
+    case stat = 0x30
+    case entry = 0x31
+    case listDirectory = 0x32
+    case entries = 0x33
+    case listEnd = 0x34
+    case makeDirectory = 0x35
+    case directoryMade = 0x36
+    case rename = 0x37
+    case remove = 0x38
+    case done = 0x39
+    case watchDirectory = 0x3A
+    case watching = 0x3B
+    case events = 0x3C
+    // Users (1.2).
+    case lookupUser = 0x40
+    case user = 0x41
 
     /// Connection messages travel on stream 0, everything else on a stream the host opened.
     public var isConnection: Bool { rawValue < 0x10 }
@@ -77,8 +100,10 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     public var sender: Side? {
         switch self {
         case .hello, .ping, .shutdown, .reseed, .setTime, .exec, .stdin, .stdinClose, .resize, .signal,
-             .writeFile, .readFile, .cancel: .host
-        case .helloAck, .pong, .reseeded, .started, .failure, .stdout, .stderr, .exit, .fileInfo, .fileWritten: .agent
+             .writeFile, .readFile, .cancel, .spawn, .attach, .listProcesses, .signalProcess, .stat, .listDirectory,
+             .makeDirectory, .rename, .remove, .watchDirectory, .lookupUser: .host
+        case .helloAck, .pong, .reseeded, .started, .failure, .stdout, .stderr, .exit, .fileInfo, .fileWritten,
+             .processes, .entry, .entries, .listEnd, .directoryMade, .done, .watching, .events, .user: .agent
         case .protocolError, .credit, .fileData, .fileEnd: nil
         }
     }
@@ -112,6 +137,26 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .fileEnd: "FileEnd"
         case .fileWritten: "FileWritten"
         case .cancel: "Cancel"
+        case .spawn: "Spawn"
+        case .attach: "Attach"
+        case .listProcesses: "ListProcesses"
+        case .processes: "Processes"
+        case .signalProcess: "SignalProcess"
+        case .stat: "Stat"
+        case .entry: "Entry"
+        case .listDirectory: "ListDirectory"
+        case .entries: "Entries"
+        case .listEnd: "ListEnd"
+        case .makeDirectory: "MakeDirectory"
+        case .directoryMade: "DirectoryMade"
+        case .rename: "Rename"
+        case .remove: "Remove"
+        case .done: "Done"
+        case .watchDirectory: "WatchDirectory"
+        case .watching: "Watching"
+        case .events: "Events"
+        case .lookupUser: "LookupUser"
+        case .user: "User"
         }
     }
 }

@@ -11,12 +11,17 @@ public enum AgentClientError: Error, CustomStringConvertible, Sendable {
     case protocolError(ProtocolError)
     /// The agent refused or failed the operation (errno and message from the guest).
     case failed(Failure)
+    /// The agent speaks an older protocol minor that lacks this operation (e.g. a 1.1 agent
+    /// asked for Stat, which is 1.2); nothing was sent.
+    case unsupported(operation: String, needs: Version, agent: Version)
 
     public var description: String {
         switch self {
         case .connection(let why): why
         case .protocolError(let e): "\(e)"
         case .failed(let f): f.message
+        case .unsupported(let operation, let needs, let agent):
+            "\(operation) needs agent protocol \(needs), the agent speaks \(agent); rebuild the guest image with this Kiln's agent"
         }
     }
 }
@@ -39,6 +44,9 @@ public final class AgentClient: Sendable {
         var reads: [UInt32: ReadState] = [:]
         var writes: [UInt32: WriteState] = [:]
         var pings: [UInt64: CheckedContinuation<Pong, any Error>] = [:]
+        /// Streams of the 1.2 request/reply operations (filesystem, users, process management).
+        var requests: [UInt32: RequestState] = [:]
+        var watches: [UInt32: WatchState] = [:]
         var reseeds: [CheckedContinuation<Int32, any Error>] = []
         var nextNonce: UInt64 = 1
         var closed: AgentClientError?
@@ -144,6 +152,118 @@ public final class AgentClient: Sendable {
     /// Starts a process. Throws `.failed` when the agent could not start it (errno ENOENT: no
     /// such command).
     public func exec(_ exec: Exec) async throws -> RemoteProcess {
+        try await openProcess { .exec(exec) }
+    }
+
+    /// Starts a process (protocol 1.2) that, with `keep`, goes on running when this connection
+    /// closes: its output is then buffered in the guest (one window, 1 MiB, per channel; then
+    /// the process blocks on its pipe) and its exit status kept, until `attach(pid:)` from any
+    /// connection collects them. `tag` is free text reported by `listProcesses()`.
+    public func exec(_ exec: Exec, keep: Bool, tag: String = "") async throws -> RemoteProcess {
+        try require(minor: 2, "Spawn")
+        return try await openProcess { .spawn(Spawn(exec, flags: keep ? [.keep] : [], tag: tag)) }
+    }
+
+    /// Attaches to a process the agent runs (protocol 1.2), kept or not, detached or attached
+    /// elsewhere: a stream attached before ends (its `wait()` throws `.failed` with EBUSY).
+    /// Output buffered while detached arrives first, then what follows and the exit status; a
+    /// process that already exited gives its buffered output and Exit. Throws `.failed` with
+    /// ESRCH for a pid the agent does not run.
+    public func attach(pid: UInt32) async throws -> RemoteProcess {
+        try require(minor: 2, "Attach")
+        return try await openProcess { .attach(pid: pid) }
+    }
+
+    /// Every process the agent runs (protocol 1.2): attached, detached, and exited ones whose
+    /// status waits to be collected (`flags` says which).
+    public func listProcesses() async throws -> [ProcessSummary] {
+        try require(minor: 2, "ListProcesses")
+        guard case .processes(let list) = try await request(.listProcesses) else { throw unexpectedReply() }
+        return list
+    }
+
+    /// Sends `signal` to the process group of a process the agent runs, without attaching
+    /// (protocol 1.2). Throws `.failed` with ESRCH when no such process is running.
+    public func signal(pid: UInt32, _ signal: Int32) async throws {
+        try require(minor: 2, "SignalProcess")
+        guard (1...64).contains(signal) else { throw AgentClientError.protocolError(.invalidValue(.signalProcess, field: "signal number")) }
+        guard case .done = try await request(.signalProcess(pid: pid, signal: signal)) else { throw unexpectedReply() }
+    }
+
+    /// lstat(2) of a guest path, with owner and group names and, for a symlink, where it
+    /// leads (protocol 1.2). Throws `.failed` with the guest's errno (ENOENT: no such path).
+    public func stat(_ path: String) async throws -> EntryInfo {
+        try require(minor: 2, "Stat")
+        guard case .entry(let e) = try await request(.stat(path: path)) else { throw unexpectedReply() }
+        return e
+    }
+
+    /// The entries below a guest directory (protocol 1.2), `depth` levels down (1: its
+    /// children), depth first, each directory's children after it, in the guest's readdir
+    /// order. `path` may be a symlink to a directory; symlinks below it are not followed.
+    public func listDirectory(_ path: String, depth: UInt32 = 1) async throws -> [EntryInfo] {
+        try require(minor: 2, "ListDirectory")
+        guard case .entries(let list) = try await request(.listDirectory(path: path, depth: depth)) else { throw unexpectedReply() }
+        return list
+    }
+
+    /// Creates a directory and its missing parents, each with `mode` and owned by uid/gid
+    /// (protocol 1.2). Returns false when `path` already was a directory; throws `.failed`
+    /// with EEXIST when it exists as something else.
+    public func makeDirectory(_ path: String, mode: UInt32 = 0o755, uid: UInt32 = 0, gid: UInt32 = 0) async throws -> Bool {
+        try require(minor: 2, "MakeDirectory")
+        let request = MakeDirectory(path: path, mode: mode, uid: uid, gid: gid)
+        guard case .directoryMade(let created) = try await self.request(.makeDirectory(request)) else { throw unexpectedReply() }
+        return created
+    }
+
+    /// rename(2) in the guest (protocol 1.2); returns the destination's entry.
+    public func rename(_ from: String, to: String) async throws -> EntryInfo {
+        try require(minor: 2, "Rename")
+        guard case .entry(let e) = try await request(.rename(from: from, to: to)) else { throw unexpectedReply() }
+        return e
+    }
+
+    /// Removes a file, symlink or whole directory tree (protocol 1.2). A path that does not
+    /// exist is not an error (as envd's Remove).
+    public func remove(_ path: String) async throws {
+        try require(minor: 2, "Remove")
+        guard case .done = try await request(.remove(path: path)) else { throw unexpectedReply() }
+    }
+
+    /// A user from the guest's /etc/passwd and /etc/group, by name or number (protocol 1.2).
+    /// Throws `.failed` with ENOENT when there is no such user.
+    public func lookupUser(_ name: String) async throws -> UserInfo {
+        try require(minor: 2, "LookupUser")
+        guard case .user(let u) = try await request(.lookupUser(name: name)) else { throw unexpectedReply() }
+        return u
+    }
+
+    /// Watches a guest directory (protocol 1.2): returns once the watch is in place; its
+    /// `events` then deliver changes until `cancel()` (the sequence then ends) or an error ends
+    /// them (the directory was removed: `.failed` ENOENT; events lost: EOVERFLOW).
+    public func watchDirectory(_ path: String, recursive: Bool = false) async throws -> RemoteWatch {
+        try require(minor: 2, "WatchDirectory")
+        let (events, continuation) = AsyncThrowingStream<WatchEvent, any Error>.makeStream()
+        let stream = try state.withLock { s throws(AgentClientError) -> UInt32 in
+            if let e = s.closed { throw e }
+            let id = s.allocateStream()
+            s.watches[id] = WatchState(events: continuation)
+            return id
+        }
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            let ok = state.withLock { s in
+                if let e = s.closed { s.watches[stream] = nil; c.resume(throwing: e); return false }
+                s.watches[stream]?.started = c
+                return true
+            }
+            if ok { send(Frame(stream: stream, .watchDirectory(path: path, recursive: recursive))) }
+        }
+        return RemoteWatch(client: self, stream: stream, events: events)
+    }
+
+    /// Exec, Spawn and Attach: a process stream answered by Started or Failure.
+    private func openProcess(_ message: () -> Message) async throws -> RemoteProcess {
         let (stream, output) = try state.withLock { s throws(AgentClientError) -> (UInt32, AsyncStream<OutputChunk>) in
             if let e = s.closed { throw e }
             let id = s.allocateStream()
@@ -151,16 +271,44 @@ public final class AgentClient: Sendable {
             s.processes[id] = ProcessState(output: continuation)
             return (id, output)
         }
+        let frame = Frame(stream: stream, message())
         let pid: UInt32 = try await withCheckedThrowingContinuation { c in
             let ok = state.withLock { s in
                 if let e = s.closed { c.resume(throwing: e); return false }
                 s.processes[stream]?.started = c
                 return true
             }
-            if ok { send(Frame(stream: stream, .exec(exec))) }
+            if ok { send(frame) }
         }
         return RemoteProcess(client: self, stream: stream, pid: pid, output: output)
     }
+
+    /// A 1.2 request on a new stream; returns its one reply (a listing: Entries or Processes
+    /// holding every frame's items) or throws its Failure.
+    private func request(_ message: Message) async throws -> Message {
+        let stream = try state.withLock { s throws(AgentClientError) -> UInt32 in
+            if let e = s.closed { throw e }
+            let id = s.allocateStream()
+            s.requests[id] = RequestState(listsProcesses: message.type == .listProcesses)
+            return id
+        }
+        return try await withCheckedThrowingContinuation { c in
+            let ok = state.withLock { s in
+                if let e = s.closed { s.requests[stream] = nil; c.resume(throwing: e); return false }
+                s.requests[stream]?.done = c
+                return true
+            }
+            if ok { send(Frame(stream: stream, message)) }
+        }
+    }
+
+    private func require(minor: UInt16, _ operation: String) throws(AgentClientError) {
+        guard version.minor >= minor else {
+            throw .unsupported(operation: operation, needs: Version(major: Wire.version.major, minor: minor), agent: version)
+        }
+    }
+
+    private func unexpectedReply() -> AgentClientError { .connection("the agent answered with an unexpected message") }
 
     /// Writes `contents` to `path` in the guest atomically (FileWritten arrives after fsync and rename).
     public func writeFile(_ path: String, contents: [UInt8], mode: UInt32 = 0o644, uid: UInt32 = 0, gid: UInt32 = 0,
@@ -286,6 +434,9 @@ public final class AgentClient: Sendable {
                 if let status = s.processes[stream]?.exit {
                     s.processes[stream] = nil
                     c.resume(returning: status)
+                } else if let f = s.processes[stream]?.failure {
+                    s.processes[stream] = nil
+                    c.resume(throwing: AgentClientError.failed(f))
                 } else if let e = s.closed {
                     c.resume(throwing: e)
                 } else if s.processes[stream] == nil {
@@ -343,6 +494,12 @@ public final class AgentClient: Sendable {
                 if let c = w.done { resumers.append { c.resume(throwing: error) } }
                 for c in w.creditWaiters { resumers.append { c.resume() } }
             }
+            for (_, r) in s.requests { if let c = r.done { resumers.append { c.resume(throwing: error) } } }
+            for (_, w) in s.watches {
+                if let c = w.started { resumers.append { c.resume(throwing: error) } }
+                w.events.finish(throwing: error)
+            }
+            s.requests.removeAll(); s.watches.removeAll()
             for (_, c) in s.pings { resumers.append { c.resume(throwing: error) } }
             for c in s.reseeds { resumers.append { c.resume(throwing: error) } }
             s.reads.removeAll(); s.writes.removeAll(); s.pings.removeAll(); s.reseeds.removeAll()
@@ -380,6 +537,29 @@ public final class AgentClient: Sendable {
                         st.writes[s] = nil
                         resume = { c.resume(throwing: AgentClientError.failed(failure)); waiters.forEach { $0.resume() } }
                     } else {
+                        resume = { waiters.forEach { $0.resume() } }
+                    }
+                } else if let r = st.requests.removeValue(forKey: s) {
+                    resume = { r.done?.resume(throwing: AgentClientError.failed(failure)) }
+                } else if let w = st.watches.removeValue(forKey: s) {
+                    if let c = w.started {
+                        resume = { c.resume(throwing: AgentClientError.failed(failure)) }
+                    } else if w.cancelled && failure.errno == ECANCELED {
+                        w.events.finish()
+                    } else {
+                        w.events.finish(throwing: AgentClientError.failed(failure))
+                    }
+                } else if st.processes[s] != nil {
+                    // A started process's stream ends early: another stream attached to it (EBUSY).
+                    st.processes[s]!.output.finish()
+                    st.processes[s]!.exited = true
+                    let waiters = st.processes[s]!.creditWaiters
+                    st.processes[s]!.creditWaiters = []
+                    if let c = st.processes[s]!.exitWaiter {
+                        st.processes[s] = nil
+                        resume = { c.resume(throwing: AgentClientError.failed(failure)); waiters.forEach { $0.resume() } }
+                    } else {
+                        st.processes[s]!.failure = failure
                         resume = { waiters.forEach { $0.resume() } }
                     }
                 }
@@ -440,6 +620,21 @@ public final class AgentClient: Sendable {
                 } else {
                     st.writes[s]!.result = .success(bytes)
                 }
+            case .entry, .directoryMade, .done, .user:
+                if let r = st.requests.removeValue(forKey: s), let c = r.done { resume = { c.resume(returning: frame.message) } }
+            case .entries(let list):
+                st.requests[s]?.entries.append(contentsOf: list)
+            case .processes(let list):
+                st.requests[s]?.processes.append(contentsOf: list)
+            case .listEnd:
+                if let r = st.requests.removeValue(forKey: s), let c = r.done {
+                    let answer: Message = r.listsProcesses ? .processes(r.processes) : .entries(r.entries)
+                    resume = { c.resume(returning: answer) }
+                }
+            case .watching:
+                if let c = st.watches[s]?.started { st.watches[s]!.started = nil; resume = { c.resume() } }
+            case .events(let list):
+                if let w = st.watches[s] { for e in list { w.events.yield(e) } }
             default:
                 break // the decoder refuses host-only types from the agent
             }
@@ -453,8 +648,23 @@ extension AgentClient.State {
         repeat {
             nextStream = nextStream == UInt32.max ? 1 : nextStream + 1
         } while processes[nextStream] != nil || reads[nextStream] != nil || writes[nextStream] != nil
+            || requests[nextStream] != nil || watches[nextStream] != nil
         return nextStream
     }
+}
+
+struct RequestState {
+    /// ListProcesses (its ListEnd answers with Processes) rather than ListDirectory.
+    let listsProcesses: Bool
+    var entries: [EntryInfo] = []
+    var processes: [ProcessSummary] = []
+    var done: CheckedContinuation<Message, any Error>?
+}
+
+struct WatchState {
+    let events: AsyncThrowingStream<WatchEvent, any Error>.Continuation
+    var started: CheckedContinuation<Void, any Error>?
+    var cancelled = false
 }
 
 struct ProcessState {
@@ -466,6 +676,8 @@ struct ProcessState {
     var creditWaiters: [CheckedContinuation<Void, Never>] = []
     var exited = false
     var exit: ExitStatus?
+    /// The stream ended with Failure instead of Exit (another stream attached to the process).
+    var failure: Failure?
     var exitWaiter: CheckedContinuation<ExitStatus, any Error>?
 }
 
@@ -485,6 +697,34 @@ struct WriteState {
     var creditWaiters: [CheckedContinuation<Void, Never>] = []
     var result: Result<UInt64, any Error>?
     var done: CheckedContinuation<UInt64, any Error>?
+}
+
+/// A directory watch in the guest (`AgentClient.watchDirectory`).
+public final class RemoteWatch: Sendable {
+    let client: AgentClient
+    let stream: UInt32
+    /// Changes in arrival order; ends after `cancel()`, throws when the agent ends the watch.
+    public let events: AsyncThrowingStream<WatchEvent, any Error>
+
+    init(client: AgentClient, stream: UInt32, events: AsyncThrowingStream<WatchEvent, any Error>) {
+        self.client = client
+        self.stream = stream
+        self.events = events
+    }
+
+    /// Stops the watch; `events` ends once the agent confirms.
+    public func cancel() { client.cancelWatch(stream) }
+}
+
+extension AgentClient {
+    func cancelWatch(_ stream: UInt32) {
+        let live = state.withLock { s in
+            guard s.watches[stream] != nil else { return false }
+            s.watches[stream]!.cancelled = true
+            return true
+        }
+        if live { send(Frame(stream: stream, .cancel)) }
+    }
 }
 
 /// A piece of a process's output.

@@ -34,6 +34,11 @@ enum DefaultImages {
             return name
         }
         let path = "\(cacheDir)/images/\(name).ext4"
+        // The Debian image is built on request like the default one. Its cache link moves when
+        // the image is rebuilt: a template must keep naming the file it was made from.
+        if name == "debian" {
+            return resolved(try artifact(cached: path, script: "rootfs/build-debian-image.sh", what: "Debian image"))
+        }
         guard access(path, R_OK) == 0 else {
             throw Failure(message: "no image named '\(name)' (\(path) does not exist; build one with rootfs/build-debian-image.sh or pass a path)")
         }
@@ -57,6 +62,13 @@ enum DefaultImages {
             throw Failure(message: "\(path) did not report where it put the \(what)")
         }
         return String(last)
+    }
+
+    /// `path` with every symbolic link resolved (itself if it cannot be).
+    static func resolved(_ path: String) -> String {
+        guard let real = realpath(path, nil) else { return path }
+        defer { free(real) }
+        return String(cString: real)
     }
 
     static func env(_ name: String) -> String? {

@@ -84,6 +84,77 @@ import Testing
             == [Frame(stream: 1, .exec(Exec(argv: ["sh"])))])
     }
 
+    /// The 1.2 messages: each field check of docs/agent-protocol.md, one case at a time.
+    @Test func version12Fields() throws {
+        let exec = le(UInt32(1)) + lstring([0x73, 0x68]) + le(UInt32(0)) + lstring([]) + le(UInt32(0)) + le(UInt32(0)) + le(UInt32(0))
+        let spawn = MessageType.spawn.rawValue
+        #expect(try decode(raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [1] + lstring([0x74])), from: .host)
+            == [Frame(stream: 1, .spawn(Spawn(Exec(argv: ["sh"]), flags: [.keep], tag: "t")))])
+        expectError(.reservedBits(.spawn), raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [2] + lstring([])))
+        expectError(.invalidValue(.spawn, field: "pty presence byte"), raw(spawn, stream: 1, exec + [3] + le(UInt32(0)) + [0] + lstring([])))
+        expectError(.truncated(.spawn), raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [0]))
+        expectError(.truncated(.attach), raw(MessageType.attach.rawValue, stream: 1, [1, 2, 3]))
+        expectError(.trailingBytes(.listProcesses, count: 1), raw(MessageType.listProcesses.rawValue, stream: 1, [0]))
+        let summary = le(UInt32(1)) + lstring([]) + le(UInt32(0)) + le(UInt32(0)) + lstring([])
+        expectError(.reservedBits(.processes), raw(MessageType.processes.rawValue, stream: 1, le(UInt32(1)) + summary + [0x10]), from: .agent)
+        expectError(.truncated(.processes), raw(MessageType.processes.rawValue, stream: 1, le(UInt32(2)) + summary + [0]), from: .agent)
+        expectError(.invalidValue(.signalProcess, field: "signal number"),
+                    raw(MessageType.signalProcess.rawValue, stream: 1, le(UInt32(1)) + le(Int32(0))))
+        expectError(.invalidValue(.signalProcess, field: "signal number"),
+                    raw(MessageType.signalProcess.rawValue, stream: 1, le(UInt32(1)) + le(Int32(-9))))
+        expectError(.invalidUTF8(.stat), raw(MessageType.stat.rawValue, stream: 1, lstring([0xFF])))
+        expectError(.truncated(.listDirectory), raw(MessageType.listDirectory.rawValue, stream: 1, lstring([0x2F]) + [1]))
+        expectError(.invalidValue(.makeDirectory, field: "mode"),
+                    raw(MessageType.makeDirectory.rawValue, stream: 1, lstring([0x2F]) + le(UInt32(0o40755)) + le(UInt32(0)) + le(UInt32(0))))
+        expectError(.truncated(.rename), raw(MessageType.rename.rawValue, stream: 1, lstring([0x2F])))
+        expectError(.invalidUTF8(.remove), raw(MessageType.remove.rawValue, stream: 1, lstring([0xC0, 0x80])))
+        expectError(.reservedBits(.watchDirectory), raw(MessageType.watchDirectory.rawValue, stream: 1, lstring([0x2F]) + [2]))
+        expectError(.truncated(.lookupUser), raw(MessageType.lookupUser.rawValue, stream: 1, le(UInt32(5)) + [0x61]))
+        expectError(.reservedBits(.directoryMade), raw(MessageType.directoryMade.rawValue, stream: 1, [3]), from: .agent)
+        expectError(.trailingBytes(.done, count: 4), raw(MessageType.done.rawValue, stream: 1, [0, 0, 0, 0]), from: .agent)
+        expectError(.trailingBytes(.watching, count: 1), raw(MessageType.watching.rawValue, stream: 1, [0]), from: .agent)
+        expectError(.trailingBytes(.listEnd, count: 1), raw(MessageType.listEnd.rawValue, stream: 1, [0]), from: .agent)
+        expectError(.invalidValue(.events, field: "event kind"), raw(MessageType.events.rawValue, stream: 1, le(UInt32(1)) + [0] + lstring([])), from: .agent)
+        expectError(.invalidValue(.events, field: "event kind"), raw(MessageType.events.rawValue, stream: 1, le(UInt32(1)) + [6] + lstring([])), from: .agent)
+        expectError(.truncated(.events), raw(MessageType.events.rawValue, stream: 1, le(UInt32.max) + [1]), from: .agent)
+        expectError(.truncated(.user), raw(MessageType.user.rawValue, stream: 1, lstring([0x61]) + le(UInt32(0)) + le(UInt32(0)) + le(UInt32(9))), from: .agent)
+    }
+
+    /// EntryInfo's field checks, in an Entry and inside an Entries list.
+    @Test func entryInfoFields() throws {
+        func entry(kind: UInt8 = 1, mode: UInt32 = 0o644, nanoseconds: UInt32 = 0, symlink: [UInt8] = [0]) -> [UInt8] {
+            lstring([0x66]) + lstring([0x2F, 0x66]) + [kind] + le(mode) + le(UInt64(3)) + le(UInt32(0)) + le(UInt32(0))
+                + lstring([]) + lstring([]) + le(Int64(0)) + le(nanoseconds) + symlink
+        }
+        let type = MessageType.entry.rawValue
+        #expect(try decode(raw(type, stream: 1, entry()), from: .agent)
+            == [Frame(stream: 1, .entry(EntryInfo(name: "f", path: "/f", kind: .file, mode: 0o644, size: 3)))])
+        expectError(.invalidValue(.entry, field: "entry kind"), raw(type, stream: 1, entry(kind: 4)), from: .agent)
+        expectError(.invalidValue(.entry, field: "mode"), raw(type, stream: 1, entry(mode: 0o100644)), from: .agent)
+        expectError(.invalidValue(.entry, field: "nanoseconds"), raw(type, stream: 1, entry(nanoseconds: 1_000_000_000)), from: .agent)
+        expectError(.invalidValue(.entry, field: "symlink presence byte"), raw(type, stream: 1, entry(symlink: [2])), from: .agent)
+        // A symlink must say where it leads, and nothing else may.
+        expectError(.invalidValue(.entry, field: "symlink presence byte"), raw(type, stream: 1, entry(kind: 3)), from: .agent)
+        let link = [UInt8(1)] + lstring([0x78]) + lstring([]) + [0] + le(UInt32(0))
+        expectError(.invalidValue(.entry, field: "symlink presence byte"), raw(type, stream: 1, entry(kind: 1, symlink: link)), from: .agent)
+        #expect(try decode(raw(type, stream: 1, entry(kind: 3, symlink: link)), from: .agent).count == 1)
+        let badTarget = [UInt8(1)] + lstring([0x78]) + lstring([]) + [9] + le(UInt32(0))
+        expectError(.invalidValue(.entry, field: "entry kind"), raw(type, stream: 1, entry(kind: 3, symlink: badTarget)), from: .agent)
+        let entries = MessageType.entries.rawValue
+        expectError(.invalidValue(.entries, field: "mode"), raw(entries, stream: 1, le(UInt32(2)) + entry() + entry(mode: 0o10000)), from: .agent)
+        expectError(.truncated(.entries), raw(entries, stream: 1, le(UInt32(3)) + entry() + entry()), from: .agent)
+    }
+
+    @Test func version12MessagesFromTheWrongSideOrStream() {
+        expectError(.unexpected(.entry), raw(MessageType.entry.rawValue, stream: 1), from: .host)
+        expectError(.unexpected(.user), raw(MessageType.user.rawValue, stream: 1), from: .host)
+        expectError(.unexpected(.stat), raw(MessageType.stat.rawValue, stream: 1), from: .agent)
+        expectError(.unexpected(.spawn), raw(MessageType.spawn.rawValue, stream: 1), from: .agent)
+        expectError(.wrongStream(.stat, stream: 0), raw(MessageType.stat.rawValue, stream: 0, lstring([0x2F])))
+        expectError(.wrongStream(.listProcesses, stream: 0), raw(MessageType.listProcesses.rawValue, stream: 0))
+        expectError(.wrongStream(.done, stream: 0), raw(MessageType.done.rawValue, stream: 0), from: .agent)
+    }
+
     @Test func wrongStream() {
         expectError(.wrongStream(.ping, stream: 5), raw(ping, stream: 5, le(UInt64(0))))
         expectError(.wrongStream(.exec, stream: 0), raw(MessageType.exec.rawValue, stream: 0))

@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 @testable import AgentProtocol
 
@@ -24,7 +25,7 @@ import Testing
         #expect(try Frame(stream: 0, .ping(nonce: 0x0102_0304_0506_0708)).encoded() ==
             [8, 0, 0, 0, 0x03, 0, 0, 0, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1])
         #expect(try Frame(stream: 0, .hello(Hello(software: "k"))).encoded() ==
-            [13, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0] + Array("KILN".utf8) + [1, 0, 1, 0, 1, 0, 0, 0, 0x6B])
+            [13, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0] + Array("KILN".utf8) + [1, 0, 2, 0, 1, 0, 0, 0, 0x6B])
         #expect(try Frame(stream: 7, .stdout([0xAA])).encoded() == [1, 0, 0, 0, 0x15, 0, 0, 0, 7, 0, 0, 0, 0xAA])
     }
 
@@ -93,6 +94,30 @@ import Testing
         #expect(throws: ProtocolError.reservedBits(.writeFile)) {
             try Frame(stream: 1, .writeFile(WriteFile(path: "/x", mode: 0o644, options: .init(rawValue: 0x80)))).encoded()
         }
+        #expect(throws: ProtocolError.reservedBits(.spawn)) {
+            try Frame(stream: 1, .spawn(Spawn(Exec(argv: ["x"]), flags: .init(rawValue: 2)))).encoded()
+        }
+        #expect(throws: ProtocolError.invalidValue(.signalProcess, field: "signal number")) {
+            try Frame(stream: 1, .signalProcess(pid: 1, signal: 65)).encoded()
+        }
+        #expect(throws: ProtocolError.invalidValue(.makeDirectory, field: "mode")) {
+            try Frame(stream: 1, .makeDirectory(MakeDirectory(path: "/x", mode: 0o40755))).encoded()
+        }
+        #expect(throws: ProtocolError.invalidValue(.entry, field: "symlink presence byte")) {
+            try Frame(stream: 1, .entry(EntryInfo(name: "l", path: "/l", kind: .symlink, mode: 0o777))).encoded()
+        }
+        #expect(throws: ProtocolError.invalidValue(.entries, field: "nanoseconds")) {
+            try Frame(stream: 1, .entries([EntryInfo(name: "f", path: "/f", kind: .file, mode: 0, modifiedNanoseconds: 1_000_000_000)])).encoded()
+        }
+        #expect(throws: ProtocolError.reservedBits(.processes)) {
+            try Frame(stream: 1, .processes([ProcessSummary(pid: 1, argv: [], flags: .init(rawValue: 0x80))])).encoded()
+        }
+    }
+
+    /// Pins the byte layout of one 1.2 message that docs/agent-protocol.md spells out.
+    @Test func statBytesMatchTheDocument() throws {
+        #expect(try Frame(stream: 2, .stat(path: "/a")).encoded() == [6, 0, 0, 0, 0x30, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0x2F, 0x61])
+        #expect(try Frame(stream: 2, .directoryMade(created: true)).encoded() == [1, 0, 0, 0, 0x36, 0, 0, 0, 2, 0, 0, 0, 1])
     }
 
     @Test func aProtocolErrorReachesThePeerWithItsCodeAndText() throws {
@@ -120,5 +145,32 @@ import Testing
         }
         #expect(error.description.contains("this side speaks \(Wire.version), the peer 0.9"))
         #expect(error.code == 2)
+    }
+}
+
+/// The fuzzer's 1.2 seeds (Fuzz/seeds/FuzzAgentProtocol) are valid streams, so that mutations
+/// start from frames the decoder accepts.
+@Suite struct FuzzSeedTests {
+    @Test func theVersion12SeedsDecodeCompletely() throws {
+        let file = String(#filePath)
+        let seeds = String(file.dropLast("Tests/AgentProtocolTests/RoundTripTests.swift".count)) + "Fuzz/seeds/FuzzAgentProtocol/"
+        for (name, side, count) in [("host-1.2", Side.host, 13), ("agent-1.2", Side.agent, 12)] {
+            let bytes = try #require(readSeed(seeds + name), "\(seeds + name)")
+            #expect(bytes[0] & 1 == (side == .host ? 0 : 1))
+            #expect(try decode(Array(bytes.dropFirst()), from: side).count == count, "\(name)")
+        }
+    }
+
+    func readSeed(_ path: String) -> [UInt8]? {
+        guard let f = fopen(path, "rb") else { return nil }
+        defer { fclose(f) }
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = fread(&buffer, 1, buffer.count, f)
+            if n <= 0 { break }
+            out += buffer[0..<n]
+        }
+        return out
     }
 }

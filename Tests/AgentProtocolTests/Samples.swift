@@ -27,7 +27,30 @@ let hostFrames: [Frame] = [
     Frame(stream: 4, .credit(.file, bytes: 1 << 20)),
     Frame(stream: 4, .cancel),
     Frame(stream: UInt32.max, .readFile(path: "")),
+    // 1.2
+    Frame(stream: 5, .spawn(Spawn(Exec(argv: ["sleep", "60"], environment: ["HOME=/home/user"], uid: 1000, gid: 1000,
+                                       pty: WindowSize(rows: 1, columns: 1)), flags: [.keep], tag: "server ✓"))),
+    Frame(stream: 6, .spawn(Spawn(Exec(argv: ["true"])))),
+    Frame(stream: 7, .attach(pid: UInt32.max)),
+    Frame(stream: 8, .listProcesses),
+    Frame(stream: 9, .signalProcess(pid: 42, signal: 64)),
+    Frame(stream: 10, .stat(path: "/home/user/ü.txt")),
+    Frame(stream: 11, .listDirectory(path: "/", depth: 0)),
+    Frame(stream: 11, .listDirectory(path: "/tmp", depth: UInt32.max)),
+    Frame(stream: 12, .makeDirectory(MakeDirectory(path: "/a/b/c", mode: 0o7777, uid: 1000, gid: 1001))),
+    Frame(stream: 13, .rename(from: "/a", to: "")),
+    Frame(stream: 14, .remove(path: "/tmp/x")),
+    Frame(stream: 15, .watchDirectory(path: "/home/user", recursive: true)),
+    Frame(stream: 15, .watchDirectory(path: "/home/user", recursive: false)),
+    Frame(stream: 16, .lookupUser(name: "user")),
 ]
+
+let sampleFile = EntryInfo(name: "f.txt", path: "/home/user/f.txt", kind: .file, mode: 0o4755, size: UInt64.max, uid: 1000,
+                           gid: 1000, owner: "user", group: "user", modifiedSeconds: -5, modifiedNanoseconds: 999_999_999)
+let sampleLink = EntryInfo(name: "l", path: "l", kind: .symlink, mode: 0o777, size: 5,
+                           symlink: EntryInfo.Symlink(target: "f.txt", resolved: "/home/user/f.txt", targetKind: .file, targetMode: 0o644))
+let sampleBrokenLink = EntryInfo(name: "b", path: "/b", kind: .symlink, mode: 0o777,
+                                 symlink: EntryInfo.Symlink(target: "/nowhere", resolved: "", targetKind: .other, targetMode: 0))
 
 let agentFrames: [Frame] = [
     Frame(stream: 0, .helloAck(HelloAck(software: "kiln-agent 0.1", capabilities: [.pty, .setIDs]))),
@@ -47,6 +70,24 @@ let agentFrames: [Frame] = [
     Frame(stream: 4, .fileData([9])),
     Frame(stream: 4, .credit(.file, bytes: 1)),
     Frame(stream: 4, .fileEnd),
+    // 1.2
+    Frame(stream: 8, .processes([
+        ProcessSummary(pid: 7, tag: "t", argv: ["sh", "-c", "x"], environment: ["A=b"], workingDirectory: "/w", flags: [.pty, .kept, .attached, .exited]),
+        ProcessSummary(pid: 8, argv: []),
+    ])),
+    Frame(stream: 8, .processes([])),
+    Frame(stream: 8, .listEnd),
+    Frame(stream: 9, .done),
+    Frame(stream: 10, .entry(sampleFile)),
+    Frame(stream: 10, .entry(sampleLink)),
+    Frame(stream: 11, .entries([sampleFile, sampleLink, sampleBrokenLink,
+                                EntryInfo(name: "d", path: "/d", kind: .directory, mode: 0o1777), EntryInfo(name: "p", path: "/p", kind: .other, mode: 0)])),
+    Frame(stream: 12, .directoryMade(created: true)),
+    Frame(stream: 12, .directoryMade(created: false)),
+    Frame(stream: 15, .watching),
+    Frame(stream: 15, .events([WatchEvent(.create, name: "a"), WatchEvent(.write, name: "a/b"), WatchEvent(.remove, name: ""),
+                               WatchEvent(.rename, name: "ü"), WatchEvent(.chmod, name: "x")])),
+    Frame(stream: 16, .user(UserInfo(name: "user", uid: 1000, gid: 1000, groups: [1000, 27, 100], home: "/home/user", shell: "/bin/bash"))),
 ]
 
 func encode(_ frames: [Frame]) throws(ProtocolError) -> [UInt8] {

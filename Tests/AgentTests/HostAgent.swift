@@ -2,17 +2,19 @@ import Glibc
 import KilnTestSupport
 import LinuxSys
 import Sandbox
+import Synchronization
 
 /// The real `kiln-agent` binary serving on a Unix socket on the host: the agent's behaviour
 /// without a VM (the guest runs the same code as PID 1 on vsock).
 final class HostAgent {
     let process: KilnProcess
     let socketPath: String
-    nonisolated(unsafe) static var counter = 0
+    /// Suites create agents in parallel: each needs a socket path of its own.
+    static let counter = Atomic<Int>(0)
 
     init() throws {
-        HostAgent.counter += 1
-        socketPath = "/tmp/kiln-agent-test-\(getpid())-\(HostAgent.counter).sock"
+        let n = HostAgent.counter.add(1, ordering: .relaxed).newValue
+        socketPath = "/tmp/kiln-agent-test-\(getpid())-\(n).sock"
         unlink(socketPath)
         let binary = KilnProcess.binary.replacingSuffix("/kiln", with: "/kiln-agent")
         process = try KilnProcess(["--listen", socketPath], executable: binary)
@@ -25,7 +27,20 @@ final class HostAgent {
     }
 
     func rawConnection() throws -> FileDescriptor {
-        let fd = try UnixSocket.connect(path: socketPath)
+        // The socket file appears at bind(), a moment before listen(): a connect in between is
+        // refused, which a loaded machine (many agents starting at once) does hit.
+        var attempt = 0
+        let fd: FileDescriptor
+        while true {
+            do {
+                fd = try UnixSocket.connect(path: socketPath)
+                break
+            } catch {
+                attempt += 1
+                if attempt >= 500 { throw error }
+                usleep(10_000)
+            }
+        }
         _ = fcntl(fd.raw, F_SETFL, fcntl(fd.raw, F_GETFL) & ~O_NONBLOCK)
         return fd
     }

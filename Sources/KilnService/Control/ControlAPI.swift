@@ -93,6 +93,8 @@ struct ControlAPI {
         case (.GET, 1):
             let r = try await manager.get(tenant: t, id: p.first!)
             return try await json(response, .ok, await manager.describe(r))
+        case (.GET, 2) where p.last == "metrics":
+            return try await json(response, .ok, await manager.metrics(tenant: t, id: p.first!))
         case (.DELETE, 1):
             try await manager.kill(tenant: t, id: p.first!)
             try await response.respond(.noContent)

@@ -72,6 +72,19 @@ struct SandboxDescription: Encodable, Sendable {
     var domain: String?
 }
 
+/// E2B's `SandboxMetric`.
+struct SandboxMetric: Encodable, Sendable {
+    var timestamp: String
+    var timestampUnix: Int
+    var cpuCount: Int
+    var cpuUsedPct: Double
+    var memUsed: Int
+    var memTotal: Int
+    var memCache: Int
+    var diskUsed: Int
+    var diskTotal: Int
+}
+
 struct TimeoutRequest: Decodable, Sendable {
     var timeout: Int
     enum CodingKeys: CodingKey { case timeout }

@@ -259,6 +259,27 @@ public actor SandboxManager {
         return (e.record, true)
     }
 
+    /// One sample of what the sandbox's VM costs the host (E2B's SandboxMetric): its VMM's CPU
+    /// since start and its resident memory; empty for a paused sandbox.
+    func metrics(tenant: Tenant, id: String) throws(APIError) -> [SandboxMetric] {
+        let e = try entry(tenant, id)
+        guard let pid = e.live?.sandbox.vmmProcess?.pid else { return [] }
+        let now = Timestamps.now()
+        let stat = (try? FileIO.read("/proc/\(pid)/stat")).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+        let fields = stat.split(separator: ")").last.map { $0.split(separator: " ") } ?? []
+        let ticks = fields.count > 12 ? (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0) : 0
+        let cpuSeconds = ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+        let status = (try? FileIO.read("/proc/\(pid)/status")).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let rssKiB = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+            .flatMap { $0.split(separator: " ").dropFirst().first }.flatMap { Int($0) } ?? 0
+        let elapsed = max(0.001, now - e.record.startedAt)
+        return [SandboxMetric(timestamp: Timestamps.rfc3339(now), timestampUnix: Int(now), cpuCount: e.record.cpuCount,
+                              cpuUsedPct: min(100 * Double(e.record.cpuCount), 100 * cpuSeconds / elapsed),
+                              memUsed: rssKiB * 1024, memTotal: e.record.memoryMB << 20, memCache: 0,
+                              diskUsed: 0, diskTotal: e.record.diskSizeMB << 20)]
+    }
+
     /// The running sandbox an envd request names, checked against its access token.
     func envdTarget(id: String, token: String?) throws(APIError) -> ServiceSandbox {
         guard let e = entries[id], Tenants.constantTimeEqual(e.record.accessToken, token ?? "") else {
@@ -311,7 +332,9 @@ public actor SandboxManager {
                 try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: vms, hostProfile: settings.hostProfile,
                                           isolation: settings.isolation)
             }
-            return ServiceSandbox(id: id, sandbox: sandbox, envVars: envVars, blocking: blocking)
+            let live = ServiceSandbox(id: id, sandbox: sandbox, envVars: envVars, blocking: blocking)
+            await live.reattach()
+            return live
         } catch {
             logger.error("cannot start sandbox \(id): \(error)")
             throw APIError(500, "cannot start the sandbox: \(error)")

@@ -125,26 +125,26 @@ struct ProcessRPC {
         }
         var env = config.envs ?? [:]
         if pty != nil && env["TERM"] == nil { env["TERM"] = "xterm-256color" }
+        // The call's deadline (the SDK's command `timeout`) bounds the process: the agent kills its
+        // group when it passes, and the stream ends with deadline_exceeded.
+        let deadline = request.header("connect-timeout-ms").flatMap { UInt32($0) } ?? 0
         let exec = Exec(argv: [config.cmd] + (config.args ?? []), environment: sandbox.environment(user: user, extra: env),
                         workingDirectory: config.cwd.flatMap { $0.isEmpty ? nil : $0 } ?? user.home,
-                        uid: user.uid, gid: user.gid, groups: user.groups, pty: pty)
-        let remote: RemoteProcess
-        do { remote = try await sandbox.agent.exec(exec) } catch let e as AgentClientError {
+                        uid: user.uid, gid: user.gid, groups: user.groups, pty: pty, timeoutMillis: deadline)
+        let recorded = ServiceProcess.Config(cmd: config.cmd, args: config.args ?? [], envs: config.envs ?? [:], cwd: config.cwd)
+        let process: ServiceProcess
+        do { process = try await sandbox.spawn(exec, tag: r.tag, config: recorded) } catch let e as AgentClientError {
             if case .failed(let f) = e {
                 // envd answers a command that cannot start as an error of the Start call.
                 throw EnvdError.from(errno: f.errno, f.message)
             }
             throw EnvdError(.unavailable, "the sandbox's agent is gone: \(e)")
         }
-        let process = ServiceProcess(pid: remote.pid, tag: r.tag, config: .init(cmd: config.cmd, args: config.args ?? [], envs: config.envs ?? [:], cwd: config.cwd),
-                                     pty: pty != nil, remote: remote)
-        if r.stdin != true && pty == nil { remote.closeStdin() }
+        if r.stdin != true && pty == nil { process.remote.closeStdin() }
         let subscriber = process.subscribe()
-        sandbox.processes.add(process)
-        let table = sandbox.processes
-        Task { await process.pump(table: table) }
+        sandbox.track(process)
         try await out.start()
-        try await out.send(M.EventResponse(event: M.Event(start: .init(pid: remote.pid))))
+        try await out.send(M.EventResponse(event: M.Event(start: .init(pid: process.pid))))
         try await relay(subscriber, of: process, to: out)
     }
 
@@ -178,7 +178,7 @@ struct ProcessRPC {
             case .pty(let b): try await out.send(M.EventResponse(event: M.Event(data: .init(pty: Base64Bytes(b)))))
             case .end(let status, let error):
                 try await out.send(M.EventResponse(event: M.Event(end: ProcessRPC.end(status, error: error))))
-                try await out.finish()
+                try await out.finish(status?.timedOut == true ? EnvdError(.deadlineExceeded, "the command ran past its timeout and was killed") : nil)
                 return
             }
         }

@@ -21,6 +21,7 @@ final class ServiceSandbox: Sendable {
     let envVars: [String: String]
     let blocking: BlockingExecutor
     let processes = ProcessTable()
+    let watchers = Watchers()
     let users = Mutex<[String: GuestUser]>([:])
     /// E2B's default user when a request names none.
     static let defaultUser = "user"
@@ -37,29 +38,67 @@ final class ServiceSandbox: Sendable {
     /// Ends the VM and everything in it.
     func close() async {
         let sandbox = self.sandbox
+        watchers.removeAll()
         _ = try? await blocking.run { sandbox.stop() }
         processes.endAll()
     }
 
-    /// The account `name` names (default: E2B's `user`, or root where the image has no such user).
+    /// Starts `exec` as a process that outlives the agent connection (so a pause, a resume or a
+    /// restart of the service keeps it), with envd's tag; an agent before protocol 1.2 gets a plain Exec.
+    func spawn(_ exec: Exec, tag: String?, config: ServiceProcess.Config) async throws -> ServiceProcess {
+        let remote: RemoteProcess
+        if agent.version.minor >= 2 {
+            remote = try await agent.exec(exec, keep: true, tag: tag ?? "")
+        } else {
+            remote = try await agent.exec(exec)
+        }
+        let process = ServiceProcess(pid: remote.pid, tag: tag, config: config, pty: exec.pty != nil, remote: remote)
+        return process
+    }
+
+    /// Starts moving a process's output to its readers.
+    func track(_ process: ServiceProcess) {
+        processes.add(process)
+        let table = processes
+        Task { await process.pump(table: table) }
+    }
+
+    /// After a restore or an adoption the agent still runs the processes started through the API
+    /// (kept ones): attach to each running one so that List, Connect, input and signals find it.
+    func reattach() async {
+        guard agent.version.minor >= 2, let list = try? await agent.listProcesses() else { return }
+        for summary in list where summary.flags.contains(.kept) && !summary.flags.contains(.exited) {
+            guard let remote = try? await agent.attach(pid: summary.pid) else { continue }
+            var envs: [String: String] = [:]
+            for entry in summary.environment {
+                let kv = entry.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                if kv.count == 2 { envs[String(kv[0])] = String(kv[1]) }
+            }
+            let config = ServiceProcess.Config(cmd: summary.argv.first ?? "", args: Array(summary.argv.dropFirst()), envs: envs,
+                                               cwd: summary.workingDirectory.isEmpty ? nil : summary.workingDirectory)
+            track(ServiceProcess(pid: summary.pid, tag: summary.tag.isEmpty ? nil : summary.tag, config: config,
+                                 pty: summary.flags.contains(.pty), remote: remote))
+        }
+    }
+
+    /// The account `name` names (default: E2B's `user`, or root where the image has no such
+    /// user), looked up by the agent in the guest's /etc/passwd and /etc/group.
     func user(_ name: String?) async throws(EnvdError) -> GuestUser {
         let wanted = name ?? ServiceSandbox.defaultUser
         if let u = users.withLock({ $0[wanted] }) { return u }
-        let passwd: [UInt8], group: [UInt8]
+        let found: GuestUser
         do {
-            passwd = try await agent.readFile("/etc/passwd").contents
-            group = (try? await agent.readFile("/etc/group").contents) ?? []
+            let u = try await agent.lookupUser(wanted)
+            found = GuestUser(name: u.name, uid: u.uid, gid: u.gid, groups: u.groups, home: u.home.isEmpty ? "/" : u.home,
+                              shell: u.shell.isEmpty ? "/bin/sh" : u.shell)
+        } catch AgentClientError.failed(let f) where f.errno == 2 {
+            if name == nil { return try await user("root") }
+            throw EnvdError(.invalidArgument, "invalid user: '\(wanted)' does not exist in the sandbox")
         } catch {
-            if wanted == "root" { return GuestUser(name: "root", uid: 0, gid: 0, groups: [], home: "/root", shell: "/bin/sh") }
-            throw EnvdError(.invalidArgument, "cannot read the guest's /etc/passwd to find user '\(wanted)': \(error)")
+            throw EnvdError(.unavailable, "cannot look up user '\(wanted)' in the sandbox: \(error)")
         }
-        let all = GuestUser.parse(passwd: passwd, group: group)
-        users.withLock { cache in for u in all { cache[u.name] = u } }
-        if let u = all.first(where: { $0.name == wanted }) { return u }
-        if let uid = UInt32(wanted) { return all.first { $0.uid == uid } ?? GuestUser(name: wanted, uid: uid, gid: uid, groups: [], home: "/", shell: "/bin/sh") }
-        if name == nil, let root = all.first(where: { $0.uid == 0 }) { return root }
-        if wanted == "root" { return GuestUser(name: "root", uid: 0, gid: 0, groups: [], home: "/root", shell: "/bin/sh") }
-        throw EnvdError(.invalidArgument, "invalid user: '\(wanted)' does not exist in the sandbox")
+        users.withLock { $0[wanted] = found }
+        return found
     }
 
     /// The environment of a process started as `user`: the sandbox's variables, then the request's.
@@ -72,24 +111,5 @@ final class ServiceSandbox: Sendable {
         for (k, v) in envVars { env[k] = v }
         for (k, v) in extra { env[k] = v }
         return env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-    }
-}
-
-extension GuestUser {
-    static func parse(passwd: [UInt8], group: [UInt8]) -> [GuestUser] {
-        func fields(_ bytes: [UInt8]) -> [[String]] {
-            String(decoding: bytes, as: UTF8.self).split(separator: "\n").map {
-                $0.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
-            }
-        }
-        let groups = fields(group).filter { $0.count >= 4 }
-        return fields(passwd).compactMap { f in
-            guard f.count >= 7, let uid = UInt32(f[2]), let gid = UInt32(f[3]) else { return nil }
-            let extra = groups.compactMap { g -> UInt32? in
-                g[3].split(separator: ",").contains(Substring(f[0])) ? UInt32(g[2]) : nil
-            }
-            return GuestUser(name: f[0], uid: uid, gid: gid, groups: [gid] + extra.filter { $0 != gid },
-                             home: f[5].isEmpty ? "/" : f[5], shell: f[6].isEmpty ? "/bin/sh" : f[6])
-        }
     }
 }
