@@ -31,7 +31,7 @@ public enum FuzzEntryPoints {
     }
 
     /// A Connect streaming request body in `chunk`-byte pieces: the envelope reader, then each
-    /// message through the process service's request decoders.
+    /// message through the process and filesystem services' request decoders.
     public static func connectEnvelopes(_ bytes: [UInt8], chunk: Int) {
         let source = Pieces(bytes, chunk: chunk)
         runBlocking {
@@ -41,14 +41,19 @@ public enum FuzzEntryPoints {
                 do { message = try await reader.next() } catch { precondition(error is EnvdError, "\(error)"); return }
                 precondition(reader.buffer.readableBytes <= 5 + Connect.maxMessage + chunk, "the reader holds \(reader.buffer.readableBytes) bytes")
                 guard let message else { return }
-                processRequest(message)
+                envdRequest(message)
             }
         }
     }
 
-    /// One message through every process.Process request decoder (filesystem.Filesystem has no
-    /// request decoders yet: its calls answer `unimplemented`).
-    static func processRequest(_ message: ByteBuffer) {
+    /// One message through every process.Process and filesystem.Filesystem request decoder.
+    static func envdRequest(_ message: ByteBuffer) {
+        typealias F = FilesystemMessages
+        _ = try? Connect.decode(F.PathRequest.self, message)
+        _ = try? Connect.decode(F.ListDirRequest.self, message)
+        _ = try? Connect.decode(F.MoveRequest.self, message)
+        _ = try? Connect.decode(F.WatchRequest.self, message)
+        _ = try? Connect.decode(F.WatcherRequest.self, message)
         typealias M = ProcessMessages
         _ = try? Connect.decode(M.StartRequest.self, message)
         _ = try? Connect.decode(M.ConnectRequest.self, message)
