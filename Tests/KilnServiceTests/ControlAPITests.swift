@@ -102,6 +102,7 @@ import Testing
         expectError(try await s.request("POST", "/sandboxes/\(id)/pause", key: Self.acme), 404, containing: id)
         expectError(try await s.request("POST", "/sandboxes/\(id)/resume", key: Self.acme, body: "{}"), 404, containing: id)
         expectError(try await s.request("POST", "/sandboxes/\(id)/connect", key: Self.acme, body: #"{"timeout": 30}"#), 404, containing: id)
+        expectError(try await s.request("GET", "/sandboxes/\(id)/metrics", key: Self.acme), 404, containing: id)
         expectError(try await s.request("GET", "/sandboxes/\(id)/unknown-route", key: Self.acme), 404)
         expectError(try await s.request("GET", "/templates", key: Self.acme), 404)
     }
@@ -119,6 +120,7 @@ import Testing
             #expect(a.headers == b.headers)
         }
         try await same("GET", "")
+        try await same("GET", "/metrics")
         try await same("DELETE", "")
         try await same("POST", "/timeout", body: #"{"timeout": 10}"#)
         try await same("POST", "/pause")
@@ -131,6 +133,8 @@ import Testing
         // It is still there for its owner.
         let own = try await s.request("GET", "/sandboxes/\(theirs)", key: Self.globex)
         #expect(own.status == 200 && own.text.contains(#""state":"paused""#), "\(own.text)")
+        // A paused sandbox costs the host nothing: no metric samples.
+        #expect(try await s.request("GET", "/sandboxes/\(theirs)/metrics", key: Self.globex).text == "[]")
     }
 
     @Test func theOwnerSeesAndKillsAPausedSandbox() async throws {

@@ -67,6 +67,10 @@ import Testing
         #expect(second.status == 429, "\(second.text)")
         #expect((try? second.json(ErrorReply.self))?.code == 429)
 
+        struct Metric: Decodable { var cpuCount: Int; var memUsed: Int; var memTotal: Int; var timestampUnix: Int }
+        let metrics = try await server.request("GET", "/sandboxes/\(sandbox.sandboxID)/metrics", key: Self.key).json([Metric].self)
+        #expect(metrics.count == 1 && metrics[0].cpuCount >= 1 && metrics[0].memUsed > 0 && metrics[0].memTotal > 0, "\(metrics)")
+
         let listed = try await server.request("GET", "/sandboxes", key: Self.key)
         #expect(listed.text.contains(sandbox.sandboxID) && listed.text.contains(#""state":"running""#), "\(listed.text)")
 
