@@ -11,6 +11,8 @@ public final class HTTPRequest: @unchecked Sendable {
     public let query: [String: String]
     private var iterator: NIOAsyncChannelInboundStream<HTTPServerRequestPart>.AsyncIterator
     private(set) var bodyFinished = false
+    /// The body did not parse or the client left inside it: the connection cannot carry another request.
+    private(set) var bodyFailed = false
 
     init(head: HTTPRequestHead, iterator: NIOAsyncChannelInboundStream<HTTPServerRequestPart>.AsyncIterator) {
         self.head = head
@@ -32,12 +34,14 @@ public final class HTTPRequest: @unchecked Sendable {
             }
         }
         bodyFinished = true
+        bodyFailed = true
         throw HTTPError(.badRequest, "the client closed the connection inside the request body")
     }
 
     private func nextPart() async throws(HTTPError) -> HTTPServerRequestPart? {
         do { return try await iterator.next() } catch {
             bodyFinished = true
+            bodyFailed = true
             throw HTTPError(.badRequest, "the request body is malformed or cut short: \(error)")
         }
     }
@@ -222,7 +226,7 @@ public struct HTTPServer: Sendable {
                     let request = HTTPRequest(head: head, iterator: iterator)
                     let response = HTTPResponseWriter(outbound: outbound, keepAlive: head.isKeepAlive)
                     await handler.handle(request, response)
-                    if !response.ended { return } // a response cut short: the connection cannot go on
+                    if !response.ended || request.bodyFailed { return } // a response or a body cut short: the connection cannot go on
                     try await request.drain()
                     iterator = request.takeIterator()
                     if !head.isKeepAlive { return }
