@@ -165,6 +165,8 @@ public actor SandboxManager {
         for (k, _) in request.envVars ?? [:] where k.isEmpty || k.contains("=") || k.contains("\0") {
             throw APIError(400, "invalid environment variable name '\(k)'")
         }
+        // A tenant at its sandbox limit is refused before its template is looked up (or built: `base` boots a VM).
+        try checkCount(tenant)
         let template: String
         do { template = try await resolveTemplate(request.templateID) } catch let e as APIError { throw e } catch {
             throw APIError(500, "template '\(request.templateID)' cannot be used: \(error)")
@@ -299,13 +301,18 @@ public actor SandboxManager {
         return e
     }
 
-    func reserve(_ tenant: Tenant, memoryMB: Int) throws(APIError) {
-        let running = entries.values.filter { $0.record.tenant == tenant.name && $0.record.state == .running }
-        let p = pending[tenant.name] ?? (0, 0)
-        guard running.count + p.count < tenant.maxSandboxes else {
+    func checkCount(_ tenant: Tenant) throws(APIError) {
+        let running = entries.values.count { $0.record.tenant == tenant.name && $0.record.state == .running }
+        guard running + (pending[tenant.name]?.count ?? 0) < tenant.maxSandboxes else {
             metrics.count(error: "quota")
             throw APIError(429, "tenant \(tenant.name) has reached its limit of \(tenant.maxSandboxes) running sandboxes")
         }
+    }
+
+    func reserve(_ tenant: Tenant, memoryMB: Int) throws(APIError) {
+        try checkCount(tenant)
+        let running = entries.values.filter { $0.record.tenant == tenant.name && $0.record.state == .running }
+        let p = pending[tenant.name] ?? (0, 0)
         let memory = running.reduce(0) { $0 + $1.record.memoryMB } + p.memory
         guard memory + memoryMB <= tenant.maxMemoryMiB else {
             metrics.count(error: "quota")
