@@ -189,10 +189,12 @@ import Testing
             #expect(r.status == 502, "\(path): \(r.status) \(r.text)")
             #expect(try r.json(Reply.self).sandboxId == "inosuchsandbox000000")
         }
-        // A paused sandbox, or a wrong access token, reads the same: not reachable.
+        // A paused sandbox reads as not reachable; a wrong or missing access token is refused, as envd does.
         let paused = try await s.request("GET", "/health", headers: [("e2b-sandbox-id", Self.pausedID), ("x-access-token", "token-of-\(Self.pausedID)")])
         #expect(paused.status == 502, "\(paused.text)")
         let wrongToken = try await s.request("GET", "/health", headers: [("e2b-sandbox-id", Self.pausedID), ("x-access-token", "guess")])
-        #expect(wrongToken.status == 502, "\(wrongToken.text)")
+        #expect(wrongToken.status == 401, "\(wrongToken.text)")
+        let noToken = try await s.request("GET", "/health", headers: [("e2b-sandbox-id", Self.pausedID)])
+        #expect(noToken.status == 401, "\(noToken.text)")
     }
 }

@@ -282,8 +282,11 @@ public actor SandboxManager {
 
     /// The running sandbox an envd request names, checked against its access token.
     func envdTarget(id: String, token: String?) throws(APIError) -> ServiceSandbox {
-        guard let e = entries[id], Tenants.constantTimeEqual(e.record.accessToken, token ?? "") else {
-            throw APIError(502, "The sandbox \(id) was not found")
+        guard let e = entries[id] else { throw APIError(502, "The sandbox \(id) was not found") }
+        // As envd: a request without the sandbox's access token is refused (ids are 19 random
+        // characters, so this says no more than the id itself did).
+        guard let token, Tenants.constantTimeEqual(e.record.accessToken, token) else {
+            throw APIError(401, "the sandbox's access token (X-Access-Token) is missing or wrong")
         }
         guard e.record.state == .running, let live = e.live else { throw APIError(502, "The sandbox \(id) was not found: it is paused") }
         return live
