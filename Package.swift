@@ -74,12 +74,15 @@ let package = Package(
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "LinuxSys"], swiftSettings: strict),
         .testTarget(name: "SeccompTests", dependencies: ["Seccomp", "CSandbox"], swiftSettings: strict),
         .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"], swiftSettings: strict),
-        .testTarget(name: "AgentTests", dependencies: ["Sandbox", "AgentProtocol", "KilnTestSupport", "LinuxSys", "kiln-agent"],
+        .testTarget(name: "AgentTests", dependencies: ["Agent", "Sandbox", "AgentProtocol", "KilnTestSupport", "LinuxSys", "kiln-agent"],
                     swiftSettings: strict),
         .testTarget(name: "JailerTests", dependencies: ["Jailer", "VMMProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMProtocolTests", dependencies: ["VMMProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
-        .testTarget(name: "KilnServiceTests", dependencies: ["KilnService", "Sandbox", "AgentProtocol"], swiftSettings: strict),
+        .testTarget(name: "KilnServiceTests", dependencies: [
+            "KilnService", "Sandbox", "AgentProtocol",
+            .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )

@@ -23,5 +23,7 @@ let package = Package(
                           swiftSettings: fuzz),
         .executableTarget(name: "FuzzAgentProtocol", dependencies: ["FuzzSupport", .product(name: "AgentProtocol", package: "Kiln")],
                           swiftSettings: fuzz),
+        .executableTarget(name: "FuzzServiceRequests", dependencies: ["FuzzSupport", .product(name: "KilnService", package: "Kiln")],
+                          swiftSettings: fuzz),
     ]
 )

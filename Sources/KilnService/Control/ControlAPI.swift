@@ -71,7 +71,8 @@ struct ControlAPI {
     func dispatch(_ request: HTTPRequest, _ response: HTTPResponseWriter) async throws -> Int {
         let parts = request.path.split(separator: "/").map(String.init)
         let method = request.method
-        if parts == ["health"] { try await response.respond(.ok); return 200 }
+        // E2B answers its health check with 204.
+        if parts == ["health"] { try await response.respond(.noContent); return 204 }
         let t = try tenant(request)
         if parts == ["metrics"], method == .GET {
             try await response.respond(.ok, headers: [("content-type", "text/plain; version=0.0.4")], body: ByteBuffer(string: metrics.render()))
@@ -105,8 +106,7 @@ struct ControlAPI {
                 guard let body = try await decode(TimeoutRequest.self, request) else { throw APIError(400, "timeout is required") }
                 try await manager.setTimeout(tenant: t, id: id, seconds: body.timeout)
             case "refreshes":
-                struct Refresh: Decodable { var duration: Int? }
-                let body = try await decode(Refresh.self, request, allowEmpty: true)
+                let body = try await decode(RefreshRequest.self, request, allowEmpty: true)
                 try await manager.setTimeout(tenant: t, id: id, seconds: body?.duration ?? 60)
             case "pause":
                 try await manager.pause(tenant: t, id: id)

@@ -16,6 +16,31 @@ struct NewSandboxRequest: Decodable, Sendable {
         case templateID, timeout, autoPause, secure, metadata, envVars
         case allowInternetAccess = "allow_internet_access"
     }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        templateID = try c.decode(String.self, forKey: .templateID)
+        timeout = try c.decodeInteger(forKey: .timeout)
+        autoPause = try c.decodeIfPresent(Bool.self, forKey: .autoPause)
+        secure = try c.decodeIfPresent(Bool.self, forKey: .secure)
+        allowInternetAccess = try c.decodeIfPresent(Bool.self, forKey: .allowInternetAccess)
+        metadata = try c.decodeIfPresent([String: String].self, forKey: .metadata)
+        envVars = try c.decodeIfPresent([String: String].self, forKey: .envVars)
+    }
+}
+
+extension KeyedDecodingContainer {
+    /// An optional integer field. swift-foundation reports a number that is no Int (1.5, 1e40)
+    /// with an internal error that becomes "not valid JSON" at the document's root; this names the
+    /// field instead.
+    func decodeInteger(forKey key: Key) throws -> Int? {
+        do { return try decodeIfPresent(Int.self, forKey: key) } catch {
+            if let number = try? decodeIfPresent(Double.self, forKey: key) {
+                throw DecodingError.typeMismatch(Int.self, .init(codingPath: codingPath + [key], debugDescription: "\(number) is not an integer"))
+            }
+            throw error
+        }
+    }
 }
 
 /// E2B's create answer (`Sandbox`).
@@ -60,9 +85,37 @@ struct SandboxMetric: Encodable, Sendable {
     var diskTotal: Int
 }
 
-struct TimeoutRequest: Decodable, Sendable { var timeout: Int }
-struct ConnectRequest: Decodable, Sendable { var timeout: Int? }
-struct ResumeRequest: Decodable, Sendable { var timeout: Int?; var autoPause: Bool? }
+struct TimeoutRequest: Decodable, Sendable {
+    var timeout: Int
+    enum CodingKeys: CodingKey { case timeout }
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        guard let t = try c.decodeInteger(forKey: .timeout) else {
+            throw DecodingError.keyNotFound(CodingKeys.timeout, .init(codingPath: [], debugDescription: "timeout is required"))
+        }
+        timeout = t
+    }
+}
+struct ConnectRequest: Decodable, Sendable {
+    var timeout: Int?
+    enum CodingKeys: CodingKey { case timeout }
+    init(from decoder: any Decoder) throws { timeout = try decoder.container(keyedBy: CodingKeys.self).decodeInteger(forKey: .timeout) }
+}
+struct ResumeRequest: Decodable, Sendable {
+    var timeout: Int?
+    var autoPause: Bool?
+    enum CodingKeys: CodingKey { case timeout, autoPause }
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        timeout = try c.decodeInteger(forKey: .timeout)
+        autoPause = try c.decodeIfPresent(Bool.self, forKey: .autoPause)
+    }
+}
+struct RefreshRequest: Decodable, Sendable {
+    var duration: Int?
+    enum CodingKeys: CodingKey { case duration }
+    init(from decoder: any Decoder) throws { duration = try decoder.container(keyedBy: CodingKeys.self).decodeInteger(forKey: .duration) }
+}
 
 /// E2B's `Error` body.
 struct ErrorBody: Encodable, Sendable {

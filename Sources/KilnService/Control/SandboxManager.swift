@@ -165,6 +165,8 @@ public actor SandboxManager {
         for (k, _) in request.envVars ?? [:] where k.isEmpty || k.contains("=") || k.contains("\0") {
             throw APIError(400, "invalid environment variable name '\(k)'")
         }
+        // A tenant at its sandbox limit is refused before its template is looked up (or built: `base` boots a VM).
+        try checkCount(tenant)
         let template: String
         do { template = try await resolveTemplate(request.templateID) } catch let e as APIError { throw e } catch {
             throw APIError(500, "template '\(request.templateID)' cannot be used: \(error)")
@@ -280,8 +282,11 @@ public actor SandboxManager {
 
     /// The running sandbox an envd request names, checked against its access token.
     func envdTarget(id: String, token: String?) throws(APIError) -> ServiceSandbox {
-        guard let e = entries[id], Tenants.constantTimeEqual(e.record.accessToken, token ?? "") else {
-            throw APIError(502, "The sandbox \(id) was not found")
+        guard let e = entries[id] else { throw APIError(502, "The sandbox \(id) was not found") }
+        // As envd: a request without the sandbox's access token is refused (ids are 19 random
+        // characters, so this says no more than the id itself did).
+        guard let token, Tenants.constantTimeEqual(e.record.accessToken, token) else {
+            throw APIError(401, "the sandbox's access token (X-Access-Token) is missing or wrong")
         }
         guard e.record.state == .running, let live = e.live else { throw APIError(502, "The sandbox \(id) was not found: it is paused") }
         return live
@@ -299,13 +304,18 @@ public actor SandboxManager {
         return e
     }
 
-    func reserve(_ tenant: Tenant, memoryMB: Int) throws(APIError) {
-        let running = entries.values.filter { $0.record.tenant == tenant.name && $0.record.state == .running }
-        let p = pending[tenant.name] ?? (0, 0)
-        guard running.count + p.count < tenant.maxSandboxes else {
+    func checkCount(_ tenant: Tenant) throws(APIError) {
+        let running = entries.values.count { $0.record.tenant == tenant.name && $0.record.state == .running }
+        guard running + (pending[tenant.name]?.count ?? 0) < tenant.maxSandboxes else {
             metrics.count(error: "quota")
             throw APIError(429, "tenant \(tenant.name) has reached its limit of \(tenant.maxSandboxes) running sandboxes")
         }
+    }
+
+    func reserve(_ tenant: Tenant, memoryMB: Int) throws(APIError) {
+        try checkCount(tenant)
+        let running = entries.values.filter { $0.record.tenant == tenant.name && $0.record.state == .running }
+        let p = pending[tenant.name] ?? (0, 0)
         let memory = running.reduce(0) { $0 + $1.record.memoryMB } + p.memory
         guard memory + memoryMB <= tenant.maxMemoryMiB else {
             metrics.count(error: "quota")

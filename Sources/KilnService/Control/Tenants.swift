@@ -55,12 +55,17 @@ public struct Tenants: Sendable {
     }
 
     public static func load(path: String) throws(TenantsError) -> Tenants {
-        struct File: Decodable { let tenants: [Tenant] }
         let bytes: [UInt8]
         do { bytes = try FileIO.read(path) } catch { throw TenantsError("cannot read \(path): \(error)") }
+        return try parse(bytes, source: path)
+    }
+
+    /// A tenants file's contents; `source` names it in errors.
+    static func parse(_ bytes: [UInt8], source: String) throws(TenantsError) -> Tenants {
+        struct File: Decodable { let tenants: [Tenant] }
         let file: File
         do { file = try JSONDecoder().decode(File.self, from: Data(bytes)) } catch {
-            throw TenantsError("\(path) is not a valid tenants file: \(JSONErrors.describe(error))")
+            throw TenantsError("\(source) is not a valid tenants file: \(JSONErrors.describe(error))")
         }
         return try Tenants(file.tenants)
     }

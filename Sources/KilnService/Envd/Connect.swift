@@ -91,9 +91,11 @@ enum Connect {
 
     /// Reads one enveloped message from a streaming request body; nil at the body's end.
     final class EnvelopeReader: @unchecked Sendable {
-        let request: HTTPRequest
+        /// The body's next chunk, nil at its end (a request's body, or bytes a test or fuzzer feeds).
+        let source: () async throws -> ByteBuffer?
         var buffer = ByteBuffer()
-        init(_ request: HTTPRequest) { self.request = request }
+        convenience init(_ request: HTTPRequest) { self.init { try await request.nextBodyChunk() } }
+        init(source: @escaping () async throws -> ByteBuffer?) { self.source = source }
 
         func next() async throws -> ByteBuffer? {
             while true {
@@ -109,7 +111,7 @@ enum Connect {
                         return message
                     }
                 }
-                guard var chunk = try await request.nextBodyChunk() else {
+                guard var chunk = try await source() else {
                     guard buffer.readableBytes == 0 else { throw EnvdError(.invalidArgument, "the request ended inside a message") }
                     return nil
                 }

@@ -52,6 +52,7 @@ struct FilesHTTP {
     func download() async throws {
         let user = try await self.user()
         let path = try FilesHTTP.resolve(request.query["path"] ?? "", home: user.home)
+        try await Access.check(path, .read, user: user, sandbox: sandbox)
         let opened: (info: FileInfo, data: FileChunks)
         do { opened = try await sandbox.agent.openFile(path) } catch let e as AgentClientError {
             if case .failed(let f) = e {
@@ -106,6 +107,7 @@ struct FilesHTTP {
     }
 
     func write(_ path: String, user: GuestUser, next: () async throws -> [UInt8]?) async throws {
+        try await Access.check(path, .write, user: user, sandbox: sandbox)
         do {
             _ = try await sandbox.agent.writeFile(path, mode: 0o644, uid: user.uid, gid: user.gid, options: [.createParents], from: next)
         } catch let e as AgentClientError {

@@ -108,6 +108,7 @@ struct FilesystemRPC {
         case "MakeDir": try await unary { body in
             let path = try await resolve(try Connect.decode(M.PathRequest.self, body).path)
             let user = try await sandbox.user(userName)
+            try await Access.check(path, .create, user: user, sandbox: sandbox)
             let created = try await call { try await sandbox.agent.makeDirectory(path, mode: 0o755, uid: user.uid, gid: user.gid) }
             guard created else { throw EnvdError(.alreadyExists, "directory '\(path)' already exists") }
             return M.EntryResponse(entry: FilesystemRPC.entry(try await call { try await sandbox.agent.stat(path) }))
@@ -115,10 +116,14 @@ struct FilesystemRPC {
         case "Move": try await unary { body in
             let r = try Connect.decode(M.MoveRequest.self, body)
             let from = try await resolve(r.source), to = try await resolve(r.destination)
+            let user = try await sandbox.user(userName)
+            try await Access.check(from, .remove, user: user, sandbox: sandbox)
+            try await Access.check(to, .create, user: user, sandbox: sandbox)
             return M.EntryResponse(entry: FilesystemRPC.entry(try await call { try await sandbox.agent.rename(from, to: to) }))
         }
         case "Remove": try await unary { body in
             let path = try await resolve(try Connect.decode(M.PathRequest.self, body).path)
+            try await Access.check(path, .remove, user: try await sandbox.user(userName), sandbox: sandbox)
             try await call { try await sandbox.agent.remove(path) }
             return M.Empty()
         }

@@ -13,15 +13,20 @@ final class MultipartReader: @unchecked Sendable {
         var description: String { switch self { case .malformed(let why): "malformed multipart body: \(why)" } }
     }
 
-    let request: HTTPRequest
+    /// The body's next chunk, nil at its end (a request's body, or bytes a test or fuzzer feeds).
+    let source: () async throws -> ByteBuffer?
     let delimiter: [UInt8]  // CRLF "--" boundary
     var buffer: [UInt8] = []
     var finished = false
     var inPart = false
     static let maxHeaders = 16 << 10
 
-    init(_ request: HTTPRequest, boundary: String) {
-        self.request = request
+    convenience init(_ request: HTTPRequest, boundary: String) {
+        self.init(boundary: boundary) { try await request.nextBodyChunk() }
+    }
+
+    init(boundary: String, source: @escaping () async throws -> ByteBuffer?) {
+        self.source = source
         delimiter = Array("\r\n--\(boundary)".utf8)
         // The first delimiter may come without the CRLF before it: pretend it had one.
         buffer = Array("\r\n".utf8)
@@ -41,7 +46,7 @@ final class MultipartReader: @unchecked Sendable {
     }
 
     func fill() async throws -> Bool {
-        guard let chunk = try await request.nextBodyChunk() else { return false }
+        guard let chunk = try await source() else { return false }
         buffer += chunk.readableBytesView
         return true
     }
@@ -73,12 +78,16 @@ final class MultipartReader: @unchecked Sendable {
             if let at = find(delimiter), buffer.count >= at + delimiter.count + 2 {
                 let after = at + delimiter.count
                 if buffer[after] == UInt8(ascii: "-") && buffer[after + 1] == UInt8(ascii: "-") { finished = true; return nil }
+                guard buffer[after] == UInt8(ascii: "\r") && buffer[after + 1] == UInt8(ascii: "\n") else {
+                    throw Failure.malformed("a boundary is not followed by CRLF")
+                }
+                // The delimiter line's CRLF may be the first half of the blank line: a part without headers.
                 guard let end = find(Array("\r\n\r\n".utf8), from: after) else {
                     guard buffer.count - after < MultipartReader.maxHeaders else { throw Failure.malformed("part headers too long") }
                     guard try await fill() else { throw Failure.malformed("the body ended inside part headers") }
                     continue
                 }
-                let headerText = String(decoding: buffer[(after + 2)..<end], as: UTF8.self)
+                let headerText = end > after ? String(decoding: buffer[(after + 2)..<end], as: UTF8.self) : ""
                 buffer.removeFirst(end + 4)
                 inPart = true
                 return MultipartReader.parseHeaders(headerText)

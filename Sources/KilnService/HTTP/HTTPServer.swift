@@ -11,6 +11,8 @@ public final class HTTPRequest: @unchecked Sendable {
     public let query: [String: String]
     private var iterator: NIOAsyncChannelInboundStream<HTTPServerRequestPart>.AsyncIterator
     private(set) var bodyFinished = false
+    /// The body did not parse or the client left inside it: the connection cannot carry another request.
+    private(set) var bodyFailed = false
 
     init(head: HTTPRequestHead, iterator: NIOAsyncChannelInboundStream<HTTPServerRequestPart>.AsyncIterator) {
         self.head = head
@@ -24,7 +26,7 @@ public final class HTTPRequest: @unchecked Sendable {
     /// The next piece of the body; nil at its end.
     public func nextBodyChunk() async throws -> ByteBuffer? {
         guard !bodyFinished else { return nil }
-        while let part = try await iterator.next() {
+        while let part = try await nextPart() {
             switch part {
             case .body(let buffer): return buffer
             case .end: bodyFinished = true; return nil
@@ -32,7 +34,16 @@ public final class HTTPRequest: @unchecked Sendable {
             }
         }
         bodyFinished = true
+        bodyFailed = true
         throw HTTPError(.badRequest, "the client closed the connection inside the request body")
+    }
+
+    private func nextPart() async throws(HTTPError) -> HTTPServerRequestPart? {
+        do { return try await iterator.next() } catch {
+            bodyFinished = true
+            bodyFailed = true
+            throw HTTPError(.badRequest, "the request body is malformed or cut short: \(error)")
+        }
     }
 
     /// The whole body, refused past `limit` bytes (413).
@@ -177,7 +188,9 @@ public struct HTTPServer: Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .bind(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    // Parse errors are answered in `serve`: NIO's error handler would answer them too,
+                    // a second response after ours when a client leaves mid-body (an assertion in debug builds).
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: false)
                     return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
                         wrappingChannelSynchronously: channel,
                         configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 16))
@@ -198,12 +211,22 @@ public struct HTTPServer: Sendable {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var iterator = inbound.makeAsyncIterator()
-                while let part = try await iterator.next() {
+                while true {
+                    let part: HTTPServerRequestPart?
+                    do { part = try await iterator.next() } catch let error as HTTPParserError {
+                        // A request head that does not parse: answered, then the connection closes.
+                        let status: HTTPResponseStatus = if case .headerOverflow = error { .requestHeaderFieldsTooLarge } else { .badRequest }
+                        try await outbound.write(.head(HTTPResponseHead(version: .http1_1, status: status,
+                                                                        headers: ["connection": "close", "content-length": "0"])))
+                        try await outbound.write(.end(nil))
+                        return
+                    }
+                    guard let part else { return }
                     guard case .head(let head) = part else { continue }
                     let request = HTTPRequest(head: head, iterator: iterator)
                     let response = HTTPResponseWriter(outbound: outbound, keepAlive: head.isKeepAlive)
                     await handler.handle(request, response)
-                    if !response.ended { return } // a response cut short: the connection cannot go on
+                    if !response.ended || request.bodyFailed { return } // a response or a body cut short: the connection cannot go on
                     try await request.drain()
                     iterator = request.takeIterator()
                     if !head.isKeepAlive { return }
