@@ -49,6 +49,8 @@ public actor SandboxManager {
         public var defaultTimeout = 300
         public var maxTimeout = 86_400
         public var envdVersion = "0.5.7"
+        /// Sandboxes' VMMs outlive the service (jailed ones, so as root) and a restart adopts them.
+        public var lifetime: Sandbox.Lifetime = geteuid() == 0 ? .detached : .tiedToProcess
         public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
     }
 
@@ -95,6 +97,7 @@ public actor SandboxManager {
     /// Loads the records a previous run left: paused sandboxes stay paused, running ones are
     /// adopted when their VM still runs, and the rest are reaped.
     public func recover() async {
+        for dead in Sandbox.sweepDead(in: vmsDirectory) { logger.info("reaped the VM left in \(dead)") }
         for name in FileIO.entries(recordsDirectory) where name.hasSuffix(".json") {
             let path = recordsDirectory + "/" + name
             guard let bytes = try? FileIO.read(path), let record = try? JSONDecoder().decode(SandboxRecord.self, from: Data(bytes)) else {
@@ -120,9 +123,16 @@ public actor SandboxManager {
 
     /// Reconnects to a sandbox whose VM outlived the previous service process.
     func adopt(_ record: SandboxRecord) async -> ServiceSandbox? {
-        // TODO(vmm-launch): Sandbox.adopt(directory:) once VMMs outlive the service.
-        _ = record.runtimeDirectory
-        return nil
+        guard let directory = record.runtimeDirectory, settings.lifetime == .detached else { return nil }
+        do {
+            let sandbox = try await blocking.run { try await Sandbox.adopt(directory: directory) }
+            let live = ServiceSandbox(id: record.id, sandbox: sandbox, envVars: record.envVars, blocking: blocking)
+            await live.reattach()
+            return live
+        } catch {
+            logger.info("sandbox \(record.id) cannot be adopted: \(error)")
+            return nil
+        }
     }
 
     public func startTimeoutSweep() {
@@ -333,7 +343,7 @@ public actor SandboxManager {
         do {
             let sandbox = try await blocking.run {
                 try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: vms, hostProfile: settings.hostProfile,
-                                          isolation: settings.isolation)
+                                          isolation: settings.isolation, lifetime: settings.lifetime)
             }
             let live = ServiceSandbox(id: id, sandbox: sandbox, envVars: envVars, blocking: blocking)
             await live.reattach()
