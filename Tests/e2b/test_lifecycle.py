@@ -114,3 +114,36 @@ def test_pause_then_resume_keeps_files_and_processes(new_sandbox):
     assert run(resumed, f"kill -0 {sleeper.pid} && echo alive").stdout == "alive\n"
     # The object that paused it works again too.
     assert sbx.files.read("/home/user/state.txt") == tag
+
+
+@pytest.mark.slow
+def test_snapshot_and_fork_start_sandboxes_with_the_source_state(new_sandbox):
+    tag = uuid.uuid4().hex
+    source = new_sandbox(timeout=900, metadata={"run": tag})
+    source.files.write("/home/user/origin.txt", tag)
+
+    # A saved snapshot is a template of this tenant's: a new sandbox starts with the file.
+    snap = source.create_snapshot()
+    assert snap.snapshot_id in [s.snapshot_id for s in Sandbox.list_snapshots(sandbox_id=source.sandbox_id).next_items()]
+    from_snap = new_sandbox(template=snap.snapshot_id, timeout=300)
+    assert from_snap.files.read("/home/user/origin.txt") == tag
+
+    # Two forks: each has the source's file and metadata, and they diverge independently.
+    forks = source.fork(count=2)
+    assert len(forks) == 2 and all(isinstance(f, Sandbox) for f in forks), forks
+    try:
+        a, b = forks
+        assert {a.sandbox_id, b.sandbox_id, source.sandbox_id}.__len__() == 3
+        a.files.write("/home/user/origin.txt", "changed in a")
+        assert b.files.read("/home/user/origin.txt") == tag
+        assert source.files.read("/home/user/origin.txt") == tag
+        assert Sandbox.get_info(b.sandbox_id).metadata.get("run") == tag
+    finally:
+        for f in forks:
+            if isinstance(f, Sandbox):
+                f.kill()
+
+    # Deleting the snapshot leaves the sandbox made from it running.
+    Sandbox.delete_snapshot(snap.snapshot_id)
+    assert snap.snapshot_id not in [s.snapshot_id for s in Sandbox.list_snapshots().next_items()]
+    assert from_snap.files.read("/home/user/origin.txt") == tag

@@ -78,6 +78,16 @@ struct ControlAPI {
             try await response.respond(.ok, headers: [("content-type", "text/plain; version=0.0.4")], body: ByteBuffer(string: metrics.render()))
             return 200
         }
+        if parts == ["snapshots"], method == .GET {
+            var saved = await manager.savedSnapshots(tenant: t).map(\.0)
+            if let source = request.query["sandboxID"], !source.isEmpty { saved = saved.filter { $0.sandboxID == source } }
+            return try await json(response, .ok, saved.map { SnapshotBody(snapshotID: $0.id, names: $0.names) })
+        }
+        if parts.count == 2, parts[0] == "templates", method == .DELETE {
+            try await manager.deleteSnapshot(tenant: t, idOrName: parts[1])
+            try await response.respond(.noContent)
+            return 204
+        }
         var p = parts[...]
         let v2 = p.first == "v2"
         if v2 { p = p.dropFirst() }
@@ -115,6 +125,22 @@ struct ControlAPI {
                 let (r, resumed) = try await manager.connect(tenant: t, id: id, timeout: body?.timeout)
                 guard resumed else { throw APIError(409, "sandbox \(id) is already running") }
                 return try await json(response, .created, await manager.created(r))
+            case "snapshots":
+                struct Body: Decodable { var name: String? }
+                let body = try await decode(Body.self, request, allowEmpty: true)
+                let saved = try await manager.saveSnapshot(tenant: t, id: id, name: body?.name)
+                return try await json(response, .created, SnapshotBody(snapshotID: saved.id, names: saved.names))
+            case "fork":
+                struct Body: Decodable { var count: Int?; var timeout: Int? }
+                let body = try await decode(Body.self, request, allowEmpty: true)
+                var out: [ForkResult] = []
+                for result in try await manager.fork(tenant: t, id: id, count: body?.count ?? 1, timeout: body?.timeout) {
+                    switch result {
+                    case .success(let r): out.append(ForkResult(sandbox: await manager.created(r), error: nil))
+                    case .failure(let e): out.append(ForkResult(sandbox: nil, error: ErrorBody(code: e.status, message: e.message)))
+                    }
+                }
+                return try await json(response, .created, out)
             case "connect":
                 let body = try await decode(ConnectRequest.self, request, allowEmpty: true)
                 let (r, resumed) = try await manager.connect(tenant: t, id: id, timeout: body?.timeout)

@@ -17,6 +17,12 @@ struct NewSandboxRequest: Decodable, Sendable {
         case allowInternetAccess = "allow_internet_access"
     }
 
+    init(templateID: String, timeout: Int? = nil, autoPause: Bool? = nil, secure: Bool? = nil, allowInternetAccess: Bool? = nil,
+         metadata: [String: String]? = nil, envVars: [String: String]? = nil) {
+        self.templateID = templateID; self.timeout = timeout; self.autoPause = autoPause; self.secure = secure
+        self.allowInternetAccess = allowInternetAccess; self.metadata = metadata; self.envVars = envVars
+    }
+
     init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         templateID = try c.decode(String.self, forKey: .templateID)
@@ -71,6 +77,12 @@ struct SandboxDescription: Encodable, Sendable {
     var envdAccessToken: String?
     var domain: String?
 }
+
+/// E2B's `SnapshotInfo`.
+struct SnapshotBody: Encodable, Sendable { var snapshotID: String; var names: [String] }
+
+/// E2B's `SandboxForkResult`: the new sandbox, or why that clone failed.
+struct ForkResult: Encodable, Sendable { var sandbox: CreatedSandbox?; var error: ErrorBody? }
 
 /// E2B's `SandboxMetric`.
 struct SandboxMetric: Encodable, Sendable {

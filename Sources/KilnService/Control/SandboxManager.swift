@@ -83,7 +83,7 @@ public actor SandboxManager {
         self.metrics = metrics
         self.logger = logger
         blocking = BlockingExecutor(threads: 32)
-        for sub in ["sandboxes", "snapshots", "vms"] {
+        for sub in ["sandboxes", "snapshots", "vms", "saved"] {
             do { try FileIO.makeDirectories(settings.stateDirectory + "/" + sub) } catch { throw APIError(500, "\(error)") }
         }
     }
@@ -166,8 +166,7 @@ public actor SandboxManager {
 
     func create(tenant: Tenant, _ request: NewSandboxRequest) async throws(APIError) -> SandboxRecord {
         let started = Timestamps.now()
-        let timeout = request.timeout ?? settings.defaultTimeout
-        guard timeout >= 0 else { throw APIError(400, "timeout must not be negative") }
+        guard (request.timeout ?? 0) >= 0 else { throw APIError(400, "timeout must not be negative") }
         guard request.templateID.utf8.count <= 255, !request.templateID.isEmpty,
               request.templateID.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "/") }), !request.templateID.hasPrefix(".") else {
             throw APIError(400, "invalid template id '\(request.templateID)'")
@@ -178,9 +177,21 @@ public actor SandboxManager {
         // A tenant at its sandbox limit is refused before its template is looked up (or built: `base` boots a VM).
         try checkCount(tenant)
         let template: String
-        do { template = try await resolveTemplate(request.templateID) } catch let e as APIError { throw e } catch {
+        do {
+            if let saved = savedSnapshot(tenant: tenant, request.templateID) { template = saved.directory } else {
+                template = try await resolveTemplate(request.templateID)
+            }
+        } catch let e as APIError { throw e } catch {
             throw APIError(500, "template '\(request.templateID)' cannot be used: \(error)")
         }
+        return try await startRecord(tenant: tenant, request, snapshot: template, started: started)
+    }
+
+    /// Starts a sandbox from a snapshot directory (a template, a saved snapshot, a fork's) and
+    /// records it; the tenant's quota is checked with the snapshot's memory size.
+    func startRecord(tenant: Tenant, _ request: NewSandboxRequest, snapshot template: String,
+                     started: Double = Timestamps.now()) async throws(APIError) -> SandboxRecord {
+        let timeout = request.timeout ?? settings.defaultTimeout
         let info: SnapshotInfo
         do { info = try SnapshotInfo.read(directory: template) } catch {
             throw APIError(500, "template '\(request.templateID)' is damaged: \(error)")
@@ -267,6 +278,103 @@ public actor SandboxManager {
         updateGauges()
         logger.info("resumed sandbox \(id)")
         return (e.record, true)
+    }
+
+    // MARK: Snapshots and forks
+
+    /// A snapshot a tenant saved from one of its sandboxes (E2B's `create_snapshot`): usable as
+    /// a template id by that tenant only. `STATE/saved/ID/` holds the snapshot and `saved.json`.
+    struct SavedSnapshot: Codable, Sendable {
+        var id: String
+        var tenant: String
+        var names: [String]
+        var sandboxID: String
+        var createdAt: Double
+    }
+
+    var savedDirectory: String { settings.stateDirectory + "/saved" }
+
+    func savedSnapshots(tenant: Tenant) -> [(SavedSnapshot, String)] {
+        FileIO.entries(savedDirectory).filter { !$0.hasPrefix(".") }.compactMap { name in
+            let dir = savedDirectory + "/" + name
+            guard let bytes = try? FileIO.read(dir + "/saved.json"),
+                  let s = try? JSONDecoder().decode(SavedSnapshot.self, from: Data(bytes)), s.tenant == tenant.name else { return nil }
+            return (s, dir)
+        }.sorted { $0.0.createdAt < $1.0.createdAt }
+    }
+
+    func savedSnapshot(tenant: Tenant, _ idOrName: String) -> (snapshot: SavedSnapshot, directory: String)? {
+        savedSnapshots(tenant: tenant).first { $0.0.id == idOrName || $0.0.names.contains(idOrName) }.map { ($0.0, $0.1) }
+    }
+
+    /// Snapshots a running sandbox (it pauses for the copy and runs on) into `directory`.
+    func takeSnapshot(_ e: Entry, into directory: String) async throws(APIError) {
+        guard e.record.state == .running, let live = e.live else { throw APIError(409, "sandbox \(e.record.id) is paused: resume it first") }
+        guard !e.busy else { throw APIError(409, "sandbox \(e.record.id) is being paused or resumed") }
+        e.busy = true
+        defer { e.busy = false }
+        do {
+            try await blocking.run {
+                try FileIO.makeDirectories(directory)
+                try live.sandbox.snapshot(to: directory)
+            }
+        } catch {
+            FileIO.removeTree(directory)
+            throw APIError(500, "cannot snapshot sandbox \(e.record.id): \(error)")
+        }
+    }
+
+    func saveSnapshot(tenant: Tenant, id: String, name: String?) async throws(APIError) -> SavedSnapshot {
+        let e = try entry(tenant, id)
+        if let name {
+            guard !name.isEmpty, name.utf8.count <= 128, name.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "/") }) else {
+                throw APIError(400, "invalid snapshot name '\(name)'")
+            }
+        }
+        let snapshotID = "snap-" + Random.hex(bytes: 8)
+        let dir = savedDirectory + "/" + snapshotID, fresh = savedDirectory + "/." + snapshotID
+        try await takeSnapshot(e, into: fresh)
+        // A name already used by this tenant moves to the new snapshot (E2B: a new build of the template).
+        if let name { for (old, oldDir) in savedSnapshots(tenant: tenant) where old.names.contains(name) { FileIO.removeTree(oldDir) } }
+        let saved = SavedSnapshot(id: snapshotID, tenant: tenant.name, names: name.map { [$0] } ?? [], sandboxID: id, createdAt: Timestamps.now())
+        do {
+            try FileIO.writeAtomically(fresh + "/saved.json", Array(try JSONEncoder().encode(saved)))
+        } catch {
+            FileIO.removeTree(fresh)
+            throw APIError(500, "cannot save the snapshot: \(error)")
+        }
+        rename(fresh, dir)
+        logger.info("saved snapshot \(snapshotID) of sandbox \(id)")
+        return saved
+    }
+
+    func deleteSnapshot(tenant: Tenant, idOrName: String) throws(APIError) {
+        // Sandboxes restored from it keep running: their VMMs hold the files open.
+        guard let (_, dir) = savedSnapshot(tenant: tenant, idOrName) else { throw APIError(404, "snapshot '\(idOrName)' not found") }
+        FileIO.removeTree(dir)
+    }
+
+    /// E2B's fork: one snapshot of a running sandbox, restored `count` times as new sandboxes
+    /// with the source's metadata and env vars. Each clone has its own result (sandbox or error).
+    func fork(tenant: Tenant, id: String, count: Int, timeout: Int?) async throws(APIError) -> [Result<SandboxRecord, APIError>] {
+        guard (1...100).contains(count) else { throw APIError(400, "count must be 1 to 100") }
+        let e = try entry(tenant, id)
+        let dir = savedDirectory + "/.fork-" + Random.hex(bytes: 8)
+        try await takeSnapshot(e, into: dir)
+        // The clones' VMMs keep the snapshot's files open: the directory goes when all have started.
+        defer { FileIO.removeTree(dir) }
+        let source = e.record
+        var results: [Result<SandboxRecord, APIError>] = []
+        for _ in 0..<count {
+            do {
+                let request = NewSandboxRequest(templateID: source.templateID, timeout: timeout, autoPause: source.autoPause,
+                                                metadata: source.metadata, envVars: source.envVars)
+                results.append(.success(try await startRecord(tenant: tenant, request, snapshot: dir)))
+            } catch {
+                results.append(.failure(error))
+            }
+        }
+        return results
     }
 
     /// One sample of what the sandbox's VM costs the host (E2B's SandboxMetric): its VMM's CPU
