@@ -2,7 +2,7 @@
 # Runs Kiln's whole test suite: unit tests, VM tests on /dev/kvm with tiny guests, and
 # end-to-end boots of Kiln's own Linux kernel (about a minute of boots on hosts whose
 # guest kernel mode is emulated), then the E2B SDK suite against `kiln serve`
-# (Scripts/test-e2b.sh). Installs and builds what the tests need first; arguments go to swift test.
+# (Scripts/test-e2b.sh) and schemathesis against docs/openapi.yml. Installs and builds what the tests need first; arguments go to swift test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 Scripts/setup.sh --debug
@@ -11,4 +11,6 @@ command -v swift >/dev/null || export PATH=/opt/swift/usr/bin:$PATH
 # reused while the kernel and image are unchanged).
 .build/debug/kiln template create >/dev/null
 swift test "$@"
-exec Scripts/test-e2b.sh
+Scripts/test-e2b.sh
+# The control API against Kiln's own OpenAPI description (schemathesis; no VM is started).
+exec Tests/schemathesis/run.sh
