@@ -25,12 +25,13 @@ import Testing
         return text
     }
 
-    /// Waits until the agent has seen a closed connection: the process is no longer attached.
+    /// Waits (up to a minute: a loaded CI host can be slow) until the agent has seen a closed
+    /// connection: the process is no longer attached. Sleeps without holding a cooperative thread.
     func detached(_ pid: UInt32, on client: AgentClient, exited: Bool = false) async throws -> ProcessSummary? {
-        for _ in 0..<500 {
+        for _ in 0..<6000 {
             if let p = try await client.listProcesses().first(where: { $0.pid == pid }),
                !p.flags.contains(.attached), !exited || p.flags.contains(.exited) { return p }
-            usleep(10_000)
+            try await Task.sleep(nanoseconds: 10_000_000)
         }
         return nil
     }
@@ -86,14 +87,14 @@ import Testing
 
     @Test func aProcessNotKeptDiesWithItsConnection() async throws {
         let first = try agent.connect()
-        let p = try await first.exec(Exec(argv: ["sleep", "30"], environment: env), keep: false, tag: "short")
+        let p = try await first.exec(Exec(argv: ["sleep", "600"], environment: env), keep: false, tag: "short")
         #expect(try await first.listProcesses().map(\.tag) == ["short"])
         first.close()
         let second = try agent.connect()
         var gone = false
-        for _ in 0..<500 where !gone {
+        for _ in 0..<6000 where !gone {
             gone = try await second.listProcesses().isEmpty
-            if !gone { usleep(10_000) }
+            if !gone { try await Task.sleep(nanoseconds: 10_000_000) }
         }
         #expect(gone)
         #expect(await attachFailure(second, pid: p.pid) == ESRCH)
@@ -119,7 +120,7 @@ import Testing
 
     @Test func signalByPidReachesAKeptProcessWithoutAttaching() async throws {
         let first = try agent.connect()
-        let p = try await first.exec(Exec(argv: ["sleep", "30"], environment: env), keep: true)
+        let p = try await first.exec(Exec(argv: ["sleep", "600"], environment: env), keep: true)
         first.close()
         let second = try agent.connect()
         _ = try #require(try await detached(p.pid, on: second))
