@@ -68,11 +68,19 @@ import Testing
     }
 
     @Test func attachingToAProcessThatExitedWhileDetachedGivesItsOutputAndExitCode() async throws {
+        // It exits only once the test sees it detached: exiting while still attached would hand
+        // its Exit to the first connection (a race a loaded host loses).
+        let flag = agent.socketPath + ".exit"
+        unlink(flag)
+        defer { unlink(flag) }
         let first = try agent.connect()
-        let p = try await first.exec(Exec(argv: ["sh", "-c", "read x; echo bye; echo $x; exit 3"], environment: env), keep: true)
+        let script = "read x; while [ ! -e \(flag) ]; do sleep 0.02; done; echo bye; echo $x; exit 3"
+        let p = try await first.exec(Exec(argv: ["sh", "-c", script], environment: env), keep: true)
         try await p.write(Array("input\n".utf8))
         first.close()
         let second = try agent.connect()
+        _ = try #require(try await detached(p.pid, on: second))
+        close(open(flag, O_CREAT | O_WRONLY, 0o644))
         let found = try await detached(p.pid, on: second, exited: true)
         let listed = try await second.listProcesses()
         let summary = try #require(found, "\(listed)")
