@@ -195,6 +195,158 @@ openat errno EACCES             # malloc's overcommit probe (see vcpu.policy)
 exit                            # when run() was called on a thread of its own
 exit_group
 """#,
+    "service": #"""
+# Seccomp policy for every thread of `kiln serve` (NIO's event loops, the Swift Concurrency
+# workers, the BlockingExecutor threads, each sandbox's kiln-jail-wait thread), installed on all
+# threads at once (TSYNC) once its launcher runs and its listener is bound. Each sandbox's VMM is
+# a separate jailed kiln-vmm process that the launcher (`kiln __launcher`, started before this
+# filter and not under it) starts on request, so this process never needs execve, fork or a
+# namespace-making clone3. From then on the service serves HTTP on TCP, talks to sandboxes over
+# Unix sockets (agents through the VMMs' vsock sockets, VMMs through their command sockets),
+# keeps its state directory (records, paused sandboxes' snapshots: files it creates and passes
+# to the VMMs), waits for and kills VMMs through pidfds, and removes a finished sandbox's jail
+# directory and cgroup. No exec, fork, ptrace, mount, namespace, credential or module calls.
+# Format and rules: docs/security.md#seccomp.
+
+read
+write
+readv
+writev
+pread64
+pwrite64
+futex
+poll
+ppoll
+epoll_create1                   # NIO's event loops, Dispatch, the Swift Concurrency runtime
+epoll_wait
+epoll_pwait
+epoll_ctl
+eventfd2
+timerfd_create
+timerfd_settime
+pipe2
+close
+dup
+dup3
+fcntl
+ioctl FIONBIO                   # NIO makes its sockets non-blocking this way
+ioctl FIONREAD
+
+# The listener and its connections (TCP), the sandboxes' Unix sockets.
+socket arg0 == AF_UNIX
+socket arg0 == AF_INET
+socket arg0 == AF_INET6
+socketpair arg0 == AF_UNIX      # a VMM's launch and command channels, the launcher's requests
+bind
+listen
+accept
+accept4
+connect
+shutdown
+getsockname
+getpeername
+setsockopt
+getsockopt
+recvfrom
+sendto
+recvmsg                         # SCM_RIGHTS: a VMM's descriptors, the launcher's replies
+sendmsg
+
+# VMMs: the launcher returns their pidfds; the service waits on them and kills through them.
+wait4
+waitid
+kill arg1 == SIGKILL            # cleaning a cgroup
+kill arg1 == 0                  # is a process still there?
+pidfd_open                      # adopting a running detached VMM after a restart
+pidfd_send_signal arg1 == SIGKILL
+tgkill arg2 == SIGRTMIN
+tgkill arg2 == SIGABRT
+rt_sigprocmask
+rt_sigtimedwait
+rt_sigsuspend
+rt_sigreturn
+rt_sigaction
+sigaltstack
+restart_syscall
+
+# The state directory, templates, snapshots, jail directories and cgroups.
+openat
+getdents64
+newfstatat
+fstat
+statx
+lseek
+access
+faccessat
+faccessat2
+readlink
+readlinkat
+mkdir
+mkdirat
+rmdir
+unlink
+unlinkat
+rename
+renameat
+renameat2
+link
+linkat
+symlink
+symlinkat
+chmod
+fchmod
+fchmodat
+ftruncate
+fallocate
+fsync
+fdatasync
+copy_file_range                 # copying a template's files
+sendfile
+utimensat
+getcwd
+statfs
+fstatfs
+flock
+
+clock_gettime
+clock_getres
+clock_nanosleep
+nanosleep
+gettimeofday
+gettid
+getpid
+getppid
+getuid
+geteuid
+getgid
+getegid
+getrandom
+uname
+sysinfo
+getrusage
+sched_yield
+sched_getaffinity
+setpriority arg0 == 0, arg1 == 0     # Dispatch sets its worker threads' priority (PRIO_PROCESS, this thread)
+prlimit64 arg1 == 0                  # reading limits (RLIMIT_NOFILE) only
+
+# Threads: Swift Concurrency and NIO's thread pool may start workers late. clone3's flags are
+# out of a filter's reach, so it is refused (glibc then uses clone), and clone must make a thread.
+clone arg0 & CLONE_THREAD == CLONE_THREAD
+clone3 errno ENOSYS
+set_robust_list
+rseq
+prctl arg0 == PR_SET_NAME
+madvise
+mmap arg2 & PROT_EXEC == 0
+mprotect arg2 & PROT_EXEC == 0
+munmap
+mremap
+brk
+membarrier
+
+exit
+exit_group
+"""#,
     "supervisor": #"""
 # Seccomp policy for every thread of `kiln run`'s own process (the supervisor of its jailed VMM),
 # installed on all threads at once (TSYNC) as soon as the sandbox is up, so the VMM, started
