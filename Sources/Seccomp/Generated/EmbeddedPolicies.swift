@@ -206,14 +206,14 @@ exit_group
 # keeps its state directory (records, paused sandboxes' snapshots: files it creates and passes
 # to the VMMs), waits for and kills VMMs through pidfds, and removes a finished sandbox's jail
 # directory and cgroup. No exec, fork, ptrace, mount, namespace, credential or module calls.
-# Format and rules: docs/security.md#seccomp.
+# The set was measured: the E2B SDK suite (Scripts/test-e2b.sh: create, commands, files, pause,
+# resume, snapshot and fork, kill, TTL, a service crash and restart) under KILN_SECCOMP=log logs
+# no call from the service. Format and rules: docs/security.md#seccomp.
 
 read
 write
-readv
 writev
 pread64
-pwrite64
 futex
 poll
 ppoll
@@ -226,21 +226,16 @@ timerfd_create
 timerfd_settime
 pipe2
 close
-dup
-dup3
 fcntl
 ioctl FIONBIO                   # NIO makes its sockets non-blocking this way
-ioctl FIONREAD
 
-# The listener and its connections (TCP), the sandboxes' Unix sockets.
+# The listener's connections (TCP; the listener is bound before the filter), the sandboxes' Unix
+# sockets; a detached sandbox's command socket is bound and listened on here.
 socket arg0 == AF_UNIX
-socket arg0 == AF_INET
-socket arg0 == AF_INET6
 socketpair arg0 == AF_UNIX      # a VMM's launch and command channels, the launcher's requests
-bind
-listen
-accept
 accept4
+bind                            # a detached sandbox's command socket (commands.sock)
+listen
 connect
 shutdown
 getsockname
@@ -257,7 +252,7 @@ wait4
 waitid
 kill arg1 == SIGKILL            # cleaning a cgroup
 kill arg1 == 0                  # is a process still there?
-pidfd_open                      # adopting a running detached VMM after a restart
+pidfd_open                      # a VMM's identity check (ProcessIdentity.open), adoption
 pidfd_send_signal arg1 == SIGKILL
 tgkill arg2 == SIGRTMIN
 tgkill arg2 == SIGABRT
@@ -274,60 +269,25 @@ openat
 getdents64
 newfstatat
 fstat
-statx
 lseek
-access
-faccessat
-faccessat2
+access                          # the template's, kernel's and image's files
 readlink
-readlinkat
 mkdir
-mkdirat
 rmdir
 unlink
-unlinkat
 rename
-renameat
-renameat2
-link
-linkat
-symlink
-symlinkat
-chmod
-fchmod
-fchmodat
-ftruncate
-fallocate
 fsync
-fdatasync
-copy_file_range                 # copying a template's files
-sendfile
-utimensat
 getcwd
-statfs
-fstatfs
-flock
 
 clock_gettime
-clock_getres
 clock_nanosleep
 nanosleep
-gettimeofday
 gettid
 getpid
-getppid
-getuid
 geteuid
-getgid
-getegid
 getrandom
-uname
-sysinfo
-getrusage
 sched_yield
-sched_getaffinity
 setpriority arg0 == 0, arg1 == 0     # Dispatch sets its worker threads' priority (PRIO_PROCESS, this thread)
-prlimit64 arg1 == 0                  # reading limits (RLIMIT_NOFILE) only
 
 # Threads: Swift Concurrency and NIO's thread pool may start workers late. clone3's flags are
 # out of a filter's reach, so it is refused (glibc then uses clone), and clone must make a thread.
@@ -342,7 +302,6 @@ mprotect arg2 & PROT_EXEC == 0
 munmap
 mremap
 brk
-membarrier
 
 exit
 exit_group
