@@ -12,6 +12,7 @@
 #include <linux/sched.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -130,3 +131,18 @@ int kiln_set_rlimit(int resource, uint64_t value) {
     return setrlimit(resource, &limit);
 }
 
+
+int kiln_sigchld_fd(void) {
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    if (sigprocmask(SIG_BLOCK, &mask, NULL) != 0) return -1;
+    return signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+void kiln_drain_fd(int fd) {
+    char buffer[512];
+    while (read(fd, buffer, sizeof buffer) > 0) {}
+}
+
+int kiln_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }

@@ -42,10 +42,35 @@ public final class JailedVMM: Sendable {
         case endedElsewhere(outOfMemory: Bool)
     }
 
+    /// The launcher's status pipe for a VMM it started for this process (`VMMLauncher`); -1 otherwise.
+    let status: Int32
+
     init(id: String, pid: pid_t, pidfd: Int32, control: Int32, commands: Int32, directory: String, cgroup: Cgroup,
-         options: JailOptions, isChild: Bool, identity: ProcessIdentity?) {
+         options: JailOptions, isChild: Bool, identity: ProcessIdentity?, status: Int32 = -1) {
         self.id = id; self.pid = pid; self.pidfd = Mutex(pidfd); self.control = control; self.commands = commands
         self.directory = directory; self.cgroup = cgroup; self.options = options; self.isChild = isChild; self.identity = identity
+        self.status = status
+    }
+
+    private static let spawnerSetting = Mutex<any VMMSpawner>(LocalSpawner())
+
+    /// Who starts VMM processes for `start`: this process (`LocalSpawner`, the default) or, in
+    /// `kiln serve`, its launcher, set once before the first sandbox starts.
+    public static var spawner: any VMMSpawner {
+        get { spawnerSetting.withLock { $0 } }
+        set { spawnerSetting.withLock { $0 = newValue } }
+    }
+
+    /// Reads the 4-byte wait status the launcher writes to a status pipe; nil if it ended first.
+    static func readStatus(_ fd: Int32) -> Int32? {
+        var status: Int32 = 0, got = 0
+        while got < 4 {
+            let n = withUnsafeMutableBytes(of: &status) { read(fd, $0.baseAddress! + got, 4 - got) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return nil }
+            got += n
+        }
+        return status
     }
 
     /// Starts the VMM executable (`options.executable`, `kiln-vmm`) jailed: `launch` (with the
@@ -119,28 +144,30 @@ public final class JailedVMM: Sendable {
             throw Failure(description: "cannot send the VMM its launch configuration: \(error)")
         }
 
-        var pidfd: Int32 = -1, release: Int32 = -1
-        let stdio3 = (0..<3).map { $0 < stdio.count ? stdio[$0] : -1 }
-        let pid = Supervisor.withCStrings(["kiln-vmm"]) { cArgv in
-            Supervisor.withCStrings(Supervisor.childEnvironment()) { cEnv in
-                stdio3.withUnsafeBufferPointer { io in
-                    childControl.withUnsafeBufferPointer {
-                        kiln_jail_spawn(options.executable, cArgv, cEnv, io.baseAddress, $0.baseAddress, options.detached ? 1 : 0,
-                                        &pidfd, &release)
-                    }
-                }
-            }
-        }
-        let spawnError = Errno.current("clone3")
-        closeChildEnds()
-        guard pid > 0 else {
+        let spawned: SpawnedVMM
+        do {
+            spawned = try JailedVMM.spawner.spawn(executable: options.executable, argv: ["kiln-vmm"], environment: Supervisor.childEnvironment(),
+                                                  stdio: stdio, control: childControl, detached: options.detached)
+        } catch {
+            closeChildEnds()
             undo()
-            throw Failure(description: "cannot start the jailed VMM: \(spawnError)")
+            throw error
+        }
+        closeChildEnds()
+        let pid = spawned.pid, pidfd = spawned.pidfd, release = spawned.release
+        /// Waits for a child that will not run the VMM (released with 'x', or killed) to end.
+        func reapUnused() {
+            if spawned.status >= 0 {
+                _ = JailedVMM.readStatus(spawned.status)
+                close(spawned.status)
+            } else {
+                var status: Int32 = 0
+                waitpid(pid, &status, 0)
+            }
         }
         func abandonChild() {
             _ = kiln_jail_release(release, 0)
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
+            reapUnused()
             close(pidfd)
             undo()
         }
@@ -178,8 +205,7 @@ public final class JailedVMM: Sendable {
             // The listener is the VMM's now; this process is its first client.
             do { commands = try UnixSocket.connectMessages(path: path).release() } catch {
                 _ = kiln_pidfd_kill(pidfd, SIGKILL)
-                var status: Int32 = 0
-                waitpid(pid, &status, 0)
+                reapUnused()
                 close(pidfd)
                 undo()
                 throw Failure(description: "cannot connect to the VMM's command socket: \(error)")
@@ -187,8 +213,8 @@ public final class JailedVMM: Sendable {
         }
         let control = options.vsockPath != nil ? pair[0] : -1
         if control < 0 { close(pair[0]) }
-        return JailedVMM(id: id, pid: pid, pidfd: pidfd, control: control, commands: commands,
-                         directory: dir, cgroup: cgroup, options: options, isChild: true, identity: identity)
+        return JailedVMM(id: id, pid: pid, pidfd: pidfd, control: control, commands: commands, directory: dir, cgroup: cgroup,
+                         options: options, isChild: spawned.status < 0, identity: identity, status: spawned.status)
     }
 
     /// Why `adopt` could not take a detached VMM over.
@@ -324,6 +350,10 @@ public final class JailedVMM: Sendable {
         if isChild {
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
             reaped = true
+        } else if self.status >= 0 {
+            // The launcher started it: it reaps it and says how it ended (nothing if it died first).
+            if let code = JailedVMM.readStatus(self.status) { status = code; reaped = true }
+            close(self.status)
         } else {
             // Not our child, unless this process became its parent as a subreaper: then reap it.
             var info = siginfo_t()

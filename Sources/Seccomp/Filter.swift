@@ -12,11 +12,17 @@ public struct Filter: Sendable {
     /// Compiles `policy`; a call it does not allow gets `defaultAction` (a SECCOMP_RET_ value).
     public init(_ policy: Policy, defaultAction: UInt32) throws(CompileError) {
         var a = Assembler()
-        let kill = a.newLabel()
+        // The kills come right after their checks: jumps are forward and at most 255 long, so a
+        // kill at the end would bound the whole filter (the service policy is longer than that).
+        let archOK = a.newLabel(), numberOK = a.newLabel()
         a.load(KILN_SECCOMP_DATA_ARCH)
-        a.jump(ifEqual: KILN_AUDIT_ARCH_X86_64, then: nil, else: kill)
+        a.jump(ifEqual: KILN_AUDIT_ARCH_X86_64, then: archOK, else: nil)
+        a.ret(KILN_SECCOMP_RET_KILL_PROCESS)
+        a.place(archOK)
         a.load(KILN_SECCOMP_DATA_NR)
-        a.jump(ifAtLeast: KILN_X32_SYSCALL_BIT, then: kill, else: nil)
+        a.jump(ifAtLeast: KILN_X32_SYSCALL_BIT, then: nil, else: numberOK)
+        a.ret(KILN_SECCOMP_RET_KILL_PROCESS)
+        a.place(numberOK)
 
         // One block per system call, in the order the policy first names it.
         var order: [Int32] = [], byNumber: [Int32: [Policy.Rule]] = [:]
@@ -31,8 +37,6 @@ public struct Filter: Sendable {
             a.place(next)
         }
         a.ret(defaultAction)
-        a.place(kill)
-        a.ret(KILN_SECCOMP_RET_KILL_PROCESS)
         instructions = try a.assemble()
         guard instructions.count <= Int(KILN_BPF_MAXINSNS) else {
             throw CompileError(description: "the filter has \(instructions.count) instructions, more than \(KILN_BPF_MAXINSNS)")

@@ -37,6 +37,8 @@ public enum ThreadKind: String, Sendable, CaseIterable {
     case control
     /// Every thread of `kiln run`'s own process once its jailed VMM runs (not a VMM thread).
     case supervisor
+    /// Every thread of `kiln serve` once its launcher runs and its listener is bound.
+    case service
 
     /// The policy's text as embedded in the binary.
     public var policyText: String { embeddedPolicies[rawValue] ?? "" }

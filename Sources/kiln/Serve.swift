@@ -1,12 +1,14 @@
 import Glibc
+import Jailer
 import KilnService
 import LinuxSys
 import Logging
 import Sandbox
+import Seccomp
 import Synchronization
 
 let serveUsage = """
-    usage: kiln serve [--listen HOST:PORT] [--tenants FILE] [--state-dir DIR]
+    usage: kiln serve [--listen HOST:PORT] [--tenants FILE] [--state-dir DIR] [--no-seccomp]
 
     Serves E2B's API (control and in-sandbox) on one listener, default 127.0.0.1:3000, so that
     the e2b SDK drives Kiln sandboxes: E2B_API_URL=http://HOST:PORT E2B_SANDBOX_URL=http://HOST:PORT.
@@ -14,13 +16,15 @@ let serveUsage = """
                         without it one key is generated on first start and printed once
       --state-dir DIR   sandbox records, paused sandboxes and the generated key
                         (default /var/lib/kiln/serve)
+      --no-seccomp      as root, do not confine the service to its seccomp policy (debugging
+                        only; KILN_SECCOMP=trap|log for gentler debugging)
     Templates are Kiln templates by name (kiln template create NAME); `base`, the SDK's default,
     is a Debian image with bash and python3, built on first use. See docs/service.md.
     """
 
 func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
     let parsed: Arguments
-    do { parsed = try Arguments(args, options: ["listen", "tenants", "state-dir"], flags: []) } catch {
+    do { parsed = try Arguments(args, options: ["listen", "tenants", "state-dir"], flags: ["no-seccomp"]) } catch {
         fail("\(error.message)\n\(serveUsage)", code: 2)
     }
     let listen = parsed.string("listen") ?? "127.0.0.1:3000"
@@ -33,6 +37,22 @@ func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
     let stateDir = parsed.string("state-dir") ?? "/var/lib/kiln/serve"
     _ = Glibc.mkdir(stateDir, 0o700)
     guard access(stateDir, W_OK) == 0 else { fail("cannot write to the state directory \(stateDir)") }
+
+    // As root each sandbox's VMM is a jailed process. The launcher starts them, so that this
+    // process can be confined to the service policy once it serves (docs/security.md, "The
+    // service's launcher"); it is started first, before this process's threads matter.
+    let confine = geteuid() == 0
+    let filters: SeccompFilters?
+    if confine {
+        do {
+            JailedVMM.spawner = try VMMLauncher.start(executable: "/proc/self/exe", arguments: ["__launcher"])
+            let off = parsed.flags.contains("no-seccomp")
+            if off { writeRaw(2, "kiln serve: WARNING: --no-seccomp: the service runs WITHOUT its seccomp policy (debugging only)\n") }
+            filters = try SeccompFilters(mode: off ? .off : seccompMode(disabled: false))
+        } catch { fail("cannot start the service: \(error)") }
+    } else {
+        filters = nil
+    }
 
     LoggingSystem.bootstrap { label in
         var h = StreamLogHandler.standardError(label: label)
@@ -60,9 +80,20 @@ func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
     await manager.recover()
     await manager.startTimeoutSweep()
 
+    // What the service would otherwise run programs for (the confined service cannot): the
+    // kernel and Debian image of the `base` template, built now if the template is missing.
+    if confine && !Templates.usable("base") {
+        _ = try? DefaultImages.kernel()
+        _ = try? DefaultImages.image(named: "debian")
+    }
+
     let service = Service(manager: manager, tenants: tenants, logger: logger)
     do {
         try await HTTPServer(host: bindHost, port: port, logger: logger).run(handler: service) { address in
+            // Bound: from here on every thread, now and later, is held to the service policy.
+            if let filters {
+                do { try filters.installOnAllThreads(.service) } catch { fail("\(error)") }
+            }
             writeRaw(2, "kiln serve: listening on http://\(listen.hasSuffix(":0") ? "\(bindHost):\(address.port ?? port)" : listen)\n")
         }
     } catch {

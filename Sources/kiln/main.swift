@@ -134,6 +134,7 @@ case "run":
     exit(await runCommand(argv.dropFirst(2)))
 case "serve" where argv.count > 2 && ["--help", "-h"].contains(argv[2]): writeRaw(1, serveUsage + "\n")
 case "serve": exit(await serveCommand(argv.dropFirst(2)))
+case "__launcher": exit(VMMLauncher.serve()) // kiln serve's own helper (Sources/Jailer/VMMSpawner.swift)
 case "restore" where argv.count > 2 && ["--help", "-h"].contains(argv[2]): writeRaw(1, restoreUsage + "\n")
 case "restore": exit(restore(argv.dropFirst(2)))
 case "help", "--help", "-h": writeRaw(1, usage + "\n")

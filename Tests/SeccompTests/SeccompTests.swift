@@ -172,6 +172,37 @@ func run(_ program: [sock_filter], nr: Int32, arch: UInt32 = KILN_AUDIT_ARCH_X86
         #expect(run(f, nr: nr("kill")) == kill)
     }
 
+    @Test func theServiceMayServeButNeitherExecNorMakeProcessesNorNamespaces() throws {
+        let f = try Filter(ThreadKind.service.policy(), defaultAction: kill).instructions
+        // Unix sockets only: the listener is bound before the filter, connections come from accept4.
+        #expect(run(f, nr: nr("socket"), args: [constant("AF_UNIX"), constant("SOCK_STREAM")]) == allow)
+        #expect(run(f, nr: nr("socket"), args: [constant("AF_INET6"), constant("SOCK_STREAM")]) == kill)
+        #expect(run(f, nr: nr("socket"), args: [constant("AF_PACKET"), 3]) == kill)
+        #expect(run(f, nr: nr("accept4")) == allow)
+        #expect(run(f, nr: nr("pidfd_send_signal"), args: [5, UInt64(SIGKILL)]) == allow)
+        #expect(run(f, nr: nr("pidfd_send_signal"), args: [5, UInt64(SIGSTOP)]) == kill)
+        #expect(run(f, nr: nr("clone"), args: [constant("CLONE_THREAD") | 0x100 /* CLONE_VM */]) == allow)
+        #expect(run(f, nr: nr("clone"), args: [0x1_0000_0000 | UInt64(SIGCHLD)]) == kill) // fork: no CLONE_THREAD
+        #expect(run(f, nr: nr("clone3")) == KILN_SECCOMP_RET_ERRNO | UInt32(ENOSYS))
+        for forbidden in ["execve", "execveat", "fork", "vfork", "mount", "umount2", "pivot_root", "unshare", "setns", "ptrace",
+                          "init_module", "finit_module", "setuid", "setresuid", "setgroups", "capset", "seccomp", "getppid"] {
+            #expect(run(f, nr: nr(forbidden)) == kill, "\(forbidden)")
+        }
+        #expect(run(f, nr: nr("exit_group")) == allow)
+    }
+
+    @Test func policiesLongerThanOneJumpCompile() throws {
+        // The arch and x32 kills sit beside their checks, so the filter's length is not bounded
+        // by a jump's 255 instructions (the service policy is long).
+        let names = syscallNumbers.filter { $0.value < 300 }.sorted { $0.value < $1.value }.map(\.key)
+        let f = try Filter(Policy(parsing: names.joined(separator: "\n")), defaultAction: kill).instructions
+        #expect(f.count > 512)
+        #expect(run(f, nr: 299) == allow)
+        #expect(run(f, nr: 300) == kill)
+        #expect(run(f, nr: 299, arch: 0x4000_0003) == kill)
+        #expect(run(f, nr: 299 | Int32(KILN_X32_SYSCALL_BIT)) == kill)
+    }
+
     @Test func longRequestListsStillAssemble() throws {
         let many = (0..<300).map { "ioctl \($0)" }.joined(separator: "\n")
         #expect(throws: Filter.CompileError.self) { try Filter(Policy(parsing: many), defaultAction: kill) }

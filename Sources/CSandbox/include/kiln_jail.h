@@ -25,6 +25,12 @@ int kiln_jail_release(int release_fd, int go);
 int kiln_pidfd_open(pid_t pid);
 int kiln_pidfd_kill(int pidfd, int signo);
 
+// The launcher's (Sources/Jailer/VMMSpawner.swift): blocks SIGCHLD and returns a signalfd
+// (non-blocking, close-on-exec) for it, or -1; kiln_drain_fd reads a non-blocking fd empty.
+int kiln_sigchld_fd(void);
+void kiln_drain_fd(int fd);
+int kiln_pipe_cloexec(int fds[2]);
+
 int kiln_unshare(int flags);
 int kiln_pivot_root(const char *new_root, const char *put_old);
 int kiln_mknod_char(const char *path, unsigned mode, unsigned major, unsigned minor);
