@@ -133,6 +133,8 @@ import VMM
         let imageBefore = try fileDigest(Self.image)
         var config = Sandbox.Configuration(kernelPath: Self.kernel, imagePath: Self.image)
         config.runtimeDirectory = "/tmp/kiln-sandbox-tests-\(getpid())"
+        // A cold boot (~20 s alone here) shares two cores with the other suites' VMs in CI.
+        config.bootTimeout = 1200
         let sandbox = try await Sandbox.start(config)
 
         // As root (CI), the sandbox's VMM is a jailed process: its own user, no capabilities,
