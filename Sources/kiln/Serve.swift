@@ -35,7 +35,8 @@ func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
     if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
     let bindHost = host
     let stateDir = parsed.string("state-dir") ?? "/var/lib/kiln/serve"
-    _ = Glibc.mkdir(stateDir, 0o700)
+    var made = stateDir.hasPrefix("/") ? "" : "."
+    for part in stateDir.split(separator: "/") { made += "/" + part; _ = Glibc.mkdir(made, 0o700) }
     guard access(stateDir, W_OK) == 0 else { fail("cannot write to the state directory \(stateDir)") }
 
     // As root each sandbox's VMM is a jailed process. The launcher starts them, so that this
