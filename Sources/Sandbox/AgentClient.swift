@@ -313,32 +313,10 @@ public final class AgentClient: Sendable {
     /// Writes `contents` to `path` in the guest atomically (FileWritten arrives after fsync and rename).
     public func writeFile(_ path: String, contents: [UInt8], mode: UInt32 = 0o644, uid: UInt32 = 0, gid: UInt32 = 0,
                           options: WriteFile.Options = []) async throws -> UInt64 {
-        let stream = try state.withLock { s throws(AgentClientError) -> UInt32 in
-            if let e = s.closed { throw e }
-            let id = s.allocateStream()
-            s.writes[id] = WriteState()
-            return id
-        }
-        send(Frame(stream: stream, .writeFile(WriteFile(path: path, mode: mode, uid: uid, gid: gid, options: options))))
-        var offset = 0
-        while offset < contents.count {
-            let n = try await takeCredit(stream, wanted: contents.count - offset)
-            if n == 0 { break } // the transfer already ended (failure): its result says why
-            send(Frame(stream: stream, .fileData(Array(contents[offset..<(offset + n)]))))
-            offset += n
-        }
-        send(Frame(stream: stream, .fileEnd))
-        return try await withCheckedThrowingContinuation { c in
-            state.withLock { s in
-                if let result = s.writes[stream]?.result {
-                    s.writes[stream] = nil
-                    c.resume(with: result)
-                } else if let e = s.closed {
-                    c.resume(throwing: e)
-                } else {
-                    s.writes[stream]?.done = c
-                }
-            }
+        var pending: [UInt8]? = contents
+        return try await writeFile(path, mode: mode, uid: uid, gid: gid, options: options) {
+            defer { pending = nil }
+            return pending
         }
     }
 

@@ -125,6 +125,19 @@ enum Connect {
         try await response.respond(.ok, headers: [("content-type", "application/json")], body: encode(value))
     }
 
+    /// A unary call: the request's JSON body to `body`, its answer or error back as JSON.
+    static func unary<T: Encodable>(_ request: HTTPRequest, _ response: HTTPResponseWriter, _ body: (ByteBuffer) async throws -> T) async throws {
+        do {
+            try checkCodec(request)
+            let bytes = try await request.collectBody(limit: maxMessage)
+            try await respond(response, try await body(bytes))
+        } catch let e as EnvdError {
+            try await respond(response, error: e)
+        } catch let e as HTTPError {
+            try await respond(response, error: EnvdError(e.status.code == 413 ? .resourceExhausted : .invalidArgument, e.message))
+        }
+    }
+
     static func respond(_ response: HTTPResponseWriter, error: EnvdError) async throws {
         struct Body: Encodable { var code: String; var message: String }
         try await response.respond(HTTPResponseStatus(statusCode: error.code.httpStatus),

@@ -190,15 +190,7 @@ struct FilesystemRPC {
     }
 
     func unary<T: Encodable>(_ body: (ByteBuffer) async throws -> T) async throws {
-        do {
-            try Connect.checkCodec(request)
-            let bytes = try await request.collectBody(limit: Connect.maxMessage)
-            try await Connect.respond(response, try await body(bytes))
-        } catch let e as EnvdError {
-            try await Connect.respond(response, error: e)
-        } catch let e as HTTPError {
-            try await Connect.respond(response, error: EnvdError(.invalidArgument, e.message))
-        }
+        try await Connect.unary(request, response, body)
     }
 
     static func typeName(_ k: EntryInfo.Kind) -> String {

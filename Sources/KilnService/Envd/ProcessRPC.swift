@@ -250,15 +250,7 @@ struct ProcessRPC {
     }
 
     func unary<T: Encodable>(_ body: (ByteBuffer) async throws -> T) async throws {
-        do {
-            try Connect.checkCodec(request)
-            let bytes = try await request.collectBody(limit: Connect.maxMessage)
-            try await Connect.respond(response, try await body(bytes))
-        } catch let e as EnvdError {
-            try await Connect.respond(response, error: e)
-        } catch let e as HTTPError {
-            try await Connect.respond(response, error: EnvdError(e.status.code == 413 ? .resourceExhausted : .invalidArgument, e.message))
-        }
+        try await Connect.unary(request, response, body)
     }
 
     /// A server-streaming call: errors before the stream started are the stream's only message.
