@@ -10,9 +10,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 examples=${1:-100}
 seconds=${2:-300}
 venv=.venv-schemathesis
-if [[ ! -x $venv/bin/schemathesis ]]; then
+if [[ $("$venv/bin/schemathesis" --version 2>/dev/null) != *4.32.5* ]]; then
+    rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet 'schemathesis>=4.3,<5'
+    "$venv/bin/pip" install --quiet 'schemathesis==4.32.5'
 fi
 command -v swift >/dev/null || export PATH=/opt/swift/usr/bin:$PATH
 swift build --product kiln >/dev/null
@@ -45,6 +46,7 @@ timeout --signal=INT "$seconds" "$venv/bin/schemathesis" run docs/openapi.yml \
     --url "$url" \
     --workers 2 \
     --generation-database none \
+    --phases examples,fuzzing,stateful \
     --header "X-API-Key: $key" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
     --max-examples "$examples" \
