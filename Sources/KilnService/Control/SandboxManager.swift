@@ -464,20 +464,12 @@ public actor SandboxManager {
 
     func pause(_ e: Entry) async throws(APIError) {
         guard let live = e.live else { return }
-        e.busy = true
-        defer { e.busy = false }
         let id = e.record.id
         let final = snapshotDirectory(id), fresh = final + ".new"
         FileIO.removeTree(fresh)
-        do {
-            try await blocking.run {
-                try FileIO.makeDirectories(fresh)
-                try live.sandbox.snapshot(to: fresh)
-            }
-        } catch {
-            FileIO.removeTree(fresh)
-            throw APIError(500, "cannot pause sandbox \(id): \(error)")
-        }
+        try await takeSnapshot(e, into: fresh)
+        e.busy = true
+        defer { e.busy = false }
         await live.close()
         // The previous snapshot (a resumed sandbox's memory was mapped from it) goes only now.
         FileIO.removeTree(final)
