@@ -49,6 +49,9 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        // OCI images: references, the content store, the registry client, layer unpacking, root disks
+        // (docs/images.md). Host side only; the VMM and the agent do not link it.
+        .target(name: "Images", dependencies: ["LinuxSys"], swiftSettings: strict),
         .target(name: "Jailer", dependencies: ["CSandbox", "CLinux", "LinuxSys", "VMMProtocol"], swiftSettings: strict),
         // The jailed VMM process, started by kiln and the Sandbox library. Release builds are fully
         // static: no dynamic loader relocations touching every page of the Swift runtime, which
