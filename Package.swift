@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "Sandbox", targets: ["Sandbox"]),
         .executable(name: "kiln-agent", targets: ["kiln-agent"]),
         .library(name: "KilnService", targets: ["KilnService"]),
+        .library(name: "Images", targets: ["Images"]),
     ],
     // Only the service (and the CLI that starts it) links these; the VMM and the agent do not.
     dependencies: [
@@ -51,7 +52,9 @@ let package = Package(
         ], swiftSettings: strict),
         // OCI images: references, the content store, the registry client, layer unpacking, root disks
         // (docs/images.md). Host side only; the VMM and the agent do not link it.
-        .target(name: "Images", dependencies: ["LinuxSys"], swiftSettings: strict),
+        .target(name: "Images", dependencies: ["CCompression", "LinuxSys"], swiftSettings: strict),
+        // zlib and zstd for layer decompression (Debian: zlib1g-dev, libzstd-dev).
+        .target(name: "CCompression", linkerSettings: [.linkedLibrary("z"), .linkedLibrary("zstd")]),
         .target(name: "Jailer", dependencies: ["CSandbox", "CLinux", "LinuxSys", "VMMProtocol"], swiftSettings: strict),
         // The jailed VMM process, started by kiln and the Sandbox library. Release builds are fully
         // static: no dynamic loader relocations touching every page of the Swift runtime, which
@@ -80,6 +83,7 @@ let package = Package(
         .testTarget(name: "AgentTests", dependencies: ["Agent", "Sandbox", "AgentProtocol", "KilnTestSupport", "LinuxSys", "kiln-agent"],
                     swiftSettings: strict),
         .testTarget(name: "JailerTests", dependencies: ["Jailer", "VMMProtocol"], swiftSettings: strict),
+        .testTarget(name: "ImagesTests", dependencies: ["Images", "LinuxSys"], swiftSettings: strict),
         .testTarget(name: "VMMProtocolTests", dependencies: ["VMMProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "KilnServiceTests", dependencies: [

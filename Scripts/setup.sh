@@ -37,9 +37,10 @@ build() {
     rm -f "$out"
 }
 
-# Tools the tests use on the host side (ext4 images, unpacking the initramfs).
+# Tools the tests use on the host side (ext4 images, unpacking the initramfs), and zlib/zstd that
+# the Images target links for layers (the zstd tool makes test layers; erofs-utils for root disks).
 need=()
-for p in e2fsprogs cpio; do
+for p in e2fsprogs cpio zlib1g-dev libzstd-dev zstd erofs-utils; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then
