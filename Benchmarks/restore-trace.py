@@ -2,7 +2,7 @@
 """Where `kiln run -- true` from the template spends its time (KILN_BOOT_TRACE=1 marks):
 process start to `sandbox-restored` (agent ready, clock and entropy set), to `command-exited`,
 and the whole run, as medians of N runs. Pass two kiln binaries to compare a build with another
-in the same run; each gets its own cache directory (kernel and images linked from the shared
+in the same run (interleaved); each gets its own cache directory (kernel and images linked from the shared
 cache, templates private), so the two never rebuild each other's template.
 
     Benchmarks/restore-trace.py [-n 5] KILN [OTHER_KILN]
@@ -33,15 +33,22 @@ def main():
     ap.add_argument("kilns", nargs="+")
     a = ap.parse_args()
     shared = os.environ.get("KILN_CACHE_DIR", "/var/cache/kiln")
+    caches = []
     for kiln in a.kilns:
         cache = tempfile.mkdtemp(prefix="kiln-trace-cache-")
         for d in ("kernel", "images", "initramfs"):
             os.symlink(os.path.join(shared, d), os.path.join(cache, d))
         run_once(kiln, cache, first=True)  # makes the template (a boot) on first use
-        rows = [run_once(kiln, cache) for _ in range(a.n)]
-        med = [statistics.median(c) for c in zip(*rows)]
+        caches.append(cache)
+    # Interleaved, so that both builds see the same host load.
+    rows = {k: [] for k in a.kilns}
+    for _ in range(a.n):
+        for kiln, cache in zip(a.kilns, caches):
+            rows[kiln].append(run_once(kiln, cache))
+    for kiln, cache in zip(a.kilns, caches):
+        med = [statistics.median(c) for c in zip(*rows[kiln])]
         print(f"{kiln}: median of {a.n}: start->sandbox-restored {med[0]:.0f} ms, start->command-exited {med[1]:.0f} ms, total {med[2]:.0f} ms")
-        print("  runs (restored/exited/total ms): " + "; ".join("%.0f/%.0f/%.0f" % r for r in rows))
+        print("  runs (restored/exited/total ms): " + "; ".join("%.0f/%.0f/%.0f" % r for r in rows[kiln]))
         subprocess.run(["rm", "-rf", cache])
 
 main()

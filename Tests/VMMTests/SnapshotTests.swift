@@ -139,6 +139,17 @@ final class PipeReader {
         #expect(throws: SnapshotState.LoadError.notASnapshot) { try SnapshotState.decode(Array("hello".utf8)) }
     }
 
+    /// The fuzzer's seed (Fuzz/seeds/FuzzSnapshot) is a state file of the current version, with a
+    /// kept vsock connection, so that mutations start from the parser's whole path.
+    @Test func fuzzSeedIsACurrentStateFile() throws {
+        var root = #filePath
+        for _ in 0..<3 { root = String(root[..<root.lastIndex(of: "/")!]) }
+        let bytes = try readWholeFile(root + "/Fuzz/seeds/FuzzSnapshot/vsock-guest.state")
+        let state = try SnapshotState.decode(bytes)
+        #expect(state.vsock.first?.state.connections.first?.guestPort == 1024)
+        #expect(state.vsock.first?.state.control.first?.knownOp == .creditUpdate)
+    }
+
     @Test func snapshotFromAnotherHostProfileIsRefusedBeforeAnythingIsBuilt() throws {
         let dir = "/tmp/kiln-vmm-profile-\(getpid())"
         mkdir(dir, 0o755)
