@@ -5,14 +5,17 @@ and the whole run, as medians of N runs. Pass two kiln binaries to compare a bui
 in the same run (interleaved); each gets its own cache directory (kernel and images linked from the shared
 cache, templates private), so the two never rebuild each other's template.
 
-    Benchmarks/restore-trace.py [-n 5] KILN [OTHER_KILN]
+    Benchmarks/restore-trace.py [-n 5] KILN[:IMAGE] [OTHER_KILN[:IMAGE]]
+
+(`:IMAGE` runs that build with `--image IMAGE`, e.g. to compare guest agents.)
 """
 import argparse, os, statistics, subprocess, sys, tempfile, time
 
-def run_once(kiln, cache, first=False):
+def run_once(spec, cache, first=False):
+    kiln, _, image = spec.partition(":")
     env = dict(os.environ, KILN_BOOT_TRACE="1", KILN_CACHE_DIR=cache)
     start = time.monotonic()
-    p = subprocess.run([kiln, "run", "--", "true"], env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run([kiln, "run"] + (["--image", image] if image else []) + ["--", "true"], env=env, capture_output=True, text=True, timeout=600)
     total = time.monotonic() - start
     if p.returncode != 0:
         sys.exit(f"{kiln}: exit {p.returncode}: {p.stderr.strip()[-400:]}")
