@@ -98,24 +98,28 @@ import Testing
         #expect(original.failureLog.reasons.withLock { $0 }.isEmpty && clone.failureLog.reasons.withLock { $0 }.isEmpty)
     }
 
-    /// A second ATTACH finds nothing kept and is closed; a guest-initiated connection (its host
-    /// peer belonged to the original) is reset.
-    @Test func attachWithNothingKeptClosesAndGuestConnectionsAreReset() throws {
+    /// Guest bytes the old host socket had not taken, and those the guest sends while nobody is
+    /// attached, reach the client that attaches, in order. A second ATTACH finds nothing kept and
+    /// is closed; a guest-initiated connection (its host peer belonged to the original) is reset.
+    @Test func queuedGuestBytesReachTheAttachedClientAndGuestConnectionsAreReset() throws {
         let t = try VsockHarness()
-        let kept = VsockSavedState.Connection(hostPort: 1024, guestPort: 1024, hostInitiated: true, txCnt: 0, rxCnt: 0, fwdCnt: 0,
-                                              advertisedFwdCnt: 0, peerBufAlloc: 4096, peerFwdCnt: 0, flags: [], toGuest: [], toHost: [])
+        let kept = VsockSavedState.Connection(hostPort: 1024, guestPort: 1024, hostInitiated: true, txCnt: 0, rxCnt: 6, fwdCnt: 0,
+                                              advertisedFwdCnt: 0, peerBufAlloc: 4096, peerFwdCnt: 0, flags: [], toGuest: [],
+                                              toHost: Array("queued".utf8))
         var outgoing = kept
-        outgoing.hostPort = 5000; outgoing.guestPort = 40000; outgoing.hostInitiated = false
+        outgoing.hostPort = 5000; outgoing.guestPort = 40000; outgoing.hostInitiated = false; outgoing.toHost = []
         t.device.prepareRestore(VsockSavedState(guestCID: 3, nextPort: 1025, connections: [kept, outgoing], control: []))
         t.device.restored()
         let reset = try t.received()
         #expect(reset.count == 1 && reset.first?.header.knownOp == .rst && reset.first?.header.srcPort == 5000
                 && reset.first?.header.dstPort == 40000)
+        try t.send(t.fromGuest(.rw, guestPort: 1024, hostPort: 1024, length: 4), payload: Array("more".utf8))
+        #expect(try t.received().isEmpty, "kept for the client that attaches, no RST")
         let a = try UnixSocket.connect(path: t.path).release()
         defer { close(a) }
         try t.write(a, "ATTACH 1024\n")
         t.events.poll()
-        #expect(t.read(a) == "OK 1024\n")
+        #expect(t.read(a) == "OK 1024\nqueuedmore")
         let b = try UnixSocket.connect(path: t.path).release()
         defer { close(b) }
         try t.write(b, "ATTACH 1024\n")

@@ -87,7 +87,7 @@ final class VsockConnection {
     /// Takes over a detached connection's guest-side state (this is the client that attached to it).
     func adopt(_ d: VsockConnection) {
         key = d.key; hostInitiated = true; state = .established
-        staged = d.staged; hostEOF = d.hostEOF; sentShutdown = d.sentShutdown; txCnt = d.txCnt
+        staged = d.staged; inReadyList = d.inReadyList; hostEOF = d.hostEOF; sentShutdown = d.sentShutdown; txCnt = d.txCnt
         peerBufAlloc = d.peerBufAlloc; peerFwdCnt = d.peerFwdCnt
         pending = Array(d.pending[d.pendingStart...]); pendingStart = 0; localPrefix = 0
         rxCnt = d.rxCnt; fwdCnt = d.fwdCnt; advertisedFwdCnt = d.advertisedFwdCnt; creditUpdateQueued = d.creditUpdateQueued
