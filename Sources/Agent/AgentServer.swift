@@ -49,6 +49,8 @@ public final class AgentServer {
         var caps: Capabilities = setIDs ? [.setIDs] : []
         if access("/dev/ptmx", R_OK | W_OK) == 0 { caps.insert(.pty) }
         capabilities = caps
+        // Before any snapshot: a restored clone's Reseed then needs no open or close.
+        if setIDs { _ = kiln_entropy_prepare() }
     }
 
     /// Runs until Shutdown (or forever). In init mode Shutdown resets the machine and never returns.

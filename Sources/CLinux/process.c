@@ -160,19 +160,24 @@ int kiln_reboot(void) { return reboot(RB_AUTOBOOT); }
 int kiln_mkostemp(char *template_path, int flags) { return mkostemp(template_path, flags); }
 
 #include <linux/random.h>
+static int entropy_fd = -1;
+
+int kiln_entropy_prepare(void) {
+    if (entropy_fd < 0) entropy_fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+    return entropy_fd < 0 ? errno : 0;
+}
+
 int kiln_add_entropy(const void *bytes, size_t count) {
     if (count > 512) return EINVAL;
+    int e = kiln_entropy_prepare();
+    if (e != 0) return e;
     // struct rand_pool_info: entropy_count, buf_size, then the bytes.
     int request[2 + 512 / sizeof(int)];
     memset(request, 0, sizeof request);
     request[0] = (int)(count * 8);
     request[1] = (int)count;
     memcpy(&request[2], bytes, count);
-    int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return errno;
-    int rc = ioctl(fd, RNDADDENTROPY, request);
-    if (rc == 0) rc = ioctl(fd, RNDRESEEDCRNG);
-    int e = rc == 0 ? 0 : errno;
-    close(fd);
-    return e;
+    int rc = ioctl(entropy_fd, RNDADDENTROPY, request);
+    if (rc == 0) rc = ioctl(entropy_fd, RNDRESEEDCRNG);
+    return rc == 0 ? 0 : errno;
 }

@@ -34,8 +34,13 @@ public final class AgentClient: Sendable {
     public let agentSoftware: String
     public let capabilities: Capabilities
     public let version: Version
+    /// The session was resumed on a connection kept across a snapshot (no handshake, no new connection).
+    public let resumedSession: Bool
     let state = Mutex(State())
     private let writeLock = Mutex(())
+    /// Frames written, and the last of them the agent is known to have handled (a Pong answers
+    /// every frame before its Ping): whether the session stands at a frame boundary (`idleMark`).
+    private let sequence = Mutex((sent: UInt64(0), settled: UInt64(0), pings: [UInt64: UInt64]()))
     private let readerThread = Mutex<LinuxSys.Thread?>(nil)
 
     struct State: ~Copyable {
@@ -52,10 +57,43 @@ public final class AgentClient: Sendable {
         var closed: AgentClientError?
     }
 
+    /// Continues a session the agent already has (a connection kept across a snapshot and
+    /// attached again, docs/vsock.md): no handshake, `session` says what was negotiated. The
+    /// session must have stood at a frame boundary with no stream open (`AgentSession`).
+    public init(resuming socket: consuming FileDescriptor, session: AgentSession) throws(AgentClientError) {
+        let fd = socket.release()
+        self.fd = fd
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        version = session.version
+        resumedSession = true
+        agentSoftware = session.software
+        capabilities = session.capabilities
+        let thread = try? LinuxSys.Thread.spawn(name: "kiln-agent-rx") { [self] in readLoop(FrameDecoder(from: .agent)) }
+        guard let thread else { Glibc.close(fd); throw .connection("cannot start the reader thread") }
+        readerThread.withLock { $0 = thread }
+    }
+
+    /// What a snapshot needs to resume this session, or nil when it cannot be resumed: a stream
+    /// is open, or a frame was sent that the agent has not been seen to handle (a Ping settles
+    /// every frame before it). Compare before and after the snapshot: an unchanged mark means
+    /// nothing was sent in between.
+    public func idleMark() -> UInt64? {
+        let open = state.withLock { s in
+            s.processes.values.contains { $0.exit == nil } || !s.reads.isEmpty || !s.writes.isEmpty || !s.requests.isEmpty
+                || !s.watches.isEmpty || !s.pings.isEmpty || !s.reseeds.isEmpty || s.closed != nil
+        }
+        if open { return nil }
+        return sequence.withLock { q in q.sent == q.settled ? q.sent : nil }
+    }
+
+    /// The negotiated session, as `AgentSession` records it in a snapshot.
+    public var session: AgentSession { AgentSession(version: version, software: agentSoftware, capabilities: capabilities) }
+
     /// Runs the handshake on `socket` (a connected stream socket, which this client now owns).
     public init(socket: consuming FileDescriptor, software: String = "kiln") throws(AgentClientError) {
         let fd = socket.release()
         self.fd = fd
+        resumedSession = false
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
         var decoder = FrameDecoder(from: .agent)
         do {
@@ -138,9 +176,29 @@ public final class AgentClient: Sendable {
     /// Sets the guest's wall clock to this host's (protocol 1.1; no answer, ordered before what follows).
     public func setTimeFromHost() throws {
         guard version.minor >= 1 else { throw AgentClientError.connection("the agent speaks protocol \(version), SetTime needs 1.1") }
+        send(AgentClient.hostTimeFrame())
+    }
+
+    static func hostTimeFrame() -> Frame {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
-        send(Frame(stream: 0, .setTime(seconds: Int64(ts.tv_sec), nanoseconds: UInt32(ts.tv_nsec))))
+        return Frame(stream: 0, .setTime(seconds: Int64(ts.tv_sec), nanoseconds: UInt32(ts.tv_nsec)))
+    }
+
+    /// What a restored sandbox needs before its first command (protocol 1.1): the host's time and
+    /// fresh entropy, as SetTime and Reseed in one write, so the guest handles both on one wake-up.
+    /// Returns Reseeded's errno (0: done); the clock is set before it.
+    public func setTimeAndReseed(_ entropy: [UInt8]) async throws -> Int32 {
+        guard version.minor >= 1 else { throw AgentClientError.connection("the agent speaks protocol \(version), SetTime needs 1.1") }
+        guard (1...512).contains(entropy.count) else { throw AgentClientError.protocolError(.invalidValue(.reseed, field: "byte count")) }
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int32, any Error>) in
+            let ok = state.withLock { s in
+                if let e = s.closed { c.resume(throwing: e); return false }
+                s.reseeds.append(c)
+                return true
+            }
+            if ok { send([AgentClient.hostTimeFrame(), Frame(stream: 0, .reseed(entropy))]) }
+        }
     }
 
     /// Tells the agent to stop every process (SIGTERM, SIGKILL after `graceMillis`), sync and
@@ -341,9 +399,19 @@ public final class AgentClient: Sendable {
 
     // MARK: Internals used by RemoteProcess
 
-    func send(_ frame: Frame) {
-        guard let bytes = try? frame.encoded() else { return }
-        writeLock.withLock { _ in try? AgentClient.write(fd, bytes) }
+    func send(_ frame: Frame) { send([frame]) }
+
+    /// Writes the frames in one piece (one vsock packet when they fit).
+    func send(_ frames: [Frame]) {
+        var bytes: [UInt8] = []
+        for f in frames { guard (try? f.encode(into: &bytes)) != nil else { return } }
+        writeLock.withLock { _ in
+            sequence.withLock { q in
+                q.sent += UInt64(frames.count)
+                for f in frames { if case .ping(let nonce) = f.message { q.pings[nonce] = q.sent } }
+            }
+            try? AgentClient.write(fd, bytes)
+        }
     }
 
     static func write(_ fd: Int32, _ bytes: [UInt8]) throws(AgentClientError) {
@@ -491,6 +559,7 @@ public final class AgentClient: Sendable {
         state.withLock { st in
             switch frame.message {
             case .pong(let pong):
+                sequence.withLock { q in if let n = q.pings.removeValue(forKey: pong.nonce) { q.settled = max(q.settled, n) } }
                 if let c = st.pings.removeValue(forKey: pong.nonce) { resume = { c.resume(returning: pong) } }
             case .reseeded(let e):
                 if !st.reseeds.isEmpty { let c = st.reseeds.removeFirst(); resume = { c.resume(returning: e) } }

@@ -157,13 +157,13 @@ public final class Sandbox: Sendable {
             cleanUp(directory, console)
             throw error
         }
-        let sandbox = try await launch(host, directory: directory, console: console, timeout: timeout)
+        let sandbox = try await resumeAgent(host, directory: directory, console: console, timeout: timeout,
+                                            session: AgentSession.read(snapshot: snapshot))
         do {
-            try sandbox.agent.setTimeFromHost()
             var entropy = [UInt8](repeating: 0, count: 64)
             var rng = SystemRandomNumberGenerator()
             for i in entropy.indices { entropy[i] = UInt8.random(in: 0...255, using: &rng) }
-            let e = try await sandbox.agent.reseed(entropy)
+            let e = try await sandbox.agent.setTimeAndReseed(entropy)
             if e != 0 { throw AgentClientError.failed(Failure(errno: e, message: "the guest refused new entropy: errno \(e)")) }
         } catch {
             sandbox.stop()
@@ -173,9 +173,15 @@ public final class Sandbox: Sendable {
         return sandbox
     }
 
-    /// Snapshots the running sandbox into `directory` (the VM pauses for the duration).
+    /// Snapshots the running sandbox into `directory` (the VM pauses for the duration). When the
+    /// agent session stands at a frame boundary with no stream open (as after a Ping answered,
+    /// which `Templates.create` sends), the snapshot records it (`AgentSession`), and sandboxes
+    /// restored from it attach to the guest's kept connection instead of connecting anew.
     public func snapshot(to directory: String) throws(SandboxError) {
+        let mark = agent.idleMark()
         try host.snapshot(to: directory)
+        unlink(directory + "/" + AgentSession.file)
+        if let mark, agent.idleMark() == mark { _ = agent.session.write(snapshot: directory) }
     }
 
     static func prepare(_ base: String, lifetime: Lifetime) throws(SandboxError) -> (directory: String, console: Int32) {

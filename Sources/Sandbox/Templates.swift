@@ -54,6 +54,9 @@ public enum Templates {
             warm.closeStdin()
             _ = try? await warm.collect()
         }
+        // A Ping answered means the agent handled every frame sent before it: the session stands
+        // at a frame boundary, so the snapshot records it and clones attach to it (AgentSession).
+        _ = try? await sandbox.agent.ping()
         let staging = path(".\(name).tmp-\(getpid())")
         Files.removeFlatDirectory(staging)
         do {

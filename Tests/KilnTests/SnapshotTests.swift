@@ -1,4 +1,5 @@
 import Glibc
+import VMM
 import KilnTestSupport
 import LinuxSys
 import Testing
@@ -72,6 +73,9 @@ import Testing
         try Self.expectRefused("\(dir)/short", "kiln: snapshot \(dir)/short: state file is truncated (1000 of ")
         #expect(system("cp -r \(snap) \(dir)/nomem && truncate -s 4096 \(dir)/nomem/memory") == 0)
         try Self.expectRefused("\(dir)/nomem", "kiln: snapshot \(dir)/nomem: memory file is 4096 bytes, the state says 134217728")
+        // A snapshot of the previous format version (its vsock connections were not saved).
+        #expect(system("cp -r \(snap) \(dir)/v1 && printf '\\001' | dd of=\(dir)/v1/state bs=1 seek=8 conv=notrunc 2>/dev/null") == 0)
+        try Self.expectRefused("\(dir)/v1", "kiln: snapshot \(dir)/v1: snapshot format version 1 is not supported by this Kiln (\(kilnVersion) reads version 2); make the snapshot again")
     }
 
     /// Reads the first 8 bytes of the disk (after drop_caches, so from the device).

@@ -51,3 +51,48 @@ import VMM
         #expect(try await a.agent.readFile("/root/only-in-a").contents == Array("a\n".utf8))
     }
 }
+
+/// The agent's connection survives the template's snapshot: a restored sandbox's client attaches
+/// to the guest's kept connection and runs its first command without a new connection or a
+/// handshake (had the guest seen a transport reset, that connection would be gone and the command
+/// would fail); clones restored at the same time each get their own stream.
+@Suite struct TemplateConnectionTests {
+    @Test func restoredClonesRunTheirFirstCommandOnTheKeptConnection() async throws {
+        #expect(access("/dev/kvm", R_OK | W_OK) == 0, "this test needs /dev/kvm (CI has it)")
+        let config = Sandbox.Configuration(kernelPath: TemplateTests.kernel, imagePath: TemplateTests.image)
+        let name = Templates.autoName(for: config)
+        if !Templates.usable(name) { try await Templates.create(name, config: config).stop() }
+        #expect(AgentSession.read(snapshot: Templates.path(name)) != nil, "the template records its agent session")
+        let runtime = "/tmp/kiln-template-connection-\(getpid())"
+        async let first = Sandbox.restore(snapshot: Templates.path(name), runtimeDirectory: runtime)
+        async let second = Sandbox.restore(snapshot: Templates.path(name), runtimeDirectory: runtime)
+        let (a, b) = try await (first, second)
+        defer { a.stop(); b.stop() }
+        #expect(a.agent.resumedSession && b.agent.resumedSession)
+
+        async let outA = TemplateTests().run(a, ["echo", "output of clone a"])
+        async let outB = TemplateTests().run(b, ["echo", "output of clone b"])
+        let (textA, textB) = try await (outA, outB)
+        #expect(textA == "output of clone a\n")
+        #expect(textB == "output of clone b\n")
+    }
+
+    /// A template written in the previous snapshot format is not usable (so `kiln run` makes it
+    /// again), and restoring it says why in one line.
+    @Test func templateOfTheOldFormatIsRefusedWithOneLine() async throws {
+        let config = Sandbox.Configuration(kernelPath: TemplateTests.kernel, imagePath: TemplateTests.image)
+        let name = Templates.autoName(for: config)
+        if !Templates.usable(name) { try await Templates.create(name, config: config).stop() }
+        let oldName = "test-old-format-\(getpid())", old = Templates.path(oldName)
+        defer { _ = system("rm -rf \(old)") }
+        #expect(system("mkdir -p \(old) && cp \(Templates.path(name))/state \(old)/state && printf '\\001' | dd of=\(old)/state bs=1 seek=8 conv=notrunc 2>/dev/null") == 0)
+        #expect(throws: MachineError.self) { try SnapshotInfo.read(directory: old) }
+        #expect(!Templates.usable(oldName), "kiln run makes a template that is not usable again")
+        do {
+            _ = try await Sandbox.restore(snapshot: old, runtimeDirectory: "/tmp/kiln-old-format-run-\(getpid())")
+            Issue.record("a version 1 snapshot was restored")
+        } catch {
+            #expect("\(error)" == "snapshot \(old): snapshot format version 1 is not supported by this Kiln (\(kilnVersion) reads version 2); make the snapshot again")
+        }
+    }
+}

@@ -109,7 +109,14 @@ final class PipeReader {
     }
 
     @Test func stateFileRoundTripsAndRefusesDamage() throws {
-        let state = sampleState(profile: .kvm)
+        var state = sampleState(profile: .kvm)
+        // A vsock device in slot 1 with one saved connection, credit state and a queued control packet.
+        state.devices.append(.init(deviceID: 19, transport: state.devices[0].transport))
+        let connection = VsockSavedState.Connection(hostPort: 1024, guestPort: 1024, hostInitiated: true, txCnt: 70, rxCnt: 900,
+                                                    fwdCnt: 880, advertisedFwdCnt: 870, peerBufAlloc: 262_144, peerFwdCnt: 60,
+                                                    flags: [.guestShutReceive], toGuest: [1, 2], toHost: Array(repeating: 9, count: 20))
+        state.vsock = [.init(slot: 1, state: VsockSavedState(guestCID: 7, nextPort: 1025, connections: [connection],
+                                                             control: [VsockHeader(srcCID: 2, dstCID: 7, srcPort: 1024, dstPort: 1024, op: .creditUpdate)]))]
         let bytes = state.encoded()
         #expect(try SnapshotState.decode(bytes) == state)
         #expect(try SnapshotState.decode(bytes).config.disks == [.init(path: "/d.img", overlay: true)])
@@ -121,9 +128,26 @@ final class PipeReader {
             try SnapshotState.decode(Array(bytes.dropLast()))
         }
         var newer = bytes
-        newer[8] = 2
-        #expect(throws: SnapshotState.LoadError.version(found: 2)) { try SnapshotState.decode(newer) }
+        newer[8] = 3
+        #expect(throws: SnapshotState.LoadError.version(found: 3)) { try SnapshotState.decode(newer) }
+        // Version 1 (before the vsock connections were saved) is refused with one line.
+        var older = bytes
+        older[8] = 1
+        #expect(throws: SnapshotState.LoadError.version(found: 1)) { try SnapshotState.decode(older) }
+        #expect(SnapshotState.LoadError.version(found: 1).description
+                == "snapshot format version 1 is not supported by this Kiln (\(kilnVersion) reads version 2); make the snapshot again")
         #expect(throws: SnapshotState.LoadError.notASnapshot) { try SnapshotState.decode(Array("hello".utf8)) }
+    }
+
+    /// The fuzzer's seed (Fuzz/seeds/FuzzSnapshot) is a state file of the current version, with a
+    /// kept vsock connection, so that mutations start from the parser's whole path.
+    @Test func fuzzSeedIsACurrentStateFile() throws {
+        var root = #filePath
+        for _ in 0..<3 { root = String(root[..<root.lastIndex(of: "/")!]) }
+        let bytes = try readWholeFile(root + "/Fuzz/seeds/FuzzSnapshot/vsock-guest.state")
+        let state = try SnapshotState.decode(bytes)
+        #expect(state.vsock.first?.state.connections.first?.guestPort == 1024)
+        #expect(state.vsock.first?.state.control.first?.knownOp == .creditUpdate)
     }
 
     @Test func snapshotFromAnotherHostProfileIsRefusedBeforeAnythingIsBuilt() throws {

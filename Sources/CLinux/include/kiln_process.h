@@ -50,6 +50,9 @@ int kiln_link_up(const char *name);
 // Mixes `count` bytes into the kernel's entropy pool, credited (RNDADDENTROPY), and reseeds
 // the CRNG now (RNDRESEEDCRNG). Returns 0 or the errno. Needs CAP_SYS_ADMIN.
 int kiln_add_entropy(const void *bytes, size_t count);
+// Opens /dev/urandom once and keeps it for kiln_add_entropy (the agent calls this at start, so
+// that a snapshot already holds it and a restored guest's Reseed is two ioctls); 0 or errno.
+int kiln_entropy_prepare(void);
 
 // reboot(RB_AUTOBOOT): with reboot=k the VM exits.
 int kiln_reboot(void);

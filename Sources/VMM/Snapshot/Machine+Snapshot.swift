@@ -11,7 +11,8 @@ import Seccomp
 public struct RestoreOverrides: Sendable {
     /// A new vsock Unix socket (the snapshot's is still in use by the original); nil keeps the recorded one.
     public var vsockPath: String?
-    /// A new guest CID; the guest re-reads it after the transport reset Kiln sends on restore.
+    /// A new guest CID: the guest re-reads it after a transport reset, which Kiln then sends on
+    /// restore instead of keeping the saved connections.
     public var vsockCID: UInt64?
     /// A new TAP (and MAC) for the net device; the guest's eth0 keeps its old MAC unless re-configured.
     public var net: NetSpec?
@@ -193,6 +194,11 @@ extension Machine {
             } catch { throw fail("cannot save the write layer of disk \(slot): \(error)") }
             state.layers.append(.init(slot: UInt32(slot), bitmap: layer.bitmap))
         }
+        // The vsock connections go on in every clone (docs/vsock.md, "Snapshots").
+        for (slot, transport) in virtio.transports.enumerated() {
+            guard let vsock = transport.device as? VirtioVsock else { continue }
+            state.vsock.append(.init(slot: UInt32(slot), state: vsock.save()))
+        }
 
         let bytes = state.encoded()
         func writeAll(_ fd: Int32) -> Bool {
@@ -325,6 +331,7 @@ extension Machine {
         try self.init(config: config, loaded: nil, vm: vm, memory: memory, vcpus: vcpus, virtio: virtio, eventLoop: eventLoop,
                       confinement: confinement)
         serial.restore(snap.serial)
+        for v in snap.vsock { (virtio.transports[Int(v.slot)].device as? VirtioVsock)?.prepareRestore(v.state) }
         for (transport, saved) in zip(virtio.transports, snap.devices) { transport.restore(saved.transport) }
         BootTrace.mark("restored")
     }

@@ -10,7 +10,8 @@ public let kilnVersion = "0.1.0-dev"
 /// The contents of a snapshot's `state` file (docs/snapshot-format.md), everything but guest memory.
 struct SnapshotState: Equatable {
     static let magic = Array("KILNSNAP".utf8)
-    static let formatVersion: UInt32 = 1
+    /// 2: the vsock device's connections are saved (`VSCK`) and go on after a restore.
+    static let formatVersion: UInt32 = 2
     static let headerSize = 32
     static let stateFile = "state"
     static let memoryFile = "memory"
@@ -20,6 +21,8 @@ struct SnapshotState: Equatable {
     /// A disk's private write layer: its written sectors are in the file `layerFile(slot)`.
     struct Layer: Equatable { var slot: UInt32; var bitmap: [UInt64] }
     static func layerFile(_ slot: Int) -> String { "disk-\(slot).layer" }
+    /// The vsock device in virtio slot `slot` and its connections.
+    struct Vsock: Equatable { var slot: UInt32; var state: VsockSavedState }
 
     var kilnVersion: String
     var hostProfile: HostProfile
@@ -31,11 +34,12 @@ struct SnapshotState: Equatable {
     var serial: Serial.SavedState
     var devices: [Device]
     var layers: [Layer] = []
+    var vsock: [Vsock] = []
 
     static func == (a: SnapshotState, b: SnapshotState) -> Bool {
         a.kilnVersion == b.kilnVersion && a.hostProfile == b.hostProfile && a.config.snapshotText == b.config.snapshotText
             && a.memory == b.memory && a.memoryFileSize == b.memoryFileSize && a.vm == b.vm && a.vcpus == b.vcpus
-            && a.serial == b.serial && a.devices == b.devices && a.layers == b.layers
+            && a.serial == b.serial && a.devices == b.devices && a.layers == b.layers && a.vsock == b.vsock
     }
 
     // MARK: encoding
@@ -89,6 +93,19 @@ struct SnapshotState: Equatable {
                 for word in layer.bitmap { w.u64(word) }
             }
         }
+        for v in vsock {
+            body.section("VSCK") { w in
+                w.u32(v.slot); w.u64(v.state.guestCID); w.u32(v.state.nextPort)
+                w.u32(UInt32(v.state.connections.count))
+                for c in v.state.connections {
+                    w.u32(c.hostPort); w.u32(c.guestPort); w.bool(c.hostInitiated)
+                    for n in [c.txCnt, c.rxCnt, c.fwdCnt, c.advertisedFwdCnt, c.peerBufAlloc, c.peerFwdCnt] { w.u32(n) }
+                    w.u8(c.flags.rawValue); w.blob(c.toGuest); w.blob(c.toHost)
+                }
+                w.u32(UInt32(v.state.control.count))
+                for h in v.state.control { w.blob(h.bytes) }
+            }
+        }
         var file = StateWriter()
         file.bytes = SnapshotState.magic
         file.u32(SnapshotState.formatVersion)
@@ -113,7 +130,7 @@ struct SnapshotState: Equatable {
             switch self {
             case .notASnapshot: return "not a Kiln snapshot (bad magic)"
             case .version(let v):
-                return "snapshot format version \(v) is not supported by this Kiln (\(VMM.kilnVersion) reads version \(SnapshotState.formatVersion))"
+                return "snapshot format version \(v) is not supported by this Kiln (\(VMM.kilnVersion) reads version \(SnapshotState.formatVersion)); make the snapshot again"
             case .truncated(let e, let g): return "state file is truncated (\(g) of \(e) bytes)"
             case .checksum: return "state file is corrupted (checksum mismatch)"
             case .malformed(let what): return "state file is malformed (\(what))"
@@ -203,8 +220,27 @@ struct SnapshotState: Equatable {
             guard Int(slot) < devices.count, devices[Int(slot)].deviceID == 2 else { throw LoadError.malformed("write layer for slot \(slot), not a disk") }
             layers.append(Layer(slot: slot, bitmap: words))
         }
+        var vsock: [Vsock] = []
+        for raw in sections["VSCK"] ?? [] {
+            var r = StateReader(raw, what: "VSCK")
+            let slot = try r.u32(), cid = try r.u64(), nextPort = try r.u32()
+            let connections = try (0..<(try r.count(elementSize: 42))).map { _ in
+                let hostPort = try r.u32(), guestPort = try r.u32(), hostInitiated = try r.bool()
+                let tx = try r.u32(), rx = try r.u32(), fwd = try r.u32(), advertised = try r.u32(), bufAlloc = try r.u32(), peerFwd = try r.u32()
+                let flags = VsockSavedState.Flags(rawValue: try r.u8())
+                return VsockSavedState.Connection(hostPort: hostPort, guestPort: guestPort, hostInitiated: hostInitiated, txCnt: tx, rxCnt: rx,
+                                                  fwdCnt: fwd, advertisedFwdCnt: advertised, peerBufAlloc: bufAlloc, peerFwdCnt: peerFwd,
+                                                  flags: flags, toGuest: try r.blob(), toHost: try r.blob())
+            }
+            let control = try (0..<(try r.count(elementSize: 4 + VsockHeader.size))).map { _ in
+                guard let h = VsockHeader(try r.blob()) else { throw LoadError.malformed("short vsock control packet") }
+                return h
+            }
+            guard Int(slot) < devices.count, devices[Int(slot)].deviceID == 19 else { throw LoadError.malformed("vsock state for slot \(slot), not a vsock device") }
+            vsock.append(Vsock(slot: slot, state: VsockSavedState(guestCID: cid, nextPort: nextPort, connections: connections, control: control)))
+        }
         return SnapshotState(kilnVersion: version, hostProfile: profile, config: config, memory: ranges, memoryFileSize: fileSize,
-                             vm: vm, vcpus: vcpus, serial: serial, devices: devices, layers: layers)
+                             vm: vm, vcpus: vcpus, serial: serial, devices: devices, layers: layers, vsock: vsock)
     }
 }
 

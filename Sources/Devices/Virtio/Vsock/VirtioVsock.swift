@@ -58,9 +58,23 @@ public final class VirtioVsock: VirtioDevice {
         state.withLock { m in m.context == nil ? nil : [m.rx, m.tx, m.event] }
     }
 
-    /// After a restore no host connection exists any more: VIRTIO_VSOCK_EVENT_TRANSPORT_RESET makes the
-    /// guest reset its connected sockets (its listening sockets survive) and re-read the CID.
-    public func restored() { state.withLock { $0.sendTransportReset() } }
+    /// The connections as they stand, for a snapshot of a paused VM (the device thread is parked).
+    public func save() -> VsockSavedState { state.withLock { $0.save() } }
+
+    /// Hands the device the connections a snapshot saved, before the transport re-activates it
+    /// (`restored()` then puts them back).
+    public func prepareRestore(_ saved: VsockSavedState) { state.withLock { $0.pendingRestore = saved } }
+
+    /// After a restore: the saved connections go on, host-initiated ones detached until a host
+    /// client attaches (docs/vsock.md). Without saved state, or under a new CID, there is nothing
+    /// to go on with: VIRTIO_VSOCK_EVENT_TRANSPORT_RESET makes the guest reset its connected
+    /// sockets (its listening sockets survive) and re-read the CID.
+    public func restored() {
+        state.withLock { m in
+            if let saved = m.pendingRestore, saved.guestCID == guestCID { m.install(saved) } else { m.sendTransportReset() }
+            m.pendingRestore = nil
+        }
+    }
 
     public func process(queue index: Int) {
         guard index < 2 else {
@@ -82,6 +96,9 @@ public final class VirtioVsock: VirtioDevice {
 
     /// Open connections, for tests and diagnostics.
     public var connectionCount: Int { state.withLock { $0.connections.count } }
+
+    /// Restored connections no host client has attached to yet.
+    public var detachedCount: Int { state.withLock { $0.connections.values.filter { $0.state == .detached }.count } }
 }
 
 /// The connection table and both queues' packet processing, behind the device's lock.
@@ -110,6 +127,7 @@ struct VsockMux {
     /// A transport reset was sent and the guest has not handled it yet: host clients wait in the
     /// listen backlog, so a new connection cannot be reset by the guest's late handling (or reach the old CID).
     var awaitingResetAck = false
+    var pendingRestore: VsockSavedState?
 
     init(guestCID: UInt64, path: String, listener: Int32, connect: @escaping VirtioVsock.Connector) {
         self.guestCID = guestCID; self.path = path; self.listener = listener; self.connect = connect
@@ -130,6 +148,8 @@ struct VsockMux {
         guard let context else { return }
         context.events.unwatch(listener)
         for c in Array(byFD.values) { close(c) }
+        connections.removeAll() // detached ones have no descriptor in byFD
+        ready.removeAll()
         control.removeAll()
         awaitingResetAck = false
         self.context = nil
@@ -154,6 +174,27 @@ struct VsockMux {
         }
     }
 
+    func save() -> VsockSavedState {
+        VsockSavedState(guestCID: guestCID, nextPort: nextPort,
+                        connections: connections.values.compactMap(\.saved).sorted { ($0.hostPort, $0.guestPort) < ($1.hostPort, $1.guestPort) },
+                        control: control)
+    }
+
+    /// Puts saved connections back: host-initiated ones detached (each waits for an ATTACH);
+    /// guest-initiated ones had a host peer that belongs to the original VM, so the guest gets RST.
+    mutating func install(_ saved: VsockSavedState) {
+        nextPort = saved.nextPort
+        control = saved.control
+        for s in saved.connections {
+            let c = VsockConnection.restoring(s)
+            guard s.hostInitiated else { control.append(header(c, .rst)); continue }
+            c.creditUpdateQueued = control.contains { $0.op == VsockHeader.Op.creditUpdate.rawValue && $0.srcPort == s.hostPort && $0.dstPort == s.guestPort }
+            connections[c.key!] = c
+            if !c.staged.isEmpty { markReady(c) }
+        }
+        pump()
+    }
+
     mutating func eventQueueRefilled() {
         guard awaitingResetAck, let context, let wake else { return }
         awaitingResetAck = false
@@ -172,7 +213,7 @@ struct VsockMux {
         else if let c = byFD[fd] {
             switch c.state {
             case .awaitingConnect: readConnectLine(c)
-            case .connecting: break
+            case .connecting, .detached: break
             case .established:
                 flushToHost(c)
                 if byFD[fd] != nil { readFromHost(c) }
@@ -211,14 +252,35 @@ struct VsockMux {
         let line = String(decoding: c.staged[..<newline], as: UTF8.self)
         c.staged.removeFirst(newline + 1)
         let words = line.split(separator: " ")
-        guard words.count == 2, words[0] == "CONNECT", let port = UInt32(words[1]) else { close(c); return }
+        guard words.count == 2, words[0] == "CONNECT" || words[0] == "ATTACH", let port = UInt32(words[1]) else { close(c); return }
+        if words[0] == "ATTACH" { attach(c, guestPort: port); return }
         let hostPort = allocatePort()
         let key = Key(hostPort: hostPort, guestPort: port)
         c.key = key
         c.state = .connecting
+        c.hostInitiated = true
         connections[key] = c
         control.append(header(c, .request))
         updateInterest(c)
+    }
+
+    /// `ATTACH <port>`: the client takes over the detached (restored) connection to that guest
+    /// port, with the lowest host port if there are several; no packet goes to the guest. With
+    /// none detached the client is closed without a reply.
+    mutating func attach(_ c: VsockConnection, guestPort: UInt32) {
+        guard let d = connections.values.filter({ $0.state == .detached && $0.key?.guestPort == guestPort })
+            .min(by: { $0.key!.hostPort < $1.key!.hostPort }), let key = d.key else { close(c); return }
+        let early = c.staged // bytes the client sent after its line: the first payload for the guest
+        c.adopt(d)
+        c.staged += early
+        let ok = Array("OK \(key.hostPort)\n".utf8)
+        c.pending = ok + c.pending
+        c.localPrefix = ok.count
+        connections[key] = c
+        flushToHost(c)
+        guard connections[key] === c else { return }
+        if !c.staged.isEmpty { markReady(c) }
+        settle(c)
     }
 
     mutating func allocatePort() -> UInt32 {
@@ -245,6 +307,7 @@ struct VsockMux {
 
     /// Hands pending guest bytes to the host socket until it is full.
     mutating func flushToHost(_ c: VsockConnection) {
+        guard c.state != .detached else { return } // kept until a client attaches
         while c.pendingCount > 0 {
             let sent: Int
             do {
@@ -263,6 +326,11 @@ struct VsockMux {
 
     /// Moves a connection on after its buffers changed: half-closes, full close, SHUTDOWN to the guest.
     mutating func settle(_ c: VsockConnection) {
+        if c.state == .detached {
+            // Nobody on the host side: a guest that closed both ways only needs its RST.
+            if c.guestShutSend && c.guestShutReceive { reset(c) }
+            return
+        }
         guard c.state == .established else { updateInterest(c); return }
         if c.guestShutSend && c.pendingCount == 0 {
             if c.guestShutReceive { reset(c); return } // both directions done: RST ends it on both sides
@@ -283,6 +351,7 @@ struct VsockMux {
         switch c.state {
         case .awaitingConnect: readable = true; writable = false
         case .connecting: readable = false; writable = false
+        case .detached: return
         case .established:
             readable = !c.hostEOF && !c.guestShutReceive && c.staged.count < VsockMux.stageLimit
                 && Int(c.peerCredit) > c.staged.count
@@ -349,7 +418,7 @@ struct VsockMux {
             c.localPrefix = c.pendingCount
             flushToHost(c)
         case .rw:
-            guard c.state == .established, !c.guestShutSend,
+            guard c.isOpen, !c.guestShutSend,
                   UInt64(c.unforwarded) + UInt64(h.length) <= UInt64(VsockMux.bufAlloc),
                   let payload = gather(readable, skip: VsockHeader.size, count: Int(h.length), memory) else { reset(c); return }
             c.rxCnt &+= h.length
@@ -453,7 +522,7 @@ struct VsockMux {
     /// The connection whose data goes next; drops entries that cannot send now from the list's front.
     mutating func nextDataConnection() -> VsockConnection? {
         while let key = ready.first {
-            if let c = connections[key], c.state == .established, !c.staged.isEmpty, c.peerCredit > 0 { return c }
+            if let c = connections[key], c.isOpen, !c.staged.isEmpty, c.peerCredit > 0 { return c }
             ready.removeFirst()
             connections[key]?.inReadyList = false
         }
@@ -461,7 +530,7 @@ struct VsockMux {
     }
 
     mutating func markReady(_ c: VsockConnection) {
-        guard let key = c.key, !c.inReadyList, c.state == .established else { return }
+        guard let key = c.key, !c.inReadyList, c.isOpen else { return }
         c.inReadyList = true
         ready.append(key)
     }
@@ -489,7 +558,7 @@ struct VsockMux {
     }
 
     mutating func queueCreditUpdate(_ c: VsockConnection) {
-        guard !c.creditUpdateQueued, c.state == .established else { return }
+        guard !c.creditUpdateQueued, c.isOpen else { return }
         c.creditUpdateQueued = true
         control.append(header(c, .creditUpdate))
     }
@@ -502,8 +571,10 @@ struct VsockMux {
 
     /// Forgets a connection and closes its socket (after unwatching it).
     mutating func close(_ c: VsockConnection) {
-        context?.events.unwatch(c.raw)
-        byFD[c.raw] = nil
+        if c.state != .detached {
+            context?.events.unwatch(c.raw)
+            byFD[c.raw] = nil
+        }
         if let key = c.key, connections[key] === c { connections[key] = nil }
     }
 

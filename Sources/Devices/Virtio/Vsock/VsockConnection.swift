@@ -9,6 +9,9 @@ final class VsockConnection {
         /// REQUEST sent to the guest; waiting for RESPONSE or RST.
         case connecting
         case established
+        /// Restored from a snapshot: open on the guest's side, waiting for a host client's
+        /// `ATTACH <port>` (docs/vsock.md). Guest packets are accounted for; nothing reaches a socket.
+        case detached
     }
 
     struct Key: Hashable {
@@ -19,6 +22,8 @@ final class VsockConnection {
     let fd: FileDescriptor
     var state: State
     var key: Key?
+    /// Opened by a host client (CONNECT), not by the guest: only these survive a restore.
+    var hostInitiated = false
 
     // host -> guest
     /// Read from the host socket, not yet sent to the guest. Never more than the guest's credit allowed.
@@ -57,7 +62,17 @@ final class VsockConnection {
         self.key = key
     }
 
+    /// A detached connection has no socket yet: -1 (its closing is a harmless EBADF).
+    static func detached(_ key: Key) -> VsockConnection {
+        let c = VsockConnection(fd: FileDescriptor(owning: -1), state: .detached, key: key)
+        c.hostInitiated = true
+        c.interest = (false, false)
+        return c
+    }
+
     var raw: Int32 { fd.raw }
+    /// Established on the guest's side (data and credit flow), whether or not a host socket is attached.
+    var isOpen: Bool { state == .established || state == .detached }
     var pendingCount: Int { pending.count - pendingStart }
 
     /// How many more payload bytes the guest can take now.
@@ -68,6 +83,17 @@ final class VsockConnection {
 
     /// Guest payload bytes waiting for the host socket (what counts against our buf_alloc).
     var unforwarded: UInt32 { rxCnt &- fwdCnt }
+
+    /// Takes over a detached connection's guest-side state (this is the client that attached to it).
+    func adopt(_ d: VsockConnection) {
+        key = d.key; hostInitiated = true; state = .established
+        staged = d.staged; inReadyList = d.inReadyList; hostEOF = d.hostEOF; sentShutdown = d.sentShutdown; txCnt = d.txCnt
+        peerBufAlloc = d.peerBufAlloc; peerFwdCnt = d.peerFwdCnt
+        pending = Array(d.pending[d.pendingStart...]); pendingStart = 0; localPrefix = 0
+        rxCnt = d.rxCnt; fwdCnt = d.fwdCnt; advertisedFwdCnt = d.advertisedFwdCnt; creditUpdateQueued = d.creditUpdateQueued
+        guestShutSend = d.guestShutSend; guestShutReceive = d.guestShutReceive
+        hostSendShut = false // the new socket has not been shut yet, whatever the old one saw
+    }
 
     func takePending(_ n: Int) {
         let own = min(n, localPrefix)
