@@ -60,6 +60,11 @@ public final class Sandbox: Sendable {
         public var lifetime: Lifetime = .tiedToProcess
         /// The VMM's seccomp filters (`.kill`; the others are for debugging).
         public var seccomp: SeccompMode = .kill
+        /// Kiln's agent initramfs (rootfs/build-agent-initramfs.sh). Set, the guest's PID 1 is the
+        /// agent from it, which mounts the image read-write as the root: any ext4 image boots,
+        /// with no Kiln file in it (docs/images.md, "Booting an image"). Nil, the image's own
+        /// /sbin/kiln-agent is the kernel's init (Kiln's images).
+        public var agentInitramfs: String?
 
         public init(kernelPath: String, imagePath: String) {
             self.kernelPath = kernelPath
@@ -69,7 +74,16 @@ public final class Sandbox: Sendable {
 
     /// The guest port the agent listens on (docs/agent-protocol.md).
     public static let agentPort = 1024
-    public static let baseCmdline = "console=ttyS0 reboot=k panic=-1 quiet root=/dev/vda rw rootfstype=ext4 init=/sbin/kiln-agent"
+    public static let baseCmdline = "console=ttyS0 reboot=k panic=-1 quiet"
+    /// The image's own agent is init.
+    public static let imageInitCmdline = "root=/dev/vda rw rootfstype=ext4 init=/sbin/kiln-agent"
+    /// The initramfs's agent is init and enters the image (Sources/Agent/ImageRoot.swift).
+    public static let agentInitramfsCmdline = "kiln.root=/dev/vda kiln.rootfstype=ext4"
+
+    static func cmdline(_ config: Configuration) -> String {
+        ([baseCmdline, config.agentInitramfs == nil ? imageInitCmdline : agentInitramfsCmdline] + config.kernelArguments)
+            .joined(separator: " ")
+    }
 
     public let agent: AgentClient
     public let directory: String
@@ -96,9 +110,12 @@ public final class Sandbox: Sendable {
         }
         try checkLifetime(config.lifetime, config.isolation)
         let (directory, console) = try prepare(config.runtimeDirectory, lifetime: config.lifetime)
-        let cmdline = ([baseCmdline] + config.kernelArguments).joined(separator: " ")
+        if let initrd = config.agentInitramfs, access(initrd, R_OK) != 0 {
+            cleanUp(directory, console)
+            throw .setup("cannot read the agent initramfs \(initrd): \(String(cString: strerror(errno)))")
+        }
         let vsockPath = directory + "/vsock.sock"
-        var machineConfig = MachineConfig(kernelPath: config.kernelPath, initrdPath: nil, cmdline: cmdline,
+        var machineConfig = MachineConfig(kernelPath: config.kernelPath, initrdPath: config.agentInitramfs, cmdline: cmdline(config),
                                           cpus: config.cpus, memoryMiB: config.memoryMiB, hostProfile: config.hostProfile,
                                           consoleInput: nil, consoleOutput: console)
         machineConfig.disks = [MachineConfig.Disk(path: config.imagePath, overlay: true)]

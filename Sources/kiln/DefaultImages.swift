@@ -23,6 +23,13 @@ enum DefaultImages {
         try artifact(cached: "\(cacheDir)/initramfs/initramfs.cpio", script: "rootfs/build-initramfs.sh", what: "initramfs")
     }
 
+    /// The initramfs whose agent boots any image (rootfs/build-agent-initramfs.sh), resolved: a
+    /// rebuild moves the cache link, and the automatic template is keyed by the file.
+    static func agentInitramfs() throws(Failure) -> String {
+        resolved(try artifact(cached: "\(cacheDir)/agent-initramfs/agent-initramfs.cpio", script: "rootfs/build-agent-initramfs.sh",
+                              what: "agent initramfs"))
+    }
+
     /// The root filesystem for `kiln run --image`: nil or "default" is Kiln's own image
     /// (built on first use); a name is looked up in the cache; anything with a slash is a path.
     static func image(named name: String?) throws(Failure) -> String {
