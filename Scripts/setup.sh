@@ -39,7 +39,7 @@ build() {
 
 # Tools the tests use on the host side (ext4 images, unpacking the initramfs).
 need=()
-for p in e2fsprogs cpio; do
+for p in e2fsprogs cpio busybox-static; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then
@@ -53,6 +53,8 @@ log "initramfs"
 rootfs/build-initramfs.sh >/dev/null
 log "sandbox image (ext4 with busybox and the release kiln-agent)"
 rootfs/build-image.sh >/dev/null
+log "agent disk (the release kiln-agent that boots every image, docs/images.md)"
+rootfs/build-agent-disk.sh >/dev/null
 
 if [[ ${1:-} == --debug ]]; then
     log "building kiln (debug) and its tests"

@@ -60,11 +60,11 @@ public final class Sandbox: Sendable {
         public var lifetime: Lifetime = .tiedToProcess
         /// The VMM's seccomp filters (`.kill`; the others are for debugging).
         public var seccomp: SeccompMode = .kill
-        /// Kiln's agent initramfs (rootfs/build-agent-initramfs.sh). Set, the guest's PID 1 is the
-        /// agent from it, which mounts the image read-write as the root: any ext4 image boots,
-        /// with no Kiln file in it (docs/images.md, "Booting an image"). Nil, the image's own
-        /// /sbin/kiln-agent is the kernel's init (Kiln's images).
-        public var agentInitramfs: String?
+        /// Kiln's agent disk (rootfs/build-agent-disk.sh). Set, the guest boots from it (read-only,
+        /// /dev/vdb) and its agent, as PID 1, mounts the image (/dev/vda, read-write over the
+        /// private write layer) and pivots into it: any ext4 image boots, with no Kiln file in it
+        /// (docs/images.md, "Booting an image"). Nil, the image's own /sbin/kiln-agent is init.
+        public var agentDisk: String?
 
         public init(kernelPath: String, imagePath: String) {
             self.kernelPath = kernelPath
@@ -77,11 +77,11 @@ public final class Sandbox: Sendable {
     public static let baseCmdline = "console=ttyS0 reboot=k panic=-1 quiet"
     /// The image's own agent is init.
     public static let imageInitCmdline = "root=/dev/vda rw rootfstype=ext4 init=/sbin/kiln-agent"
-    /// The initramfs's agent is init and enters the image (Sources/Agent/ImageRoot.swift).
-    public static let agentInitramfsCmdline = "kiln.root=/dev/vda kiln.rootfstype=ext4"
+    /// The agent disk's agent is init and enters the image (Sources/Agent/ImageRoot.swift).
+    public static let agentDiskCmdline = "root=/dev/vdb ro rootfstype=ext4 init=/sbin/kiln-agent kiln.root=/dev/vda kiln.rootfstype=ext4"
 
     static func cmdline(_ config: Configuration) -> String {
-        ([baseCmdline, config.agentInitramfs == nil ? imageInitCmdline : agentInitramfsCmdline] + config.kernelArguments)
+        ([baseCmdline, config.agentDisk == nil ? imageInitCmdline : agentDiskCmdline] + config.kernelArguments)
             .joined(separator: " ")
     }
 
@@ -110,22 +110,24 @@ public final class Sandbox: Sendable {
         }
         try checkLifetime(config.lifetime, config.isolation)
         let (directory, console) = try prepare(config.runtimeDirectory, lifetime: config.lifetime)
-        if let initrd = config.agentInitramfs, access(initrd, R_OK) != 0 {
+        if let disk = config.agentDisk, access(disk, R_OK) != 0 {
             cleanUp(directory, console)
-            throw .setup("cannot read the agent initramfs \(initrd): \(String(cString: strerror(errno)))")
+            throw .setup("cannot read the agent disk \(disk): \(String(cString: strerror(errno)))")
         }
         let vsockPath = directory + "/vsock.sock"
-        var machineConfig = MachineConfig(kernelPath: config.kernelPath, initrdPath: config.agentInitramfs, cmdline: cmdline(config),
+        var machineConfig = MachineConfig(kernelPath: config.kernelPath, initrdPath: nil, cmdline: cmdline(config),
                                           cpus: config.cpus, memoryMiB: config.memoryMiB, hostProfile: config.hostProfile,
                                           consoleInput: nil, consoleOutput: console)
+        // The image is vda whatever boots it, so that kiln.root names the same disk on both paths.
         machineConfig.disks = [MachineConfig.Disk(path: config.imagePath, overlay: true)]
+        if let disk = config.agentDisk { machineConfig.disks.append(MachineConfig.Disk(path: disk, readOnly: true)) }
         machineConfig.vsock = MachineConfig.Vsock(path: vsockPath)
         machineConfig.seccomp = config.seccomp
         let host: any VMHost
         do throws(SandboxError) {
             if config.isolation.jails {
                 let launch = VMMLaunch(machine: .boot(machineConfig.launch), seccomp: config.seccomp.rawValue, headless: true)
-                host = try JailedVM(launch, cpus: config.cpus, memoryMiB: config.memoryMiB, largestDisk: fileSize(config.imagePath),
+                host = try JailedVM(launch, cpus: config.cpus, memoryMiB: config.memoryMiB, largestDisk: machineConfig.disks.map { fileSize($0.path) }.max() ?? 0,
                                     directory: directory, console: console, lifetime: config.lifetime)
             } else {
                 let machine: Machine

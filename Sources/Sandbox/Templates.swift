@@ -34,7 +34,7 @@ public enum Templates {
             return "\(real):\(st.st_size):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
         }
         let key = ["kernel=" + identity(config.kernelPath), "image=" + identity(config.imagePath),
-                   "initrd=" + (config.agentInitramfs.map(identity) ?? ""),
+                   "agent=" + (config.agentDisk.map(identity) ?? ""),
                    "memory=\(config.memoryMiB)", "cpus=\(config.cpus)", "profile=\(config.hostProfile.rawValue)",
                    "args=" + config.kernelArguments.joined(separator: " "), "kiln=\(kilnVersion)"].joined(separator: "\n")
         // FNV-1a, 64 bits: a cache name, not a security boundary.

@@ -23,11 +23,10 @@ enum DefaultImages {
         try artifact(cached: "\(cacheDir)/initramfs/initramfs.cpio", script: "rootfs/build-initramfs.sh", what: "initramfs")
     }
 
-    /// The initramfs whose agent boots any image (rootfs/build-agent-initramfs.sh), resolved: a
-    /// rebuild moves the cache link, and the automatic template is keyed by the file.
-    static func agentInitramfs() throws(Failure) -> String {
-        resolved(try artifact(cached: "\(cacheDir)/agent-initramfs/agent-initramfs.cpio", script: "rootfs/build-agent-initramfs.sh",
-                              what: "agent initramfs"))
+    /// The disk whose agent boots any image (rootfs/build-agent-disk.sh), resolved: a rebuild
+    /// moves the cache link, and a template must keep naming the file it was made from.
+    static func agentDisk() throws(Failure) -> String {
+        resolved(try artifact(cached: "\(cacheDir)/agent-disk/agent.ext4", script: "rootfs/build-agent-disk.sh", what: "agent disk"))
     }
 
     /// The root filesystem for `kiln run --image`: nil or "default" is Kiln's own image

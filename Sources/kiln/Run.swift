@@ -38,7 +38,7 @@ let runUsage = """
     Ctrl-C (SIGINT), SIGTERM and SIGHUP are forwarded to the command.
     """
 // Internal options (for `kiln run --image REGISTRY/REF`, docs/images.md "Booting an image"):
-//   --root-disk PATH     boot any ext4 root disk through Kiln's agent initramfs (no Kiln file in it)
+//   --root-disk PATH     boot any ext4 root disk through Kiln's agent disk (no Kiln file in it)
 //   --image-config FILE  an OCI image configuration (or a bare run config) applied to the command:
 //                        Entrypoint + Cmd without a COMMAND, Env before -e, WorkingDir unless -w,
 //                        User unless -u
@@ -133,17 +133,17 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     guard options.command.allSatisfy({ !$0.utf8.contains(0) }) else { fail("the command contains a NUL byte", code: 2) }
     if options.rootDisk != nil && options.image != nil { fail("--root-disk and --image name two root filesystems: give one", code: 2) }
 
-    let kernel: String, image: String, agentInitramfs: String?
+    // Every image boots through the agent disk, Kiln's own too: one boot path (docs/images.md).
+    let kernel: String, image: String, agentDisk: String
     let command: ImageCommand
     do {
         kernel = try options.kernel ?? DefaultImages.kernel()
+        agentDisk = try DefaultImages.agentDisk()
         if let disk = options.rootDisk {
             guard access(disk, R_OK) == 0 else { fail("cannot read root disk \(disk): \(String(cString: strerror(errno)))") }
             image = disk
-            agentInitramfs = try DefaultImages.agentInitramfs()
         } else {
             image = try DefaultImages.image(named: options.image)
-            agentInitramfs = nil
         }
         command = try ImageCommand(config: imageRunConfig(options), command: options.command, environment: commandEnvironment(options),
                                    workingDirectory: options.workdir, user: options.user)
@@ -171,7 +171,7 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     }
 
     var config = Sandbox.Configuration(kernelPath: kernel, imagePath: image)
-    config.agentInitramfs = agentInitramfs
+    config.agentDisk = agentDisk
     config.cpus = options.cpus
     config.memoryMiB = options.memory
     config.bootTimeout = options.bootTimeout

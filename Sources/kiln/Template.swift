@@ -33,24 +33,24 @@ func templateCommand(_ args: ArraySlice<String>) async -> Int32 {
         if parsed.string("root-disk") != nil && parsed.string("image") != nil {
             fail("--root-disk and --image name two root filesystems: give one", code: 2)
         }
-        let kernel: String, image: String, agentInitramfs: String?
+        // Every image boots through the agent disk, Kiln's own too: one boot path (docs/images.md).
+        let kernel: String, image: String, agentDisk: String
         var imageConfig: ImageConfiguration.RunConfig?
         do {
             kernel = try parsed.string("kernel") ?? DefaultImages.kernel()
+            agentDisk = try DefaultImages.agentDisk()
             if let disk = parsed.string("root-disk") {
                 guard access(disk, R_OK) == 0 else { fail("cannot read root disk \(disk): \(String(cString: strerror(errno)))") }
                 image = DefaultImages.resolved(disk)
-                agentInitramfs = try DefaultImages.agentInitramfs()
-            } else {
+                } else {
                 image = try DefaultImages.image(named: parsed.string("image"))
-                agentInitramfs = nil
-            }
+                }
             var run = RunOptions()
             run.imageConfig = parsed.string("image-config")
             imageConfig = try imageRunConfig(run)
         } catch let error as DefaultImages.Failure { fail(error.message) } catch { fail("\(error)") }
         var config = Sandbox.Configuration(kernelPath: kernel, imagePath: image)
-        config.agentInitramfs = agentInitramfs
+        config.agentDisk = agentDisk
         config.cpus = cpus
         config.memoryMiB = memory
         config.seccomp = seccompMode(disabled: false)
