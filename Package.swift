@@ -86,6 +86,6 @@ let package = Package(
             "KilnService", "Sandbox", "AgentProtocol",
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
-        .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"], swiftSettings: strict),
+        .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "Sandbox", "Images", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )
