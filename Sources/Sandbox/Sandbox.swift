@@ -127,7 +127,8 @@ public final class Sandbox: Sendable {
         do throws(SandboxError) {
             if config.isolation.jails {
                 let launch = VMMLaunch(machine: .boot(machineConfig.launch), seccomp: config.seccomp.rawValue, headless: true)
-                host = try JailedVM(launch, cpus: config.cpus, memoryMiB: config.memoryMiB, largestDisk: machineConfig.disks.map { fileSize($0.path) }.max() ?? 0,
+                let largestDisk = machineConfig.disks.map { fileSize($0.path) }.max() ?? 0
+                host = try JailedVM(launch, cpus: config.cpus, memoryMiB: config.memoryMiB, largestDisk: largestDisk,
                                     directory: directory, console: console, lifetime: config.lifetime)
             } else {
                 let machine: Machine

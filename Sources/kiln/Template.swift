@@ -35,16 +35,16 @@ func templateCommand(_ args: ArraySlice<String>) async -> Int32 {
         }
         // Every image boots through the agent disk, Kiln's own too: one boot path (docs/images.md).
         let kernel: String, image: String, agentDisk: String
-        var imageConfig: ImageConfiguration.RunConfig?
+        let imageConfig: ImageConfiguration.RunConfig?
         do {
             kernel = try parsed.string("kernel") ?? DefaultImages.kernel()
             agentDisk = try DefaultImages.agentDisk()
             if let disk = parsed.string("root-disk") {
                 guard access(disk, R_OK) == 0 else { fail("cannot read root disk \(disk): \(String(cString: strerror(errno)))") }
                 image = DefaultImages.resolved(disk)
-                } else {
+            } else {
                 image = try DefaultImages.image(named: parsed.string("image"))
-                }
+            }
             var run = RunOptions()
             run.imageConfig = parsed.string("image-config")
             imageConfig = try imageRunConfig(run)

@@ -60,6 +60,18 @@ import Testing
         #expect(sha256Hex(Self.contents(disk)) == before)
     }
 
+    @Test func aDiskThatIsNotAFilesystemEndsTheBootWithTheAgentsReason() throws {
+        let disk = "/tmp/kiln-notfs-\(getpid()).ext4"
+        defer { unlink(disk) }
+        let fd = open(disk, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        #expect(ftruncate(fd, 8 << 20) == 0)
+        close(fd)
+        let r = try kiln(["run", "--no-template", "--root-disk", disk, "--", "/bin/busybox", "true"])
+        #expect(r.status == 1)
+        #expect(r.stderr.hasPrefix("kiln: the sandbox VM stopped before its agent came up"), "\(r.stderr)")
+        #expect(r.stderr.contains("kiln-agent: cannot enter the image's root: mount /dev/vda (ext4) on /kiln-root"), "\(r.stderr)")
+    }
+
     @Test func anImageConfigGivesTheCommandUserEnvironmentAndDirectoryAndFlagsOverrideThem() throws {
         let disk = "/tmp/kiln-imagecfg-\(getpid()).ext4"
         let configFile = "/tmp/kiln-imagecfg-\(getpid()).json"
