@@ -12,6 +12,10 @@ public enum ImageRoot {
         public var type: String
         /// Filesystem-specific mount data (`kiln.rootflags=`), passed to mount(2) as is.
         public var data: String?
+
+        public init(device: String, type: String = "ext4", data: String? = nil) {
+            self.device = device; self.type = type; self.data = data
+        }
     }
 
     /// Where the image is mounted before it becomes the root.
