@@ -41,7 +41,7 @@ let package = Package(
         // bare root filesystem; the debug build stays dynamic so that tests can link against it.
         .executableTarget(name: "kiln-agent", dependencies: ["Agent", "CLinux", "LinuxSys"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
-        .target(name: "Sandbox", dependencies: ["AgentProtocol", "Jailer", "LinuxSys", "Seccomp", "VMM", "VMMProtocol"], swiftSettings: strict),
+        .target(name: "Sandbox", dependencies: ["AgentProtocol", "Images", "Jailer", "LinuxSys", "Seccomp", "VMM", "VMMProtocol"], swiftSettings: strict),
         .target(name: "Seccomp", dependencies: ["CSandbox"], swiftSettings: strict),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp", "VMMProtocol"], swiftSettings: strict),
         // `kiln serve`: the E2B-compatible multi-tenant service (docs/service.md).
@@ -90,6 +90,6 @@ let package = Package(
             "KilnService", "Sandbox", "AgentProtocol",
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
-        .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"], swiftSettings: strict),
+        .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "Sandbox", "Images", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )

@@ -40,7 +40,7 @@ build() {
 # Tools the tests use on the host side (ext4 images, unpacking the initramfs), and zlib/zstd that
 # the Images target links for layers (the zstd tool makes test layers; erofs-utils for root disks).
 need=()
-for p in e2fsprogs cpio zlib1g-dev libzstd-dev zstd erofs-utils; do
+for p in e2fsprogs cpio busybox-static zlib1g-dev libzstd-dev zstd erofs-utils; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then
@@ -54,6 +54,8 @@ log "initramfs"
 rootfs/build-initramfs.sh >/dev/null
 log "sandbox image (ext4 with busybox and the release kiln-agent)"
 rootfs/build-image.sh >/dev/null
+log "agent disk (the release kiln-agent that boots every image, docs/images.md)"
+rootfs/build-agent-disk.sh >/dev/null
 
 if [[ ${1:-} == --debug ]]; then
     log "building kiln (debug) and its tests"

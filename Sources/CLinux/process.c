@@ -139,6 +139,9 @@ int kiln_mount(const char *source, const char *target, const char *type, unsigne
     return mount(source, target, type, flags, data);
 }
 
+int kiln_umount2(const char *target, int flags) { return umount2(target, flags); }
+int kiln_guest_pivot_root(const char *new_root, const char *put_old) { return (int)syscall(SYS_pivot_root, new_root, put_old); }
+
 int kiln_link_up(const char *name) {
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;

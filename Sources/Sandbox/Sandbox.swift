@@ -60,6 +60,11 @@ public final class Sandbox: Sendable {
         public var lifetime: Lifetime = .tiedToProcess
         /// The VMM's seccomp filters (`.kill`; the others are for debugging).
         public var seccomp: SeccompMode = .kill
+        /// Kiln's agent disk (rootfs/build-agent-disk.sh). Set, the guest boots from it (read-only,
+        /// /dev/vdb) and its agent, as PID 1, mounts the image (/dev/vda, read-write over the
+        /// private write layer) and pivots into it: any ext4 image boots, with no Kiln file in it
+        /// (docs/images.md, "Booting an image"). Nil, the image's own /sbin/kiln-agent is init.
+        public var agentDisk: String?
 
         public init(kernelPath: String, imagePath: String) {
             self.kernelPath = kernelPath
@@ -69,7 +74,16 @@ public final class Sandbox: Sendable {
 
     /// The guest port the agent listens on (docs/agent-protocol.md).
     public static let agentPort = 1024
-    public static let baseCmdline = "console=ttyS0 reboot=k panic=-1 quiet root=/dev/vda rw rootfstype=ext4 init=/sbin/kiln-agent"
+    public static let baseCmdline = "console=ttyS0 reboot=k panic=-1 quiet"
+    /// The image's own agent is init.
+    public static let imageInitCmdline = "root=/dev/vda rw rootfstype=ext4 init=/sbin/kiln-agent"
+    /// The agent disk's agent is init and enters the image (Sources/Agent/ImageRoot.swift).
+    public static let agentDiskCmdline = "root=/dev/vdb ro rootfstype=ext4 init=/sbin/kiln-agent kiln.root=/dev/vda kiln.rootfstype=ext4"
+
+    static func cmdline(_ config: Configuration) -> String {
+        ([baseCmdline, config.agentDisk == nil ? imageInitCmdline : agentDiskCmdline] + config.kernelArguments)
+            .joined(separator: " ")
+    }
 
     public let agent: AgentClient
     public let directory: String
@@ -96,19 +110,25 @@ public final class Sandbox: Sendable {
         }
         try checkLifetime(config.lifetime, config.isolation)
         let (directory, console) = try prepare(config.runtimeDirectory, lifetime: config.lifetime)
-        let cmdline = ([baseCmdline] + config.kernelArguments).joined(separator: " ")
+        if let disk = config.agentDisk, access(disk, R_OK) != 0 {
+            cleanUp(directory, console)
+            throw .setup("cannot read the agent disk \(disk): \(String(cString: strerror(errno)))")
+        }
         let vsockPath = directory + "/vsock.sock"
-        var machineConfig = MachineConfig(kernelPath: config.kernelPath, initrdPath: nil, cmdline: cmdline,
+        var machineConfig = MachineConfig(kernelPath: config.kernelPath, initrdPath: nil, cmdline: cmdline(config),
                                           cpus: config.cpus, memoryMiB: config.memoryMiB, hostProfile: config.hostProfile,
                                           consoleInput: nil, consoleOutput: console)
+        // The image is vda whatever boots it, so that kiln.root names the same disk on both paths.
         machineConfig.disks = [MachineConfig.Disk(path: config.imagePath, overlay: true)]
+        if let disk = config.agentDisk { machineConfig.disks.append(MachineConfig.Disk(path: disk, readOnly: true)) }
         machineConfig.vsock = MachineConfig.Vsock(path: vsockPath)
         machineConfig.seccomp = config.seccomp
         let host: any VMHost
         do throws(SandboxError) {
             if config.isolation.jails {
                 let launch = VMMLaunch(machine: .boot(machineConfig.launch), seccomp: config.seccomp.rawValue, headless: true)
-                host = try JailedVM(launch, cpus: config.cpus, memoryMiB: config.memoryMiB, largestDisk: fileSize(config.imagePath),
+                let largestDisk = machineConfig.disks.map { fileSize($0.path) }.max() ?? 0
+                host = try JailedVM(launch, cpus: config.cpus, memoryMiB: config.memoryMiB, largestDisk: largestDisk,
                                     directory: directory, console: console, lifetime: config.lifetime)
             } else {
                 let machine: Machine

@@ -1,5 +1,6 @@
 import AgentProtocol
 import Glibc
+import Images
 import VMM
 
 /// Templates: snapshots of a sandbox taken right after its agent came up, kept in
@@ -33,6 +34,7 @@ public enum Templates {
             return "\(real):\(st.st_size):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
         }
         let key = ["kernel=" + identity(config.kernelPath), "image=" + identity(config.imagePath),
+                   "agent=" + (config.agentDisk.map(identity) ?? ""),
                    "memory=\(config.memoryMiB)", "cpus=\(config.cpus)", "profile=\(config.hostProfile.rawValue)",
                    "args=" + config.kernelArguments.joined(separator: " "), "kiln=\(kilnVersion)"].joined(separator: "\n")
         // FNV-1a, 64 bits: a cache name, not a security boundary.
@@ -44,7 +46,10 @@ public enum Templates {
 
     /// Boots a sandbox, snapshots it as template `name` (replacing an older one atomically) and
     /// returns the still-running sandbox, so the caller can use the boot it paid for.
-    public static func create(_ name: String, config: Sandbox.Configuration) async throws(SandboxError) -> Sandbox {
+    /// `imageConfig`, kept beside the snapshot (`imageConfig(_:)`), is the run config that commands
+    /// started from the template get (ImageCommand).
+    public static func create(_ name: String, config: Sandbox.Configuration,
+                              imageConfig: ImageConfiguration.RunConfig? = nil) async throws(SandboxError) -> Sandbox {
         guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else { throw .setup("invalid template name '\(name)'") }
         Files.makeDirectories(directory)
         let sandbox = try await Sandbox.start(config)
@@ -61,6 +66,7 @@ public enum Templates {
         Files.removeFlatDirectory(staging)
         do {
             try sandbox.snapshot(to: staging)
+            if let imageConfig { try writeImageConfig(imageConfig, to: staging + "/" + imageConfigFile) }
         } catch {
             Files.removeFlatDirectory(staging)
             sandbox.stop()
@@ -77,6 +83,23 @@ public enum Templates {
         }
         Files.removeFlatDirectory(old)
         return sandbox
+    }
+
+    /// The file of a template that holds its image's run config (JSON, a RunConfig object).
+    static let imageConfigFile = "image-config.json"
+
+    /// The run config template `name` was made with (`create(_:config:imageConfig:)`), if any.
+    public static func imageConfig(_ name: String) throws(SandboxError) -> ImageConfiguration.RunConfig? {
+        let file = path(name) + "/" + imageConfigFile
+        guard access(file, F_OK) == 0 else { return nil }
+        guard let bytes = Files.read(file) else { throw .setup("cannot read \(file)") }
+        do { return try ImageConfiguration.RunConfig.decode(json: bytes) } catch { throw .setup("\(file): \(error)") }
+    }
+
+    static func writeImageConfig(_ config: ImageConfiguration.RunConfig, to file: String) throws(SandboxError) {
+        let bytes: [UInt8]
+        do { bytes = try config.json() } catch { throw .setup("cannot encode the image config: \(error)") }
+        guard Files.write(file, bytes) else { throw .setup("cannot write \(file): \(String(cString: strerror(errno)))") }
     }
 
     /// Template names in the cache.

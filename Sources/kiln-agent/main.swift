@@ -3,14 +3,18 @@ import CLinux
 import Glibc
 import LinuxSys
 
-// kiln-agent: the guest's PID 1 (docs/agent-protocol.md). As PID 1 it mounts /proc and friends
-// and listens on vsock port 1024. For tests and benchmarks it also runs on the host:
+// kiln-agent: the guest's PID 1 (docs/agent-protocol.md). As PID 1 it first enters the image
+// named by `kiln.root=` when it was started from Kiln's initramfs (docs/images.md), mounts /proc
+// and friends and listens on vsock port 1024. For tests and benchmarks it also runs on the host:
 //   kiln-agent --listen PATH     serve on a Unix socket (not as init)
 //   kiln-agent --vsock-port N    serve on vsock port N (inside a guest, not as PID 1)
 
 let software = "kiln-agent 0.1"
 let isInit = getpid() == 1
-if isInit { GuestInit.setUp() }
+if isInit {
+    ImageRoot.enterIfRequested()
+    GuestInit.setUp()
+}
 
 // As PID 1, arguments are only readable once /proc is mounted (static Swift binary).
 let args = CommandLine.arguments

@@ -23,6 +23,12 @@ enum DefaultImages {
         try artifact(cached: "\(cacheDir)/initramfs/initramfs.cpio", script: "rootfs/build-initramfs.sh", what: "initramfs")
     }
 
+    /// The disk whose agent boots any image (rootfs/build-agent-disk.sh), resolved: a rebuild
+    /// moves the cache link, and a template must keep naming the file it was made from.
+    static func agentDisk() throws(Failure) -> String {
+        resolved(try artifact(cached: "\(cacheDir)/agent-disk/agent.ext4", script: "rootfs/build-agent-disk.sh", what: "agent disk"))
+    }
+
     /// The root filesystem for `kiln run --image`: nil or "default" is Kiln's own image
     /// (built on first use); a name is looked up in the cache; anything with a slash is a path.
     static func image(named name: String?) throws(Failure) -> String {

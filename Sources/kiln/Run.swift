@@ -1,6 +1,7 @@
 import AgentProtocol
 import CLinux
 import Glibc
+import Images
 import LinuxSys
 import Sandbox
 import Synchronization
@@ -18,7 +19,8 @@ let runUsage = """
       --cpus N               vCPUs (default 1)
       --memory MIB           guest memory in MiB (default 256)
       -e, --env K=V          set an environment variable (repeatable; -e K copies K from here)
-      -w, --workdir DIR      working directory in the guest (default /)
+      -w, --workdir DIR      working directory in the guest (default /, or the image's WorkingDir)
+      -u, --user USER[:GROUP] run as this user of the image's /etc/passwd, or a number (default root)
       -i, --interactive      forward stdin to the command (without it the command's stdin is empty)
       -t, --tty              run the command on a terminal (with -i: an interactive shell, `-it`)
       --timeout SECONDS      kill the command after this long (exit status 124)
@@ -35,6 +37,11 @@ let runUsage = """
 
     Ctrl-C (SIGINT), SIGTERM and SIGHUP are forwarded to the command.
     """
+// Internal options (for `kiln run --image REGISTRY/REF`, docs/images.md "Booting an image"):
+//   --root-disk PATH     boot any ext4 root disk through Kiln's agent disk (no Kiln file in it)
+//   --image-config FILE  an OCI image configuration (or a bare run config) applied to the command:
+//                        Entrypoint + Cmd without a COMMAND, Env before -e, WorkingDir unless -w,
+//                        User unless -u
 
 struct RunOptions {
     var image: String?
@@ -42,7 +49,10 @@ struct RunOptions {
     var cpus = 1
     var memory = 256
     var environment: [String] = []
-    var workdir = ""
+    var workdir: String?
+    var user: String?
+    var rootDisk: String?
+    var imageConfig: String?
     var interactive = false
     var tty = false
     var timeout: Double = 0
@@ -89,6 +99,9 @@ struct RunOptions {
             case "--memory": o.memory = try integer(arg, take(arg))
             case "-e", "--env": o.environment.append(try take(arg))
             case "-w", "--workdir": o.workdir = try take(arg)
+            case "-u", "--user": o.user = try take(arg)
+            case "--root-disk": o.rootDisk = try take(arg)
+            case "--image-config": o.imageConfig = try take(arg)
             case "-i", "--interactive": o.interactive = true
             case "-t", "--tty": o.tty = true
             case "-it", "-ti": o.interactive = true; o.tty = true
@@ -114,13 +127,28 @@ let forwardedSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH]
 func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     let options: RunOptions
     do { options = try RunOptions.parse(args) } catch { fail("\(error.message)\n\(runUsage)", code: 2) }
-    guard !options.command.isEmpty else { fail("kiln run needs a command\n\(runUsage)", code: 2) }
+    guard !options.command.isEmpty || options.imageConfig != nil || options.template != nil else {
+        fail("kiln run needs a command\n\(runUsage)", code: 2)
+    }
     guard options.command.allSatisfy({ !$0.utf8.contains(0) }) else { fail("the command contains a NUL byte", code: 2) }
+    if options.rootDisk != nil && options.image != nil { fail("--root-disk and --image name two root filesystems: give one", code: 2) }
 
-    let kernel: String, image: String
+    // Every image boots through the agent disk, Kiln's own too: one boot path (docs/images.md).
+    let kernel: String, image: String, agentDisk: String
+    let command: ImageCommand
     do {
         kernel = try options.kernel ?? DefaultImages.kernel()
-        image = try DefaultImages.image(named: options.image)
+        agentDisk = try DefaultImages.agentDisk()
+        if let disk = options.rootDisk {
+            guard access(disk, R_OK) == 0 else { fail("cannot read root disk \(disk): \(String(cString: strerror(errno)))") }
+            image = disk
+        } else {
+            image = try DefaultImages.image(named: options.image)
+        }
+        command = try ImageCommand(config: imageRunConfig(options), command: options.command, environment: commandEnvironment(options),
+                                   workingDirectory: options.workdir, user: options.user)
+    } catch let error as ImageCommand.Failure {
+        fail(error.description, code: 2)
     } catch let error as DefaultImages.Failure {
         fail(error.message)
     } catch {
@@ -143,6 +171,7 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     }
 
     var config = Sandbox.Configuration(kernelPath: kernel, imagePath: image)
+    config.agentDisk = agentDisk
     config.cpus = options.cpus
     config.memoryMiB = options.memory
     config.bootTimeout = options.bootTimeout
@@ -176,12 +205,15 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     var size = winsize()
     let window = options.tty ? (ioctl(1, UInt(TIOCGWINSZ), &size) == 0 && size.ws_row > 0
                                 ? WindowSize(rows: size.ws_row, columns: size.ws_col) : WindowSize(rows: 24, columns: 80)) : nil
-    let exec = Exec(argv: options.command, environment: commandEnvironment(options),
-                    workingDirectory: options.workdir, pty: window,
-                    timeoutMillis: UInt32(min(options.timeout * 1000, Double(UInt32.max))))
     let process: RemoteProcess
     do {
+        let exec = try await command.exec(through: sandbox.agent, pty: window,
+                                          timeoutMillis: UInt32(min(options.timeout * 1000, Double(UInt32.max))))
         process = try await sandbox.agent.exec(exec)
+    } catch let error as ImageCommand.Failure {
+        terminal?.restore()
+        sandbox.stop()
+        fail(error.description)
     } catch {
         terminal?.restore()
         sandbox.stop()
@@ -253,9 +285,38 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
     return try await Templates.create(auto, config: config)
 }
 
-/// The command's environment: a sane default, then what the user set.
+/// The run config the command gets: from --image-config, else the one the template was made
+/// with; nil for Kiln's own images.
+func imageRunConfig(_ options: RunOptions) throws -> ImageConfiguration.RunConfig? {
+    if let file = options.imageConfig {
+        guard let bytes = readWholeFile(file) else { throw DefaultImages.Failure(message: "cannot read image config \(file)") }
+        do { return try ImageConfiguration.RunConfig.decode(json: bytes) } catch {
+            throw DefaultImages.Failure(message: "image config \(file) is not an OCI image configuration: \(error)")
+        }
+    }
+    if let name = options.template { return try Templates.imageConfig(name) }
+    return nil
+}
+
+func readWholeFile(_ path: String) -> [UInt8]? {
+    let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { Glibc.close(fd) }
+    var out: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = Glibc.read(fd, &buffer, buffer.count)
+        if n < 0 && errno == EINTR { continue }
+        if n < 0 { return nil }
+        if n == 0 { return out }
+        out += buffer[0..<n]
+    }
+}
+
+/// What the user set for the command's environment (ImageCommand adds PATH and HOME when
+/// neither the image nor the user set them).
 func commandEnvironment(_ options: RunOptions) -> [String] {
-    var env: [(String, String)] = [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOME", "/root")]
+    var env: [(String, String)] = []
     if options.tty { env.append(("TERM", DefaultImages.env("TERM") ?? "xterm")) }
     for item in options.environment {
         let name: String, value: String

@@ -117,12 +117,12 @@ enum ServeTemplates {
         }
         defer { building.withLock { $0 = false } }
         if Templates.usable(name) { return Templates.path(name) }
-        let kernel: String, image: String
+        var config: Sandbox.Configuration
         do {
-            kernel = try DefaultImages.kernel()
-            image = try DefaultImages.image(named: "debian")
+            config = Sandbox.Configuration(kernelPath: try DefaultImages.kernel(), imagePath: try DefaultImages.image(named: "debian"))
+            config.agentDisk = try DefaultImages.agentDisk()
         } catch { throw APIError(500, "cannot build the base template: \(error.message)") }
-        let sandbox = try await Templates.create(name, config: Sandbox.Configuration(kernelPath: kernel, imagePath: image))
+        let sandbox = try await Templates.create(name, config: config)
         sandbox.stop()
         return Templates.path(name)
     }

@@ -1,4 +1,5 @@
 import Glibc
+import Images
 import LinuxSys
 import Sandbox
 import VMM
@@ -24,23 +25,39 @@ func templateCommand(_ args: ArraySlice<String>) async -> Int32 {
         let parsed: Arguments
         let cpus: Int, memory: Int
         do {
-            parsed = try Arguments(options, options: ["image", "kernel", "memory", "cpus", "boot-timeout"], flags: [])
+            // --root-disk and --image-config are internal, as for kiln run (Run.swift).
+            parsed = try Arguments(options, options: ["image", "kernel", "memory", "cpus", "boot-timeout", "root-disk", "image-config"], flags: [])
             cpus = try parsed.int("cpus", default: 1)
             memory = try parsed.int("memory", default: 256)
         } catch { fail("\(error.message)\n\(templateUsage)", code: 2) }
-        let kernel: String, image: String
+        if parsed.string("root-disk") != nil && parsed.string("image") != nil {
+            fail("--root-disk and --image name two root filesystems: give one", code: 2)
+        }
+        // Every image boots through the agent disk, Kiln's own too: one boot path (docs/images.md).
+        let kernel: String, image: String, agentDisk: String
+        let imageConfig: ImageConfiguration.RunConfig?
         do {
             kernel = try parsed.string("kernel") ?? DefaultImages.kernel()
-            image = try DefaultImages.image(named: parsed.string("image"))
+            agentDisk = try DefaultImages.agentDisk()
+            if let disk = parsed.string("root-disk") {
+                guard access(disk, R_OK) == 0 else { fail("cannot read root disk \(disk): \(String(cString: strerror(errno)))") }
+                image = DefaultImages.resolved(disk)
+            } else {
+                image = try DefaultImages.image(named: parsed.string("image"))
+            }
+            var run = RunOptions()
+            run.imageConfig = parsed.string("image-config")
+            imageConfig = try imageRunConfig(run)
         } catch let error as DefaultImages.Failure { fail(error.message) } catch { fail("\(error)") }
         var config = Sandbox.Configuration(kernelPath: kernel, imagePath: image)
+        config.agentDisk = agentDisk
         config.cpus = cpus
         config.memoryMiB = memory
         config.seccomp = seccompMode(disabled: false)
         let templateName = name ?? Templates.autoName(for: config)
         writeRaw(2, "kiln: booting a sandbox for template \(templateName)...\n")
         do {
-            let sandbox = try await Templates.create(templateName, config: config)
+            let sandbox = try await Templates.create(templateName, config: config, imageConfig: imageConfig)
             sandbox.stop()
         } catch { fail("\(error)") }
         writeRaw(1, Templates.path(templateName) + "\n")

@@ -45,6 +45,9 @@ int kiln_signalfd(const int *signals, int count);
 int kiln_signalfd_read(int fd);
 
 int kiln_mount(const char *source, const char *target, const char *type, unsigned long flags, const char *data);
+int kiln_umount2(const char *target, int flags);
+// pivot_root(2), which glibc does not wrap (CSandbox has its own for the jail; the agent links no CSandbox).
+int kiln_guest_pivot_root(const char *new_root, const char *put_old);
 // Sets the interface's IFF_UP flag (e.g. "lo").
 int kiln_link_up(const char *name);
 // Mixes `count` bytes into the kernel's entropy pool, credited (RNDADDENTROPY), and reseeds
