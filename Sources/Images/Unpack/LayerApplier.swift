@@ -247,6 +247,9 @@ public final class LayerApplier {
 
     // MARK: Removal
 
+    /// Removes `name` directly under the root, with everything below it.
+    func remove(_ name: [UInt8]) throws(UnpackError) { try removeTree(root.raw, name) }
+
     private func removeExisting(_ dir: Int32, _ name: [UInt8]) throws(UnpackError) {
         var st = stat()
         guard At.stat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return }
