@@ -71,12 +71,13 @@ import Testing
         let f = try Fixture()
         try f.apply([
             [.file("a/x", "x"), .file("a/y", "y"), .file("b/z"), .file("c/keep"), .file("d/old"), .dir("d/sub/"), .file("d/sub/old"),
-             .file("e/file")],
+             .file("e/file"), .file("g/old")],
             // The same layer's own entries survive its whiteouts, whatever their order.
             [.file("d/new", "new"), .file("d/sub/new"), .file("a/.wh.x"), .file(".wh.b"), .file("d/.wh..wh..opq"),
-             .file("c/.wh.not-there"), .file("e/.wh.file"), .file("e/file", "again"), .file("f/.wh.nothing")],
+             .file("c/.wh.not-there"), .file("e/.wh.file"), .file("e/file", "again"), .file("f/.wh.nothing"),
+             .file("g/new"), .file(".wh.g")],
         ])
-        #expect(tree(f.root) == ["a", "a/y", "c", "c/keep", "d", "d/new", "d/sub", "d/sub/new", "e", "e/file"])
+        #expect(tree(f.root) == ["a", "a/y", "c", "c/keep", "d", "d/new", "d/sub", "d/sub/new", "e", "e/file", "g", "g/new"])
         #expect(contents(f.root + "/d/new") == "new" && contents(f.root + "/e/file") == "again")
     }
 

@@ -186,7 +186,12 @@ public final class LayerApplier {
             return
         }
         guard !name.isEmpty, name != Array(".".utf8), name != Array("..".utf8) else { throw fail(.unsafePath) }
-        if madeByLayer.contains(Self.joined(parents + [name])) { return }
+        if madeByLayer.contains(Self.joined(parents + [name])) {
+            // This layer remade NAME before whiting it out: the lower NAME goes, its own entries stay.
+            let fd = At.open(parent.raw, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0)
+            if fd >= 0 { let owned = FileDescriptor(owning: fd); try makeOpaque(owned.raw, path: Array(parents) + [name]) }
+            return
+        }
         try removeTree(parent.raw, name)
     }
 
