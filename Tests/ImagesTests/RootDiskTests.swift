@@ -88,4 +88,11 @@ import Testing
             #expect(throws: RootDiskError.self) { try RootDisk.build(layers: [], cacheRoot: "/tmp", key: key) }
         }
     }
+
+    @Test func layerSourcesFromManifestDescriptors() {
+        let zstd = LayerSource(Descriptor(mediaType: MediaType.ociLayerZstd, digest: "sha256:aa", size: 1), path: "/blobs/aa")
+        #expect(zstd == LayerSource(path: "/blobs/aa", compression: .zstd, digest: "sha256:aa"))
+        #expect(LayerSource(Descriptor(mediaType: MediaType.dockerLayerGzip, digest: "sha256:bb", size: 1), path: "/b")?.compression == .gzip)
+        #expect(LayerSource(Descriptor(mediaType: MediaType.ociConfig, digest: "sha256:cc", size: 1), path: "/c") == nil)
+    }
 }

@@ -10,6 +10,12 @@ public struct LayerSource: Sendable, Equatable {
     public init(path: String, compression: LayerCompression, digest: String) {
         self.path = path; self.compression = compression; self.digest = digest
     }
+
+    /// A manifest's layer stored at `path`; nil for a media type that is not a layer Kiln unpacks.
+    public init?(_ descriptor: Descriptor, path: String) {
+        guard let compression = LayerCompression(mediaType: descriptor.mediaType) else { return nil }
+        self.init(path: path, compression: compression, digest: descriptor.digest)
+    }
 }
 
 /// Bounds on what a layer may make the host write. A layer is untrusted input: a few kilobytes of
