@@ -1,3 +1,4 @@
+import FoundationEssentials
 import Glibc
 import LinuxSys
 
@@ -72,7 +73,12 @@ public enum RootDisk {
         _ = try sys("flock") { flock(lock, LOCK_EX) }
         if access(final, F_OK) == 0 { return final }
 
-        var template = Array((cacheRoot + "/.build-XXXXXX").utf8CString)
+        // Holding the key's lock, any build directory of this key is a crashed builder's: removed.
+        let prefix = ".build-" + String(final.split(separator: "/").last!) + "-"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: cacheRoot)) ?? [] where name.hasPrefix(prefix) {
+            try? removeTree(cacheRoot + "/" + name)
+        }
+        var template = Array((cacheRoot + "/" + prefix + "XXXXXX").utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw .filesystem(.current("mkdtemp in \(cacheRoot)"))
         }

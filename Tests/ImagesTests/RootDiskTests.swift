@@ -25,7 +25,12 @@ import Testing
         let s = Scratch()
         let layers = [try s.layer("lower", Self.lower, compression: .gzip), try s.layer("upper", Self.upper, compression: .zstd)]
         let cache = s.file("cache")
+        // A crashed builder's directory, with a link out of it that removal must not follow.
+        try FileManager.default.createDirectory(atPath: cache + "/.build-sha256-0123abcd.ext4-Zq9xYw/rootfs", withIntermediateDirectories: true)
+        s.write("keep", Array("keep".utf8))
+        try FileManager.default.createSymbolicLink(atPath: cache + "/.build-sha256-0123abcd.ext4-Zq9xYw/rootfs/out", withDestinationPath: s.path)
         let disk = try RootDisk.build(layers: layers, cacheRoot: cache, key: "sha256:0123abcd")
+        #expect(contents(s.file("keep")) == "keep")
         #expect(disk == cache + "/sha256-0123abcd.ext4")
 
         #expect(try debugfs(s, disk, "cat /etc/os-release") == "ID=kiln\n")
