@@ -283,7 +283,7 @@ public final class LayerApplier {
             throw fail(.filesystem(.current("opendir")))
         }
         defer { closedir(stream) }
-        rewinddir(stream)
+        rewinddir(stream)  // the duplicate shares its offset with the caller's descriptor
         var names: [[UInt8]] = []
         while let entry = readdir(stream) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in Array(raw.prefix(while: { $0 != 0 })) }
