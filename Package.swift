@@ -52,7 +52,7 @@ let package = Package(
         ], swiftSettings: strict),
         // OCI images: references, the content store, the registry client, layer unpacking, root disks
         // (docs/images.md). Host side only; the VMM and the agent do not link it.
-        .target(name: "Images", dependencies: ["CCompression", "LinuxSys"], swiftSettings: strict),
+        .target(name: "Images", dependencies: ["CCompression", "CLinux", "LinuxSys"], swiftSettings: strict),
         // zlib and zstd for layer decompression (Debian: zlib1g-dev, libzstd-dev).
         .target(name: "CCompression", linkerSettings: [.linkedLibrary("z"), .linkedLibrary("zstd")]),
         .target(name: "Jailer", dependencies: ["CSandbox", "CLinux", "LinuxSys", "VMMProtocol"], swiftSettings: strict),
@@ -83,7 +83,7 @@ let package = Package(
         .testTarget(name: "AgentTests", dependencies: ["Agent", "Sandbox", "AgentProtocol", "KilnTestSupport", "LinuxSys", "kiln-agent"],
                     swiftSettings: strict),
         .testTarget(name: "JailerTests", dependencies: ["Jailer", "VMMProtocol"], swiftSettings: strict),
-        .testTarget(name: "ImagesTests", dependencies: ["Images", "LinuxSys"], swiftSettings: strict),
+        .testTarget(name: "ImagesTests", dependencies: ["Images", "CLinux", "LinuxSys"], swiftSettings: strict),
         .testTarget(name: "VMMProtocolTests", dependencies: ["VMMProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "KilnServiceTests", dependencies: [

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
+#include <sys/xattr.h>
 
 // ioctl with a pointer, integer or no argument (ioctl itself is variadic).
 int kiln_ioctl_ptr(int fd, unsigned long request, void *arg);
