@@ -17,11 +17,15 @@ let package = Package(
         .library(name: "Sandbox", targets: ["Sandbox"]),
         .executable(name: "kiln-agent", targets: ["kiln-agent"]),
         .library(name: "KilnService", targets: ["KilnService"]),
+        .library(name: "Images", targets: ["Images"]),
     ],
     // Only the service (and the CLI that starts it) links these; the VMM and the agent do not.
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // Images: SHA-256 of streamed blobs, and the registry client (HTTPS with the system CA store).
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         .target(name: "CLinux"),
@@ -51,7 +55,10 @@ let package = Package(
         ], swiftSettings: strict),
         // OCI images: references, the content store, the registry client, layer unpacking, root disks
         // (docs/images.md). Host side only; the VMM and the agent do not link it.
-        .target(name: "Images", dependencies: ["LinuxSys"], swiftSettings: strict),
+        .target(name: "Images", dependencies: [
+            "LinuxSys", .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        ], swiftSettings: strict),
         .target(name: "Jailer", dependencies: ["CSandbox", "CLinux", "LinuxSys", "VMMProtocol"], swiftSettings: strict),
         // The jailed VMM process, started by kiln and the Sandbox library. Release builds are fully
         // static: no dynamic loader relocations touching every page of the Swift runtime, which
@@ -61,7 +68,7 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         // The CLI and `kiln serve`; static in release too, so that it runs from anywhere
         // (`kiln run --no-jail` and non-root runs keep the VMM in this process).
-        .executableTarget(name: "kiln", dependencies: ["VMM", "VMMProtocol", "Sandbox", "KilnService", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "Seccomp"], swiftSettings: strict,
+        .executableTarget(name: "kiln", dependencies: ["VMM", "VMMProtocol", "Sandbox", "KilnService", "Images", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "Seccomp"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable", "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims"],
                                                         .when(configuration: .release))]),
         .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"],
@@ -86,6 +93,7 @@ let package = Package(
             "KilnService", "Sandbox", "AgentProtocol",
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        .testTarget(name: "ImagesTests", dependencies: ["Images", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )

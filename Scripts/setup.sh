@@ -37,9 +37,10 @@ build() {
     rm -f "$out"
 }
 
-# Tools the tests use on the host side (ext4 images, unpacking the initramfs).
+# Tools the tests use on the host side (ext4 images, unpacking the initramfs; the image tests'
+# registry, token service, htpasswd, test images and pushes: Tests/images/).
 need=()
-for p in e2fsprogs cpio; do
+for p in e2fsprogs cpio docker-registry umoci skopeo apache2-utils openssl busybox-static python3; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then
