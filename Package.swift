@@ -56,9 +56,11 @@ let package = Package(
         // OCI images: references, the content store, the registry client, layer unpacking, root disks
         // (docs/images.md). Host side only; the VMM and the agent do not link it.
         .target(name: "Images", dependencies: [
-            "LinuxSys", .product(name: "Crypto", package: "swift-crypto"),
+            "CCompression", "LinuxSys", .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
         ], swiftSettings: strict),
+        // zlib and zstd for layer decompression (Debian: zlib1g-dev, libzstd-dev).
+        .target(name: "CCompression", linkerSettings: [.linkedLibrary("z"), .linkedLibrary("zstd")]),
         .target(name: "Jailer", dependencies: ["CSandbox", "CLinux", "LinuxSys", "VMMProtocol"], swiftSettings: strict),
         // The jailed VMM process, started by kiln and the Sandbox library. Release builds are fully
         // static: no dynamic loader relocations touching every page of the Swift runtime, which
@@ -93,7 +95,7 @@ let package = Package(
             "KilnService", "Sandbox", "AgentProtocol",
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
-        .testTarget(name: "ImagesTests", dependencies: ["Images", "KilnTestSupport"], swiftSettings: strict),
+        .testTarget(name: "ImagesTests", dependencies: ["Images", "KilnTestSupport", "LinuxSys"], swiftSettings: strict),
         .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )

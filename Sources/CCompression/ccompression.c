@@ -1,0 +1,5 @@
+#include "ccompression.h"
+
+int kiln_inflate_init_gzip(z_stream *stream) {
+    return inflateInit2(stream, 15 + 32);
+}
