@@ -37,6 +37,10 @@ public enum ImageImport {
             if let match = index.manifests.first(where: { d in d.annotations?[refNameAnnotation].map { wanted.contains($0) } ?? false }) {
                 return (match, name)
             }
+            // Docker's OCI archives name each image in full.
+            if let match = index.manifests.first(where: { d in
+                d.annotations?[containerdNameAnnotation].flatMap { try? ImageReference(parsing: $0) } == name
+            }) { return (match, name) }
             if index.manifests.count == 1 { return (index.manifests[0], name) }
             throw .noSuchImage(path: path, tag: name.tag ?? name.description, available: tags)
         }
@@ -44,6 +48,7 @@ public enum ImageImport {
             throw .ambiguous(path: path, count: index.manifests.count, available: tags)
         }
         let entry = index.manifests[0]
+        if let full = entry.annotations?[containerdNameAnnotation], let reference = try? ImageReference(parsing: full) { return (entry, reference) }
         let refName = entry.annotations?[refNameAnnotation]
         // A full name ("registry/repo:tag") is used as it is; a bare tag goes under the directory's name.
         if let refName, refName.contains("/"), let reference = try? ImageReference(parsing: refName) { return (entry, reference) }

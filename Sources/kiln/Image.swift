@@ -19,7 +19,8 @@ let imageUsage = """
       --registry-auth FILE   a Docker config.json with credentials (default: $DOCKER_CONFIG/config.json,
                              else ~/.docker/config.json)
       --insecure-registry H  plain HTTP for host H (repeatable); loopback hosts always use it
-    import reads an OCI image layout directory; --name picks its image by tag and names it.
+    import reads an OCI image layout (a directory or a tar) or a `docker save` tar, plain, gzip or zstd;
+    --name picks its image by tag and names it.
     rm forgets a reference; prune removes the blobs no reference reaches.
     """
 
@@ -36,7 +37,11 @@ func imageCommand(_ args: ArraySlice<String>) async -> Int32 {
         guard positionals.count == 1 else { fail("kiln image import needs one PATH\n\(imageUsage)", code: 2) }
         let name = parsed.string("name").map { parseReference($0) }
         do {
-            let image = try ImageImport.importLayout(directory: positionals[0], name: name, into: store)
+            var st = stat()
+            guard stat(positionals[0], &st) == 0 else { fail("import \(positionals[0]): \(String(cString: strerror(errno)))") }
+            let image = (st.st_mode & S_IFMT) == S_IFDIR
+                ? try ImageImport.importLayout(directory: positionals[0], name: name, into: store)
+                : try ImageImport.importArchive(path: positionals[0], name: name, into: store)
             writeRaw(1, "\(image.reference) \(image.manifestDigest)\n")
         } catch { fail("import \(positionals[0]): \(error)") }
         return 0

@@ -252,6 +252,34 @@ func expectClean(_ store: ContentStore, sourceLocation: SourceLocation = #_sourc
         try expectClean(store)
     }
 
+    @Test func importsArchives() throws {
+        let store = try temporaryStore()
+        let out = String(try TestImages.layout().dropLast("/oci".count))
+        // docker save form (skopeo's docker-archive): Kiln writes the manifest; layers are plain tars.
+        let saved = try ImageImport.importArchive(path: out + "/config-docker.tar", name: nil, into: store)
+        #expect(saved.reference.description == "docker.io/kiln-test/saved:v1")
+        #expect(saved.configuration.config?.Entrypoint == ["/bin/busybox", "echo"])
+        #expect(saved.layers.count == 1 && saved.layers[0].compression == LayerCompression.none)
+        #expect(saved.platform == Platform(architecture: "amd64", os: "linux"))
+
+        // An OCI layout tar (skopeo's oci-archive): the layout's own manifest digest.
+        let layered = try ImageImport.importArchive(path: out + "/layered-oci.tar", name: try ImageReference(parsing: "kiln-test/layered:layered"), into: store)
+        #expect(layered.layers.count == 2)
+        // The whole layout, gzipped: choose by tag as for a directory.
+        let multi = try ImageImport.importArchive(path: out + "/layout.tar.gz", name: try ImageReference(parsing: "kiln-test/multi:multi"), into: store)
+        #expect(multi.manifestDigest == (try layoutDigest("scratch")))
+        try expectClean(store)
+
+        do { _ = try ImageImport.importArchive(path: out + "/layout.tar.gz", name: nil, into: store) } catch {
+            #expect("\(error)".hasPrefix("\(out)/layout.tar.gz holds 5 images ("))
+        }
+        let garbage = out + "/not-a-tar"
+        let fd = open(garbage, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        _ = "this is not a tar archive, not at all; it goes on for a while to fill a block".withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        #expect(throws: ImportError.self) { try ImageImport.importArchive(path: garbage, name: nil, into: store) }
+    }
+
     @Test func importErrors() throws {
         let store = try temporaryStore()
         let layout = try TestImages.layout()

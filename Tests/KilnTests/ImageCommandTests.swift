@@ -67,6 +67,8 @@ import Testing
         #expect(imported.status == 0, "\(imported.stderr)")
         #expect(imported.stdout.hasPrefix("docker.io/kiln-test/layered:layered sha256:"))
         #expect(try kiln(["ls"]).stdout.contains("docker.io/kiln-test/layered:layered"))
+        let archive = String(try TestImages.layout().dropLast("/oci".count)) + "/config-docker.tar"
+        #expect(try kiln(["import", archive]).stdout.hasPrefix("docker.io/kiln-test/saved:v1 sha256:"))
 
         let bad = try kiln(["pull", "Bad Ref"])
         #expect(bad.status == 2 && bad.stderr.split(separator: "\n").count == 1)

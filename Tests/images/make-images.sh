@@ -7,6 +7,9 @@
 #     config          scratch plus Entrypoint, Cmd, Env, WorkingDir (/work), User (1000:1000)
 #     scratch-arm64   scratch's layer with an arm64 configuration (for the index)
 #     multi           an image index: arm64 first, then linux/amd64 (scratch)
+# and archives of them, for import: OUT/config-docker.tar (`docker save` form, by skopeo's
+# docker-archive, tagged kiln-test/saved:v1), OUT/layered-oci.tar (an OCI layout tar, by skopeo's
+# oci-archive) and OUT/layout.tar.gz (the whole layout, tar and gzip).
 # Push one with push.sh beside this script. The layout is rebuilt each run (a few seconds).
 set -euo pipefail
 out=${1:?OUT directory}
@@ -91,5 +94,8 @@ index["manifests"].append({"mediaType": "application/vnd.oci.image.index.v1+json
 with open(os.path.join(layout, "index.json"), "w") as f:
     json.dump(index, f)
 PY
-rm -rf "$out"/bundle-*
+rm -rf "$out"/bundle-* "$out"/*.tar "$out"/*.tar.gz
+skopeo --insecure-policy copy -q "oci:$layout:config" "docker-archive:$out/config-docker.tar:kiln-test/saved:v1"
+skopeo --insecure-policy copy -q "oci:$layout:layered" "oci-archive:$out/layered-oci.tar:layered"
+tar -C "$layout" -czf "$out/layout.tar.gz" .
 echo "$layout"

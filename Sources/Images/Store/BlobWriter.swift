@@ -6,7 +6,8 @@ import LinuxSys
 /// computed; `commit` fsyncs and renames it into blobs/ only when the digest and size match.
 /// Dropped without a commit (an error, a cancelled pull), the temp file is removed.
 public final class BlobWriter {
-    public let digest: String
+    /// The digest the bytes must hash to; nil when the writer names the blob by what it computes.
+    public let digest: String?
     public let expectedSize: Int64?
     public private(set) var written: Int64 = 0
     private let store: ContentStore
@@ -14,14 +15,15 @@ public final class BlobWriter {
     private var fd: Int32
     private var hasher = SHA256()
 
-    init(store: ContentStore, digest: String, size: Int64?) throws(StoreError) {
+    init(store: ContentStore, digest: String?, size: Int64?) throws(StoreError) {
         self.store = store
         self.digest = digest
         self.expectedSize = size
         var attempt = 0
         while true {
             let random = UInt64.random(in: 0...UInt64.max)
-            let path = store.ingestDirectory + "/" + Digest.hex(digest).prefix(16) + "-" + String(random, radix: 16) + ".partial"
+            let stem: String = digest.map { String(Digest.hex($0).prefix(16)) } ?? "new"
+            let path: String = store.ingestDirectory + "/" + stem + "-" + String(random, radix: 16) + ".partial"
             let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
             guard fd >= 0 else {
                 if errno == EEXIST && attempt < 8 { attempt += 1; continue }
@@ -47,7 +49,7 @@ public final class BlobWriter {
         if let expectedSize, written + Int64(bytes.count) > expectedSize {
             let total = written + Int64(bytes.count)
             discard()
-            throw .sizeMismatch(digest: digest, expected: expectedSize, actual: total)
+            throw .sizeMismatch(digest: digest ?? "blob", expected: expectedSize, actual: total)
         }
         hasher.update(bufferPointer: bytes)
         var offset = 0
@@ -73,14 +75,17 @@ public final class BlobWriter {
 
     /// Verifies and publishes the blob; returns its path in the store.
     @discardableResult
-    public func commit() throws(StoreError) -> String {
+    public func commit() throws(StoreError) -> String { try commitNamed().path }
+
+    /// Verifies and publishes the blob; returns its digest and path in the store.
+    public func commitNamed() throws(StoreError) -> (digest: String, path: String) {
         guard fd >= 0 else { throw .io(path: tempPath, Errno(EBADF, call: "commit")) }
         if let expectedSize, written != expectedSize {
             discard()
-            throw .sizeMismatch(digest: digest, expected: expectedSize, actual: written)
+            throw .sizeMismatch(digest: digest ?? "blob", expected: expectedSize, actual: written)
         }
         let actual = "sha256:" + ContentStore.hex(hasher.finalize())
-        guard actual == digest else {
+        if let digest, actual != digest {
             discard()
             throw .digestMismatch(expected: digest, actual: actual)
         }
@@ -89,7 +94,7 @@ public final class BlobWriter {
             discard()
             throw .io(path: store.blobDirectory, e)
         }
-        let destination = store.blobPath(digest)
+        let destination = store.blobPath(actual)
         if rename(tempPath, destination) != 0 {
             let e = Errno.current("rename")
             discard()
@@ -98,7 +103,7 @@ public final class BlobWriter {
         close(fd)
         fd = -1
         ContentStore.syncDirectory(store.blobDirectory)
-        return destination
+        return (actual, destination)
     }
 
     /// Drops what was written.

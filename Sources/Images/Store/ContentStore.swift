@@ -45,6 +45,11 @@ public final class ContentStore: Sendable {
         return try BlobWriter(store: self, digest: digest, size: size)
     }
 
+    /// Starts writing a blob whose digest is not known yet: `commitNamed` names it by its SHA-256.
+    public func ingestNew(size: Int64? = nil) throws(StoreError) -> BlobWriter {
+        try BlobWriter(store: self, digest: nil, size: size)
+    }
+
     /// Stores a small blob held in memory (a manifest, a config) and returns its digest. With
     /// `digest`, the bytes must hash to it.
     @discardableResult
