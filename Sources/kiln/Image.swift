@@ -160,7 +160,16 @@ func table(_ rows: [[String]]) -> String {
 /// `kiln image inspect`: what the image is and what a container of it runs.
 func inspectJSON(_ image: StoredImage) -> String {
     struct Layer: Encodable { var digest: String; var mediaType: String; var size: Int64 }
-    struct Config: Encodable { var Env: [String]?; var Entrypoint: [String]?; var Cmd: [String]?; var WorkingDir: String?; var User: String? }
+    struct Config: Encodable {
+        var Env: [String]?; var Entrypoint: [String]?; var Cmd: [String]?; var WorkingDir: String?; var User: String?
+        enum CodingKeys: CodingKey { case Env, Entrypoint, Cmd, WorkingDir, User }
+        // Every key is present, null when the image does not set it.
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(Env, forKey: .Env); try c.encode(Entrypoint, forKey: .Entrypoint); try c.encode(Cmd, forKey: .Cmd)
+            try c.encode(WorkingDir, forKey: .WorkingDir); try c.encode(User, forKey: .User)
+        }
+    }
     struct Inspect: Encodable {
         var reference: String; var digest: String; var index: String?; var platform: String?
         var configDigest: String; var size: Int64; var layers: [Layer]; var config: Config

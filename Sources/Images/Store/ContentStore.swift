@@ -19,7 +19,11 @@ public final class ContentStore: Sendable {
     /// Opens (creating) the store at `root`, e.g. `<Templates.cacheDirectory>/oci`.
     public init(root: String) throws(StoreError) {
         self.root = root
-        for dir in [root, root + "/blobs", root + "/blobs/sha256", root + "/ingest"] {
+        // Parents too: a fresh host has no cache directory yet.
+        var parents: [String] = []
+        var prefix = root.hasPrefix("/") ? "" : "."
+        for part in root.split(separator: "/").dropLast() { prefix += "/" + part; parents.append(prefix) }
+        for dir in parents + [root, root + "/blobs", root + "/blobs/sha256", root + "/ingest"] {
             if mkdir(dir, 0o755) != 0 && errno != EEXIST { throw .io(path: dir, .current("mkdir")) }
         }
         sweepIngest()
