@@ -101,8 +101,13 @@ func expectClean(_ store: ContentStore, sourceLocation: SourceLocation = #_sourc
     @Test func pullByDigest() async throws {
         let registry = try Registries.plain.get()
         let digest = try layoutDigest("scratch")
-        let image = try await pull("\(registry.address)/scratch@\(digest)", into: try temporaryStore())
+        let store = try temporaryStore()
+        let image = try await pull("\(registry.address)/scratch@\(digest)", into: store)
         #expect(image.manifestDigest == digest)
+        // Pulled by tag, found by digest too.
+        let tagged = try temporaryStore()
+        _ = try await pull("\(registry.address)/scratch", into: tagged)
+        #expect(try tagged.image(for: ImageReference(parsing: "\(registry.address)/scratch@\(digest)"))?.reference.description == "\(registry.address)/scratch@\(digest)")
         let wrong = "sha256:" + String(repeating: "1", count: 64)
         let error = await pullError("\(registry.address)/scratch@\(wrong)", into: try temporaryStore())
         #expect(error.hasPrefix("\(registry.address)/scratch@\(wrong): not found (404)"))

@@ -173,7 +173,13 @@ public final class ContentStore: Sendable {
     /// The image `reference` names, with its manifest, configuration and layer files; nil when
     /// the store has no such reference.
     public func image(for reference: ImageReference) throws(StoreError) -> StoredImage? {
-        guard let record = try readRefs().images.first(where: { $0.reference == reference.description }) else { return nil }
+        let records = try readRefs().images
+        // A digest reference also finds the image pulled by tag from the same repository.
+        let byDigest = { (r: Record) -> Bool in
+            guard let digest = reference.digest, let stored = try? ImageReference(parsing: r.reference) else { return false }
+            return stored.host == reference.host && stored.repository == reference.repository && (r.manifest == digest || r.index == digest)
+        }
+        guard let record = records.first(where: { $0.reference == reference.description }) ?? records.first(where: byDigest) else { return nil }
         let manifest = try decodeManifest(record.manifest)
         let configBytes = try read(manifest.config.digest)
         let configuration: ImageConfiguration
