@@ -37,7 +37,11 @@ public final class TestRegistry: Sendable {
 
     deinit { stop() }
 
-    public func stop() { _ = try? TestImages.run([TestImages.script("registry.sh"), "stop", directory]) }
+    /// Stops the servers and removes the registry's directory.
+    public func stop() {
+        _ = try? TestImages.run([TestImages.script("registry.sh"), "stop", directory])
+        _ = try? TestImages.run(["rm", "-rf", directory])
+    }
 
     /// Pushes `tag` of an OCI layout as NAME:TAG (an index tag with all its images).
     public func push(_ layout: String, tag: String, as name: String, credentials: String? = nil) throws {
@@ -62,6 +66,8 @@ public final class TestRegistry: Sendable {
 /// scratch-arm64, multi; see the script), built once per test process.
 public enum TestImages {
     private static let built = Mutex<String?>(nil)
+    /// One directory per test process for everything the fixtures make; removed at exit.
+    private static let root = Mutex<String?>(nil)
 
     /// The OCI layout directory holding the test images.
     public static func layout() throws -> String {
@@ -81,8 +87,24 @@ public enum TestImages {
         return path + "/Tests/images/" + name
     }
 
+    /// A new directory for a test (stores, registries, images), inside this process's scratch
+    /// directory, which is removed when the process exits.
     public static func temporaryDirectory(_ prefix: String) throws -> String {
-        var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
+        let parent = try root.withLock { (root) throws -> String in
+            if let root { return root }
+            let made = try makeDirectory("/tmp/kiln-images-test-XXXXXX")
+            root = made
+            atexit {
+                guard let dir = TestImages.root.withLock({ $0 }) else { return }
+                _ = try? TestImages.run(["rm", "-rf", "--one-file-system", dir])
+            }
+            return made
+        }
+        return try makeDirectory(parent + "/\(prefix)-XXXXXX")
+    }
+
+    private static func makeDirectory(_ pattern: String) throws -> String {
+        var template = Array(pattern.utf8CString)
         guard let p = mkdtemp(&template) else { throw TestRegistry.Failure(description: "mkdtemp: \(String(cString: strerror(errno)))") }
         return String(cString: p)
     }

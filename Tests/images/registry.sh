@@ -92,8 +92,10 @@ setsid docker-registry serve "$dir/config.yml" </dev/null >"$dir/registry.log" 2
 echo $! > "$dir/registry.pid"
 wait_port "$port" "$(cat "$dir/registry.pid")" "$dir/registry.log"
 if [[ -n $owner ]]; then
-    setsid bash -c 'while kill -0 "$1" 2>/dev/null && [[ -f $2/registry.pid ]]; do sleep 1; done; exec "$3" stop "$2"' \
-        watchdog "$owner" "$dir" "$here/registry.sh" </dev/null >/dev/null 2>&1 &
+    # The pids are the watchdog's own arguments: the directory may be gone by the time it acts.
+    pids=("$(cat "$dir/registry.pid")"); [[ -f $dir/token.pid ]] && pids+=("$(cat "$dir/token.pid")")
+    setsid bash -c 'owner=$1; shift; while kill -0 "$owner" 2>/dev/null && kill -0 "$1" 2>/dev/null; do sleep 1; done; kill -9 "$@" 2>/dev/null' \
+        watchdog "$owner" "${pids[@]}" </dev/null >/dev/null 2>&1 &
 fi
 echo "127.0.0.1:$port" > "$dir/address"
 echo "127.0.0.1:$port"
