@@ -23,6 +23,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // Images: SHA-256 of streamed blobs, and the registry client (HTTPS with the system CA store).
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         .target(name: "CLinux"),
@@ -52,7 +55,10 @@ let package = Package(
         ], swiftSettings: strict),
         // OCI images: references, the content store, the registry client, layer unpacking, root disks
         // (docs/images.md). Host side only; the VMM and the agent do not link it.
-        .target(name: "Images", dependencies: ["CCompression", "CLinux", "LinuxSys"], swiftSettings: strict),
+        .target(name: "Images", dependencies: [
+            "CCompression", "CLinux", "LinuxSys", .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        ], swiftSettings: strict),
         // zlib and zstd for layer decompression (Debian: zlib1g-dev, libzstd-dev).
         .target(name: "CCompression", linkerSettings: [.linkedLibrary("z"), .linkedLibrary("zstd")]),
         .target(name: "Jailer", dependencies: ["CSandbox", "CLinux", "LinuxSys", "VMMProtocol"], swiftSettings: strict),
@@ -64,8 +70,10 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         // The CLI and `kiln serve`; static in release too, so that it runs from anywhere
         // (`kiln run --no-jail` and non-root runs keep the VMM in this process).
-        .executableTarget(name: "kiln", dependencies: ["VMM", "VMMProtocol", "Sandbox", "KilnService", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "Seccomp"], swiftSettings: strict,
-                          linkerSettings: [.unsafeFlags(["-static-executable", "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims"],
+        .executableTarget(name: "kiln", dependencies: ["VMM", "VMMProtocol", "Sandbox", "KilnService", "Images", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "Seccomp"], swiftSettings: strict,
+                          linkerSettings: [.unsafeFlags(["-static-executable", "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims",
+                                                        // async-http-client (Images) imports Foundation, whose static library needs CoreFoundation.
+                                                        "-Xlinker", "-lCoreFoundation", "-Xlinker", "-l_FoundationICU", "-Xlinker", "-lstdc++"],
                                                         .when(configuration: .release))]),
         .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"],
                           path: "Benchmarks/Host", swiftSettings: strict),
@@ -83,13 +91,13 @@ let package = Package(
         .testTarget(name: "AgentTests", dependencies: ["Agent", "Sandbox", "AgentProtocol", "KilnTestSupport", "LinuxSys", "kiln-agent"],
                     swiftSettings: strict),
         .testTarget(name: "JailerTests", dependencies: ["Jailer", "VMMProtocol"], swiftSettings: strict),
-        .testTarget(name: "ImagesTests", dependencies: ["Images", "CLinux", "LinuxSys"], swiftSettings: strict),
         .testTarget(name: "VMMProtocolTests", dependencies: ["VMMProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "KilnServiceTests", dependencies: [
             "KilnService", "Sandbox", "AgentProtocol",
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        .testTarget(name: "ImagesTests", dependencies: ["Images", "KilnTestSupport", "CLinux", "LinuxSys"], swiftSettings: strict),
         .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "Sandbox", "Images", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )

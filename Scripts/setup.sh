@@ -37,10 +37,11 @@ build() {
     rm -f "$out"
 }
 
-# Tools the tests use on the host side (ext4 images, unpacking the initramfs), and zlib/zstd that
-# the Images target links for layers (the zstd tool makes test layers; erofs-utils for root disks).
+# Tools the tests use on the host side (ext4 images, unpacking the initramfs), zlib/zstd that
+# the Images target links for layers (the zstd tool makes test layers; erofs-utils for root disks),
+# and the image tests' registry, token service, htpasswd, test images and pushes (Tests/images/).
 need=()
-for p in e2fsprogs cpio busybox-static zlib1g-dev libzstd-dev zstd erofs-utils; do
+for p in e2fsprogs cpio zlib1g-dev libzstd-dev zstd erofs-utils docker-registry umoci skopeo apache2-utils openssl busybox-static python3; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then

@@ -8,6 +8,7 @@ import VMMProtocol
 let usage = """
     usage: kiln run [options] -- COMMAND [ARG...]   run a command in a new sandbox (kiln run --help)
            kiln template create|list|rm ...               snapshots that kiln run starts from (kiln template --help)
+           kiln image pull|import|ls|inspect|rm|prune ...  OCI images in Kiln's store (kiln image --help)
            kiln boot [options]      boot a kernel with the serial console attached
            kiln restore DIR [options]  continue a snapshot (kiln restore --help)
            kiln serve [options]     the E2B-compatible sandbox service (kiln serve --help)
@@ -129,6 +130,7 @@ let argv = CommandLine.arguments
 switch argv.count > 1 ? argv[1] : "help" {
 case "boot": exit(boot(argv.dropFirst(2)))
 case "template": exit(await templateCommand(argv.dropFirst(2)))
+case "image": exit(await imageCommand(argv.dropFirst(2)))
 case "run":
     if argv.count > 2 && (argv[2] == "--help" || argv[2] == "-h") { writeRaw(1, runUsage + "\n"); exit(0) }
     exit(await runCommand(argv.dropFirst(2)))
