@@ -22,7 +22,9 @@ public struct ImageReference: Sendable, Hashable, CustomStringConvertible {
     public init(parsing text: String) throws(ReferenceError) {
         func bad(_ why: String) -> ReferenceError { ReferenceError(reference: text, reason: why) }
         guard !text.isEmpty else { throw bad("it is empty") }
-        guard text.utf8.count <= 512 else { throw bad("it is longer than 512 bytes") }
+        // Each part is bounded below (host 255, path 255, tag 128), so a canonical form (at most
+        // 712 bytes) is always short enough to parse again.
+        guard text.utf8.count <= 1024 else { throw bad("it is longer than 1024 bytes") }
         guard text.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { throw bad("it holds a space, a control or a non-ASCII character") }
 
         var rest = Substring(text)
@@ -46,7 +48,7 @@ public struct ImageReference: Sendable, Hashable, CustomStringConvertible {
         var host = Self.dockerHub
         if components.count > 1, let first = components.first,
            first == "localhost" || first.contains(".") || first.contains(":") {
-            guard Self.isHost(first) else { throw bad("'\(first)' is not a registry host[:port]") }
+            guard first.utf8.count <= 255, Self.isHost(first) else { throw bad("'\(first)' is not a registry host[:port]") }
             host = first
             components.removeFirst()
         }

@@ -46,6 +46,16 @@ import Testing
         }
     }
 
+    /// FuzzImages found a reference whose canonical form (with ":latest" added) was too long to parse again.
+    @Test func canonicalFormParsesAgain() throws {
+        let longHost = String(repeating: "1.6.", count: 63) + "com"
+        for text in [longHost + "/124.2aa", String(repeating: "a", count: 200) + "/" + String(repeating: "b/", count: 100) + "c", "1.6.1.6.1.0.127.2q.1.0.127.2q.0.q27.2q.0.q27.2aCharact.0.q27.2aCharacte6.1W.xp.6.1.6.1.0.127.2q.1.0.127.2q.0.q27.2q.0.q27.2aCharact.0.q27.2aCharacte6.1W.xpY2U27.2q.0.q27.2aCharact.0.1.0.127.2q.1.0.127.2q.0.q27.22aCharact.0.1.0.127.2q.1.0.127.2q.0.q27.2aCharact.0.q27.2aCharacte6.1W.xpY2U27.2q.0.Y2U27.2q.0.q27.2aCharact.0.1.0.127.2q.1.0.127.2q.0.q27.22aCharact.0.1.0.127.2q.1.0.127.2q.0.q27.2aCharact.0.q27.2aCharacte6.1W.xpY2U27.2q.0.q27.2aCharact.0.1.0.127.2q.1.0.127.2q.0.q27.2aCha1W.6c0aCharacte6.1.0/124.2aa"] {
+            guard let r = try? parse(text) else { continue }
+            #expect(try parse(r.description) == r, "\(text)")
+        }
+        #expect(throws: ReferenceError.self) { try parse(String(repeating: "1.", count: 130) + "x/app") } // a host over 255 bytes
+    }
+
     @Test func separators() {
         for ok in ["a.b", "a_b", "a__b", "a-b", "a---b", "a0"] { #expect(ImageReference.isPathComponent(ok), "\(ok)") }
         for bad in ["a___b", "a.-b", "a.", ".a", "a..b"] { #expect(!ImageReference.isPathComponent(bad), "\(bad)") }
