@@ -34,7 +34,8 @@ public enum BootableImages {
     /// given) and its root disk, built on first use under `diskCache` and reused after.
     public static func prepare(_ reference: ImageReference, store: ContentStore, diskCache: String, pull: PullOptions?,
                                progress: (@Sendable (PullEvent) -> Void)? = nil,
-                               diskOptions: RootDiskOptions = RootDiskOptions()) async throws(BootableImageError) -> BootableImage {
+                               diskOptions: RootDiskOptions = RootDiskOptions(),
+                               willBuildDisk: (@Sendable () -> Void)? = nil) async throws(BootableImageError) -> BootableImage {
         var stored: StoredImage?
         do { stored = try store.image(for: reference) } catch { throw .store(error) }
         if stored == nil {
@@ -57,6 +58,7 @@ public enum BootableImages {
         if let cached = RootDisk.cached(cacheRoot: diskCache, key: key, format: diskOptions.format) {
             disk = cached
         } else {
+            willBuildDisk?()
             do { disk = try RootDisk.build(layers: layers, cacheRoot: diskCache, key: key, options: diskOptions) } catch { throw .disk(reference, error) }
         }
         return BootableImage(image: image, diskPath: disk, runConfig: image.configuration.config ?? ImageConfiguration.RunConfig())

@@ -218,7 +218,7 @@ final class PullDisplay: Sendable {
         }
     }
 
-    func finish() { state.withLock { s in if s.drew { writeRaw(2, "\n") } } }
+    func finish() { state.withLock { s in if s.drew { writeRaw(2, "\n"); s.drew = false } } }
 
     private func draw(_ s: inout State, current: Descriptor, force: Bool, note: String) {
         let now = Self.now()

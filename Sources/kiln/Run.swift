@@ -9,12 +9,20 @@ import VMM
 
 let runUsage = """
     usage: kiln run [options] [--] COMMAND [ARG...]
+           kiln run --image REF [options] [-- COMMAND [ARG...]]
 
     Starts a sandbox, runs COMMAND in it with stdout and stderr streamed to this terminal,
     exits with the command's exit code (128+N when killed by signal N) and removes the sandbox.
 
-      --image NAME|PATH      root filesystem image (default: Kiln's busybox image, built on first
-                             use); NAME is looked up as \\(cache)/images/NAME.ext4
+      --image IMAGE          the root filesystem: `default` (Kiln's busybox image, the default),
+                             `debian`, a NAME.ext4 in \\(cache)/images, a disk file PATH, or an OCI
+                             image REF ([HOST[:PORT]/]NAME[:TAG][@DIGEST]), pulled and made into a
+                             root disk on first use (docs/images.md). With an OCI image and no
+                             COMMAND, its Entrypoint and Cmd run; a COMMAND replaces both; its
+                             Env, WorkingDir and User apply unless -e, -w, -u say otherwise
+      --registry-auth FILE   credentials for pulling (a Docker config.json; default
+                             $DOCKER_CONFIG/config.json, else ~/.docker/config.json)
+      --insecure-registry H  pull from host H over plain HTTP (repeatable; loopback always is)
       --kernel PATH          guest kernel (default: Kiln's own)
       --cpus N               vCPUs (default 1)
       --memory MIB           guest memory in MiB (default 256)
@@ -51,6 +59,7 @@ struct RunOptions {
     var environment: [String] = []
     var workdir: String?
     var user: String?
+    var pull = RootImage.PullSettings()
     var rootDisk: String?
     var imageConfig: String?
     var interactive = false
@@ -100,6 +109,8 @@ struct RunOptions {
             case "-e", "--env": o.environment.append(try take(arg))
             case "-w", "--workdir": o.workdir = try take(arg)
             case "-u", "--user": o.user = try take(arg)
+            case "--registry-auth": o.pull.registryAuth = try take(arg)
+            case "--insecure-registry": o.pull.insecureRegistries.append(try take(arg))
             case "--root-disk": o.rootDisk = try take(arg)
             case "--image-config": o.imageConfig = try take(arg)
             case "-i", "--interactive": o.interactive = true
@@ -127,7 +138,8 @@ let forwardedSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH]
 func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     let options: RunOptions
     do { options = try RunOptions.parse(args) } catch { fail("\(error.message)\n\(runUsage)", code: 2) }
-    guard !options.command.isEmpty || options.imageConfig != nil || options.template != nil else {
+    guard !options.command.isEmpty || options.imageConfig != nil || options.template != nil
+            || options.image.flatMap(RootImage.ociReference) != nil else {
         fail("kiln run needs a command\n\(runUsage)", code: 2)
     }
     guard options.command.allSatisfy({ !$0.utf8.contains(0) }) else { fail("the command contains a NUL byte", code: 2) }
@@ -136,6 +148,7 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     // Every image boots through the agent disk, Kiln's own too: one boot path (docs/images.md).
     let kernel: String, image: String, agentDisk: String
     let command: ImageCommand
+    var ociRunConfig: ImageConfiguration.RunConfig?
     do {
         kernel = try options.kernel ?? DefaultImages.kernel()
         agentDisk = try DefaultImages.agentDisk()
@@ -143,9 +156,11 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
             guard access(disk, R_OK) == 0 else { fail("cannot read root disk \(disk): \(String(cString: strerror(errno)))") }
             image = disk
         } else {
-            image = try DefaultImages.image(named: options.image)
+            let root = try await RootImage.resolve(options.image, pull: options.pull)
+            image = root.disk
+            ociRunConfig = root.runConfig
         }
-        command = try ImageCommand(config: imageRunConfig(options), command: options.command, environment: commandEnvironment(options),
+        command = try ImageCommand(config: ociRunConfig ?? imageRunConfig(options), command: options.command, environment: commandEnvironment(options),
                                    workingDirectory: options.workdir, user: options.user)
     } catch let error as ImageCommand.Failure {
         fail(error.description, code: 2)

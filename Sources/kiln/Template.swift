@@ -5,13 +5,16 @@ import Sandbox
 import VMM
 
 let templateUsage = """
-    usage: kiln template create [NAME] [--image NAME|PATH] [--kernel PATH] [--memory MIB] [--cpus N]
+    usage: kiln template create [NAME] [--image IMAGE] [--kernel PATH] [--memory MIB] [--cpus N]
+                                [--registry-auth FILE] [--insecure-registry HOST]...
            kiln template list
            kiln template rm NAME
 
     A template is a snapshot of a sandbox taken as soon as its agent is up; `kiln run --template
     NAME` restores it instead of booting. Without NAME, create makes the automatic template that
     `kiln run` uses for that image and kernel. Templates live in /var/cache/kiln/templates.
+    IMAGE is as for kiln run: Kiln's image, a disk file or an OCI image reference (pulled on first
+    use); an OCI image's Entrypoint, Cmd, Env, WorkingDir and User go with the template.
     """
 
 func templateCommand(_ args: ArraySlice<String>) async -> Int32 {
@@ -26,7 +29,8 @@ func templateCommand(_ args: ArraySlice<String>) async -> Int32 {
         let cpus: Int, memory: Int
         do {
             // --root-disk and --image-config are internal, as for kiln run (Run.swift).
-            parsed = try Arguments(options, options: ["image", "kernel", "memory", "cpus", "boot-timeout", "root-disk", "image-config"], flags: [])
+            parsed = try Arguments(options, options: ["image", "kernel", "memory", "cpus", "boot-timeout", "root-disk", "image-config",
+                                                     "registry-auth", "insecure-registry"], flags: [])
             cpus = try parsed.int("cpus", default: 1)
             memory = try parsed.int("memory", default: 256)
         } catch { fail("\(error.message)\n\(templateUsage)", code: 2) }
@@ -36,6 +40,7 @@ func templateCommand(_ args: ArraySlice<String>) async -> Int32 {
         // Every image boots through the agent disk, Kiln's own too: one boot path (docs/images.md).
         let kernel: String, image: String, agentDisk: String
         let imageConfig: ImageConfiguration.RunConfig?
+        var root: RootImage?
         do {
             kernel = try parsed.string("kernel") ?? DefaultImages.kernel()
             agentDisk = try DefaultImages.agentDisk()
@@ -43,11 +48,14 @@ func templateCommand(_ args: ArraySlice<String>) async -> Int32 {
                 guard access(disk, R_OK) == 0 else { fail("cannot read root disk \(disk): \(String(cString: strerror(errno)))") }
                 image = DefaultImages.resolved(disk)
             } else {
-                image = try DefaultImages.image(named: parsed.string("image"))
+                var pull = RootImage.PullSettings(registryAuth: parsed.string("registry-auth"))
+                pull.insecureRegistries = parsed.all("insecure-registry")
+                root = try await RootImage.resolve(parsed.string("image"), pull: pull)
+                image = root?.disk ?? ""
             }
             var run = RunOptions()
             run.imageConfig = parsed.string("image-config")
-            imageConfig = try imageRunConfig(run)
+            imageConfig = try root?.runConfig ?? imageRunConfig(run)
         } catch let error as DefaultImages.Failure { fail(error.message) } catch { fail("\(error)") }
         var config = Sandbox.Configuration(kernelPath: kernel, imagePath: image)
         config.agentDisk = agentDisk
