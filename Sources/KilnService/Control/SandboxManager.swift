@@ -335,6 +335,10 @@ public actor SandboxManager {
         guard !e.busy else { throw APIError(409, "sandbox \(e.record.id) is being paused or resumed") }
         e.busy = true
         defer { e.busy = false }
+        // A Pong settles every frame sent before it: with no stream open the session then stands
+        // at a frame boundary (`AgentClient.idleMark`), the snapshot records it, and the resumed
+        // sandbox goes on with the same connection instead of a reconnect and handshake.
+        _ = try? await live.agent.ping()
         do {
             try await blocking.run {
                 try FileIO.makeDirectories(directory)
