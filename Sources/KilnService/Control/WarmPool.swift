@@ -100,9 +100,18 @@ extension SandboxManager {
                 discard(member.sandbox, template, why: member.snapshot == snapshot ? "its VM ended" : "the template changed")
                 continue
             }
+            // Sent, not waited for: the agent handles frames in order, so the tenant's first
+            // request already finds them done (the round trip to an emulated guest is most of
+            // a hand-out's time). A guest that refuses them is reported and then killed.
+            let logger = self.logger, sandbox = member.sandbox
             do {
-                let e = try await member.sandbox.agent.setTimeAndReseed(Random.bytes(64))
-                guard e == 0 else { throw APIError(500, "the guest refused new entropy: errno \(e)") }
+                try sandbox.agent.sendTimeAndReseed(Random.bytes(64)) { result in
+                    guard case .success(0) = result else {
+                        logger.error("sandbox \(id) from the warm pool of \(template) did not take the clock and entropy (\(result)): stopping it")
+                        _ = sandbox.stop()
+                        return
+                    }
+                }
             } catch {
                 discard(member.sandbox, template, why: "it did not take the clock and entropy (\(error))")
                 continue
