@@ -2,7 +2,10 @@
 """`kiln serve` benchmark, with the unmodified E2B Python SDK (e2b==2.63.0) as the client.
 
 Starts its own `kiln serve` on a free loopback port (a fresh state directory, one tenant), then:
-  1. Sandbox.create() latency, --runs times (each sandbox killed afterwards, untimed).
+  1. Sandbox.create() latency, --runs times (each sandbox killed afterwards, untimed), with the
+     warm pools off (--warm 0); then the same against a second `kiln serve` with a warm pool of
+     one for the template (--warm TEMPLATE=1), each create waiting (untimed) for the pool's
+     refill first, so that every timed create is a hand-out; and create + a first command so.
   2. Sandbox.create() then commands.run("true"): the time until a first command has run.
   3. commands.run("true") round trips in one running sandbox (after one warm-up run).
   4. --clients concurrent clients, each create -> commands.run("true") -> kill; per-client
@@ -81,8 +84,9 @@ class ProcStats:
 
 
 class Service:
-    def __init__(self, kiln, workdir, max_sandboxes):
+    def __init__(self, kiln, workdir, max_sandboxes, warm="0"):
         self.kiln = kiln
+        self.warm = warm
         self.workdir = workdir
         self.key = "kiln-bench-" + uuid.uuid4().hex
         tenants = {"tenants": [{"name": "bench", "apiKeys": [self.key], "maxSandboxes": max_sandboxes,
@@ -96,7 +100,7 @@ class Service:
 
     def start(self):
         argv = [self.kiln, "serve", "--listen", f"127.0.0.1:{self.port}", "--tenants",
-                str(self.workdir / "tenants.json"), "--state-dir", str(self.workdir / "state")]
+                str(self.workdir / "tenants.json"), "--state-dir", str(self.workdir / "state"), "--warm", self.warm]
         log_file = open(self.workdir / "serve.log", "a")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.PIPE,
                                      start_new_session=True)
@@ -116,6 +120,23 @@ class Service:
             if self.proc.poll() is not None or time.monotonic() - t0 > TIMEOUT:
                 raise SystemExit(f"kiln serve did not become ready; log: {self.workdir / 'serve.log'}")
         return time.monotonic() - t0
+
+    def metric(self, line):
+        """The value of one sample line of GET /metrics, or None."""
+        import urllib.request
+        req = urllib.request.Request(self.url + "/metrics", headers={"X-API-KEY": self.key})
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
+            for text in r.read().decode().splitlines():
+                if text.startswith(line + " "):
+                    return float(text.rsplit(" ", 1)[1])
+        return None
+
+    def wait_for_pool(self, template, n=1):
+        t0 = time.monotonic()
+        while self.metric(f'kiln_pool_sandboxes{{template="{template}"}}') != n:
+            if time.monotonic() - t0 > TIMEOUT:
+                raise SystemExit(f"the warm pool of {template} did not fill; log: {self.workdir / 'serve.log'}")
+            time.sleep(0.05)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -196,7 +217,7 @@ def main():
                 times.append(t)
                 sbx.kill()
             return times
-        results["latency"].append(summary("Sandbox.create()", phase("create", args.runs, creates)))
+        results["latency"].append(summary("Sandbox.create()", phase("create", args.runs, creates), note="pool off"))
 
         log(f"2. create + commands.run('true') x{args.runs}")
 
@@ -210,7 +231,7 @@ def main():
                 sbx.kill()
             return times
         results["latency"].append(summary("create + commands.run(\"true\")",
-                                          phase("create+run", args.runs, create_and_run)))
+                                          phase("create+run", args.runs, create_and_run), note="pool off"))
 
         log(f"3. commands.run('true') x{args.runs} in one sandbox")
         sbx = create()
@@ -251,6 +272,33 @@ def main():
     finally:
         log("stopping kiln serve")
         svc.stop()
+
+    log(f"1b. Sandbox.create() x{args.runs} from a warm pool (a second kiln serve, --warm {args.template}=1)")
+    pooldir = workdir / "pool"
+    pooldir.mkdir()
+    warm = Service(args.kiln, pooldir, max_sandboxes=4, warm=f"{args.template}=1")
+    warm.port, svc.port = svc.port, None  # the SDK's URL stays the same
+    warm.url, warm.key = svc.url, svc.key
+    (pooldir / "tenants.json").write_text((workdir / "tenants.json").read_text())
+    warm.start()
+    try:
+        def pooled_creates(with_command):
+            times = []
+            for _ in range(args.runs):
+                warm.wait_for_pool(args.template)
+                t0 = time.perf_counter()
+                sbx = create()
+                if with_command:
+                    run_true(sbx)
+                times.append(time.perf_counter() - t0)
+                sbx.kill()
+            return times
+        results["latency"].append(summary("Sandbox.create()", pooled_creates(False), note="from the warm pool"))
+        results["latency"].append(summary("create + commands.run(\"true\")", pooled_creates(True), note="from the warm pool"))
+        hits = warm.metric(f'kiln_pool_creates_total{{template="{args.template}",result="hit"}}')
+        results["pool_hits"] = hits
+    finally:
+        warm.stop()
 
     log(f"6. baselines: kiln run x{args.runs}")
     results["latency"].append(summary("kiln run -- true", kiln_run_baseline(args.kiln, ["--", "true"], args.runs)))

@@ -2,6 +2,7 @@
 #include "clinux.h"
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 int kiln_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 int kiln_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
@@ -24,6 +25,24 @@ int kiln_install_kick_handler(int signo) {
 }
 
 int kiln_sigrtmin(void) { return SIGRTMIN; }
+
+static int kiln_notify_fd = -1;
+static void kiln_notify_handler(int signo) {
+    unsigned char b = (unsigned char)signo;
+    int saved = errno;
+    (void)!write(kiln_notify_fd, &b, 1);
+    errno = saved;
+}
+
+int kiln_notify_on_signal(int signo, int fd) {
+    kiln_notify_fd = fd;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = kiln_notify_handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    return sigaction(signo, &sa, NULL);
+}
 
 #include <sched.h>
 int kiln_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }

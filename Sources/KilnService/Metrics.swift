@@ -9,6 +9,9 @@ public final class Metrics: Sendable {
         var createSum = 0.0
         var errors: [String: Int] = [:]
         var requests: [String: Int] = [:]
+        /// Warm pools: ready sandboxes per template, and creates served from a pool or not.
+        var pooled: [String: Int] = [:]
+        var poolCreates: [String: (hit: Int, miss: Int)] = [:]
     }
     let state = Mutex(State())
     static let bounds: [Double] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
@@ -23,6 +26,20 @@ public final class Metrics: Sendable {
             s.createSum += seconds
             for (i, b) in Metrics.bounds.enumerated() where seconds <= b { s.createBuckets[i] += 1 }
         }
+    }
+
+    func setPooled(_ counts: [String: Int]) { state.withLock { $0.pooled = counts } }
+    func count(poolCreate template: String, hit: Bool) {
+        state.withLock { s in
+            if hit { s.poolCreates[template, default: (0, 0)].hit += 1 } else { s.poolCreates[template, default: (0, 0)].miss += 1 }
+        }
+    }
+
+    /// A Prometheus label value (template ids may hold `"` and `\`).
+    static func label(_ v: String) -> String {
+        var out = ""
+        for c in v { if c == "\\" || c == "\"" { out.append("\\") }; out.append(c) }
+        return out
     }
 
     func count(error kind: String) { state.withLock { $0.errors[kind, default: 0] += 1 } }
@@ -44,6 +61,13 @@ public final class Metrics: Sendable {
             for (k, n) in s.requests.sorted(by: { $0.key < $1.key }) {
                 let parts = k.split(separator: "|")
                 out += "kiln_api_requests_total{route=\"\(parts[0])\",status=\"\(parts[1])\"} \(n)\n"
+            }
+            out += "# HELP kiln_pool_sandboxes Restored sandboxes ready in a template's warm pool (no tenant's).\n# TYPE kiln_pool_sandboxes gauge\n"
+            for (t, n) in s.pooled.sorted(by: { $0.key < $1.key }) { out += "kiln_pool_sandboxes{template=\"\(Metrics.label(t))\"} \(n)\n" }
+            out += "# HELP kiln_pool_creates_total Creates of a pooled template, served from the pool (hit) or restored (miss).\n# TYPE kiln_pool_creates_total counter\n"
+            for (t, n) in s.poolCreates.sorted(by: { $0.key < $1.key }) {
+                out += "kiln_pool_creates_total{template=\"\(Metrics.label(t))\",result=\"hit\"} \(n.hit)\n"
+                out += "kiln_pool_creates_total{template=\"\(Metrics.label(t))\",result=\"miss\"} \(n.miss)\n"
             }
             return out
         }

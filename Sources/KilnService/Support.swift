@@ -81,6 +81,11 @@ enum Random {
         return s
     }
 
+    static func bytes(_ count: Int) -> [UInt8] {
+        var g = SystemRandomNumberGenerator()
+        return (0..<count).map { _ in UInt8.random(in: 0...255, using: &g) }
+    }
+
     /// An id in E2B's style: lowercase letters and digits.
     static func sandboxID() -> String {
         let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")

@@ -52,7 +52,8 @@ public final class AgentClient: Sendable {
         /// Streams of the 1.2 request/reply operations (filesystem, users, process management).
         var requests: [UInt32: RequestState] = [:]
         var watches: [UInt32: WatchState] = [:]
-        var reseeds: [CheckedContinuation<Int32, any Error>] = []
+        /// Waiters for Reseeded answers, in the order the Reseeds were sent.
+        var reseeds: [@Sendable (Result<Int32, any Error>) -> Void] = []
         var nextNonce: UInt64 = 1
         var closed: AgentClientError?
     }
@@ -166,7 +167,7 @@ public final class AgentClient: Sendable {
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int32, any Error>) in
             let ok = state.withLock { s in
                 if let e = s.closed { c.resume(throwing: e); return false }
-                s.reseeds.append(c)
+                s.reseeds.append { c.resume(with: $0) }
                 return true
             }
             if ok { send(Frame(stream: 0, .reseed(entropy))) }
@@ -194,11 +195,26 @@ public final class AgentClient: Sendable {
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int32, any Error>) in
             let ok = state.withLock { s in
                 if let e = s.closed { c.resume(throwing: e); return false }
-                s.reseeds.append(c)
+                s.reseeds.append { c.resume(with: $0) }
                 return true
             }
             if ok { send([AgentClient.hostTimeFrame(), Frame(stream: 0, .reseed(entropy))]) }
         }
+    }
+
+    /// SetTime and Reseed as `setTimeAndReseed`, written before this returns, without waiting for
+    /// the answer: the agent handles frames in order, so everything sent after them finds the
+    /// clock set and the generator reseeded. `answered` gets Reseeded's errno (or the error) later.
+    public func sendTimeAndReseed(_ entropy: [UInt8], answered: @escaping @Sendable (Result<Int32, any Error>) -> Void) throws(AgentClientError) {
+        guard version.minor >= 1 else { throw .connection("the agent speaks protocol \(version), SetTime needs 1.1") }
+        guard (1...512).contains(entropy.count) else { throw .protocolError(.invalidValue(.reseed, field: "byte count")) }
+        let closed: AgentClientError? = state.withLock { s in
+            if let e = s.closed { return e }
+            s.reseeds.append(answered)
+            return nil
+        }
+        if let closed { throw closed }
+        send([AgentClient.hostTimeFrame(), Frame(stream: 0, .reseed(entropy))])
     }
 
     /// Tells the agent to stop every process (SIGTERM, SIGKILL after `graceMillis`), sync and
@@ -547,7 +563,7 @@ public final class AgentClient: Sendable {
             }
             s.requests.removeAll(); s.watches.removeAll()
             for (_, c) in s.pings { resumers.append { c.resume(throwing: error) } }
-            for c in s.reseeds { resumers.append { c.resume(throwing: error) } }
+            for r in s.reseeds { resumers.append { r(.failure(error)) } }
             s.reads.removeAll(); s.writes.removeAll(); s.pings.removeAll(); s.reseeds.removeAll()
         }
         for r in resumers { r() }
@@ -562,7 +578,7 @@ public final class AgentClient: Sendable {
                 sequence.withLock { q in if let n = q.pings.removeValue(forKey: pong.nonce) { q.settled = max(q.settled, n) } }
                 if let c = st.pings.removeValue(forKey: pong.nonce) { resume = { c.resume(returning: pong) } }
             case .reseeded(let e):
-                if !st.reseeds.isEmpty { let c = st.reseeds.removeFirst(); resume = { c.resume(returning: e) } }
+                if !st.reseeds.isEmpty { let r = st.reseeds.removeFirst(); resume = { r(.success(e)) } }
             case .protocolError(let code, let message):
                 let e = AgentClientError.protocolError(.remote(code: code, message: message))
                 st.closed = e

@@ -95,6 +95,15 @@ extension Sandbox {
         }
     }
 
+    /// Kills the detached sandbox in `directory` without reaching its agent (a VM nobody will
+    /// use again, such as a service's pooled sandbox left by a service that died) and removes
+    /// its jail, cgroup, sockets and runtime directory.
+    public static func killDetached(directory: String) {
+        guard let record = try? readRecord(directory) else { _ = reapIfDead(directory); return }
+        if let host = try? JailedVM(adopting: record) { host.stop() }
+        reap(record, directory: directory)
+    }
+
     static func readRecord(_ directory: String) throws(SandboxError) -> VMMRecord {
         guard let bytes = Files.read(directory + "/" + recordName) else {
             throw .notAdoptable(directory: directory, why: "no readable \(recordName) (not a detached sandbox)")

@@ -1,3 +1,4 @@
+import CLinux
 import Glibc
 import Jailer
 import KilnService
@@ -8,7 +9,8 @@ import Seccomp
 import Synchronization
 
 let serveUsage = """
-    usage: kiln serve [--listen HOST:PORT] [--tenants FILE] [--state-dir DIR] [--no-seccomp]
+    usage: kiln serve [--listen HOST:PORT] [--tenants FILE] [--state-dir DIR] [--warm N|TEMPLATE=N]...
+                      [--warm-min-available MiB] [--no-seccomp]
 
     Serves E2B's API (control and in-sandbox) on one listener, default 127.0.0.1:3000, so that
     the e2b SDK drives Kiln sandboxes: E2B_API_URL=http://HOST:PORT E2B_SANDBOX_URL=http://HOST:PORT.
@@ -16,6 +18,11 @@ let serveUsage = """
                         without it one key is generated on first start and printed once
       --state-dir DIR   sandbox records, paused sandboxes and the generated key
                         (default /var/lib/kiln/serve)
+      --warm N          restored sandboxes kept ready per template (default 1; 0: no pools);
+                        a pool fills after its template's first create
+      --warm TEMPLATE=N that many for TEMPLATE, filled at start (repeatable)
+      --warm-min-available MiB
+                        below this MemAvailable the pools stop refilling and empty (default 1024)
       --no-seccomp      as root, do not confine the service to its seccomp policy (debugging
                         only; KILN_SECCOMP=trap|log for gentler debugging)
     Templates are Kiln templates by name (kiln template create NAME); `base`, the SDK's default,
@@ -24,8 +31,20 @@ let serveUsage = """
 
 func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
     let parsed: Arguments
-    do { parsed = try Arguments(args, options: ["listen", "tenants", "state-dir"], flags: ["no-seccomp"]) } catch {
+    do { parsed = try Arguments(args, options: ["listen", "tenants", "state-dir", "warm", "warm-min-available"], flags: ["no-seccomp"]) } catch {
         fail("\(error.message)\n\(serveUsage)", code: 2)
+    }
+    var pool = PoolSettings()
+    for value in parsed.all("warm") {
+        let parts = value.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let n = Int(parts.last ?? ""), (0...64).contains(n), parts.count == 1 || !parts[0].isEmpty else {
+            fail("--warm must be N or TEMPLATE=N with N from 0 to 64, not '\(value)'", code: 2)
+        }
+        if parts.count == 2 { pool.sizes[String(parts[0])] = n } else { pool.defaultSize = n }
+    }
+    if let v = parsed.string("warm-min-available") {
+        guard let mib = Int(v), mib >= 0 else { fail("--warm-min-available must be a number of MiB, not '\(v)'", code: 2) }
+        pool.minAvailableMiB = mib
     }
     let listen = parsed.string("listen") ?? "127.0.0.1:3000"
     guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
@@ -74,12 +93,15 @@ func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
     } catch { fail("\(error)") }
 
     let manager: SandboxManager
+    var settings = SandboxManager.Settings(stateDirectory: stateDir)
+    settings.pool = pool
     do {
-        manager = try SandboxManager(settings: .init(stateDirectory: stateDir), tenants: tenants,
+        manager = try SandboxManager(settings: settings, tenants: tenants,
                                      resolveTemplate: ServeTemplates.resolve, metrics: Metrics(), logger: logger)
     } catch { fail("cannot start the service: \(error)") }
     await manager.recover()
     await manager.startTimeoutSweep()
+    stopPoolsOnSignal(manager)
 
     // What the service would otherwise run programs for (the confined service cannot): the
     // kernel and Debian image of the `base` template, built now if the template is missing.
@@ -88,6 +110,7 @@ func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
         _ = try? DefaultImages.image(named: "debian")
     }
 
+    await manager.startPools()
     let service = Service(manager: manager, tenants: tenants, logger: logger)
     do {
         try await HTTPServer(host: bindHost, port: port, logger: logger).run(handler: service) { address in
@@ -101,6 +124,34 @@ func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
         fail("cannot serve on \(listen): \(error)")
     }
     return 0
+}
+
+/// SIGTERM and SIGINT stop the warm pools' VMs, then the service; the tenants' sandboxes run on
+/// (they are found again by the next start). A plain handler writes to a pipe, since the
+/// service's many threads cannot all block the signals for sigwait.
+func stopPoolsOnSignal(_ manager: SandboxManager) {
+    var fds: [Int32] = [-1, -1]
+    guard kiln_pipe2(&fds, O_CLOEXEC) == 0 else { return }
+    for s in [SIGTERM, SIGINT] { _ = kiln_notify_on_signal(s, fds[1]) }
+    let readEnd = fds[0]
+    _ = try? LinuxSys.Thread.spawn(name: "kiln-stop") {
+        var byte: UInt8 = 0
+        while Glibc.read(readEnd, &byte, 1) != 1 {}
+        let done = Mutex(false)
+        Task {
+            await manager.shutdown()
+            done.withLock { $0 = true }
+        }
+        // A stop that hangs must not keep the service up: a second signal, or 30 s, ends it.
+        var waited = 0
+        while !done.withLock({ $0 }) && waited < 300 {
+            var poll = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
+            if Glibc.poll(&poll, 1, 100) == 1 { break }
+            waited += 1
+        }
+        writeRaw(2, "kiln serve: stopped (signal \(byte)); the sandboxes run on\n")
+        _exit(0)
+    }
 }
 
 /// Templates for the service: Kiln templates by name; `base` is made on first use from the

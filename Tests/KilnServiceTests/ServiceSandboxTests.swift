@@ -38,16 +38,11 @@ import Testing
     }
 
     @Test func aSandboxRunsAProcessThroughEnvdAndTheQuotaHolds() async throws {
-        #expect(access("/dev/kvm", R_OK | W_OK) == 0, "this test needs /dev/kvm (CI has it)")
-        let config = Sandbox.Configuration(kernelPath: Self.kernel, imagePath: Self.image)
-        let template = Templates.autoName(for: config)
-        if !Templates.usable(template) {
-            // Scripts/test.sh makes it before the tests; a bare `swift test` pays one boot here.
-            try await Templates.create(template, config: config).stop()
-        }
+        // Scripts/test.sh makes it before the tests; a bare `swift test` pays one boot here.
+        let template = try await WarmPoolTests.template()
         let server = try await TestServer.start(tenants: [Tenant(name: "solo", apiKeys: [Self.key], maxSandboxes: 1)]) { name in
             guard name == "default" else { throw APIError(404, "template '\(name)' not found") }
-            return Templates.path(template)
+            return template
         }
         do { try await runAndQuota(server) } catch {
             await server.stop()

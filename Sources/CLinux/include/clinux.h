@@ -23,6 +23,9 @@ int kiln_ioctl_int(int fd, unsigned long request, unsigned long arg);
 // calling thread (and so in threads it starts later).
 int kiln_install_kick_handler(int signo);
 int kiln_sigrtmin(void);
+/* Writes the signal's number as one byte to `fd` (a pipe) when `signo` arrives, from a plain
+   handler: for a process whose many threads cannot all block the signal for sigwait. */
+int kiln_notify_on_signal(int signo, int fd);
 
 int kiln_pipe2(int fds[2], int flags);
 

@@ -51,6 +51,8 @@ public actor SandboxManager {
         public var envdVersion = "0.5.7"
         /// Sandboxes' VMMs outlive the service (jailed ones, so as root) and a restart adopts them.
         public var lifetime: Sandbox.Lifetime = geteuid() == 0 ? .detached : .tiedToProcess
+        /// Warm pools: restored sandboxes kept ready per template (WarmPool.swift).
+        public var pool = PoolSettings()
         public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
     }
 
@@ -75,6 +77,9 @@ public actor SandboxManager {
     /// Creates under way per tenant, counted against its quota before their VM exists.
     var pending: [String: (count: Int, memory: Int)] = [:]
     var ttlTask: Task<Void, Never>?
+    /// Warm pools by template id, and whether the service is stopping (no refills then).
+    var pools: [String: WarmPool] = [:]
+    var stopping = false
 
     public init(settings: Settings, tenants: Tenants, resolveTemplate: @escaping TemplateResolver, metrics: Metrics, logger: Logger) throws {
         self.settings = settings
@@ -118,6 +123,15 @@ public actor SandboxManager {
                 }
             }
         }
+        // A detached VM no record names is a warm pool's (pooled sandboxes have no record) left
+        // by a service that was killed: nobody will use it.
+        if settings.lifetime == .detached {
+            let known = Set(entries.values.compactMap(\.record.runtimeDirectory))
+            for directory in Sandbox.detachedSandboxes(in: vmsDirectory) where !known.contains(directory) {
+                logger.info("stopping the VM in \(directory): no sandbox record names it (a warm pool's)")
+                _ = try? await blocking.run { Sandbox.killDetached(directory: directory) }
+            }
+        }
         updateGauges()
     }
 
@@ -140,6 +154,7 @@ public actor SandboxManager {
             while !Task.isCancelled {
                 try? await Task.sleep(nanoseconds: 500_000_000)
                 await self?.sweepExpired()
+                await self?.maintainPools()
             }
         }
     }
@@ -177,20 +192,23 @@ public actor SandboxManager {
         // A tenant at its sandbox limit is refused before its template is looked up (or built: `base` boots a VM).
         try checkCount(tenant)
         let template: String
+        var pooled = false
         do {
             if let saved = savedSnapshot(tenant: tenant, request.templateID) { template = saved.directory } else {
                 template = try await resolveTemplate(request.templateID)
+                pooled = true
             }
         } catch let e as APIError { throw e } catch {
             throw APIError(500, "template '\(request.templateID)' cannot be used: \(error)")
         }
-        return try await startRecord(tenant: tenant, request, snapshot: template, started: started)
+        return try await startRecord(tenant: tenant, request, snapshot: template, started: started, pooled: pooled)
     }
 
     /// Starts a sandbox from a snapshot directory (a template, a saved snapshot, a fork's) and
-    /// records it; the tenant's quota is checked with the snapshot's memory size.
+    /// records it; the tenant's quota is checked with the snapshot's memory size. `pooled`: a
+    /// template's snapshot, whose warm pool may have a sandbox ready.
     func startRecord(tenant: Tenant, _ request: NewSandboxRequest, snapshot template: String,
-                     started: Double = Timestamps.now()) async throws(APIError) -> SandboxRecord {
+                     started: Double = Timestamps.now(), pooled: Bool = false) async throws(APIError) -> SandboxRecord {
         let timeout = request.timeout ?? settings.defaultTimeout
         let info: SnapshotInfo
         do { info = try SnapshotInfo.read(directory: template) } catch {
@@ -203,7 +221,11 @@ public actor SandboxManager {
         let id = Random.sandboxID()
         let live: ServiceSandbox
         do {
-            live = try await start(id: id, snapshot: template, envVars: request.envVars ?? [:])
+            if pooled, let ready = await handOutPooled(request.templateID, snapshot: template, id: id, envVars: request.envVars ?? [:]) {
+                live = ready
+            } else {
+                live = try await start(id: id, snapshot: template, envVars: request.envVars ?? [:])
+            }
         } catch {
             metrics.count(error: "create")
             throw error
@@ -313,6 +335,10 @@ public actor SandboxManager {
         guard !e.busy else { throw APIError(409, "sandbox \(e.record.id) is being paused or resumed") }
         e.busy = true
         defer { e.busy = false }
+        // A Pong settles every frame sent before it: with no stream open the session then stands
+        // at a frame boundary (`AgentClient.idleMark`), the snapshot records it, and the resumed
+        // sandbox goes on with the same connection instead of a reconnect and handshake.
+        _ = try? await live.agent.ping()
         do {
             try await blocking.run {
                 try FileIO.makeDirectories(directory)
@@ -410,8 +436,10 @@ public actor SandboxManager {
         return live
     }
 
-    public func shutdown() {
+    /// Stops the timeout sweep and the warm pools (their VMs end); the tenants' sandboxes run on.
+    public func shutdown() async {
         ttlTask?.cancel()
+        await stopPools()
     }
 
     // MARK: Internals

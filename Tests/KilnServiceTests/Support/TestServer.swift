@@ -18,20 +18,30 @@ final class TestServer: Sendable {
     /// Templates the unit tests know: none. A real resolver answers an unknown name with 404.
     static let noTemplates: SandboxManager.TemplateResolver = { name in throw APIError(404, "template '\(name)' not found") }
 
+    /// The unit tests' default: no warm pools (a test that wants one says so).
+    static let noPools: PoolSettings = {
+        var p = PoolSettings()
+        p.defaultSize = 0
+        return p
+    }()
+
     /// Starts a server; `seed` writes sandbox records into the state directory before the manager
     /// recovers them (paused ones need no VM).
     static func start(tenants: [Tenant], resolve: @escaping SandboxManager.TemplateResolver = noTemplates,
-                      seed: [SandboxRecord] = []) async throws -> TestServer {
+                      seed: [SandboxRecord] = [], pool: PoolSettings = TestServer.noPools) async throws -> TestServer {
         let dir = Temp.directory("kiln-svc-state")
         var logger = Logger(label: "kiln.serve.test")
         logger.logLevel = .error
         let t = try Tenants(tenants)
-        let manager = try SandboxManager(settings: .init(stateDirectory: dir), tenants: t, resolveTemplate: resolve,
+        var settings = SandboxManager.Settings(stateDirectory: dir)
+        settings.pool = pool
+        let manager = try SandboxManager(settings: settings, tenants: t, resolveTemplate: resolve,
                                          metrics: Metrics(), logger: logger)
         for record in seed {
             Temp.write(dir + "/sandboxes/\(record.id).json", String(decoding: try JSONEncoder().encode(record), as: UTF8.self))
         }
         await manager.recover()
+        await manager.startPools()
         let service = Service(manager: manager, tenants: t, logger: logger)
         let (ports, continuation) = AsyncStream<Int>.makeStream()
         let task = Task {

@@ -1,0 +1,38 @@
+import Glibc
+@testable import KilnService
+import Testing
+
+/// Pause and resume with a real VM: the pause snapshot records the agent session, so the resumed
+/// sandbox goes on with the guest's kept connection (no reconnect) and runs a command.
+@Suite struct PauseResumeTests {
+    @Test func aResumedSandboxKeepsItsAgentConnectionAndRunsACommand() async throws {
+        let path = try await WarmPoolTests.template()
+        let server = try await TestServer.start(tenants: [Tenant(name: "solo", apiKeys: [WarmPoolTests.key], maxSandboxes: 1)]) { name in
+            guard name == "default" else { throw APIError(404, "template '\(name)' not found") }
+            return path
+        }
+        do { try await pauseAndResume(server) } catch {
+            await server.stop()
+            throw error
+        }
+        await server.stop()
+    }
+
+    func pauseAndResume(_ server: TestServer) async throws {
+        let key = WarmPoolTests.key
+        let create = try await server.request("POST", "/v2/sandboxes", key: key, body: #"{"templateID": "default", "timeout": 120}"#)
+        #expect(create.status == 201, "\(create.text)")
+        let sandbox = try create.json(WarmPoolTests.Created.self)
+        let (before, _) = try await WarmPoolTests.run(server, sandbox, "echo one > /tmp/mark; cat /tmp/mark")
+        #expect(before == "one\n")
+
+        #expect(try await server.request("POST", "/sandboxes/\(sandbox.sandboxID)/pause", key: key).status == 204)
+        let resumed = try await server.request("POST", "/sandboxes/\(sandbox.sandboxID)/connect", key: key, body: #"{"timeout": 120}"#)
+        #expect(resumed.status == 201, "\(resumed.text)")
+        let live = await server.manager.entries[sandbox.sandboxID]?.live
+        #expect(live?.agent.resumedSession == true, "the resumed sandbox made a new agent connection")
+
+        let (after, code) = try await WarmPoolTests.run(server, sandbox, "cat /tmp/mark")
+        #expect(code == 0 && after == "one\n", "\(after)")
+    }
+}
