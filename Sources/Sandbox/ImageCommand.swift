@@ -64,9 +64,10 @@ public struct ImageCommand: Sendable, Equatable {
                     groups: id.groups, pty: pty, timeoutMillis: timeoutMillis)
     }
 
-    struct Identity: Equatable { var uid: UInt32, gid: UInt32, groups: [UInt32], home: String }
+    public struct Identity: Equatable, Sendable { public var uid: UInt32, gid: UInt32, groups: [UInt32], home: String }
 
-    func resolveUser(_ agent: AgentClient) async throws -> Identity {
+    /// Who `user` (the image's User, or -u) is inside the guest: root when nil.
+    public func resolveUser(_ agent: AgentClient) async throws -> Identity {
         guard let user else { return Identity(uid: 0, gid: 0, groups: [], home: "/root") }
         let parts = user.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
         let name = parts[0], group = parts.count > 1 ? parts[1] : nil

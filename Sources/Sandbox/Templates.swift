@@ -90,10 +90,21 @@ public enum Templates {
 
     /// The run config template `name` was made with (`create(_:config:imageConfig:)`), if any.
     public static func imageConfig(_ name: String) throws(SandboxError) -> ImageConfiguration.RunConfig? {
-        let file = path(name) + "/" + imageConfigFile
+        try imageConfig(snapshotDirectory: path(name))
+    }
+
+    /// The run config kept beside the snapshot in `directory` (a template's, or one the service
+    /// copied beside a pause or saved snapshot), if any.
+    public static func imageConfig(snapshotDirectory directory: String) throws(SandboxError) -> ImageConfiguration.RunConfig? {
+        let file = directory + "/" + imageConfigFile
         guard access(file, F_OK) == 0 else { return nil }
         guard let bytes = Files.read(file) else { throw .setup("cannot read \(file)") }
         do { return try ImageConfiguration.RunConfig.decode(json: bytes) } catch { throw .setup("\(file): \(error)") }
+    }
+
+    /// Keeps `config` beside the snapshot in `directory`.
+    public static func writeImageConfig(_ config: ImageConfiguration.RunConfig, snapshotDirectory directory: String) throws(SandboxError) {
+        try writeImageConfig(config, to: directory + "/" + imageConfigFile)
     }
 
     static func writeImageConfig(_ config: ImageConfiguration.RunConfig, to file: String) throws(SandboxError) {

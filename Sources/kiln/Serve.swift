@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import Images
 import Jailer
 import KilnService
 import LinuxSys
@@ -69,6 +70,7 @@ func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
             let off = parsed.flags.contains("no-seccomp")
             if off { writeRaw(2, "kiln serve: WARNING: --no-seccomp: the service runs WITHOUT its seccomp policy (debugging only)\n") }
             filters = try SeccompFilters(mode: off ? .off : seccompMode(disabled: false))
+            ServeTemplates.runsPrograms.withLock { $0 = off }
         } catch { fail("cannot start the service: \(error)") }
     } else {
         filters = nil
@@ -159,8 +161,16 @@ func stopPoolsOnSignal(_ manager: SandboxManager) {
 enum ServeTemplates {
     static let building = Mutex(false)
 
+    /// Whether this process may run programs (mkfs.ext4 for an image's root disk): not once
+    /// confined to the service policy.
+    static let runsPrograms = Mutex(true)
+
     @Sendable static func resolve(_ name: String) async throws -> String {
         if Templates.usable(name) { return Templates.path(name) }
+        // An OCI image reference as a template id: the image's automatic template, as `kiln run --image` makes.
+        if name.contains("/") || name.contains(":"), let reference = RootImage.ociReference(name) {
+            return try await imageTemplate(name, reference)
+        }
         guard name == "base" else { throw APIError(404, "template '\(name)' not found (make it with `kiln template create \(name)`)") }
         while building.withLock({ b in defer { b = true }; return b }) {
             try await Task.sleep(nanoseconds: 200_000_000)
@@ -176,5 +186,41 @@ enum ServeTemplates {
         let sandbox = try await Templates.create(name, config: config)
         sandbox.stop()
         return Templates.path(name)
+    }
+}
+
+extension ServeTemplates {
+    /// The template of OCI image `reference`: found, or made (pulled, its root disk built, booted once).
+    static func imageTemplate(_ name: String, _ reference: ImageReference) async throws -> String {
+        func config(disk: String) throws -> Sandbox.Configuration {
+            var c = Sandbox.Configuration(kernelPath: try DefaultImages.kernel(), imagePath: disk)
+            c.agentDisk = try DefaultImages.agentDisk()
+            return c
+        }
+        let store: ContentStore
+        do { store = try ContentStore(root: Templates.cacheDirectory + "/oci") } catch { throw APIError(500, "image store: \(error)") }
+        if let image = try? store.image(for: reference),
+           let disk = RootDisk.cached(cacheRoot: Templates.cacheDirectory + "/oci/disks", key: image.manifestDigest),
+           let c = try? config(disk: disk), Templates.usable(Templates.autoName(for: c)) {
+            return Templates.path(Templates.autoName(for: c))
+        }
+        guard runsPrograms.withLock({ $0 }) || (try? store.image(for: reference)).flatMap({ $0 }).map({
+            RootDisk.cached(cacheRoot: Templates.cacheDirectory + "/oci/disks", key: $0.manifestDigest) != nil }) == true else {
+            throw APIError(400, "image \(reference) has no root disk here yet, and the confined service runs no mkfs: "
+                               + "make it with `kiln template create --image \(name)`")
+        }
+        while building.withLock({ b in defer { b = true }; return b }) { try await Task.sleep(nanoseconds: 200_000_000) }
+        defer { building.withLock { $0 = false } }
+        let root: RootImage
+        do { root = try await RootImage.resolve(name, pull: RootImage.PullSettings()) } catch let e as DefaultImages.Failure {
+            throw APIError(400, "template '\(name)': \(e.message)")
+        }
+        let c: Sandbox.Configuration
+        do { c = try config(disk: root.disk) } catch { throw APIError(500, "\(error)") }
+        let auto = Templates.autoName(for: c)
+        if Templates.usable(auto) { return Templates.path(auto) }
+        let sandbox = try await Templates.create(auto, config: c, imageConfig: root.runConfig)
+        sandbox.stop()
+        return Templates.path(auto)
     }
 }

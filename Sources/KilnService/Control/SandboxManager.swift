@@ -183,7 +183,9 @@ public actor SandboxManager {
         let started = Timestamps.now()
         guard (request.timeout ?? 0) >= 0 else { throw APIError(400, "timeout must not be negative") }
         guard request.templateID.utf8.count <= 255, !request.templateID.isEmpty,
-              request.templateID.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "/") }), !request.templateID.hasPrefix(".") else {
+              // A '/' only as in an OCI image reference (host/name:tag): no empty or dot components.
+              request.templateID.utf8.allSatisfy({ $0 > 32 && $0 < 127 }), !request.templateID.hasPrefix("."),
+              !request.templateID.split(separator: "/", omittingEmptySubsequences: false).contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
             throw APIError(400, "invalid template id '\(request.templateID)'")
         }
         for (k, _) in request.envVars ?? [:] where k.isEmpty || k.contains("=") || k.contains("\0") {
@@ -343,6 +345,8 @@ public actor SandboxManager {
             try await blocking.run {
                 try FileIO.makeDirectories(directory)
                 try live.sandbox.snapshot(to: directory)
+                // A sandbox of an OCI image keeps its image's defaults across pause and in saved snapshots.
+                if let image = live.image { try Templates.writeImageConfig(image, snapshotDirectory: directory) }
             }
         } catch {
             FileIO.removeTree(directory)
@@ -481,7 +485,8 @@ public actor SandboxManager {
                 try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: vms, hostProfile: settings.hostProfile,
                                           isolation: settings.isolation, lifetime: settings.lifetime)
             }
-            let live = ServiceSandbox(id: id, sandbox: sandbox, envVars: envVars, blocking: blocking)
+            let live = ServiceSandbox(id: id, sandbox: sandbox, envVars: envVars,
+                                      image: try? Templates.imageConfig(snapshotDirectory: snapshot), blocking: blocking)
             await live.reattach()
             return live
         } catch {

@@ -118,7 +118,8 @@ extension SandboxManager {
             }
             metrics.count(poolCreate: template, hit: true)
             // A template's snapshot has no kept processes, so there is nothing to reattach.
-            return ServiceSandbox(id: id, sandbox: member.sandbox, envVars: envVars, blocking: blocking)
+            return ServiceSandbox(id: id, sandbox: member.sandbox, envVars: envVars,
+                                  image: try? Templates.imageConfig(snapshotDirectory: snapshot), blocking: blocking)
         }
         metrics.count(poolCreate: template, hit: false)
         return nil

@@ -129,7 +129,7 @@ struct ProcessRPC {
         // group when it passes, and the stream ends with deadline_exceeded.
         let deadline = request.header("connect-timeout-ms").flatMap { UInt32($0) } ?? 0
         let exec = Exec(argv: [config.cmd] + (config.args ?? []), environment: sandbox.environment(user: user, extra: env),
-                        workingDirectory: config.cwd.flatMap { $0.isEmpty ? nil : $0 } ?? user.home,
+                        workingDirectory: config.cwd.flatMap { $0.isEmpty ? nil : $0 } ?? sandbox.defaultWorkingDirectory(user),
                         uid: user.uid, gid: user.gid, groups: user.groups, pty: pty, timeoutMillis: deadline)
         let recorded = ServiceProcess.Config(cmd: config.cmd, args: config.args ?? [], envs: config.envs ?? [:], cwd: config.cwd)
         let process: ServiceProcess

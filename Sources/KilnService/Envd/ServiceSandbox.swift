@@ -1,5 +1,6 @@
 import AgentProtocol
 import Glibc
+import Images
 import Sandbox
 import Synchronization
 
@@ -19,6 +20,9 @@ final class ServiceSandbox: Sendable {
     let id: String
     let sandbox: Sandbox
     let envVars: [String: String]
+    /// The OCI image's run config when the sandbox's template is an image (docs/images.md): its
+    /// Env, WorkingDir and User are the defaults of every process started through the API.
+    let image: ImageConfiguration.RunConfig?
     let blocking: BlockingExecutor
     let processes = ProcessTable()
     let watchers = Watchers()
@@ -26,10 +30,11 @@ final class ServiceSandbox: Sendable {
     /// E2B's default user when a request names none.
     static let defaultUser = "user"
 
-    init(id: String, sandbox: Sandbox, envVars: [String: String], blocking: BlockingExecutor) {
+    init(id: String, sandbox: Sandbox, envVars: [String: String], image: ImageConfiguration.RunConfig? = nil, blocking: BlockingExecutor) {
         self.id = id
         self.sandbox = sandbox
         self.envVars = envVars
+        self.image = image
         self.blocking = blocking
     }
 
@@ -84,6 +89,7 @@ final class ServiceSandbox: Sendable {
     /// The account `name` names (default: E2B's `user`, or root where the image has no such
     /// user), looked up by the agent in the guest's /etc/passwd and /etc/group.
     func user(_ name: String?) async throws(EnvdError) -> GuestUser {
+        if name == nil, let imageUser = image?.User, !imageUser.isEmpty { return try await self.imageUser(imageUser) }
         let wanted = name ?? ServiceSandbox.defaultUser
         if let u = users.withLock({ $0[wanted] }) { return u }
         let found: GuestUser
@@ -101,13 +107,37 @@ final class ServiceSandbox: Sendable {
         return found
     }
 
-    /// The environment of a process started as `user`: the sandbox's variables, then the request's.
+    /// The image's User ("name", "uid", "name:group", "uid:gid"), resolved in the image as `kiln run` does.
+    func imageUser(_ spec: String) async throws(EnvdError) -> GuestUser {
+        let key = "\u{0}image"
+        if let u = users.withLock({ $0[key] }) { return u }
+        let id: ImageCommand.Identity
+        do { id = try await ImageCommand(config: image, command: ["true"]).resolveUser(agent) } catch {
+            throw EnvdError(.invalidArgument, "the image's user '\(spec)': \(error)")
+        }
+        let found = GuestUser(name: String(spec.split(separator: ":").first ?? ""), uid: id.uid, gid: id.gid, groups: id.groups,
+                              home: id.home, shell: "/bin/sh")
+        users.withLock { $0[key] = found }
+        return found
+    }
+
+    /// Where a process starts when the request names no directory: the image's WorkingDir, else the user's home.
+    func defaultWorkingDirectory(_ user: GuestUser) -> String {
+        if let dir = image?.WorkingDir, !dir.isEmpty { return dir }
+        return user.home
+    }
+
+    /// The environment of a process started as `user`: the image's Env, the sandbox's variables, then the request's.
     func environment(user: GuestUser, extra: [String: String]) -> [String] {
         var env: [String: String] = [
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": user.home, "USER": user.name, "LOGNAME": user.name, "SHELL": user.shell,
             "E2B_SANDBOX": "true", "E2B_SANDBOX_ID": id,
         ]
+        for item in image?.Env ?? [] {
+            guard let eq = item.firstIndex(of: "=") else { continue }
+            env[String(item[..<eq])] = String(item[item.index(after: eq)...])
+        }
         for (k, v) in envVars { env[k] = v }
         for (k, v) in extra { env[k] = v }
         return env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
