@@ -240,6 +240,7 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     }
     relay.process(process)
     BootTrace.mark("command-started")
+    if options.timeout > 0 { hostDeadline(after: options.timeout, sandbox: sandbox, terminal: terminal) }
 
     if options.interactive {
         let input = StdinPump(process: process)
@@ -256,6 +257,8 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     }
     let status: AgentProtocol.ExitStatus
     do { status = try await process.wait() } catch {
+        // The host's deadline stopped the VM (hostDeadline): that thread reports it and exits 124.
+        if hostDeadlinePassed.load(ordering: .acquiring) { while true { usleep(100_000) } }
         terminal?.restore()
         let tail = sandbox.consoleTail()
         sandbox.stop()
@@ -272,6 +275,29 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     switch status.termination {
     case .exited(let code): return code
     case .signaled(let signal): return 128 + signal
+    }
+}
+
+/// The host's own deadline for `--timeout`: the agent kills the command when it passes, but a
+/// guest that no longer answers (a fork bomb, a wedged kernel) cannot. A grace period after the
+/// timeout, the host ends the VM itself and exits 124, saying so.
+let hostDeadlinePassed = Atomic<Bool>(false)
+
+func hostDeadline(after seconds: Double, sandbox: Sandbox, terminal: RawTerminal?) {
+    let grace = 10.0
+    _ = try? LinuxSys.Thread.spawn(name: "kiln-deadline") {
+        var left = seconds + grace
+        while left > 0 {
+            let step = min(left, 1.0)
+            usleep(UInt32(step * 1_000_000))
+            left -= step
+        }
+        hostDeadlinePassed.store(true, ordering: .releasing)
+        terminal?.restore()
+        writeRaw(2, "kiln: the command timed out after \(formatSeconds(seconds)) s and the guest did not respond "
+                    + "within \(Int(grace)) s more: the VM was stopped\n")
+        _ = sandbox.stop()
+        exit(124)
     }
 }
 

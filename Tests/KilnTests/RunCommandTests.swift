@@ -24,6 +24,27 @@ import VMM
         #expect(status == 3)
     }
 
+    /// A guest that stops answering (here: its VMM frozen with SIGSTOP, as a fork bomb can wedge
+    /// the guest) cannot keep `--timeout` from ending the run: the host stops the VM itself.
+    @Test func theTimeoutHoldsWhenTheGuestNoLongerAnswers() throws {
+        let kiln = try KilnProcess(["run", "--timeout", "3", "--", "sh", "-c", "echo started; sleep 600"])
+        kiln.closeInput()
+        try kiln.waitForLine("started", seconds: Self.seconds)
+        // The jailed VMM is kiln's child process (root; the tests run as root).
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let fd = open("/proc/\(kiln.pid)/task/\(kiln.pid)/children", O_RDONLY)
+        let n = fd < 0 ? 0 : max(0, buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) })
+        if fd >= 0 { close(fd) }
+        let children = String(decoding: buffer[0..<n], as: UTF8.self)
+        let vmm = children.split(separator: " ").compactMap { pid_t($0) }
+        #expect(!vmm.isEmpty, "kiln run has no VMM child")
+        for pid in vmm { kill(pid, SIGSTOP) }
+        let status = try kiln.wait(seconds: 120)
+        #expect(status == 124)
+        #expect(kiln.errorOutput.contains("the guest did not respond"))
+        for pid in vmm { #expect(kill(pid, 0) != 0, "the frozen VMM \(pid) is still there") }
+    }
+
     @Test func stdinOfOneMebibytePassesThroughCatUnchanged() throws {
         var input = [UInt8](repeating: 0, count: 1 << 20)
         var rng = SystemRandomNumberGenerator()
