@@ -106,11 +106,13 @@ extension SandboxManager {
             let logger = self.logger, sandbox = member.sandbox
             do {
                 try sandbox.agent.sendTimeAndReseed(Random.bytes(64)) { result in
-                    guard case .success(0) = result else {
-                        logger.error("sandbox \(id) from the warm pool of \(template) did not take the clock and entropy (\(result)): stopping it")
-                        _ = sandbox.stop()
-                        return
+                    switch result {
+                    case .success(0): return
+                    case .success(let e): logger.error("sandbox \(id) from the warm pool of \(template) refused new entropy (errno \(e)): stopping it")
+                    // Also a kill right after the create, before the answer came: stop() is then a no-op.
+                    case .failure(let error): logger.info("sandbox \(id) from the warm pool of \(template): its agent connection ended before the clock and entropy were answered (\(error))")
                     }
+                    _ = sandbox.stop()
                 }
             } catch {
                 discard(member.sandbox, template, why: "it did not take the clock and entropy (\(error))")
