@@ -2,7 +2,8 @@
 of that image, and commands get the image's Env, WorkingDir and User (docs/images.md).
 
 The image is made with umoci and pushed with skopeo to Debian's docker-registry on 127.0.0.1
-(Tests/images/); `kiln template create --image REF` makes its template first, as the confined
+(Tests/images/), with bash-static as /bin/bash since the SDK runs commands through bash;
+`kiln template create --image REF` makes its template first, as the confined
 service runs no mkfs (docs/service.md)."""
 
 import pathlib
@@ -26,8 +27,13 @@ def image_ref():
         address = subprocess.run([str(IMAGES / "registry.sh"), "start", str(registry)], check=True,
                                  capture_output=True, text=True, timeout=60).stdout.strip()
         subprocess.run([str(IMAGES / "make-images.sh"), str(work / "img")], check=True, capture_output=True, timeout=300)
+        # The SDK runs every command through `/bin/bash -l -c`: the `config` image plus a static bash.
+        layout, bundle = work / "img" / "oci", work / "bundle"
+        subprocess.run(["umoci", "unpack", "--image", f"{layout}:config", str(bundle)], check=True, capture_output=True, timeout=120)
+        shutil.copy("/bin/bash-static", bundle / "rootfs" / "bin" / "bash")
+        subprocess.run(["umoci", "repack", "--image", f"{layout}:config-bash", str(bundle)], check=True, capture_output=True, timeout=120)
         ref = f"{address}/e2b/config:v1"
-        subprocess.run([str(IMAGES / "push.sh"), str(work / "img" / "oci"), "config", address, "e2b/config:v1"],
+        subprocess.run([str(IMAGES / "push.sh"), str(layout), "config-bash", address, "e2b/config:v1"],
                        check=True, capture_output=True, timeout=120)
         made = subprocess.run([KILN, "template", "create", "--image", ref], capture_output=True, text=True, timeout=900)
         assert made.returncode == 0, made.stderr
@@ -41,7 +47,7 @@ def image_ref():
 def test_image_reference_as_template(service, image_ref):
     sandbox = Sandbox.create(template=image_ref, timeout=120, request_timeout=REQUEST_TIMEOUT)
     try:
-        result = sandbox.commands.run("/bin/busybox sh -c 'id -u; pwd; echo $KILN_TEST'", timeout=120)
+        result = sandbox.commands.run("/bin/busybox id -u; pwd; echo $KILN_TEST", timeout=120)
         # make-images.sh's `config` image: User 1000:1000, WorkingDir /work, Env KILN_TEST=yes.
         assert result.stdout.split() == ["1000", "/work", "yes"]
         explicit = sandbox.commands.run("/bin/busybox pwd", cwd="/", timeout=120)
