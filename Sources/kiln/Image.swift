@@ -73,6 +73,16 @@ func imageCommand(_ args: ArraySlice<String>) async -> Int32 {
         guard removed else { fail("no image \(reference) in the store") }
         writeRaw(1, "\(reference)\n")
         return 0
+    case "disk":
+        // Hidden (not in the usage): builds only the root disk of a pulled image, so that
+        // Benchmarks/images.sh can time the conversion apart from the pull and the boot.
+        let (positionals, _) = imageArguments(rest, options: [], positionals: 1)
+        let reference = parseReference(positionals[0])
+        do {
+            let image = try await BootableImages.prepare(reference, store: store, diskCache: Templates.cacheDirectory + "/oci/disks", pull: nil)
+            writeRaw(1, image.diskPath + "\n")
+        } catch { fail("\(error)") }
+        return 0
     case "prune":
         _ = imageArguments(rest, options: [], positionals: 0)
         do {
