@@ -122,7 +122,7 @@ import Testing
 }
 
 /// How an image's run config and the user's flags combine (no VM).
-@Suite struct ImageCommandTests {
+@Suite struct ImageRunConfigTests {
     let config = ImageConfiguration.RunConfig(User: "app", Env: ["GREETING=hello", "LANG=C"], Entrypoint: ["/entry"],
                                               Cmd: ["a", "b"], WorkingDir: "/work")
 
