@@ -19,6 +19,14 @@ struct RootImage {
 
     static func resolve(_ name: String?, pull settings: PullSettings) async throws -> RootImage {
         guard let name, let reference = ociReference(name) else {
+            // A name that is no file and no image of Kiln's but was meant as a reference: say
+            // what is wrong with it, rather than that no file of that name exists.
+            if let name, access(name, F_OK) != 0, !name.hasPrefix("/"), !name.hasPrefix("./"), !name.hasPrefix("../"),
+               name.contains("/") || name.contains(":") || name.contains("@") {
+                do { _ = try ImageReference(parsing: name) } catch {
+                    throw DefaultImages.Failure(message: "\(error), nor a disk file")
+                }
+            }
             return RootImage(disk: try DefaultImages.image(named: name), runConfig: nil)
         }
         let store: ContentStore
