@@ -46,7 +46,7 @@ enum DefaultImages {
             return resolved(try artifact(cached: path, script: "rootfs/build-debian-image.sh", what: "Debian image"))
         }
         guard access(path, R_OK) == 0 else {
-            throw Failure(message: "no image named '\(name)' (\(path) does not exist; build one with rootfs/build-debian-image.sh or pass a path)")
+            throw Failure(message: "no image named '\(name)' (\(path) does not exist; pass a path, or an OCI image with a tag or registry, e.g. \(name):latest)")
         }
         return path
     }

@@ -56,8 +56,9 @@ struct RootImage {
     static func ociReference(_ name: String) -> ImageReference? {
         if name == "default" || name == "debian" { return nil }
         if name.hasPrefix("/") || name.hasPrefix("./") || name.hasPrefix("../") || access(name, F_OK) == 0 { return nil }
-        if !name.contains("/") && !name.contains(":") && !name.contains("@"),
-           access("\(Templates.cacheDirectory)/images/\(name).ext4", F_OK) == 0 { return nil }
+        // A bare name is one of Kiln's images (NAME.ext4 in the cache): a pull from docker.io
+        // is asked for with a tag or a host (`alpine:latest`, `docker.io/library/alpine`).
+        if !name.contains("/") && !name.contains(":") && !name.contains("@") { return nil }
         return try? ImageReference(parsing: name)
     }
 }
