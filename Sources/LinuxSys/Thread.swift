@@ -33,6 +33,20 @@ public struct Thread: Sendable {
 
     public func join() { pthread_join(handle, nil) }
 
+    /// Runs `body` on a new thread and awaits its result. A blocking wait (on a booting guest, a
+    /// socket) done this way holds none of Swift Concurrency's cooperative threads (two on a
+    /// two-core host), and its own deadlines cannot slip while other tasks hold those threads.
+    public static func run<T: Sendable>(name: String, _ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { (done: CheckedContinuation<T, Never>) in
+            do {
+                let thread = try spawn(name: name) { done.resume(returning: body()) }
+                pthread_detach(thread.handle)
+            } catch {
+                done.resume(returning: body())
+            }
+        }
+    }
+
     /// Sends `signal` to this thread (used to kick a vCPU out of KVM_RUN).
     public func kill(_ signal: Int32) { pthread_kill(handle, signal) }
 }

@@ -216,8 +216,17 @@ public final class Sandbox: Sendable {
         Files.removeFlatDirectory(directory)
     }
 
-    /// Waits for the agent of the VM `host` runs to answer the handshake.
+    /// Waits for the agent of the VM `host` runs to answer the handshake. The wait blocks, so it
+    /// runs on a thread of its own: on the cooperative pool, a caller whose other tasks hold both
+    /// threads would see the deadline pass with the agent long ready.
     static func launch(_ host: any VMHost, directory: String, console: Int32, timeout: Double) async throws(SandboxError) -> Sandbox {
+        let result: Result<Sandbox, SandboxError> = await Thread.run(name: "kiln-agent-wait") {
+            Result { () throws(SandboxError) -> Sandbox in try waitForAgent(host, directory: directory, console: console, timeout: timeout) }
+        }
+        return try result.get()
+    }
+
+    static func waitForAgent(_ host: any VMHost, directory: String, console: Int32, timeout: Double) throws(SandboxError) -> Sandbox {
         func abandon() {
             host.stop()
             cleanUp(directory, console)
@@ -248,7 +257,8 @@ public final class Sandbox: Sendable {
                 }
             }
             // Quick at first (a restored guest answers at once), then every 100 ms (a booting one).
-            try? await Task.sleep(nanoseconds: pause)
+            var nap = timespec(tv_sec: 0, tv_nsec: Int(pause))
+            nanosleep(&nap, nil)
             pause = min(pause * 2, 100_000_000)
         }
     }
