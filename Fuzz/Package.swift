@@ -13,6 +13,8 @@ let package = Package(
         .target(name: "FuzzSupport"),
         .executableTarget(name: "FuzzVirtqueue", dependencies: ["FuzzSupport", .product(name: "VMM", package: "Kiln")],
                           swiftSettings: fuzz),
+        .executableTarget(name: "FuzzFUSE", dependencies: ["FuzzSupport", .product(name: "VMM", package: "Kiln")],
+                          swiftSettings: fuzz),
         .executableTarget(name: "FuzzNet", dependencies: ["FuzzSupport", .product(name: "VMM", package: "Kiln")],
                           swiftSettings: fuzz),
         .executableTarget(name: "FuzzBoot", dependencies: ["FuzzSupport", .product(name: "VMM", package: "Kiln")],

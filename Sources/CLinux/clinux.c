@@ -3,6 +3,9 @@
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/syscall.h>
+#include <linux/openat2.h>
+#include <sys/vfs.h>
 
 int kiln_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 int kiln_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
@@ -115,4 +118,23 @@ long kiln_recv_fds(int sock, void *buf, size_t len, int *fds, int max, int *coun
         }
     }
     return (long)n;
+}
+
+int kiln_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve) {
+    struct open_how how = { .flags = flags, .mode = mode, .resolve = resolve };
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+}
+
+long kiln_getdents64(int fd, void *buf, size_t len) { return syscall(SYS_getdents64, fd, buf, len); }
+
+int kiln_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags) {
+    return (int)syscall(SYS_renameat2, olddirfd, oldpath, newdirfd, newpath, flags);
+}
+
+int kiln_fstatfs(int fd, uint64_t out[8]) {
+    struct statfs st;
+    if (fstatfs(fd, &st) != 0) return -1;
+    out[0] = st.f_blocks; out[1] = st.f_bfree; out[2] = st.f_bavail; out[3] = st.f_files; out[4] = st.f_ffree;
+    out[5] = (uint64_t)st.f_bsize; out[6] = (uint64_t)st.f_namelen; out[7] = (uint64_t)st.f_frsize;
+    return 0;
 }

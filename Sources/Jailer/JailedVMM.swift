@@ -135,7 +135,16 @@ public final class JailedVMM: Sendable {
         func closeChildEnds() { for fd in childControl where fd >= 0 { close(fd) } }
 
         var launch = launch
-        launch.jail = JailSpec(root: root, uid: options.uid, gid: options.gid, fileSize: options.fileSize,
+        // With shares, the VMM runs as their owner, so the host's own permission checks decide what
+        // the guest may touch and the files it creates are that owner's (docs/volumes.md, "The jail"),
+        // and may hold a descriptor per inode the guest caches.
+        var uid = options.uid, gid = options.gid, openFiles = JailSpec.defaultOpenFiles
+        if let share = launch.boundShares.first {
+            if share.uid != 0 && share.gid != 0 && options.uid == JailSpec.defaultUID { uid = share.uid; gid = share.gid }
+            let systemMax = Files.read("/proc/sys/fs/nr_open").flatMap { UInt64($0.filter(\.isNumber)) } ?? 1 << 20
+            openFiles = min(JailSpec.shareOpenFiles, systemMax)
+        }
+        launch.jail = JailSpec(root: root, uid: uid, gid: gid, openFiles: openFiles, fileSize: options.fileSize,
                                control: options.vsockPath != nil, commands: commandKind, detached: options.detached)
         // Queued before the VMM exists: it reads the launch as its first act.
         do { try UnixSocket.sendMessage(pair[0], launch.encoded()) } catch {

@@ -65,12 +65,19 @@ public final class Sandbox: Sendable {
         /// private write layer) and pivots into it: any ext4 image boots, with no Kiln file in it
         /// (docs/images.md, "Booting an image"). Nil, the image's own /sbin/kiln-agent is init.
         public var agentDisk: String?
+        /// Host directories mounted in the guest once the agent is up (docs/volumes.md).
+        public var volumes: [Volume] = []
+        /// Spare virtio-fs slots the VM carries (kiln0...), so that its templates can take volumes
+        /// when restored; volumes bind the first ones.
+        public var shareSlots: Int = Sandbox.defaultShareSlots
 
         public init(kernelPath: String, imagePath: String) {
             self.kernelPath = kernelPath
             self.imagePath = imagePath
         }
     }
+
+    public static let defaultShareSlots = 4
 
     /// The guest port the agent listens on (docs/agent-protocol.md).
     public static let agentPort = 1024
@@ -125,6 +132,7 @@ public final class Sandbox: Sendable {
         machineConfig.seccomp = config.seccomp
         let host: any VMHost
         do throws(SandboxError) {
+            machineConfig.shares = try shares(slots: config.shareSlots, volumes: config.volumes)
             if config.isolation.jails {
                 let launch = VMMLaunch(machine: .boot(machineConfig.launch), seccomp: config.seccomp.rawValue, headless: true)
                 let largestDisk = machineConfig.disks.map { fileSize($0.path) }.max() ?? 0
@@ -139,7 +147,11 @@ public final class Sandbox: Sendable {
             cleanUp(directory, console)
             throw error
         }
-        return try await launch(host, directory: directory, console: console, timeout: config.bootTimeout)
+        let sandbox = try await launch(host, directory: directory, console: console, timeout: config.bootTimeout)
+        if !config.volumes.isEmpty {
+            do { try await sandbox.mount(config.volumes) } catch { sandbox.stop(); throw error }
+        }
+        return sandbox
     }
 
     /// Starts a sandbox from a snapshot (a template): the guest continues where the snapshot left
@@ -149,7 +161,7 @@ public final class Sandbox: Sendable {
     public static func restore(snapshot: String, runtimeDirectory: String = Sandbox.defaultRuntimeDirectory,
                                hostProfile: HostProfile = .detect(), isolation: Isolation = .automatic,
                                lifetime: Lifetime = .tiedToProcess, seccomp: SeccompMode = .kill,
-                               timeout: Double = 60) async throws(SandboxError) -> Sandbox {
+                               timeout: Double = 60, volumes: [Volume] = []) async throws(SandboxError) -> Sandbox {
         try checkLifetime(lifetime, isolation)
         let (directory, console) = try prepare(runtimeDirectory, lifetime: lifetime)
         let vsockPath = directory + "/vsock.sock"
@@ -157,6 +169,7 @@ public final class Sandbox: Sendable {
         overrides.seccomp = seccomp
         let host: any VMHost
         do throws(SandboxError) {
+            overrides.shares = try restoredShares(volumes)
             if isolation.jails {
                 // Checked here too, for the jail's limits: the memory size and the disks' sizes.
                 let info: SnapshotInfo
@@ -188,6 +201,9 @@ public final class Sandbox: Sendable {
         } catch {
             sandbox.stop()
             throw .agent(error as? AgentClientError ?? .connection("\(error)"))
+        }
+        if !volumes.isEmpty {
+            do { try await sandbox.mount(volumes) } catch { sandbox.stop(); throw error }
         }
         BootTrace.mark("sandbox-restored")
         return sandbox

@@ -36,7 +36,8 @@ public enum Templates {
         let key = ["kernel=" + identity(config.kernelPath), "image=" + identity(config.imagePath),
                    "agent=" + (config.agentDisk.map(identity) ?? ""),
                    "memory=\(config.memoryMiB)", "cpus=\(config.cpus)", "profile=\(config.hostProfile.rawValue)",
-                   "args=" + config.kernelArguments.joined(separator: " "), "kiln=\(kilnVersion)"].joined(separator: "\n")
+                   "args=" + config.kernelArguments.joined(separator: " "), "kiln=\(kilnVersion)",
+                   "share-slots=\(config.shareSlots)"].joined(separator: "\n")
         // FNV-1a, 64 bits: a cache name, not a security boundary.
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in key.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
@@ -52,6 +53,9 @@ public enum Templates {
                               imageConfig: ImageConfiguration.RunConfig? = nil) async throws(SandboxError) -> Sandbox {
         guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else { throw .setup("invalid template name '\(name)'") }
         Files.makeDirectories(directory)
+        // A template carries spare share slots, never a bound share (a snapshot of one is refused).
+        var config = config
+        config.volumes = []
         let sandbox = try await Sandbox.start(config)
         // Run one command first: busybox's pages and the agent's spawn path are then in the
         // guest's memory when it is saved, instead of being read in by every restored sandbox.

@@ -31,6 +31,8 @@ public enum ThreadKind: String, Sendable, CaseIterable {
     case vcpu
     /// kiln-devices: the virtio event loop.
     case devices
+    /// kiln-fs: one share's FUSE server (virtio-fs, docs/volumes.md).
+    case fs
     /// kiln-console: host input to the serial port.
     case console
     /// kiln-control: pause, resume and snapshot requests (a --control socket or the jail's command channel).

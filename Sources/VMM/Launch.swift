@@ -1,4 +1,5 @@
 import Boot
+import Devices
 import Seccomp
 import VMMProtocol
 
@@ -37,7 +38,8 @@ extension MachineConfig {
         VMMLaunch.Boot(kernel: kernelPath, initrd: initrdPath, cmdline: cmdline, cpus: cpus, memoryMiB: memoryMiB,
                        hostProfile: hostProfile.rawValue, bootProtocol: bootProtocol?.rawValue,
                        disks: disks.map { VMMLaunch.Disk(path: $0.path, readOnly: $0.readOnly, overlay: $0.overlay) },
-                       net: net.map(VMMLaunch.Net.init), vsock: vsock.map { VMMLaunch.Vsock(path: $0.path, cid: $0.guestCID) })
+                       net: net.map(VMMLaunch.Net.init), vsock: vsock.map { VMMLaunch.Vsock(path: $0.path, cid: $0.guestCID) },
+                       shares: shares.map(VMMLaunch.Share.init))
     }
 
     /// The configuration a launch describes, with the console on stdin (unless headless) and stdout.
@@ -53,6 +55,7 @@ extension MachineConfig {
         disks = b.disks.map { Disk(path: $0.path, readOnly: $0.readOnly, overlay: $0.overlay) }
         net = b.net?.spec
         vsock = b.vsock.map { Vsock(path: $0.path, guestCID: $0.cid) }
+        shares = try b.shares.map { (s) throws(MachineError) in try Share(launch: s) }
     }
 }
 
@@ -60,11 +63,26 @@ extension RestoreOverrides {
     /// These overrides as a launch's restore half.
     public func launch(snapshot: String) -> VMMLaunch.Restore {
         VMMLaunch.Restore(snapshot: snapshot, hostProfile: hostProfile.rawValue, vsockPath: vsockPath, vsockCID: vsockCID,
-                          net: net.map(VMMLaunch.Net.init))
+                          net: net.map(VMMLaunch.Net.init), shares: shares.map(VMMLaunch.Share.init))
     }
 
     public init(launch r: VMMLaunch.Restore, headless: Bool) throws(MachineError) {
         self.init(vsockPath: r.vsockPath, vsockCID: r.vsockCID, net: r.net?.spec, consoleInput: headless ? nil : 0, consoleOutput: 1,
                   hostProfile: try HostProfile(launch: r.hostProfile))
+        shares = try r.shares.map { (s) throws(MachineError) in try MachineConfig.Share(launch: s) }
+    }
+}
+
+extension VMMLaunch.Share {
+    public init(_ share: MachineConfig.Share) {
+        self.init(tag: share.tag, path: share.path, readOnly: share.options.readOnly, uid: share.options.uid,
+                  gid: share.options.gid, cache: share.options.cache.rawValue)
+    }
+}
+
+extension MachineConfig.Share {
+    init(launch s: VMMLaunch.Share) throws(MachineError) {
+        guard let cache = ShareOptions.Cache(rawValue: s.cache) else { throw .config("unknown share cache policy '\(s.cache)'") }
+        self.init(tag: s.tag, path: s.path, options: ShareOptions(readOnly: s.readOnly, uid: s.uid, gid: s.gid, cache: cache))
     }
 }

@@ -158,12 +158,20 @@ public final class Machine: Sendable {
             confinement.enterStarted(.devices, waitForGate: false)
             eventLoop.run(stop: stopFD, gate: gate)
         }
+        // Each share's FUSE server on a thread of its own, under the fs policy (docs/volumes.md).
+        var fsThreads: [Thread] = []
+        for fs in virtio.fileSystems {
+            if let t = try? Thread.spawn(name: "kiln-fs", { [self] in
+                confinement.enterStarted(.fs, waitForGate: false)
+                fs.serve(stop: stopFD)
+            }) { fsThreads.append(t) }
+        }
         let consoleThread = try? Thread.spawn(name: "kiln-console") { [self] in
             confinement.enterStarted(.console, waitForGate: false)
             console.pump(into: serial, stop: stopFD, gate: gate) { stop(.userQuit) }
         }
         // Every thread filtered, this one last, before the vCPUs may enter the guest.
-        confinement.enterRunner(started: vcpuThreads.count + (deviceThread == nil ? 0 : 1) + (consoleThread == nil ? 0 : 1)) {
+        confinement.enterRunner(started: vcpuThreads.count + fsThreads.count + (deviceThread == nil ? 0 : 1) + (consoleThread == nil ? 0 : 1)) {
             stop(.failed($0))
         }
         BootTrace.mark("threads-filtered")
@@ -171,6 +179,7 @@ public final class Machine: Sendable {
         stopEvent.signal()
         consoleThread?.join()
         deviceThread?.join()
+        for t in fsThreads { t.join() }
         virtio.shutdown()
         console.restore()
         return lifecycle.outcome ?? .failed("all vCPUs stopped without a reason")

@@ -33,6 +33,8 @@ public struct MachineConfig: Sendable {
     public var vsockConnector: VirtioVsock.Connector?
     /// A virtio-net device on a TAP interface (eth0 in the guest).
     public var net: NetSpec?
+    /// virtio-fs shares, after every other device (docs/volumes.md).
+    public var shares: [Share] = []
     /// Seccomp filters on every VMM thread (Security/seccomp); `.off` only for debugging.
     public var seccomp: SeccompMode = .kill
 
@@ -64,6 +66,43 @@ public struct MachineConfig: Sendable {
         }
     }
 
+    /// A host directory the guest mounts with `mount -t virtiofs TAG DIR`, or (path nil) a spare
+    /// slot that a restore binds (docs/volumes.md, "Templates").
+    public struct Share: Sendable, Equatable {
+        public var tag: String
+        public var path: String?
+        public var options: ShareOptions
+        public init(tag: String, path: String?, options: ShareOptions) { self.tag = tag; self.path = path; self.options = options }
+
+        /// The tags of the spare slots every template carries, for `kiln run -v`.
+        public static let spareTags = (0..<4).map { "kiln\($0)" }
+
+        /// Parses `HOST,tag=T[,ro][,uid=N][,gid=N][,cache=none|auto|always]`. The owner defaults to
+        /// the directory's own (`owner(path)`).
+        public static func parse(_ spec: String, owner: (String) -> (uid: UInt32, gid: UInt32)?) -> Share? {
+            var parts = spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            guard let path = parts.first, !path.isEmpty else { return nil }
+            parts.removeFirst()
+            var tag: String?, readOnly = false, uid: UInt32?, gid: UInt32?, cache: ShareOptions.Cache?
+            for option in parts {
+                let kv = option.split(separator: "=", maxSplits: 1).map(String.init)
+                switch (kv[0], kv.count == 2 ? kv[1] : nil) {
+                case ("ro", nil): readOnly = true
+                case ("rw", nil): readOnly = false
+                case ("tag", let v?): tag = v
+                case ("uid", let v?): guard let n = UInt32(v) else { return nil }; uid = n
+                case ("gid", let v?): guard let n = UInt32(v) else { return nil }; gid = n
+                case ("cache", let v?): guard let c = ShareOptions.Cache(rawValue: v) else { return nil }; cache = c
+                default: return nil
+                }
+            }
+            guard let tag, VirtioFS.isValidTag(tag) else { return nil }
+            let dflt = owner(path)
+            guard let u = uid ?? dflt?.uid, let g = gid ?? dflt?.gid else { return nil }
+            return Share(tag: tag, path: path, options: ShareOptions(readOnly: readOnly, uid: u, gid: g, cache: cache))
+        }
+    }
+
     public static let defaultCmdline = "console=ttyS0 reboot=k panic=-1"
     public static let minimumMemoryMiB = 32
     public static let maximumMemoryMiB = 1 << 20
@@ -89,6 +128,7 @@ public struct MachineConfig: Sendable {
     /// Every virtio device in slot order: disks first (vda, vdb, ...), then the others.
     public var virtioDevices: [VirtioDeviceSpec] {
         disks.map { .block($0) } + (net.map { [.net($0)] } ?? []) + (vsock.map { [.vsock(path: $0.path, cid: $0.guestCID)] } ?? [])
+            + shares.map { .fs($0) }
     }
 
     /// virtio-mmio devices are declared to the guest on its command line (no ACPI, no device tree).
@@ -107,6 +147,8 @@ public struct MachineConfig: Sendable {
             throw .config("--memory \(memoryMiB) MiB is too little: a guest needs at least \(MachineConfig.minimumMemoryMiB) MiB")
         }
         guard virtioDevices.count <= Layout.maxVirtioDevices else { throw .config("at most \(Layout.maxVirtioDevices) virtio devices") }
+        guard Set(shares.map(\.tag)).count == shares.count else { throw .config("two shares with the same tag") }
+        for share in shares where !VirtioFS.isValidTag(share.tag) { throw .config("share tag '\(share.tag)' is not valid") }
         guard memoryMiB <= MachineConfig.maximumMemoryMiB else { throw .config("--memory \(memoryMiB) MiB is more than Kiln supports") }
     }
 }

@@ -12,6 +12,8 @@ public enum VirtioDeviceSpec: Sendable, Equatable {
     /// virtio-vsock with its host Unix socket at `path` (Firecracker's hybrid convention).
     case vsock(path: String, cid: UInt64)
     case net(NetSpec)
+    /// virtio-fs over a host directory (or a spare slot, unbound).
+    case fs(MachineConfig.Share)
 
     /// Builds the device for slot `index` (the slot picks its MMIO window and IRQ).
     func make(index: Int, vsockConnector: VirtioVsock.Connector?) throws(MachineError) -> any VirtioDevice {
@@ -22,6 +24,12 @@ public enum VirtioDeviceSpec: Sendable, Equatable {
         case .vsock(let path, let cid):
             do { return try VirtioVsock(path: path, guestCID: cid, connector: vsockConnector) }
             catch { throw .config(error.description) }
+        case .fs(let share):
+            var server: FUSEServer?
+            if let path = share.path {
+                do { server = try FUSEServer(path: path, options: share.options) } catch { throw .config(error.description) }
+            }
+            do { return try VirtioFS(tag: share.tag, server: server) } catch { throw .config(error.description) }
         case .net(let spec):
             do {
                 let tap = try Tap(name: spec.tap ?? Tap.autoName)
@@ -92,6 +100,9 @@ final class VirtioDevices: Sendable {
     }
 
     deinit { for fd in fds { Glibc.close(fd) } }
+
+    /// The virtio-fs devices, each served on a thread of its own while the VM runs.
+    var fileSystems: [VirtioFS] { transports.compactMap { $0.device as? VirtioFS } }
 
     /// Lets devices release their backends (sockets, TAP) once the VM has stopped.
     func shutdown() { for t in transports { t.device.shutdown() } }

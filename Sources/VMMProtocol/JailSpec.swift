@@ -28,6 +28,8 @@ public struct JailSpec: Sendable, Equatable {
     public static let defaultUID: UInt32 = 64000
     public static let defaultGID: UInt32 = 64000
     public static let defaultOpenFiles: UInt64 = 2048
+    /// With virtio-fs shares: every inode the guest caches is an O_PATH descriptor (docs/volumes.md).
+    public static let shareOpenFiles: UInt64 = 1 << 20
     public static let minimumFileSize: UInt64 = 1 << 30
     /// Where the launch arrives, and then the vsock broker's requests go (JailSpec.control).
     public static let controlFD: Int32 = 3

@@ -21,11 +21,37 @@ public struct VMMLaunch: Sendable, Equatable {
         public var disks: [Disk]
         public var net: Net?
         public var vsock: Vsock?
+        /// virtio-fs devices after the others (docs/volumes.md); a share without a path is a spare slot.
+        public var shares: [Share]
 
         public init(kernel: String, initrd: String?, cmdline: String, cpus: Int, memoryMiB: Int, hostProfile: String,
-                    bootProtocol: String? = nil, disks: [Disk] = [], net: Net? = nil, vsock: Vsock? = nil) {
+                    bootProtocol: String? = nil, disks: [Disk] = [], net: Net? = nil, vsock: Vsock? = nil, shares: [Share] = []) {
             self.kernel = kernel; self.initrd = initrd; self.cmdline = cmdline; self.cpus = cpus; self.memoryMiB = memoryMiB
             self.hostProfile = hostProfile; self.bootProtocol = bootProtocol; self.disks = disks; self.net = net; self.vsock = vsock
+            self.shares = shares
+        }
+    }
+
+    /// A host directory served to the guest over virtio-fs, under `tag`.
+    public struct Share: Sendable, Equatable {
+        public var tag: String
+        public var path: String?
+        public var readOnly: Bool
+        /// Owner of the files the guest creates.
+        public var uid: UInt32
+        public var gid: UInt32
+        /// ShareOptions.Cache's raw value.
+        public var cache: String
+        public init(tag: String, path: String?, readOnly: Bool = false, uid: UInt32 = 0, gid: UInt32 = 0, cache: String = "auto") {
+            self.tag = tag; self.path = path; self.readOnly = readOnly; self.uid = uid; self.gid = gid; self.cache = cache
+        }
+    }
+
+    /// The bound shares of this launch: whose files a jailed VMM must reach.
+    public var boundShares: [Share] {
+        switch machine {
+        case .boot(let b): b.shares.filter { $0.path != nil }
+        case .restore(let r): r.shares.filter { $0.path != nil }
         }
     }
 
@@ -64,8 +90,12 @@ public struct VMMLaunch: Sendable, Equatable {
         public var vsockPath: String?
         public var vsockCID: UInt64?
         public var net: Net?
-        public init(snapshot: String, hostProfile: String, vsockPath: String? = nil, vsockCID: UInt64? = nil, net: Net? = nil) {
+        /// Directories bound to the snapshot's spare virtio-fs slots, by tag.
+        public var shares: [Share]
+        public init(snapshot: String, hostProfile: String, vsockPath: String? = nil, vsockCID: UInt64? = nil, net: Net? = nil,
+                    shares: [Share] = []) {
             self.snapshot = snapshot; self.hostProfile = hostProfile; self.vsockPath = vsockPath; self.vsockCID = vsockCID; self.net = net
+            self.shares = shares
         }
     }
 
@@ -82,7 +112,7 @@ public struct VMMLaunch: Sendable, Equatable {
     }
 
     /// "KVML" and the format version.
-    static let magic: [UInt8] = [0x4B, 0x56, 0x4D, 0x4C, 1]
+    static let magic: [UInt8] = [0x4B, 0x56, 0x4D, 0x4C, 2]
     /// The largest encoded launch (one SOCK_SEQPACKET message).
     public static let maxEncodedSize = 1 << 20
 
@@ -98,11 +128,13 @@ public struct VMMLaunch: Sendable, Equatable {
             w.array(b.disks) { w, d in w.string(d.path); w.bool(d.readOnly); w.bool(d.overlay) }
             w.optional(b.net) { $0.net($1) }
             w.optional(b.vsock) { w, v in w.string(v.path); w.u64(v.cid) }
+            w.array(b.shares) { $0.share($1) }
         case .restore(let r):
             w.u8(2)
             w.string(r.snapshot); w.string(r.hostProfile)
             w.optional(r.vsockPath) { $0.string($1) }; w.optional(r.vsockCID) { $0.u64($1) }
             w.optional(r.net) { $0.net($1) }
+            w.array(r.shares) { $0.share($1) }
         }
         w.optional(jail) { w, j in j.encode(&w) }
         w.string(seccomp)
@@ -114,7 +146,7 @@ public struct VMMLaunch: Sendable, Equatable {
     public static func decode(_ bytes: [UInt8]) throws(WireError) -> VMMLaunch {
         guard bytes.count <= maxEncodedSize else { throw .invalid(field: "launch", why: "\(bytes.count) bytes") }
         var r = WireReader(bytes)
-        try r.expect(magic: magic, format: "Kiln VMM launch configuration (version 1)")
+        try r.expect(magic: magic, format: "Kiln VMM launch configuration (version 2)")
         let machine: Machine
         switch try r.u8("machine") {
         case 1:
@@ -131,14 +163,16 @@ public struct VMMLaunch: Sendable, Equatable {
             let vsock = try r.optional("boot.vsock") { (r: inout WireReader) throws(WireError) in
                 Vsock(path: try r.string("vsock.path"), cid: try r.u64("vsock.cid"))
             }
+            let shares = try r.array("boot.shares", max: 16) { (r: inout WireReader) throws(WireError) in try r.share() }
             machine = .boot(Boot(kernel: kernel, initrd: initrd, cmdline: cmdline, cpus: cpus, memoryMiB: memory, hostProfile: profile,
-                                 bootProtocol: proto, disks: disks, net: net, vsock: vsock))
+                                 bootProtocol: proto, disks: disks, net: net, vsock: vsock, shares: shares))
         case 2:
             let snapshot = try r.string("restore.snapshot"), profile = try r.string("restore.hostProfile")
             let vsockPath = try r.optional("restore.vsockPath") { (r: inout WireReader) throws(WireError) in try r.string("restore.vsockPath") }
             let cid = try r.optional("restore.vsockCID") { (r: inout WireReader) throws(WireError) in try r.u64("restore.vsockCID") }
             let net = try r.optional("restore.net") { (r: inout WireReader) throws(WireError) in try r.net() }
-            machine = .restore(Restore(snapshot: snapshot, hostProfile: profile, vsockPath: vsockPath, vsockCID: cid, net: net))
+            let shares = try r.array("restore.shares", max: 16) { (r: inout WireReader) throws(WireError) in try r.share() }
+            machine = .restore(Restore(snapshot: snapshot, hostProfile: profile, vsockPath: vsockPath, vsockCID: cid, net: net, shares: shares))
         case let tag:
             throw .invalid(field: "machine", why: "unknown kind \(tag)")
         }
@@ -158,6 +192,10 @@ extension WireWriter {
         u64(UInt64(n.hostPrefix))
         optional(n.guest) { $0.string($1) }
     }
+
+    mutating func share(_ s: VMMLaunch.Share) {
+        string(s.tag); optional(s.path) { $0.string($1) }; bool(s.readOnly); u32(s.uid); u32(s.gid); string(s.cache)
+    }
 }
 
 extension WireReader {
@@ -169,5 +207,12 @@ extension WireReader {
         let prefix = try int("net.hostPrefix", in: 0...32)
         let guest = try optional("net.guest") { (r: inout WireReader) throws(WireError) in try r.string("net.guest") }
         return VMMLaunch.Net(tap: tap, mac: mac, host: host, hostPrefix: prefix, guest: guest)
+    }
+
+    mutating func share() throws(WireError) -> VMMLaunch.Share {
+        let tag = try string("share.tag")
+        let path = try optional("share.path") { (r: inout WireReader) throws(WireError) in try r.path("share.path") }
+        return VMMLaunch.Share(tag: tag, path: path, readOnly: try bool("share.readOnly"), uid: try u32("share.uid"),
+                               gid: try u32("share.gid"), cache: try string("share.cache"))
     }
 }

@@ -13,12 +13,15 @@ import VMMProtocol
             cpus: 2, memoryMiB: 512, hostProfile: "emulated-cpl0", bootProtocol: "linux64",
             disks: [VMMLaunch.Disk(path: "/images/a,b=c ro.ext4", overlay: true), VMMLaunch.Disk(path: "data.img", readOnly: true)],
             net: VMMLaunch.Net(tap: "kiln7", mac: [2, 0x4b, 1, 2, 3, 4], host: "10.0.0.1", hostPrefix: 30, guest: "10.0.0.2"),
-            vsock: VMMLaunch.Vsock(path: "/run/kiln/sandbox-1/vsock.sock", cid: 3))),
+            vsock: VMMLaunch.Vsock(path: "/run/kiln/sandbox-1/vsock.sock", cid: 3),
+            shares: [VMMLaunch.Share(tag: "src", path: "/home/ci/checkout, with comma", readOnly: true, uid: 1000, gid: 1001, cache: "always"),
+                     VMMLaunch.Share(tag: "kiln0", path: nil)])),
         jail: jail, seccomp: "trap", headless: true)
 
     static let restore = VMMLaunch(
         machine: .restore(VMMLaunch.Restore(snapshot: "/var/cache/kiln/templates/auto-0123", hostProfile: "kvm",
-                                            vsockPath: "/tmp/v.sock", vsockCID: 9, net: VMMLaunch.Net(tap: nil, mac: [2, 0, 0, 0, 0, 1]))))
+                                            vsockPath: "/tmp/v.sock", vsockCID: 9, net: VMMLaunch.Net(tap: nil, mac: [2, 0, 0, 0, 0, 1]),
+                                            shares: [VMMLaunch.Share(tag: "kiln1", path: "/work/out", uid: 1000, gid: 1000)])))
 
     @Test func bootAndRestoreLaunchesRoundTrip() throws {
         #expect(try VMMLaunch.decode(Self.boot.encoded()) == Self.boot)
@@ -47,9 +50,9 @@ import VMMProtocol
         #expect(throws: WireError.trailingBytes(1)) { _ = try VMMLaunch.decode(good + [0]) }
         var magic = good
         magic[0] = UInt8(ascii: "X")
-        #expect(throws: WireError.wrongFormat(expected: "Kiln VMM launch configuration (version 1)")) { _ = try VMMLaunch.decode(magic) }
+        #expect(throws: WireError.wrongFormat(expected: "Kiln VMM launch configuration (version 2)")) { _ = try VMMLaunch.decode(magic) }
         var version = good
-        version[4] = 2
+        version[4] = 1
         #expect(throws: WireError.self) { _ = try VMMLaunch.decode(version) }
         var kind = good
         kind[5] = 7

@@ -29,6 +29,24 @@ int kiln_notify_on_signal(int signo, int fd);
 
 int kiln_pipe2(int fds[2], int flags);
 
+/* openat2(2) (glibc has no wrapper) with RESOLVE_* flags from <linux/openat2.h>: the virtio-fs
+   server resolves every guest path beneath a share's root with it. */
+#define KILN_RESOLVE_NO_XDEV 0x01
+#define KILN_RESOLVE_NO_MAGICLINKS 0x02
+#define KILN_RESOLVE_NO_SYMLINKS 0x04
+#define KILN_RESOLVE_BENEATH 0x08
+int kiln_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
+/* getdents64(2): raw directory entries at the descriptor's offset, which lseek sets. */
+long kiln_getdents64(int fd, void *buf, size_t len);
+/* fstatfs(2) into blocks, bfree, bavail, files, ffree, bsize, namelen, frsize. */
+int kiln_fstatfs(int fd, uint64_t out[8]);
+#define KILN_O_PATH 010000000
+#define KILN_AT_EMPTY_PATH 0x1000
+#define KILN_RENAME_NOREPLACE 1
+#define KILN_RENAME_EXCHANGE 2
+#define KILN_RENAME_WHITEOUT 4
+int kiln_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+
 // accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC (GNU-only, hidden from Swift).
 int kiln_accept_nonblocking(int fd);
 // Moves the calling thread into the network namespace open at `fd` (setns is GNU-only).

@@ -139,6 +139,63 @@ openat errno EACCES             # malloc's overcommit probe (see vcpu.policy)
 exit
 exit_group
 """#,
+    "fs": #"""
+# Seccomp policy for a virtio-fs share's thread (kiln-fs, one per share).
+# Serves FUSE requests over one host directory (docs/volumes.md): every path is one component
+# resolved with openat2 beneath an O_PATH descriptor of the share (RESOLVE_BENEATH, no
+# symlinks, no magic links); files are opened again with openat2 through this process's own
+# /proc/self/fd, which the server opened before the jail. Seccomp cannot see paths: the
+# confinement of names is openat2's, the confinement of the process is the jail's (an empty
+# root, no capabilities). Format and rules: docs/security.md#seccomp.
+
+poll                            # waits for a queue notification or the stop event
+read                            # the notification eventfd
+write                           # the irqfd, stderr
+pread64                         # READ
+pwrite64                        # WRITE
+openat2                         # LOOKUP, CREATE; OPEN/OPENDIR through /proc/self/fd
+newfstatat                      # attributes of an O_PATH descriptor (AT_EMPTY_PATH)
+fstat
+getdents64                      # READDIR
+lseek                           # READDIR offsets
+close
+futex
+mkdirat
+unlinkat
+renameat2
+symlinkat
+linkat                          # LINK, through /proc/self/fd (no CAP_DAC_READ_SEARCH needed)
+readlinkat
+fchown                          # created files get the share's owner (a VMM running as root)
+fchownat
+fchmodat                        # SETATTR mode (setuid and setgid bits are stripped first)
+utimensat                       # SETATTR times
+ftruncate                       # SETATTR size
+fsync
+fdatasync
+fstatfs                         # STATFS
+faccessat                       # ACCESS
+faccessat2
+geteuid
+getegid
+gettid
+clock_gettime
+getpid
+tgkill arg2 == SIGABRT
+rt_sigprocmask
+restart_syscall
+
+mmap arg2 & PROT_EXEC == 0
+mprotect arg2 & PROT_EXEC == 0
+mremap                          # large request and reply buffers
+munmap
+madvise
+brk
+openat errno EACCES             # malloc's overcommit probe (see vcpu.policy)
+
+exit
+exit_group
+"""#,
     "loader": #"""
 # Seccomp policy for the kernel loader thread (kiln-loader).
 # Copies the kernel and initramfs, already open, into guest memory while the main thread

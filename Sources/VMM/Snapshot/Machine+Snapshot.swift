@@ -24,6 +24,8 @@ public struct RestoreOverrides: Sendable {
     public var seccomp: SeccompMode = .kill
     /// How guest connections to host ports are made (a jailed VMM asks its supervisor).
     public var vsockConnector: VirtioVsock.Connector?
+    /// Directories for the snapshot's spare virtio-fs slots, matched by tag (docs/volumes.md, "Templates").
+    public var shares: [MachineConfig.Share] = []
 
     public init(vsockPath: String? = nil, vsockCID: UInt64? = nil, net: NetSpec? = nil,
                 consoleInput: Int32? = 0, consoleOutput: Int32 = 1, hostProfile: HostProfile = .detect()) {
@@ -143,6 +145,10 @@ extension Machine {
             throw fail("cannot create the directory: \(Errno.current("mkdir"))")
         }
         guard !config.cmdline.contains("\n") else { throw fail("the kernel command line holds a newline") }
+        // A bound share's state (the guest's inodes and open files) lives in this process, not in the snapshot.
+        if let bound = virtio.fileSystems.first(where: { $0.server != nil }) {
+            throw fail("share '\(bound.tag)' is bound to a host directory; a VM with shares cannot be snapshotted (docs/volumes.md)")
+        }
         if case .files(let files) = target, Set(files.layers.keys) != Set(overlaySlots) {
             throw fail("layer files for slots \(files.layers.keys.sorted()), the VM has overlay disks in slots \(overlaySlots)")
         }
@@ -261,6 +267,12 @@ extension Machine {
         if let net = overrides.net {
             guard config.net != nil else { throw fail("the snapshot has no net device; --net cannot add one") }
             config.net = net
+        }
+        for share in overrides.shares {
+            guard let slot = config.shares.firstIndex(where: { $0.tag == share.tag }) else {
+                throw fail("the snapshot has no virtio-fs slot '\(share.tag)' (it has \(config.shares.map(\.tag)))")
+            }
+            config.shares[slot] = share
         }
         try config.validate()
         let specs = config.virtioDevices

@@ -258,12 +258,15 @@ extension MachineConfig {
         for d in disks { lines.append("disk=\(d.path)\(d.readOnly ? ",ro" : "")\(d.overlay ? ",overlay" : "")") }
         if let net { lines.append("net=\(net.specString)") }
         if let vsock { lines.append("vsock=\(vsock.path)"); lines.append("vsock-cid=\(vsock.guestCID)") }
+        // Only the slot and its tag: what a share was bound to is the clone's choice (docs/volumes.md).
+        for share in shares { lines.append("share=\(share.tag)") }
         return lines.joined(separator: "\n")
     }
 
     init(snapshotText text: String) throws {
         var kernel: String?, initrd: String?, cmdline = MachineConfig.defaultCmdline, cpus = 1, memory = 256
         var profile = HostProfile.kvm, proto: BootProtocol?, disks: [Disk] = [], net: NetSpec?, vsockPath: String?, cid = Vsock.defaultGuestCID
+        var shares: [Share] = []
         for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
             guard let eq = line.firstIndex(of: "=") else { throw SnapshotState.LoadError.malformed("config line '\(line)'") }
             let key = String(line[..<eq]), value = String(line[line.index(after: eq)...])
@@ -280,6 +283,9 @@ extension MachineConfig {
             case "net": net = try NetSpec.parse(value)
             case "vsock": vsockPath = value
             case "vsock-cid": guard let n = UInt64(value) else { throw bad() }; cid = n
+            case "share":
+                guard VirtioFS.isValidTag(value) else { throw bad() }
+                shares.append(Share(tag: value, path: nil, options: ShareOptions(readOnly: true, uid: 0, gid: 0)))
             default: break // a newer Kiln's optional setting
             }
         }
@@ -289,6 +295,7 @@ extension MachineConfig {
         self.disks = disks
         self.net = net
         self.vsock = vsockPath.map { Vsock(path: $0, guestCID: cid) }
+        self.shares = shares
     }
 }
 
