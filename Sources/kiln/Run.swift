@@ -28,6 +28,10 @@ let runUsage = """
       --memory MIB           guest memory in MiB (default 256)
       -e, --env K=V          set an environment variable (repeatable; -e K copies K from here)
       -w, --workdir DIR      working directory in the guest (default /, or the image's WorkingDir)
+      -v, --volume HOST:GUEST[:ro]
+                             mount the host directory HOST at GUEST (repeatable, up to 4) over
+                             virtio-fs; with ro every write is refused on the host. Files the guest
+                             creates belong to HOST's owner (docs/volumes.md)
       -u, --user USER[:GROUP] run as this user of the image's /etc/passwd, or a number (default root)
       -i, --interactive      forward stdin to the command (without it the command's stdin is empty)
       -t, --tty              run the command on a terminal (with -i: an interactive shell, `-it`)
@@ -69,6 +73,7 @@ struct RunOptions {
     var template: String?
     var noTemplate = false
     var noJail = false
+    var volumes: [Volume] = []
     var command: [String] = []
 
     static func parse(_ args: ArraySlice<String>) throws(Arguments.Failure) -> RunOptions {
@@ -109,6 +114,10 @@ struct RunOptions {
             case "-e", "--env": o.environment.append(try take(arg))
             case "-w", "--workdir": o.workdir = try take(arg)
             case "-u", "--user": o.user = try take(arg)
+            case "-v", "--volume":
+                let spec = try take(arg)
+                guard let v = Volume.parse(spec) else { throw .init(message: "\(arg) takes HOST:GUEST[:ro] with GUEST absolute, got '\(spec)'") }
+                o.volumes.append(v)
             case "--registry-auth": o.pull.registryAuth = try take(arg)
             case "--insecure-registry": o.pull.insecureRegistries.append(try take(arg))
             case "--root-disk": o.rootDisk = try take(arg)
@@ -190,6 +199,7 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
     config.cpus = options.cpus
     config.memoryMiB = options.memory
     config.bootTimeout = options.bootTimeout
+    config.volumes = options.volumes
     // The jailed VMM gets its seccomp mode in its launch configuration, not from the environment.
     config.seccomp = seccompMode(disabled: false)
     if options.noJail {
@@ -308,13 +318,13 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
             throw SandboxError.setup("no usable template named '\(name)' in \(Templates.directory) (kiln template create \(name))")
         }
         return try await Sandbox.restore(snapshot: Templates.path(name), hostProfile: config.hostProfile, isolation: config.isolation,
-                                           seccomp: config.seccomp)
+                                           seccomp: config.seccomp, volumes: config.volumes)
     }
     if options.noTemplate { return try await Sandbox.start(config) }
     let auto = Templates.autoName(for: config)
     if Templates.usable(auto, hostProfile: config.hostProfile) {
         do { return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile, isolation: config.isolation,
-                                           seccomp: config.seccomp) } catch {
+                                           seccomp: config.seccomp, volumes: config.volumes) } catch {
             writeRaw(2, "kiln: the template for this image did not start (\(error)); booting instead\n")
             return try await Sandbox.start(config)
         }
@@ -323,7 +333,12 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
     while access(parent, F_OK) != 0, let slash = parent.lastIndex(of: "/"), slash != parent.startIndex { parent = String(parent[..<slash]) }
     guard access(parent, W_OK) == 0 else { return try await Sandbox.start(config) }
     writeRaw(2, "kiln: first run with this image and kernel: booting, then saving a template so that later runs start in milliseconds...\n")
-    return try await Templates.create(auto, config: config)
+    let made = try await Templates.create(auto, config: config)
+    guard !config.volumes.isEmpty else { return made }
+    // The template's sandbox has only spare slots: a clone of it binds the volumes (docs/volumes.md).
+    made.stop()
+    return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile, isolation: config.isolation,
+                                     seccomp: config.seccomp, volumes: config.volumes)
 }
 
 /// The run config the command gets: from --image-config, else the one the template was made

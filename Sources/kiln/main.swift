@@ -32,6 +32,11 @@ let usage = """
       --vsock PATH           virtio-vsock, guest CID 3: host programs connect to the Unix socket
                              PATH and write "CONNECT <port>\\n"; guest connections to CID 2
                              port P go to the Unix socket PATH_P (see docs/vsock.md)
+      --share HOST,tag=TAG[,ro][,uid=N][,gid=N][,cache=none|auto|always]
+                             the host directory HOST as virtio-fs (repeatable); the guest mounts it
+                             with `mount -t virtiofs TAG DIR`. Files the guest creates belong to
+                             uid/gid (default: HOST's owner); ro refuses every write on the host;
+                             cache defaults to always with ro, auto without (docs/volumes.md)
       --control PATH         a control socket: one command per line, pause, resume, status,
                              snapshot DIR (see docs/snapshot-format.md)
       --jail-uid N, --jail-gid N
@@ -56,7 +61,7 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
     let parsed: Arguments
     let cpus: Int, memory: Int
     do {
-        let options: Set<String> = ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock", "control"]
+        let options: Set<String> = ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock", "control", "share"]
         parsed = try Arguments(args, options: options.union(JailCommand.options), flags: Set(["no-seccomp", "headless"]).union(JailCommand.flags))
         cpus = try parsed.int("cpus", default: 1)
         memory = try parsed.int("memory", default: 256)
@@ -94,6 +99,14 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
         disks.append(disk)
     }
 
+    var shares: [MachineConfig.Share] = []
+    for spec in parsed.all("share") {
+        guard let share = MachineConfig.Share.parse(spec, owner: directoryOwner) else {
+            fail("--share takes HOST,tag=TAG[,ro][,uid=N][,gid=N][,cache=none|auto|always] (a tag of letters, digits, '-', '_', '.'), got '\(spec)'", code: 2)
+        }
+        shares.append(share)
+    }
+
     var net: NetSpec?
     if let spec = parsed.string("net") {
         do { net = try NetSpec.parse(spec) } catch { fail(error.description, code: 2) }
@@ -104,6 +117,7 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
                                cmdline: parsed.string("cmdline") ?? MachineConfig.defaultCmdline,
                                cpus: cpus, memoryMiB: memory, hostProfile: profile, bootProtocol: bootProtocol)
     config.disks = disks
+    config.shares = shares
     config.net = net
     if parsed.flags.contains("headless") { config.consoleInput = nil }
     if let path = parsed.string("vsock") {
@@ -123,6 +137,13 @@ func boot(_ args: ArraySlice<String>) -> Int32 {
     let machine: Machine
     do { machine = try Machine(config) } catch { fail(error.description) }
     return runAttached(machine, control: parsed.string("control"))
+}
+
+/// The owner of a directory, the default owner of the files a guest creates in a share of it.
+func directoryOwner(_ path: String) -> (uid: UInt32, gid: UInt32)? {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return nil }
+    return (st.st_uid, st.st_gid)
 }
 
 BootTrace.mark("process-start")
