@@ -142,7 +142,10 @@ public final class JailedVMM: Sendable {
         if let share = launch.boundShares.first {
             if share.uid != 0 && share.gid != 0 && options.uid == JailSpec.defaultUID { uid = share.uid; gid = share.gid }
             let systemMax = Files.read("/proc/sys/fs/nr_open").flatMap { UInt64($0.filter(\.isNumber)) } ?? 1 << 20
-            openFiles = min(JailSpec.shareOpenFiles, systemMax)
+            // Never above this process's hard limit: raising it needs CAP_SYS_RESOURCE, which a container may lack.
+            var limit = rlimit()
+            let hard = getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 ? UInt64(limit.rlim_max) : JailSpec.defaultOpenFiles
+            openFiles = max(JailSpec.defaultOpenFiles, min(JailSpec.shareOpenFiles, systemMax, hard))
         }
         launch.jail = JailSpec(root: root, uid: uid, gid: gid, openFiles: openFiles, fileSize: options.fileSize,
                                control: options.vsockPath != nil, commands: commandKind, detached: options.detached)
