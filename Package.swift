@@ -46,7 +46,7 @@ let package = Package(
         // bare root filesystem; the debug build stays dynamic so that tests can link against it.
         .executableTarget(name: "kiln-agent", dependencies: ["Agent", "CLinux", "LinuxSys"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
-        .target(name: "Sandbox", dependencies: ["AgentProtocol", "Images", "Jailer", "LinuxSys", "Seccomp", "VMM", "VMMProtocol"], swiftSettings: strict),
+        .target(name: "Sandbox", dependencies: ["AgentProtocol", "Boot", "Images", "Jailer", "LinuxSys", "Seccomp", "VMM", "VMMProtocol"], swiftSettings: strict),
         .target(name: "Seccomp", dependencies: ["CSandbox"], swiftSettings: strict),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp", "VMMProtocol"], swiftSettings: strict),
         // `kiln serve`: the E2B-compatible multi-tenant service (docs/service.md).

@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import Jailer
 import LinuxSys
+import Sandbox
 import VMM
 
 /// The `kiln` command tree. Parsing, help and usage come from swift-argument-parser; every
@@ -90,20 +91,34 @@ struct JailArguments: ParsableArguments {
     var disabled = false
 }
 
-// MARK: - Values
+// MARK: - Values, checked by SandboxSettings (Sources/Sandbox/Settings.swift) as the service's are
+
+extension MachineOptions {
+    /// The machine's settings, each value checked.
+    func apply(to settings: inout SandboxSettings) throws(SettingError) {
+        if let cpus { settings.cpus = try SandboxSettings.parseInt(cpus, .cpus, in: SandboxSettings.cpuRange) }
+        if let memory { settings.memoryMiB = try SandboxSettings.parseInt(memory, .memory, in: SandboxSettings.memoryRange) }
+        settings.kernel = kernel
+    }
+}
+
+extension SandboxOptions {
+    /// The sandbox's settings, checked (not yet validated as a whole: the command adds its own).
+    func settings() throws(SettingError) -> SandboxSettings {
+        var settings = SandboxSettings()
+        try machine.apply(to: &settings)
+        if let bootTimeout { settings.bootTimeout = try SandboxSettings.parseSeconds(bootTimeout, .bootTimeout) }
+        settings.image = image
+        settings.rootDisk = rootDisk
+        return settings
+    }
+}
 
 /// A whole-number option, or its default when not given.
 func wholeNumber(_ text: String?, _ option: String, default value: Int) throws(ValidationError) -> Int {
     guard let text else { return value }
     guard let n = Int(text) else { throw ValidationError("\(option) needs a whole number, got '\(text)'") }
     return n
-}
-
-/// A number of seconds (fractions allowed, never negative), or its default when not given.
-func seconds(_ text: String?, _ option: String, default value: Double) throws(ValidationError) -> Double {
-    guard let text else { return value }
-    guard let v = Double(text), v >= 0, v.isFinite else { throw ValidationError("\(option) needs a number of seconds, got '\(text)'") }
-    return v
 }
 
 /// A command group without its subcommand: one line, as for any usage error.

@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import Jailer
 import LinuxSys
+import Sandbox
 import VMM
 import VMMProtocol
 
@@ -46,7 +47,7 @@ struct RestoreCommand: ParsableCommand {
         }
         overrides.vsockPath = vsock
         if let net {
-            do { overrides.net = try NetSpec.parse(net) } catch { throw ValidationError(error.description) }
+            overrides.net = try SandboxSettings.parseNet(net)
         }
         let settings = try JailCommand.Settings(jail, control: control, noSeccomp: noSeccomp)
         if headless { overrides.consoleInput = nil }

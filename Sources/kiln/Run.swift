@@ -60,10 +60,21 @@ struct RunCommand: AsyncParsableCommand {
         var o = RunOptions()
         o.image = sandbox.image
         o.kernel = sandbox.machine.kernel
-        o.cpus = try wholeNumber(sandbox.machine.cpus, "--cpus", default: 1)
-        o.memory = try wholeNumber(sandbox.machine.memory, "--memory", default: 256)
-        o.bootTimeout = try seconds(sandbox.bootTimeout, "--boot-timeout", default: 300)
-        o.timeout = try seconds(timeout, "--timeout", default: 0)
+        // Every value checked here, before any work (issue 14): the same checks as the service's.
+        var settings = try sandbox.settings()
+        if let timeout { settings.commandTimeout = try SandboxSettings.parseSeconds(timeout, .timeout) }
+        for entry in env {
+            // `-e K` copies K from here: its name is checked as that of K=V.
+            do { try SandboxSettings.checkEnvironment(entry.contains("=") ? entry : entry + "=") } catch {
+                throw SettingError(.env, error.problem, got: entry)
+            }
+        }
+        if let template { try SandboxSettings.checkTemplate(template) }
+        try settings.validate()
+        o.cpus = settings.cpus
+        o.memory = settings.memoryMiB
+        o.bootTimeout = settings.bootTimeout
+        o.timeout = settings.commandTimeout
         o.environment = env
         o.workdir = workdir
         o.user = user

@@ -31,10 +31,18 @@ struct TemplateCommand: ParsableCommand {
         var name: String?
         @OptionGroup var sandbox: SandboxOptions
 
+        /// Every value checked before any work (issue 14).
+        func checkedSettings() throws -> SandboxSettings {
+            let settings = try sandbox.settings()
+            if let name { try SandboxSettings.checkTemplate(name) }
+            try settings.validate()
+            return settings
+        }
+
+        func validate() throws { _ = try checkedSettings() }
+
         func run() async throws {
-            let cpus = try wholeNumber(sandbox.machine.cpus, "--cpus", default: 1)
-            let memory = try wholeNumber(sandbox.machine.memory, "--memory", default: 256)
-            let bootTimeout = try seconds(sandbox.bootTimeout, "--boot-timeout", default: 300)
+            let settings = try checkedSettings()
             // Every image boots through the agent disk, Kiln's own too: one boot path (docs/images.md).
             let kernel: String, image: String, agentDisk: String
             let imageConfig: ImageConfiguration.RunConfig?
@@ -55,9 +63,9 @@ struct TemplateCommand: ParsableCommand {
             } catch let error as DefaultImages.Failure { fail(error.message) } catch { fail("\(error)") }
             var config = Sandbox.Configuration(kernelPath: kernel, imagePath: image)
             config.agentDisk = agentDisk
-            config.cpus = cpus
-            config.memoryMiB = memory
-            config.bootTimeout = bootTimeout
+            config.cpus = settings.cpus
+            config.memoryMiB = settings.memoryMiB
+            config.bootTimeout = settings.bootTimeout
             config.seccomp = seccompMode(disabled: false)
             let templateName = name ?? Templates.autoName(for: config)
             writeRaw(2, "kiln: booting a sandbox for template \(templateName)...\n")

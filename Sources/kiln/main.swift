@@ -3,6 +3,7 @@ import Boot
 import Glibc
 import Jailer
 import LinuxSys
+import Sandbox
 import VMM
 import VMMProtocol
 
@@ -58,9 +59,22 @@ struct BootCommand: ParsableCommand {
     @Flag(help: "Run the VMM without its seccomp filters (debugging only; docs/security.md, and KILN_SECCOMP=trap|log).")
     var noSeccomp = false
 
+    /// Every value checked before any work (issue 14): the machine, the files, the devices.
+    func checkedSettings() throws -> SandboxSettings {
+        var settings = SandboxSettings()
+        try machine.apply(to: &settings)
+        settings.initrd = initrd
+        settings.disks = try disk.map { spec throws(SettingError) in try SandboxSettings.parseDisk(spec) }
+        guard net.count <= 1 else { throw ValidationError("--net can be given once") }
+        settings.net = try net.first.map { spec throws(SettingError) in try SandboxSettings.parseNet(spec) }
+        try settings.validate()
+        return settings
+    }
+
+    func validate() throws { _ = try checkedSettings() }
+
     func run() throws {
-        let cpus = try wholeNumber(machine.cpus, "--cpus", default: 1)
-        let memory = try wholeNumber(machine.memory, "--memory", default: 256)
+        let settings = try checkedSettings()
         let profile: HostProfile
         switch hostProfile ?? "auto" {
         case "auto": profile = .detect()
@@ -72,16 +86,6 @@ struct BootCommand: ParsableCommand {
         if let name = bootProtocol {
             guard let p = BootProtocol(rawValue: name) else { throw ValidationError("unknown boot protocol '\(name)' (pvh, linux64)") }
             protocolChoice = p
-        }
-        var disks: [MachineConfig.Disk] = []
-        for spec in disk {
-            guard let d = MachineConfig.Disk.parse(spec) else { throw ValidationError("--disk takes PATH[,ro|,overlay], got '\(spec)'") }
-            disks.append(d)
-        }
-        guard net.count <= 1 else { throw ValidationError("--net can be given once") }
-        var netSpec: NetSpec?
-        if let spec = net.first {
-            do { netSpec = try NetSpec.parse(spec) } catch { throw ValidationError(error.description) }
         }
         if let vsock, vsock.isEmpty { throw ValidationError("--vsock takes a socket PATH") }
         let jailSettings = try JailCommand.Settings(jail, control: control, noSeccomp: noSeccomp)
@@ -98,9 +102,9 @@ struct BootCommand: ParsableCommand {
         }
 
         var config = MachineConfig(kernelPath: kernel, initrdPath: initrdPath, cmdline: cmdline ?? MachineConfig.defaultCmdline,
-                                   cpus: cpus, memoryMiB: memory, hostProfile: profile, bootProtocol: protocolChoice)
-        config.disks = disks
-        config.net = netSpec
+                                   cpus: settings.cpus, memoryMiB: settings.memoryMiB, hostProfile: profile, bootProtocol: protocolChoice)
+        config.disks = settings.disks
+        config.net = settings.net
         if headless { config.consoleInput = nil }
         if let vsock { config.vsock = MachineConfig.Vsock(path: vsock) }
         config.seccomp = seccompMode(disabled: noSeccomp)

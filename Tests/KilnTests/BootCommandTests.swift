@@ -78,8 +78,8 @@ import Testing
 
     @Test func tooLittleMemoryGivesAClearError() throws {
         let r = try run(["boot", "--memory", "16"])
-        #expect(r.status == 1)
-        #expect(r.stderr == "kiln: --memory 16 MiB is too little: a guest needs at least 32 MiB\n")
+        #expect(r.status == 2)
+        #expect(r.stderr == "kiln: --memory needs a whole number of MiB from 32 to 1048576, got '16'\n")
     }
 
     @Test func kernelAndInitrdThatDoNotFitInMemory() throws {

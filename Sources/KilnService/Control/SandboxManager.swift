@@ -185,16 +185,8 @@ public actor SandboxManager {
 
     func create(tenant: Tenant, _ request: NewSandboxRequest) async throws(APIError) -> SandboxRecord {
         let started = Timestamps.now()
-        guard (request.timeout ?? 0) >= 0 else { throw APIError(400, "timeout must not be negative") }
-        guard request.templateID.utf8.count <= 255, !request.templateID.isEmpty,
-              // A '/' only as in an OCI image reference (host/name:tag): no empty or dot components.
-              request.templateID.utf8.allSatisfy({ $0 > 32 && $0 < 127 }), !request.templateID.hasPrefix("."),
-              !request.templateID.split(separator: "/", omittingEmptySubsequences: false).contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
-            throw APIError(400, "invalid template id '\(request.templateID)'")
-        }
-        for (k, _) in request.envVars ?? [:] where k.isEmpty || k.contains("=") || k.contains("\0") {
-            throw APIError(400, "invalid environment variable name '\(k)'")
-        }
+        // The checks `kiln run` makes, with the same messages naming the request's fields.
+        do throws(SettingError) { try request.validate() } catch { throw APIError(400, error.apiDescription) }
         // A tenant at its sandbox limit is refused before its template is looked up (or built: `base` boots a VM).
         try checkCount(tenant)
         let template: String
