@@ -69,6 +69,7 @@ extension SandboxManager {
                     _ = try? await blocking.run { sandbox.stop() }
                     return
                 }
+                sandbox.parkWhenIdle(after: settings.idlePause) // a pool member waits parked; hand-out resumes it
                 pool.ready.append(WarmPool.Member(sandbox: sandbox, snapshot: snapshot))
                 pool.failures = 0
                 updatePoolGauge()
