@@ -11,7 +11,7 @@ import Synchronization
 
 let serveUsage = """
     usage: kiln serve [--listen HOST:PORT] [--tenants FILE] [--state-dir DIR] [--warm N|TEMPLATE=N]...
-                      [--warm-min-available MiB] [--no-seccomp]
+                      [--warm-min-available MiB] [--idle-pause SECONDS] [--no-seccomp]
 
     Serves E2B's API (control and in-sandbox) on one listener, default 127.0.0.1:3000, so that
     the e2b SDK drives Kiln sandboxes: E2B_API_URL=http://HOST:PORT E2B_SANDBOX_URL=http://HOST:PORT.
@@ -24,6 +24,10 @@ let serveUsage = """
       --warm TEMPLATE=N that many for TEMPLATE, filled at start (repeatable)
       --warm-min-available MiB
                         below this MemAvailable the pools stop refilling and empty (default 1024)
+      --idle-pause SECONDS
+                        park the vCPUs of a sandbox nobody has talked to for this long (a pool
+                        member, one between commands); the next request resumes it (default 10;
+                        0: never)
       --no-seccomp      as root, do not confine the service to its seccomp policy (debugging
                         only; KILN_SECCOMP=trap|log for gentler debugging)
     Templates are Kiln templates by name (kiln template create NAME); `base`, the SDK's default,
@@ -32,7 +36,7 @@ let serveUsage = """
 
 func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
     let parsed: Arguments
-    do { parsed = try Arguments(args, options: ["listen", "tenants", "state-dir", "warm", "warm-min-available"], flags: ["no-seccomp"]) } catch {
+    do { parsed = try Arguments(args, options: ["listen", "tenants", "state-dir", "warm", "warm-min-available", "idle-pause"], flags: ["no-seccomp"]) } catch {
         fail("\(error.message)\n\(serveUsage)", code: 2)
     }
     var pool = PoolSettings()
@@ -46,6 +50,13 @@ func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
     if let v = parsed.string("warm-min-available") {
         guard let mib = Int(v), mib >= 0 else { fail("--warm-min-available must be a number of MiB, not '\(v)'", code: 2) }
         pool.minAvailableMiB = mib
+    }
+    var idlePause: Double? = SandboxManager.defaultIdlePause
+    if let v = parsed.string("idle-pause") {
+        guard let seconds = Double(v), seconds >= 0, seconds.isFinite else {
+            fail("--idle-pause must be a number of seconds (0: never), not '\(v)'", code: 2)
+        }
+        idlePause = seconds == 0 ? nil : seconds
     }
     let listen = parsed.string("listen") ?? "127.0.0.1:3000"
     guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
@@ -97,6 +108,7 @@ func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
     let manager: SandboxManager
     var settings = SandboxManager.Settings(stateDirectory: stateDir)
     settings.pool = pool
+    settings.idlePause = idlePause
     do {
         manager = try SandboxManager(settings: settings, tenants: tenants,
                                      resolveTemplate: ServeTemplates.resolve, metrics: Metrics(), logger: logger)
