@@ -73,6 +73,13 @@ func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
     // As root each sandbox's VMM is a jailed process. The launcher starts them, so that this
     // process can be confined to the service policy once it serves (docs/security.md, "The
     // service's launcher"); it is started first, before this process's threads matter.
+    // Each sandbox holds about six descriptors here (agent socket, command channel, pidfd, console,
+    // ...): a soft limit of 1024 would stop the service at ~160 sandboxes. Raise it to the hard one.
+    var files = rlimit()
+    if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 && files.rlim_cur < files.rlim_max {
+        files.rlim_cur = files.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
+    }
     let confine = geteuid() == 0
     let filters: SeccompFilters?
     if confine {
