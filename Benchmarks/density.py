@@ -82,8 +82,8 @@ def rollup(pid):
 
 
 class Service:
-    def __init__(self, kiln, workdir, idle_pause, max_sandboxes):
-        self.kiln, self.workdir, self.idle_pause = kiln, workdir, idle_pause
+    def __init__(self, kiln, workdir, idle_pause, max_sandboxes, warm="0"):
+        self.kiln, self.workdir, self.idle_pause, self.warm = kiln, workdir, idle_pause, warm
         self.key = "kiln-density-" + uuid.uuid4().hex
         tenants = {"tenants": [{"name": "density", "apiKeys": [self.key], "maxSandboxes": max_sandboxes,
                                 "maxMemoryMiB": 256 * max_sandboxes + 4096}]}
@@ -97,7 +97,7 @@ class Service:
 
     def start(self):
         argv = [self.kiln, "serve", "--listen", f"127.0.0.1:{self.port}", "--tenants", str(self.workdir / "tenants.json"),
-                "--state-dir", str(self.state), "--warm", "0", "--idle-pause", str(self.idle_pause)]
+                "--state-dir", str(self.state), "--warm", self.warm, "--idle-pause", str(self.idle_pause)]
         log_file = open(self.workdir / "serve.log", "a")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.PIPE,
                                      start_new_session=True)
@@ -307,6 +307,7 @@ def main():
     ap.add_argument("--window", type=float, default=60, help="seconds of idle CPU measured")
     ap.add_argument("--sample-every", type=int, default=10)
     ap.add_argument("--min-available", type=int, default=6144, help="stop creating below this MemAvailable (MiB)")
+    ap.add_argument("--until", help="UTC HH:MM: stop creating then (a shared host's time slot), measure, clean up")
     ap.add_argument("--out", default=str(REPO / "Benchmarks/results"))
     args = ap.parse_args()
     counts = sorted({int(c) for c in args.counts.split(",") if c})
@@ -347,6 +348,9 @@ def main():
             targets = [c for c in counts if c < args.max] + [args.max]
             for target in targets:
                 while len(sandboxes) < target and not failure:
+                    if args.until and time.strftime("%H:%M", time.gmtime()) >= args.until:
+                        stopped_by = f"the time slot ended (--until {args.until} UTC)"
+                        break
                     if meminfo() < args.min_available * 1024:
                         stopped_by = f"MemAvailable below {args.min_available} MiB (--min-available)"
                         break
@@ -363,7 +367,7 @@ def main():
                 row["create_p50_ms"] = 1000 * quantile(create_times, 0.5)
                 row["create_max_ms"] = 1000 * max(create_times)
                 results["rows"].append(row)
-                if failure or stopped_by.startswith("MemAvailable"):
+                if failure or stopped_by.startswith(("MemAvailable", "the time slot")):
                     break
         results["stopped_by"] = stopped_by
     finally:
