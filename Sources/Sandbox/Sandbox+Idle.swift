@@ -20,6 +20,10 @@ extension Sandbox {
     /// Parks the VM now (whatever its agent is doing); the next frame sent to the agent resumes it.
     public func park() throws(SandboxError) { try idle.park(agent: agent, force: true) }
 
+    /// Resumes a parked VM now (a blocking round trip to the VMM; call it off the cooperative
+    /// threads when many may wait), as the next frame to the agent would.
+    public func wake() { idle.unpark() }
+
     /// Whether the VM is parked now.
     public var isParked: Bool { idle.isParked }
 
