@@ -5,11 +5,16 @@ and the whole run, as medians of N runs. Pass two kiln binaries to compare a bui
 in the same run (interleaved); each gets its own cache directory (kernel and images linked from the shared
 cache, templates private), so the two never rebuild each other's template.
 
-    Benchmarks/restore-trace.py [-n 5] KILN[:IMAGE] [OTHER_KILN[:IMAGE]]
+    Benchmarks/restore-trace.py [-n 5] [--memory MiB] [--shared-cache] KILN[:IMAGE] [OTHER_KILN[:IMAGE]]
+
+(`--memory` runs `kiln run --memory MiB`, a template of its own; `--shared-cache` uses
+KILN_CACHE_DIR or /var/cache/kiln as it is, templates included, for a single build.)
 
 (`:IMAGE` runs that build with `--image IMAGE`, e.g. to compare guest agents.)
 """
 import argparse, os, statistics, subprocess, sys, tempfile, time
+
+MEMORY = []
 
 def run_once(spec, cache, first=False):
     kiln, _, image = spec.partition(":")
@@ -33,11 +38,19 @@ def run_once(spec, cache, first=False):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=5)
+    ap.add_argument("--memory", type=int)
+    ap.add_argument("--shared-cache", action="store_true")
     ap.add_argument("kilns", nargs="+")
     a = ap.parse_args()
+    if a.memory:
+        MEMORY.extend(["--memory", str(a.memory)])
     shared = os.environ.get("KILN_CACHE_DIR", "/var/cache/kiln")
     caches = []
     for kiln in a.kilns:
+        if a.shared_cache:
+            run_once(kiln, shared, first=True)
+            caches.append(shared)
+            continue
         cache = tempfile.mkdtemp(prefix="kiln-trace-cache-")
         for d in ("kernel", "images", "initramfs"):
             os.symlink(os.path.join(shared, d), os.path.join(cache, d))
@@ -53,6 +66,7 @@ def main():
         print(f"{kiln}: median of {a.n}: start->agent-ready {med[0]:.0f} ms, start->sandbox-restored {med[1]:.0f} ms, "
               f"start->command-exited {med[2]:.0f} ms, total {med[3]:.0f} ms")
         print("  runs (ready/restored/exited/total ms): " + "; ".join("%.0f/%.0f/%.0f/%.0f" % r for r in rows[kiln]))
-        subprocess.run(["rm", "-rf", cache])
+        if cache != shared:
+            subprocess.run(["rm", "-rf", cache])
 
 main()

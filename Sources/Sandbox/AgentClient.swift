@@ -42,6 +42,10 @@ public final class AgentClient: Sendable {
     /// every frame before its Ping): whether the session stands at a frame boundary (`idleMark`).
     private let sequence = Mutex((sent: UInt64(0), settled: UInt64(0), pings: [UInt64: UInt64]()))
     private let readerThread = Mutex<LinuxSys.Thread?>(nil)
+    /// When a frame last went out or came in (CLOCK_MONOTONIC, ns): what idle parking measures.
+    private let activity = Atomic<UInt64>(AgentClient.monotonicNanos())
+    /// Runs before every write to the agent (Sandbox's idle parking resumes a parked VM there).
+    private let sendHook = Mutex<(@Sendable ([Frame]) -> Void)?>(nil)
 
     struct State: ~Copyable {
         var nextStream: UInt32 = 1
@@ -85,6 +89,27 @@ public final class AgentClient: Sendable {
         }
         if open { return nil }
         return sequence.withLock { q in q.sent == q.settled ? q.sent : nil }
+    }
+
+    /// Whether no operation waits on the agent: no process without its exit, no transfer,
+    /// request, watch, ping or reseed open. A quiescent session's agent owes the host nothing.
+    public var isQuiescent: Bool {
+        state.withLock { s in
+            !(s.processes.values.contains { $0.exit == nil } || !s.reads.isEmpty || !s.writes.isEmpty || !s.requests.isEmpty
+                || !s.watches.isEmpty || !s.pings.isEmpty || !s.reseeds.isEmpty)
+        }
+    }
+
+    /// Nanoseconds (CLOCK_MONOTONIC) of the last frame sent or received.
+    public var lastActivity: UInt64 { activity.load(ordering: .sequentiallyConsistent) }
+
+    /// Sets what runs before each write to the agent, on the writing thread (nil: nothing).
+    func setSendHook(_ hook: (@Sendable ([Frame]) -> Void)?) { sendHook.withLock { $0 = hook } }
+
+    static func monotonicNanos() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
     /// The negotiated session, as `AgentSession` records it in a snapshot.
@@ -418,6 +443,9 @@ public final class AgentClient: Sendable {
     func send(_ frames: [Frame]) {
         var bytes: [UInt8] = []
         for f in frames { guard (try? f.encode(into: &bytes)) != nil else { return } }
+        // Activity first, then the hook: idle parking re-reads it after pausing (IdleParking).
+        activity.store(AgentClient.monotonicNanos(), ordering: .sequentiallyConsistent)
+        if let hook = sendHook.withLock({ $0 }) { hook(frames) }
         writeLock.withLock { _ in
             sequence.withLock { q in
                 q.sent += UInt64(frames.count)
@@ -511,7 +539,9 @@ public final class AgentClient: Sendable {
 
     private func readLoop(_ initial: FrameDecoder) {
         var decoder = initial
-        var buffer = [UInt8](repeating: 0, count: 1 << 18)
+        // Not zero-filled: a page of it costs memory only once a read reaches it, and an idle
+        // sandbox's reads are a few small frames (one such buffer per sandbox in `kiln serve`).
+        var buffer = [UInt8](unsafeUninitializedCapacity: 1 << 16) { _, count in count = 1 << 16 }
         var failure: AgentClientError?
         loop: while true {
             do {
@@ -527,6 +557,7 @@ public final class AgentClient: Sendable {
                 failure = .connection(n == 0 ? "the agent closed the connection" : "reading from the agent: \(Errno.current("read"))")
                 break
             }
+            activity.store(AgentClient.monotonicNanos(), ordering: .sequentiallyConsistent)
             decoder.feed(buffer[0..<n])
         }
         _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))

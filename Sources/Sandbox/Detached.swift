@@ -43,6 +43,12 @@ extension Sandbox {
             return .vmGone(directory: directory)
         }
         guard identity.isAlive else { throw gone() }
+        // A VM its previous owner parked (idle parking) answers nothing until resumed.
+        do {
+            let channel = try UnixSocket.connectMessages(path: record.commandSocket)
+            try UnixSocket.sendMessage(channel.raw, Array(VMMCommand.resume.text.utf8))
+            _ = try UnixSocket.receiveMessage(channel.raw, capacity: 256)
+        } catch {} // no channel: the agent loop below reports what is wrong
         // The agent first: until it answers, nothing here waits for or would stop the VMM.
         let deadline = monotonicSeconds() + timeout
         var client: AgentClient?

@@ -100,6 +100,7 @@ public final class Sandbox: Sendable {
     let host: any VMHost
     let consoleFD: Int32
     let stopped = Mutex(false)
+    let idle: IdleParking
 
     public static var defaultRuntimeDirectory: String {
         if let p = getenv("KILN_RUNTIME_DIR"), p.pointee != 0 { return String(cString: p) }
@@ -111,6 +112,9 @@ public final class Sandbox: Sendable {
 
     init(agent: AgentClient, directory: String, host: any VMHost, consoleFD: Int32) {
         self.agent = agent; self.directory = directory; self.host = host; self.consoleFD = consoleFD
+        let idle = IdleParking(host: host)
+        self.idle = idle
+        agent.setSendHook { idle.willSend($0) }
     }
 
     /// Boots the VM and waits until its agent has answered the handshake.
@@ -289,6 +293,8 @@ public final class Sandbox: Sendable {
     public func stop() -> MachineOutcome {
         let first = stopped.withLock { s in defer { s = true }; return !s }
         if first {
+            idle.end()
+            IdleReaper.shared.forget(self)
             agent.close()
             host.stop()
             Sandbox.cleanUp(directory, consoleFD)

@@ -31,6 +31,10 @@ protocol VMHost: Sendable {
     /// Ends the VM if it still runs, waits for it and releases what it held.
     func stop()
     func snapshot(to directory: String) throws(SandboxError)
+    /// Parks the vCPUs and the device thread (the VM keeps its state; its clocks run on).
+    func pause() throws(SandboxError)
+    /// Lets a paused VM run again (a running one is left alone).
+    func resume() throws(SandboxError)
 }
 
 /// The VMM as a thread of this process.
@@ -62,6 +66,14 @@ final class InProcessVM: VMHost {
 
     func snapshot(to directory: String) throws(SandboxError) {
         do { try machine.snapshot(to: directory) } catch { throw .setup(error.description) }
+    }
+
+    func pause() throws(SandboxError) {
+        do { try machine.pause() } catch { throw .setup(error.description) }
+    }
+
+    func resume() throws(SandboxError) {
+        do { try machine.resume() } catch { throw .setup(error.description) }
     }
 }
 
@@ -154,6 +166,15 @@ final class JailedVM: VMHost {
 
     func snapshot(to directory: String) throws(SandboxError) {
         do { try vmm.snapshot(to: directory) } catch { throw .setup(error.description) }
+    }
+
+    func pause() throws(SandboxError) { try command(.pause) }
+    func resume() throws(SandboxError) { try command(.resume) }
+
+    private func command(_ command: VMMCommand) throws(SandboxError) {
+        let reply: String
+        do { reply = try vmm.request(command) } catch { throw .setup(error.description) }
+        guard reply.hasPrefix("ok") else { throw .setup("the VMM refused '\(command.text)': \(reply)") }
     }
 
     static func outcome(_ ending: JailedVMM.Ending, limitMiB: UInt64) -> MachineOutcome {

@@ -40,6 +40,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: ArgumentHelp("Below this MemAvailable the pools stop refilling and empty (default 1024).",
                                                           valueName: "MiB"))
     var warmMinAvailable: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
+        Park the vCPUs of a sandbox nobody has talked to for this long (a pool member, one between commands); the \
+        next request resumes it (default 10; 0: never).
+        """, valueName: "SECONDS"))
+    var idlePause: String?
     @Flag(help: "As root, do not confine the service to its seccomp policy (debugging only; KILN_SECCOMP=trap|log for gentler debugging).")
     var noSeccomp = false
 
@@ -59,6 +64,13 @@ func serveCommand(_ options: ServeCommand) async -> Int32 {
         guard let mib = Int(v), mib >= 0 else { fail("--warm-min-available must be a number of MiB, not '\(v)'", code: 2) }
         pool.minAvailableMiB = mib
     }
+    var idlePause: Double? = SandboxManager.defaultIdlePause
+    if let v = options.idlePause {
+        guard let seconds = Double(v), seconds >= 0, seconds.isFinite else {
+            fail("--idle-pause must be a number of seconds (0: never), not '\(v)'", code: 2)
+        }
+        idlePause = seconds == 0 ? nil : seconds
+    }
     let listen = options.listen
     guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
         fail("--listen must be HOST:PORT with a port from 0 to 65535, not '\(listen)'", code: 2)
@@ -74,6 +86,13 @@ func serveCommand(_ options: ServeCommand) async -> Int32 {
     // As root each sandbox's VMM is a jailed process. The launcher starts them, so that this
     // process can be confined to the service policy once it serves (docs/security.md, "The
     // service's launcher"); it is started first, before this process's threads matter.
+    // Each sandbox holds about six descriptors here (agent socket, command channel, pidfd, console,
+    // ...): a soft limit of 1024 would stop the service at ~160 sandboxes. Raise it to the hard one.
+    var files = rlimit()
+    if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 && files.rlim_cur < files.rlim_max {
+        files.rlim_cur = files.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
+    }
     let confine = geteuid() == 0
     let filters: SeccompFilters?
     if confine {
@@ -109,6 +128,7 @@ func serveCommand(_ options: ServeCommand) async -> Int32 {
     let manager: SandboxManager
     var settings = SandboxManager.Settings(stateDirectory: stateDir)
     settings.pool = pool
+    settings.idlePause = idlePause
     do {
         manager = try SandboxManager(settings: settings, tenants: tenants,
                                      resolveTemplate: ServeTemplates.resolve, metrics: Metrics(), logger: logger)

@@ -25,12 +25,21 @@ import Testing
         return Templates.path(name)
     }
 
-    static func makeServer(pool: PoolSettings) async throws -> TestServer {
+    static func makeServer(pool: PoolSettings, idlePause: Double? = SandboxManager.defaultIdlePause) async throws -> TestServer {
         let path = try await template()
         return try await TestServer.start(tenants: [Tenant(name: "solo", apiKeys: [key], maxSandboxes: 1)], resolve: { name in
             guard name == "default" else { throw APIError(404, "template '\(name)' not found") }
             return path
-        }, pool: pool)
+        }, pool: pool, idlePause: idlePause)
+    }
+
+    /// Waits (up to a minute) until `parked` says yes; false if it never does.
+    static func waitUntil(_ parked: () async -> Bool) async throws -> Bool {
+        for _ in 0..<600 {
+            if await parked() { return true }
+            try await Task.sleep(nanoseconds: 100_000_000)
+        }
+        return false
     }
 
     /// The value of one sample line of `GET /metrics`.
@@ -120,6 +129,40 @@ import Testing
         #expect(second.sandboxID != first.sandboxID)
         let (out2, code2) = try await Self.run(server, second, #"echo "[$GREETING]$E2B_SANDBOX_ID""#)
         #expect(code2 == 0 && out2 == "[]\(second.sandboxID)\n", "\(out2)")
+    }
+
+    /// Idle parking in the service: a pool member waits parked, and the create that takes it gets
+    /// a running guest with the request's identity and the host's clock, not the pool's.
+    @Test func aParkedPoolMemberIsHandedOutAwakeWithTheRequestsIdentity() async throws {
+        var pool = PoolSettings()
+        pool.sizes["default"] = 1
+        let server = try await Self.makeServer(pool: pool, idlePause: 0.5)
+        do {
+            try await Self.waitForPool(server, 1)
+            #expect(try await Self.waitUntil { await server.manager.pools["default"]?.ready.first?.sandbox.isParked == true },
+                    "the pool member was not parked")
+            let handOut = time(nil)
+            let create = try await server.request("POST", "/v2/sandboxes", key: Self.key,
+                                                  body: #"{"templateID": "default", "envVars": {"GREETING": "awake"}}"#)
+            #expect(create.status == 201, "\(create.text)")
+            let created = try create.json(Created.self)
+            let (out, code) = try await Self.run(server, created, #"echo "$GREETING|$E2B_SANDBOX_ID"; date +%s"#)
+            #expect(code == 0)
+            let lines = out.split(separator: "\n")
+            #expect(lines.first == "awake|\(created.sandboxID)", "\(out)")
+            let guestTime = lines.dropFirst().first.flatMap { Int($0) } ?? 0
+            #expect(guestTime >= handOut - 1 && guestTime <= time(nil) + 1, "guest clock \(guestTime), hand-out at \(handOut)")
+
+            // Between commands the tenant's sandbox is parked too, and its next command still runs.
+            #expect(try await Self.waitUntil { await server.manager.entries[created.sandboxID]?.live?.sandbox.isParked == true },
+                    "the idle sandbox was not parked")
+            let (again, code2) = try await Self.run(server, created, #"echo "again $GREETING""#)
+            #expect(code2 == 0 && again == "again awake\n", "\(again)")
+        } catch {
+            await server.stop()
+            throw error
+        }
+        await server.stop()
     }
 
     @Test func underMemoryPressureThePoolStaysEmptyAndCreatesStillWork() async throws {

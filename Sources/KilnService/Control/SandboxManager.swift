@@ -57,8 +57,15 @@ public actor SandboxManager {
         public var lifetime: Sandbox.Lifetime = geteuid() == 0 ? .detached : .tiedToProcess
         /// Warm pools: restored sandboxes kept ready per template (WarmPool.swift).
         public var pool = PoolSettings()
+        /// Seconds a sandbox (a pool member, or one between commands) may go untalked-to before its
+        /// vCPUs are parked (`Sandbox.parkWhenIdle`); the next request resumes it. Nil: never.
+        public var idlePause: Double? = SandboxManager.defaultIdlePause
         public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
     }
+
+    /// Long enough that a client between two quick requests never waits for a resume, short
+    /// enough that pool members and forgotten sandboxes stop costing CPU within seconds.
+    public static let defaultIdlePause: Double = 10
 
     /// Finds (making it on first use, if it knows how) the snapshot directory of a template.
     public typealias TemplateResolver = @Sendable (String) async throws -> String
@@ -144,6 +151,7 @@ public actor SandboxManager {
         guard let directory = record.runtimeDirectory, settings.lifetime == .detached else { return nil }
         do {
             let sandbox = try await blocking.run { try await Sandbox.adopt(directory: directory) }
+            sandbox.parkWhenIdle(after: settings.idlePause)
             let live = ServiceSandbox(id: record.id, sandbox: sandbox, envVars: record.envVars, image: record.image, blocking: blocking)
             await live.reattach()
             return live
@@ -481,6 +489,7 @@ public actor SandboxManager {
                 try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: vms, hostProfile: settings.hostProfile,
                                           isolation: settings.isolation, lifetime: settings.lifetime)
             }
+            sandbox.parkWhenIdle(after: settings.idlePause)
             let live = ServiceSandbox(id: id, sandbox: sandbox, envVars: envVars,
                                       image: try? Templates.imageConfig(snapshotDirectory: snapshot), blocking: blocking)
             await live.reattach()

@@ -69,6 +69,7 @@ extension SandboxManager {
                     _ = try? await blocking.run { sandbox.stop() }
                     return
                 }
+                sandbox.parkWhenIdle(after: settings.idlePause) // a pool member waits parked; hand-out resumes it
                 pool.ready.append(WarmPool.Member(sandbox: sandbox, snapshot: snapshot))
                 pool.failures = 0
                 updatePoolGauge()
@@ -104,6 +105,9 @@ extension SandboxManager {
             // request already finds them done (the round trip to an emulated guest is most of
             // a hand-out's time). A guest that refuses them is reported and then killed.
             let logger = self.logger, sandbox = member.sandbox
+            // A parked member is resumed on a blocking thread: resumed by the send below it would
+            // hold this actor for the VMM round trip, and concurrent hand-outs would queue on it.
+            if sandbox.isParked { _ = try? await blocking.run { sandbox.wake() } }
             do {
                 try sandbox.agent.sendTimeAndReseed(Random.bytes(64)) { result in
                     switch result {

@@ -28,13 +28,15 @@ final class TestServer: Sendable {
     /// Starts a server; `seed` writes sandbox records into the state directory before the manager
     /// recovers them (paused ones need no VM).
     static func start(tenants: [Tenant], resolve: @escaping SandboxManager.TemplateResolver = noTemplates,
-                      seed: [SandboxRecord] = [], pool: PoolSettings = TestServer.noPools) async throws -> TestServer {
+                      seed: [SandboxRecord] = [], pool: PoolSettings = TestServer.noPools,
+                      idlePause: Double? = SandboxManager.defaultIdlePause) async throws -> TestServer {
         let dir = Temp.directory("kiln-svc-state")
         var logger = Logger(label: "kiln.serve.test")
         logger.logLevel = .error
         let t = try Tenants(tenants)
         var settings = SandboxManager.Settings(stateDirectory: dir)
         settings.pool = pool
+        settings.idlePause = idlePause
         let manager = try SandboxManager(settings: settings, tenants: t, resolveTemplate: resolve,
                                          metrics: Metrics(), logger: logger)
         for record in seed {
