@@ -42,7 +42,7 @@ struct ServeCommand: AsyncParsableCommand {
     var warmMinAvailable: String?
     @Option(parsing: .unconditional, help: ArgumentHelp("""
         Park the vCPUs of a sandbox nobody has talked to for this long (a pool member, one between commands); the \
-        next request resumes it (default 10; 0: never).
+        next request resumes it (default 0: never; the density benchmark uses 10).
         """, valueName: "SECONDS"))
     var idlePause: String?
     @Flag(help: "As root, do not confine the service to its seccomp policy (debugging only; KILN_SECCOMP=trap|log for gentler debugging).")
