@@ -95,8 +95,13 @@ import Testing
             try Frame(stream: 1, .writeFile(WriteFile(path: "/x", mode: 0o644, options: .init(rawValue: 0x80)))).encoded()
         }
         #expect(throws: ProtocolError.reservedBits(.spawn)) {
-            try Frame(stream: 1, .spawn(Spawn(Exec(argv: ["x"]), flags: .init(rawValue: 2)))).encoded()
+            try Frame(stream: 1, .spawn(Spawn(Exec(argv: ["x"]), flags: .init(rawValue: 4)))).encoded()
         }
+        // The limits bit and the record go together; Spawn's init sets the bit from `limits`.
+        var unset = Spawn(Exec(argv: ["x"]))
+        unset.flags.insert(.limits)
+        #expect(throws: ProtocolError.invalidValue(.spawn, field: "limits flag")) { try Frame(stream: 1, .spawn(unset)).encoded() }
+        #expect(Spawn(Exec(argv: ["x"]), flags: .limits).flags.isEmpty)
         #expect(throws: ProtocolError.invalidValue(.signalProcess, field: "signal number")) {
             try Frame(stream: 1, .signalProcess(pid: 1, signal: 65)).encoded()
         }
