@@ -216,7 +216,9 @@ public final class AgentServer {
     }
 
     func checkTimeouts(now: UInt64) {
-        for p in processes.values where !p.timedOut && p.waitStatus == nil {
+        // A command whose first process exited while descendants hold its output open (a fork
+        // bomb's shell returns at once) has not ended: the timeout kills what is left.
+        for p in processes.values where !p.timedOut && !p.finished {
             if let d = p.deadline, d <= now {
                 p.timedOut = true
                 p.send(SIGKILL)

@@ -97,9 +97,11 @@ final class ChildProcess {
     /// process alone if the group is gone.
     /// SIGKILL also goes to the whole cgroup: descendants that left the group (a fork bomb's
     /// subshells, a daemon) die with the command.
+    /// Once it is reaped its pid may be reused: only the group (whose id the kernel does not
+    /// reuse while members remain) and the cgroup are signalled then.
     func send(_ signal: Int32) {
-        if kill(-pid, signal) != 0 { _ = kill(pid, signal) }
         if signal == SIGKILL, let cgroup { CommandCgroups.kill(cgroup) }
+        if kill(-pid, signal) != 0 && waitStatus == nil { _ = kill(pid, signal) }
     }
 
     var exitStatus: ExitStatus {
