@@ -24,6 +24,8 @@ public final class AgentServer {
     let signals: Int32
     let capabilities: Capabilities
     let setIDs: Bool
+    /// Per-command cgroups with a pids limit; nil outside the guest (or without cgroup2).
+    let cgroups: CommandCgroups?
     var connections: [Connection] = []
     /// Every process the agent runs, attached or detached, by `ChildProcess.id`; an exited one
     /// stays until its Exit is sent (a detached kept one: until an Attach collects it).
@@ -49,6 +51,7 @@ public final class AgentServer {
         var caps: Capabilities = setIDs ? [.setIDs] : []
         if access("/dev/ptmx", R_OK | W_OK) == 0 { caps.insert(.pty) }
         capabilities = caps
+        cgroups = options.isInit ? CommandCgroups.setUp() : nil
         // Before any snapshot: a restored clone's Reseed then needs no open or close.
         if setIDs { _ = kiln_entropy_prepare() }
     }
@@ -154,7 +157,9 @@ public final class AgentServer {
             let signo = kiln_signalfd_read(signals)
             if signo <= 0 { break }
             switch signo {
-            case SIGCHLD: reap()
+            case SIGCHLD:
+                reap()
+                cgroups?.removeEmpty()
             default:
                 // Forward a termination request to everything we started.
                 for p in processes.values { p.send(signo) }
@@ -211,7 +216,9 @@ public final class AgentServer {
     }
 
     func checkTimeouts(now: UInt64) {
-        for p in processes.values where !p.timedOut && p.waitStatus == nil {
+        // A command whose first process exited while descendants hold its output open (a fork
+        // bomb's shell returns at once) has not ended: the timeout kills what is left.
+        for p in processes.values where !p.timedOut && !p.finished {
             if let d = p.deadline, d <= now {
                 p.timedOut = true
                 p.send(SIGKILL)
@@ -317,8 +324,14 @@ public final class AgentServer {
             c.send(Frame(stream: p.stream, .exit(p.exitStatus)))
             p.closeAll()
             c.processes[p.stream] = nil
-            processes[p.id] = nil
+            forget(p)
         }
+    }
+
+    /// The process leaves the agent's table; its cgroup goes once it is empty.
+    func forget(_ p: ChildProcess) {
+        processes[p.id] = nil
+        if let path = p.cgroup { cgroups?.release(path) }
     }
 
     /// Sends what a detached process buffered on the stream that now attached it.

@@ -42,9 +42,11 @@ final class ChildProcess {
     var waitStatus: Int32?
     var deadline: UInt64?
     var timedOut = false
+    /// The command's own cgroup (CommandCgroups), nil when the guest has none.
+    let cgroup: String?
 
     init(id: UInt64, stream: UInt32, pid: pid_t, spawn: Spawn, input: Int32, output: Int32, errorOutput: Int32, pty: Bool,
-         deadline: UInt64?) {
+         deadline: UInt64?, cgroup: String?) {
         self.id = id
         self.stream = stream
         self.pid = pid
@@ -57,6 +59,7 @@ final class ChildProcess {
         self.pty = pty
         errorOutputOpen = errorOutput >= 0
         self.deadline = deadline
+        self.cgroup = cgroup
     }
 
     /// Exited, every pipe at end of file: all that is left is to report the Exit.
@@ -92,8 +95,13 @@ final class ChildProcess {
 
     /// Sends `signal` to the process group (the process leads its own session), or to the
     /// process alone if the group is gone.
+    /// SIGKILL also goes to the whole cgroup: descendants that left the group (a fork bomb's
+    /// subshells, a daemon) die with the command.
+    /// Once it is reaped its pid may be reused: only the group (whose id the kernel does not
+    /// reuse while members remain) and the cgroup are signalled then.
     func send(_ signal: Int32) {
-        if kill(-pid, signal) != 0 { _ = kill(pid, signal) }
+        if signal == SIGKILL, let cgroup { CommandCgroups.kill(cgroup) }
+        if kill(-pid, signal) != 0 && waitStatus == nil { _ = kill(pid, signal) }
     }
 
     var exitStatus: ExitStatus {
@@ -122,8 +130,8 @@ final class ChildProcess {
 
     /// Starts `exec` as described in docs/agent-protocol.md ("Processes").
     /// `environment` is what the process gets (the host's plus what the agent adds).
-    static func start(_ spawn: Spawn, environment: [String], id: UInt64, stream: UInt32, setIDs: Bool, now: UInt64)
-        -> Result<ChildProcess, Failure> {
+    static func start(_ spawn: Spawn, environment: [String], id: UInt64, stream: UInt32, setIDs: Bool, now: UInt64,
+                      cgroups: CommandCgroups? = nil) -> Result<ChildProcess, Failure> {
         var exec = spawn.exec
         exec.environment = environment
         guard !exec.argv.isEmpty else { return .failure(Failure(errno: EINVAL, message: "empty argv")) }
@@ -139,11 +147,25 @@ final class ChildProcess {
             return .failure(Failure(errno: ENOENT, message: "\(command): command not found"))
         }
 
+        // Its cgroup first: a command that cannot be limited does not run.
+        var cgroup: (path: String, procs: Int32)?
+        if let cgroups {
+            let pids = spawn.limits.map { $0.pids == 0 ? CommandCgroups.defaultPids : $0.pids } ?? CommandCgroups.defaultPids
+            switch cgroups.create(id, pids: pids) {
+            case .success(let c): cgroup = c
+            case .failure(let f): return .failure(f)
+            }
+        }
+        defer { if let cgroup { Glibc.close(cgroup.procs) } }
+
         // Descriptors for the child (given to it as 0, 1, 2) and ours.
         var childFDs: [Int32] = []
         var input: Int32 = -1, output: Int32 = -1, errorOutput: Int32 = -1
         var ptyMaster: Int32 = -1
-        func cleanup() { for fd in childFDs + [input, output, errorOutput, ptyMaster] where fd >= 0 { Glibc.close(fd) } }
+        func cleanup() {
+            for fd in childFDs + [input, output, errorOutput, ptyMaster] where fd >= 0 { Glibc.close(fd) }
+            if let cgroup { _ = rmdir(cgroup.path) }
+        }
 
         if let size = exec.pty {
             var slave = [CChar](repeating: 0, count: 128)
@@ -165,6 +187,7 @@ final class ChildProcess {
                 if kiln_pipe2(&fds, O_CLOEXEC) != 0 {
                     let e = errno
                     for p in pipes { Glibc.close(p[0]); Glibc.close(p[1]) }
+                    if let cgroup { _ = rmdir(cgroup.path) }
                     return .failure(Failure(errno: e, message: "pipe: \(String(cString: strerror(e)))"))
                 }
                 pipes.append(fds)
@@ -189,6 +212,7 @@ final class ChildProcess {
                     request.gid = exec.gid
                     request.groups = groups.baseAddress
                     request.group_count = groups.count
+                    request.cgroup_procs = cgroup?.procs ?? -1
                     return path.withCString { p in
                         exec.workingDirectory.withCString { cwd in
                             request.path = p
@@ -210,7 +234,8 @@ final class ChildProcess {
         case .success(let pid):
             let deadline = exec.timeoutMillis == 0 ? nil : now + UInt64(exec.timeoutMillis)
             return .success(ChildProcess(id: id, stream: stream, pid: pid, spawn: spawn, input: input, output: output,
-                                         errorOutput: errorOutput, pty: exec.pty != nil, deadline: deadline))
+                                         errorOutput: errorOutput, pty: exec.pty != nil, deadline: deadline,
+                                         cgroup: cgroup?.path))
         }
     }
 

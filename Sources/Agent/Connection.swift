@@ -250,7 +250,7 @@ final class Connection {
             if !environment.contains(where: { $0.hasPrefix(name) }) { environment.append(entry) }
         }
         switch ChildProcess.start(spawn, environment: environment, id: server.nextID(), stream: s, setIDs: server.setIDs,
-                                  now: AgentServer.monotonicMillis()) {
+                                  now: AgentServer.monotonicMillis(), cgroups: server.cgroups) {
         case .success(let p):
             p.connection = self
             processes[s] = p
@@ -363,7 +363,7 @@ final class Connection {
             }
             if p.waitStatus == nil { p.send(SIGKILL); server.abandoned.insert(p.pid) }
             p.closeAll()
-            server.processes[p.id] = nil
+            server.forget(p)
         }
         processes.removeAll()
         for f in incoming.values { f.abandon() }

@@ -8,6 +8,8 @@ public enum GuestInit {
     static let mounts: [(source: String, target: String, type: String, flags: UInt, data: String?)] = [
         ("proc", "/proc", "proc", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), nil),
         ("sysfs", "/sys", "sysfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), nil),
+        // For the per-command pids limits (CommandCgroups).
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), nil),
         ("devtmpfs", "/dev", "devtmpfs", UInt(MS_NOSUID), "mode=0755"),
         ("devpts", "/dev/pts", "devpts", UInt(MS_NOSUID | MS_NOEXEC), "mode=0620,ptmxmode=0666"),
         ("tmpfs", "/dev/shm", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777"),

@@ -341,7 +341,9 @@ struct PayloadReader {
             let exec = try execFields()
             let flags = Spawn.Flags(rawValue: try int())
             guard Spawn.Flags.known.isSuperset(of: flags) else { throw .reservedBits(.spawn) }
-            return .spawn(Spawn(exec, flags: flags, tag: try string()))
+            let tag = try string()
+            let limits = flags.contains(.limits) ? Limits(pids: try int()) : nil
+            return .spawn(Spawn(exec, flags: flags, tag: tag, limits: limits))
         case .attach:
             return .attach(pid: try int())
         case .listProcesses:

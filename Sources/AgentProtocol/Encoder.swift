@@ -52,7 +52,8 @@ extension Message {
             else if !WriteFile.Options.known.isSuperset(of: w.options) { .reservedBits(.writeFile) }
             else { nil }
         case .spawn(let sp):
-            Spawn.Flags.known.isSuperset(of: sp.flags) ? nil : .reservedBits(.spawn)
+            !Spawn.Flags.known.isSuperset(of: sp.flags) ? .reservedBits(.spawn)
+                : sp.flags.contains(.limits) != (sp.limits != nil) ? .invalidValue(.spawn, field: "limits flag") : nil
         case .signalProcess(_, let s):
             Message.signals.contains(s) ? nil : .invalidValue(.signalProcess, field: "signal number")
         case .makeDirectory(let m):
@@ -151,6 +152,7 @@ extension Message {
             out.put(sp.exec)
             out.put(sp.flags.rawValue)
             out.put(sp.tag)
+            if sp.flags.contains(.limits) { out.put(sp.limits?.pids ?? 0) }
         case .attach(let pid):
             out.put(pid)
         case .listProcesses, .listEnd, .done, .watching:

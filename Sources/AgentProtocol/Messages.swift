@@ -291,17 +291,30 @@ public struct Spawn: Equatable, Sendable {
         public init(rawValue: UInt8) { self.rawValue = rawValue }
         /// The process keeps running when the connection that started it closes.
         public static let keep = Flags(rawValue: 1 << 0)
-        static let known: Flags = [.keep]
+        /// (1.3) The tag is followed by a `Limits` record. Set by the encoder from `limits`.
+        public static let limits = Flags(rawValue: 1 << 1)
+        static let known: Flags = [.keep, .limits]
     }
     public var exec: Exec
     public var flags: Flags
     /// Free text the host chooses (E2B's process tag); reported by ListProcesses.
     public var tag: String
-    public init(_ exec: Exec, flags: Flags = [], tag: String = "") {
+    /// (1.3) Limits for the process and everything it starts; nil: the agent's defaults.
+    public var limits: Limits?
+    public init(_ exec: Exec, flags: Flags = [], tag: String = "", limits: Limits? = nil) {
         self.exec = exec
-        self.flags = flags
+        self.flags = limits == nil ? flags.subtracting(.limits) : flags.union(.limits)
         self.tag = tag
+        self.limits = limits
     }
+}
+
+/// (1.3) What a spawned command and its descendants may use, enforced by the agent through
+/// the command's own cgroup (docs/agent-protocol.md, "Limits").
+public struct Limits: Equatable, Sendable {
+    /// The most processes and threads at once (the cgroup's pids.max); 0: the agent's default.
+    public var pids: UInt32
+    public init(pids: UInt32 = 0) { self.pids = pids }
 }
 
 /// (1.2) One process in the answer to ListProcesses.

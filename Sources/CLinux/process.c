@@ -11,6 +11,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -34,6 +35,10 @@ static int spawn_child(void *arg) {
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, _NSIG / 8);
 
 #define FAIL(step) do { r->error = errno; r->failed_step = step; _exit(127); } while (0)
+    // "0" moves the writer: the child is in its cgroup before it can start anything.
+    if (r->cgroup_procs >= 0 && write(r->cgroup_procs, "0", 1) != 1) FAIL("cgroup");
+    // The agent runs at a higher priority (kiln_raise_priority); its commands do not.
+    if (r->cgroup_procs >= 0) syscall(SYS_setpriority, PRIO_PROCESS, 0, 0);
     if (setsid() < 0) FAIL("setsid");
     // Move the sources out of 0-2 first, so that dup2 below never meets its own target.
     int moved[3];
@@ -160,6 +165,7 @@ int kiln_link_up(const char *name) {
 }
 
 int kiln_reboot(void) { return reboot(RB_AUTOBOOT); }
+int kiln_raise_priority(int nice_value) { return setpriority(PRIO_PROCESS, 0, nice_value); }
 int kiln_mkostemp(char *template_path, int flags) { return mkostemp(template_path, flags); }
 
 #include <linux/random.h>

@@ -255,9 +255,10 @@ public final class AgentClient: Sendable {
     /// closes: its output is then buffered in the guest (one window, 1 MiB, per channel; then
     /// the process blocks on its pipe) and its exit status kept, until `attach(pid:)` from any
     /// connection collects them. `tag` is free text reported by `listProcesses()`.
-    public func exec(_ exec: Exec, keep: Bool, tag: String = "") async throws -> RemoteProcess {
-        try require(minor: 2, "Spawn")
-        return try await openProcess { .spawn(Spawn(exec, flags: keep ? [.keep] : [], tag: tag)) }
+    /// `limits` (protocol 1.3) bound the process and its descendants in the guest.
+    public func exec(_ exec: Exec, keep: Bool, tag: String = "", limits: Limits? = nil) async throws -> RemoteProcess {
+        try require(minor: limits == nil ? 2 : 3, limits == nil ? "Spawn" : "Spawn with limits (--pids)")
+        return try await openProcess { .spawn(Spawn(exec, flags: keep ? [.keep] : [], tag: tag, limits: limits)) }
     }
 
     /// Attaches to a process the agent runs (protocol 1.2), kept or not, detached or attached

@@ -17,6 +17,9 @@ public struct SandboxSettings: Sendable {
     public var bootTimeout: Double = 300
     /// Seconds a command may run; 0: no limit.
     public var commandTimeout: Double = 0
+    /// The most processes a command and its descendants may have at once in the guest; nil:
+    /// the agent's default (1024), which keeps a fork bomb from taking the guest's agent down.
+    public var pids: Int?
     /// A guest kernel file; nil: Kiln's own.
     public var kernel: String?
     public var initrd: String?
@@ -36,6 +39,8 @@ public struct SandboxSettings: Sendable {
     public static let maximumBootTimeout: Double = 86_400
     /// The agent takes the command's timeout in milliseconds as a UInt32.
     public static let maximumCommandTimeout = Double(UInt32.max / 1000)
+    /// The guest kernel's PID_MAX_LIMIT: no pids.max above it can matter.
+    public static let pidsRange = 1...4_194_304
 
     /// Checks every value; the first bad one is the error.
     public func validate() throws(SettingError) {
@@ -43,6 +48,7 @@ public struct SandboxSettings: Sendable {
         try Self.check(memoryMiB, .memory, in: Self.memoryRange)
         try Self.check(seconds: bootTimeout, .bootTimeout)
         try Self.check(seconds: commandTimeout, .timeout)
+        if let pids { try Self.check(pids, .pids, in: Self.pidsRange) }
         if let kernel { try Self.checkFile(kernel, .kernel) }
         if let initrd { try Self.checkFile(initrd, .initrd) }
         if let rootDisk { try Self.checkFile(rootDisk, .rootDisk) }
@@ -160,7 +166,7 @@ public struct SandboxSettings: Sendable {
 
 /// A setting a user gives, with the name each front end knows it by.
 public enum Setting: String, Sendable, CaseIterable {
-    case cpus, memory, bootTimeout, timeout, kernel, initrd, image, rootDisk, disk, net, env, template, lifetime
+    case cpus, memory, bootTimeout, timeout, pids, kernel, initrd, image, rootDisk, disk, net, env, template, lifetime
 
     /// The command-line option.
     public var option: String {
@@ -190,6 +196,8 @@ public enum Setting: String, Sendable, CaseIterable {
             return "a whole number of MiB from \(SandboxSettings.memoryRange.lowerBound) to \(SandboxSettings.memoryRange.upperBound)"
         case .bootTimeout: return "a number of seconds above 0, at most \(Int(SandboxSettings.maximumBootTimeout))"
         case .timeout: return "a number of seconds from 0 (no limit) to \(Int(SandboxSettings.maximumCommandTimeout))"
+        case .pids:
+            return "a whole number of processes from \(SandboxSettings.pidsRange.lowerBound) to \(SandboxSettings.pidsRange.upperBound)"
         case .lifetime: return "a whole number of seconds, 0 or more"
         case .kernel: return "a kernel file (vmlinux or bzImage)"
         case .initrd: return "an initramfs file"

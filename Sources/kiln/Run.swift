@@ -49,6 +49,9 @@ struct RunCommand: AsyncParsableCommand {
     var tty = false
     @Option(parsing: .unconditional, help: ArgumentHelp("Kill the command after this long (exit status 124).", valueName: "SECONDS"))
     var timeout: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(
+        "The most processes the command and its descendants may have at once in the guest (default 1024).", valueName: "N"))
+    var pids: String?
     @Option(parsing: .unconditional, help: ArgumentHelp("""
         Start from template NAME (kiln template create) instead of booting; its image, kernel, memory and vCPUs are the template's.
         """, valueName: "NAME"))
@@ -68,6 +71,7 @@ struct RunCommand: AsyncParsableCommand {
         // Every value checked here, before any work (issue 14): the same checks as the service's.
         var settings = try sandbox.settings()
         if let timeout { settings.commandTimeout = try SandboxSettings.parseSeconds(timeout, .timeout) }
+        if let pids { settings.pids = try SandboxSettings.parseInt(pids, .pids, in: SandboxSettings.pidsRange) }
         for entry in env {
             // `-e K` copies K from here: its name is checked as that of K=V.
             do { try SandboxSettings.checkEnvironment(entry.contains("=") ? entry : entry + "=") } catch {
@@ -80,6 +84,7 @@ struct RunCommand: AsyncParsableCommand {
         o.memory = settings.memoryMiB
         o.bootTimeout = settings.bootTimeout
         o.timeout = settings.commandTimeout
+        o.pids = settings.pids
         o.environment = env
         o.workdir = workdir
         o.user = user
@@ -131,6 +136,7 @@ struct RunOptions {
     var interactive = false
     var tty = false
     var timeout: Double = 0
+    var pids: Int?
     var bootTimeout: Double = 300
     var template: String?
     var noTemplate = false
@@ -224,7 +230,12 @@ func runCommand(_ options: RunOptions) async -> Int32 {
     do {
         let exec = try await command.exec(through: sandbox.agent, pty: window,
                                           timeoutMillis: UInt32(min(options.timeout * 1000, Double(UInt32.max))))
-        process = try await sandbox.agent.exec(exec)
+        // Spawn (1.3) only when a limit was asked for: Exec gets the agent's default.
+        if let pids = options.pids {
+            process = try await sandbox.agent.exec(exec, keep: false, limits: Limits(pids: UInt32(pids)))
+        } else {
+            process = try await sandbox.agent.exec(exec)
+        }
     } catch let error as ImageCommand.Failure {
         terminal?.restore()
         sandbox.stop()

@@ -90,7 +90,11 @@ import Testing
         let spawn = MessageType.spawn.rawValue
         #expect(try decode(raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [1] + lstring([0x74])), from: .host)
             == [Frame(stream: 1, .spawn(Spawn(Exec(argv: ["sh"]), flags: [.keep], tag: "t")))])
-        expectError(.reservedBits(.spawn), raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [2] + lstring([])))
+        expectError(.reservedBits(.spawn), raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [4] + lstring([])))
+        // 1.3: flags bit 1 adds the Limits record after the tag.
+        #expect(try decode(raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [2] + lstring([]) + le(UInt32(5))), from: .host)
+            == [Frame(stream: 1, .spawn(Spawn(Exec(argv: ["sh"]), limits: Limits(pids: 5))))])
+        expectError(.truncated(.spawn), raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [2] + lstring([])))
         expectError(.invalidValue(.spawn, field: "pty presence byte"), raw(spawn, stream: 1, exec + [3] + le(UInt32(0)) + [0] + lstring([])))
         expectError(.truncated(.spawn), raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [0]))
         expectError(.truncated(.attach), raw(MessageType.attach.rawValue, stream: 1, [1, 2, 3]))

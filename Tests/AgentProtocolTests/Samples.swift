@@ -32,6 +32,9 @@ let hostFrames: [Frame] = [
                                        pty: WindowSize(rows: 1, columns: 1)), flags: [.keep], tag: "server ✓"))),
     Frame(stream: 6, .spawn(Spawn(Exec(argv: ["true"])))),
     Frame(stream: 7, .attach(pid: UInt32.max)),
+    // 1.3
+    Frame(stream: 6, .spawn(Spawn(Exec(argv: ["sh"]), flags: [.keep], tag: "t", limits: Limits(pids: 5)))),
+    Frame(stream: 6, .spawn(Spawn(Exec(argv: ["sh"]), limits: Limits(pids: 0)))),
     Frame(stream: 8, .listProcesses),
     Frame(stream: 9, .signalProcess(pid: 42, signal: 64)),
     Frame(stream: 10, .stat(path: "/home/user/ü.txt")),

@@ -37,6 +37,10 @@ import VMM
         (["run", "--timeout", "soon", "--", "true"], "--timeout"),
         (["run", "--timeout", "nan", "--", "true"], "--timeout"),
         (["run", "--cpus", "0", "--", "true"], "--cpus"),
+        (["run", "--pids", "0", "--", "true"], "--pids"),
+        (["run", "--pids", "-1", "--", "true"], "--pids"),
+        (["run", "--pids", "4194305", "--", "true"], "--pids"),
+        (["run", "--pids", "lots", "--", "true"], "--pids"),
         (["run", "--cpus", "33", "--", "true"], "--cpus"),
         (["run", "--cpus", "many", "--", "true"], "--cpus"),
         (["run", "--memory", "99999999999999999999", "--", "true"], "--memory"),
@@ -102,7 +106,7 @@ import VMM
         let run = try KilnProcess(["run", "--help"])
         run.closeInput()
         _ = try run.wait(seconds: 60)
-        for option in ["--image", "--cpus", "--memory", "--env", "--timeout", "--boot-timeout", "--template", "--no-template", "--no-jail"] {
+        for option in ["--image", "--cpus", "--memory", "--env", "--timeout", "--pids", "--boot-timeout", "--template", "--no-template", "--no-jail"] {
             #expect(run.output.contains(option), "\(option) in kiln run --help")
         }
         #expect(!run.output.contains("--root-disk"), "internal options stay hidden")

@@ -21,6 +21,9 @@ struct kiln_spawn_request {
     gid_t gid;
     const gid_t *groups;
     size_t group_count;
+    // The `cgroup.procs` file (open for writing) of the cgroup the child joins before anything
+    // else, so that it and all it starts count against that cgroup's limits; -1: stay.
+    int cgroup_procs;
     // Out: errno of the step that failed in the child (0 if execve succeeded), and its name.
     int error;
     const char *failed_step;
@@ -56,6 +59,9 @@ int kiln_add_entropy(const void *bytes, size_t count);
 // Opens /dev/urandom once and keeps it for kiln_add_entropy (the agent calls this at start, so
 // that a snapshot already holds it and a restored guest's Reseed is two ioctls); 0 or errno.
 int kiln_entropy_prepare(void);
+
+// setpriority(2) of the calling process.
+int kiln_raise_priority(int nice_value);
 
 // reboot(RB_AUTOBOOT): with reboot=k the VM exits.
 int kiln_reboot(void);
