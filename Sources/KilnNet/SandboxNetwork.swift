@@ -20,6 +20,9 @@ public final class SandboxNetwork: Sendable {
     public static let gatewayAddress: UInt32 = 0x647F_FF01 // 100.127.255.1
     public static let guestPrefix = 30
     public static let tapName = "kiln-tap"
+    /// The gateway's MAC, also the same everywhere: a restored guest's neighbour cache (saved in
+    /// the template, pointing at the template's TAP) stays right, so its first packet goes out.
+    public static let gatewayMAC = "02:6b:69:6c:6e:01"
     /// The nftables table in each namespace, and the host's shared one (family ip).
     public static let tableName = "kiln"
     /// Host-side veth names are `kiln-h<index>`; `sweep` and the host's NAT rule match the prefix.
@@ -113,6 +116,7 @@ public final class SandboxNetwork: Sendable {
             addr add \(nsAddress)/30 dev \(nsVeth)
             link set \(nsVeth) up
             tuntap add dev \(Self.tapName) mode tap
+            link set \(Self.tapName) address \(Self.gatewayMAC)
             addr add \(IPv4Range.format(gateway))/\(Self.guestPrefix) dev \(Self.tapName)
             link set \(Self.tapName) up
             route add default via \(host)
