@@ -3,6 +3,7 @@ import CLinux
 import Glibc
 import Images
 import LinuxSys
+import KilnNet
 import Sandbox
 import Synchronization
 import VMM
@@ -38,6 +39,15 @@ let runUsage = """
       --no-template          boot, even when a template for this image exists
       --no-jail              as root, run the VMM inside this process instead of jailed
                              (debugging only; see docs/security.md)
+      --net                  IPv4 egress through NAT in a network namespace of the sandbox's own
+                             (docs/net.md); without it (and without --allow-out) the sandbox
+                             has no network device at all
+      --allow-out CIDR|IP    reachable even when denied (repeatable; alone, without --net, only
+                             these are reachable)
+      --deny-out CIDR|IP     unreachable (repeatable). Always denied unless allowed: loopback,
+                             link-local (169.254.169.254), private ranges, the host's addresses
+      -p, --publish H:G      forward 127.0.0.1:H on the host to port G in the guest, over vsock
+                             (no network needed; repeatable)
 
     Without --template, kiln run starts from the automatic template of the image and kernel
     (in /var/cache/kiln/templates) and makes it on first use: the first run boots, later runs
@@ -69,7 +79,16 @@ struct RunOptions {
     var template: String?
     var noTemplate = false
     var noJail = false
+    var net = false
+    var allowOut: [IPv4Range] = []
+    var denyOut: [IPv4Range] = []
+    var ports: [PortForward.Mapping] = []
     var command: [String] = []
+
+    /// The sandbox's egress policy, nil for no network at all.
+    var policy: EgressPolicy? {
+        net || !allowOut.isEmpty || !denyOut.isEmpty ? EgressPolicy(internet: net, allow: allowOut, deny: denyOut) : nil
+    }
 
     static func parse(_ args: ArraySlice<String>) throws(Arguments.Failure) -> RunOptions {
         var o = RunOptions()
@@ -121,6 +140,15 @@ struct RunOptions {
             case "--template": o.template = try take(arg)
             case "--no-template": o.noTemplate = true
             case "--no-jail": o.noJail = true
+            case "--net": o.net = true
+            case "--allow-out", "--deny-out":
+                let text = try take(arg)
+                guard let range = IPv4Range(text) else { throw .init(message: "\(arg) needs an IPv4 address or CIDR, got '\(text)'") }
+                if arg == "--allow-out" { o.allowOut.append(range) } else { o.denyOut.append(range) }
+            case "-p", "--publish":
+                let text = try take(arg)
+                guard let m = PortForward.Mapping.parse(text) else { throw .init(message: "\(arg) needs HOSTPORT:GUESTPORT, got '\(text)'") }
+                o.ports.append(m)
             default:
                 if arg.hasPrefix("-") { throw .init(message: "unknown option \(arg)") }
                 o.command = Array(args[i...])
@@ -196,11 +224,23 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
         config.isolation = .inProcess
         if geteuid() == 0 { writeRaw(2, "kiln: warning: --no-jail: the VMM runs as root inside this process, with no jail (debugging only)\n") }
     }
+    if let policy = options.policy {
+        if options.noJail { fail("--net, --allow-out and --deny-out need the jailed VMM (not --no-jail)", code: 2) }
+        do { config.network = try await makeNetwork(policy) } catch { fail("\(error)") }
+    }
     let sandbox: Sandbox
     do {
         sandbox = try await startSandbox(config, options)
     } catch {
         fail("\(error)")
+    }
+    // Bound now: once kiln confines itself it may only accept on them.
+    var forwards: [PortForward] = []
+    for mapping in options.ports {
+        do { forwards.append(try PortForward(mapping, sandbox: sandbox)) } catch {
+            sandbox.stop()
+            fail("\(error)")
+        }
     }
     if relay.interruptedBeforeStart {
         sandbox.stop()
@@ -265,6 +305,7 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
         fail("lost the sandbox's agent: \(error)" + (tail.isEmpty ? "" : "; last console lines:\n\(tail)"))
     }
     BootTrace.mark("command-exited")
+    for forward in forwards { forward.stop() }
     terminal?.restore()
     sandbox.stop()
     BootTrace.mark("sandbox-removed")
@@ -308,14 +349,17 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
             throw SandboxError.setup("no usable template named '\(name)' in \(Templates.directory) (kiln template create \(name))")
         }
         return try await Sandbox.restore(snapshot: Templates.path(name), hostProfile: config.hostProfile, isolation: config.isolation,
-                                           seccomp: config.seccomp)
+                                           seccomp: config.seccomp, network: config.network)
     }
     if options.noTemplate { return try await Sandbox.start(config) }
     let auto = Templates.autoName(for: config)
     if Templates.usable(auto, hostProfile: config.hostProfile) {
         do { return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile, isolation: config.isolation,
-                                           seccomp: config.seccomp) } catch {
+                                           seccomp: config.seccomp, network: config.network) } catch {
             writeRaw(2, "kiln: the template for this image did not start (\(error)); booting instead\n")
+            var config = config
+            // The failed restore gave its network up: a boot gets a new one.
+            if let old = config.network { config.network = try await makeNetwork(old.policy) }
             return try await Sandbox.start(config)
         }
     }
@@ -324,6 +368,16 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
     guard access(parent, W_OK) == 0 else { return try await Sandbox.start(config) }
     writeRaw(2, "kiln: first run with this image and kernel: booting, then saving a template so that later runs start in milliseconds...\n")
     return try await Templates.create(auto, config: config)
+}
+
+/// A sandbox network (docs/net.md), set up on a thread of its own: it runs `ip` and `nft`.
+func makeNetwork(_ policy: EgressPolicy) async throws(NetworkError) -> SandboxNetwork {
+    let result: Result<SandboxNetwork, NetworkError> = await LinuxSys.Thread.run(name: "kiln-net") {
+        Result { () throws(NetworkError) -> SandboxNetwork in
+            try SandboxNetwork.create(policy: policy, runtimeBase: Sandbox.defaultRuntimeDirectory)
+        }
+    }
+    return try result.get()
 }
 
 /// The run config the command gets: from --image-config, else the one the template was made
