@@ -19,13 +19,15 @@ let package = Package(
         .library(name: "KilnService", targets: ["KilnService"]),
         .library(name: "Images", targets: ["Images"]),
     ],
-    // Only the service (and the CLI that starts it) links these; the VMM and the agent do not.
+    // Only the service and the CLI link these; the VMM and the agent do not.
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         // Images: SHA-256 of streamed blobs, and the registry client (HTTPS with the system CA store).
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        // The CLI's parser, help and usage (the `kiln` executable only).
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         .target(name: "CLinux"),
@@ -46,7 +48,7 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         // A sandbox's network namespace, NAT and egress policy (docs/net.md). Runs `ip` and `nft`.
         .target(name: "KilnNet", dependencies: ["CLinux", "CSandbox", "LinuxSys"], swiftSettings: strict),
-        .target(name: "Sandbox", dependencies: ["AgentProtocol", "Images", "Jailer", "LinuxSys", "KilnNet", "Seccomp", "VMM", "VMMProtocol"], swiftSettings: strict),
+        .target(name: "Sandbox", dependencies: ["AgentProtocol", "Boot", "Images", "Jailer", "LinuxSys", "KilnNet", "Seccomp", "VMM", "VMMProtocol"], swiftSettings: strict),
         .target(name: "Seccomp", dependencies: ["CSandbox"], swiftSettings: strict),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp", "VMMProtocol"], swiftSettings: strict),
         // `kiln serve`: the E2B-compatible multi-tenant service (docs/service.md).
@@ -72,7 +74,8 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         // The CLI and `kiln serve`; static in release too, so that it runs from anywhere
         // (`kiln run --no-jail` and non-root runs keep the VMM in this process).
-        .executableTarget(name: "kiln", dependencies: ["VMM", "VMMProtocol", "Sandbox", "KilnService", "Images", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "KilnNet", "Seccomp"], swiftSettings: strict,
+        .executableTarget(name: "kiln", dependencies: ["VMM", "VMMProtocol", "Sandbox", "KilnService", "Images", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "KilnNet", "Seccomp",
+                                                .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable", "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims",
                                                         // async-http-client (Images) imports Foundation, whose static library needs CoreFoundation.
                                                         "-Xlinker", "-lCoreFoundation", "-Xlinker", "-l_FoundationICU", "-Xlinker", "-lstdc++"],

@@ -4,18 +4,7 @@ import LinuxSys
 /// Small file-system helpers for cgroupfs, procfs and the jail directory.
 enum Files {
     static func read(_ path: String) -> String? {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { Glibc.close(fd) }
-        var out: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = Glibc.read(fd, &buffer, buffer.count)
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            out += buffer[0..<n]
-        }
-        return String(decoding: out, as: UTF8.self)
+        SmallFile.read(path).map { String(decoding: $0, as: UTF8.self) }
     }
 
     static func write(_ path: String, _ text: String, create: Bool = false) throws(Errno) {
@@ -41,22 +30,6 @@ enum Files {
         guard fsync(fd) == 0 else { let e = Errno.current("fsync \(temporary)"); Glibc.close(fd); unlink(temporary); throw e }
         Glibc.close(fd)
         guard rename(temporary, path) == 0 else { let e = Errno.current("rename \(path)"); unlink(temporary); throw e }
-    }
-
-    static func readBytes(_ path: String, limit: Int = 1 << 16) -> [UInt8]? {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { Glibc.close(fd) }
-        var out: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while out.count <= limit {
-            let n = Glibc.read(fd, &buffer, buffer.count)
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { return nil }
-            if n == 0 { break }
-            out += buffer[0..<n]
-        }
-        return out
     }
 
     static func list(_ path: String) -> [String] {

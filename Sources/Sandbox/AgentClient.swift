@@ -163,6 +163,11 @@ public final class AgentClient: Sendable {
     /// the agent must run as root in the guest). Returns 0 or the guest's errno.
     public func reseed(_ entropy: [UInt8]) async throws -> Int32 {
         guard version.minor >= 1 else { throw AgentClientError.connection("the agent speaks protocol \(version), Reseed needs 1.1") }
+        return try await reseeded(sending: [Frame(stream: 0, .reseed(entropy))], entropy: entropy)
+    }
+
+    /// Sends `frames` (ending in a Reseed of `entropy`) and waits for the Reseeded answer.
+    private func reseeded(sending frames: [Frame], entropy: [UInt8]) async throws -> Int32 {
         guard (1...512).contains(entropy.count) else { throw AgentClientError.protocolError(.invalidValue(.reseed, field: "byte count")) }
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int32, any Error>) in
             let ok = state.withLock { s in
@@ -170,7 +175,7 @@ public final class AgentClient: Sendable {
                 s.reseeds.append { c.resume(with: $0) }
                 return true
             }
-            if ok { send(Frame(stream: 0, .reseed(entropy))) }
+            if ok { send(frames) }
         }
     }
 
@@ -191,15 +196,7 @@ public final class AgentClient: Sendable {
     /// Returns Reseeded's errno (0: done); the clock is set before it.
     public func setTimeAndReseed(_ entropy: [UInt8]) async throws -> Int32 {
         guard version.minor >= 1 else { throw AgentClientError.connection("the agent speaks protocol \(version), SetTime needs 1.1") }
-        guard (1...512).contains(entropy.count) else { throw AgentClientError.protocolError(.invalidValue(.reseed, field: "byte count")) }
-        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int32, any Error>) in
-            let ok = state.withLock { s in
-                if let e = s.closed { c.resume(throwing: e); return false }
-                s.reseeds.append { c.resume(with: $0) }
-                return true
-            }
-            if ok { send([AgentClient.hostTimeFrame(), Frame(stream: 0, .reseed(entropy))]) }
-        }
+        return try await reseeded(sending: [AgentClient.hostTimeFrame(), Frame(stream: 0, .reseed(entropy))], entropy: entropy)
     }
 
     /// SetTime and Reseed as `setTimeAndReseed`, written before this returns, without waiting for

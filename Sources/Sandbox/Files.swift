@@ -1,4 +1,5 @@
 import Glibc
+import LinuxSys
 
 /// The few file-system helpers the sandbox's runtime and template directories need.
 enum Files {
@@ -31,19 +32,7 @@ enum Files {
 
     /// A small file's bytes (at most `limit`), nil if it cannot be read.
     static func read(_ path: String, limit: Int = 1 << 16) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while out.count <= limit {
-            let n = Glibc.read(fd, &buffer, buffer.count)
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { return nil }
-            if n == 0 { break }
-            out += buffer[0..<n]
-        }
-        return out
+        SmallFile.read(path, limit: limit)
     }
 
     /// Writes `bytes` to a new file at `path` (mode 0644); false on any error.

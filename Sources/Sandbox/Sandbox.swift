@@ -11,6 +11,8 @@ import VMMProtocol
 /// Why a sandbox could not be started.
 public enum SandboxError: Error, CustomStringConvertible, Sendable {
     case setup(String)
+    /// A value of the configuration is out of range or names the wrong kind of file.
+    case invalid(SettingError)
     /// The VM ended before its agent answered; the console's last lines say why.
     case vmStopped(String, console: String)
     /// The agent did not answer within the boot timeout.
@@ -24,6 +26,7 @@ public enum SandboxError: Error, CustomStringConvertible, Sendable {
     public var description: String {
         switch self {
         case .setup(let why): why
+        case .invalid(let error): error.description
         case .vmStopped(let why, let console): "the sandbox VM stopped before its agent came up: \(why)" + Self.tail(console)
         case .agentTimeout(let s, let console):
             "the sandbox's agent did not come up within \(Int(s)) s" + Self.tail(console)
@@ -110,6 +113,8 @@ public final class Sandbox: Sendable {
 
     /// Boots the VM and waits until its agent has answered the handshake.
     public static func start(_ config: Configuration) async throws(SandboxError) -> Sandbox {
+        // A program using the library gets the CLI's checks too: no trap, no half-made VM.
+        do throws(SettingError) { try config.settings.validate() } catch { throw .invalid(error) }
         guard access(config.imagePath, R_OK) == 0 else {
             throw .setup("cannot read image \(config.imagePath): \(String(cString: strerror(errno)))")
         }

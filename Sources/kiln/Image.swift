@@ -1,3 +1,4 @@
+import ArgumentParser
 import FoundationEssentials
 import Glibc
 import Images
@@ -5,104 +6,136 @@ import LinuxSys
 import Sandbox
 import Synchronization
 
-let imageUsage = """
-    usage: kiln image pull REF [--registry-auth FILE] [--insecure-registry HOST[:PORT]]...
-           kiln image import PATH [--name REF]
-           kiln image ls
-           kiln image inspect REF
-           kiln image rm REF
-           kiln image prune
+/// `kiln image ...`: OCI images (docs/images.md) in the store under /var/cache/kiln/oci.
+struct ImageStoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "image",
+        abstract: "OCI images in Kiln's store.",
+        discussion: """
+            The store is /var/cache/kiln/oci (KILN_CACHE_DIR overrides). REF is [HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST]; \
+            no host means docker.io, no tag :latest.
+            """,
+        subcommands: [Pull.self, Import.self, List.self, Inspect.self, Remove.self, Disk.self, Prune.self])
 
-    OCI images (docs/images.md) in the store under /var/cache/kiln/oci (KILN_CACHE_DIR overrides).
-    REF is [HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST]; no host means docker.io, no tag :latest.
-    pull takes the linux/amd64 image of an index; blobs the store holds are not fetched again.
-      --registry-auth FILE   a Docker config.json with credentials (default: $DOCKER_CONFIG/config.json,
-                             else ~/.docker/config.json)
-      --insecure-registry H  plain HTTP for host H (repeatable); loopback hosts always use it
-    import reads an OCI image layout (a directory or a tar) or a `docker save` tar, plain, gzip or zstd;
-    --name picks its image by tag and names it.
-    rm forgets a reference; prune removes the blobs no reference reaches.
-    """
+    func run() throws { missingSubcommand("image", "pull, import, ls, inspect, rm or prune") }
 
-func imageCommand(_ args: ArraySlice<String>) async -> Int32 {
-    guard let verb = args.first else { fail(imageUsage, code: 2) }
-    let rest = args.dropFirst()
-    if ["--help", "-h", "help"].contains(verb) { writeRaw(1, imageUsage + "\n"); return 0 }
-    let store: ContentStore
-    do { store = try ContentStore(root: Templates.cacheDirectory + "/oci") } catch { fail("image store: \(error)") }
-    switch verb {
-    case "pull": return await imagePull(rest, store: store)
-    case "import":
-        let (positionals, parsed) = imageArguments(rest, options: ["name"])
-        guard positionals.count == 1 else { fail("kiln image import needs one PATH\n\(imageUsage)", code: 2) }
-        let name = parsed.string("name").map { parseReference($0) }
-        do {
-            var st = stat()
-            guard stat(positionals[0], &st) == 0 else { fail("import \(positionals[0]): \(String(cString: strerror(errno)))") }
-            let image = (st.st_mode & S_IFMT) == S_IFDIR
-                ? try ImageImport.importLayout(directory: positionals[0], name: name, into: store)
-                : try ImageImport.importArchive(path: positionals[0], name: name, into: store)
-            writeRaw(1, "\(image.reference) \(image.manifestDigest)\n")
-        } catch { fail("import \(positionals[0]): \(error)") }
-        return 0
-    case "ls", "list":
-        _ = imageArguments(rest, options: [], positionals: 0)
-        let records: [ContentStore.Record]
-        do { records = try store.list() } catch { fail("image store: \(error)") }
-        var rows = [["REFERENCE", "DIGEST", "PLATFORM", "SIZE"]]
-        for record in records {
-            let image = (try? ImageReference(parsing: record.reference)).flatMap { try? store.image(for: $0) }
-            let size = image.map { formatBytes($0.layers.reduce(0) { $0 + $1.descriptor.size }) } ?? "(incomplete)"
-            rows.append([record.reference, String(record.manifest.prefix(19)), record.platform.map(platformText) ?? "-", size])
+    static func store() -> ContentStore {
+        do { return try ContentStore(root: Templates.cacheDirectory + "/oci") } catch { fail("image store: \(error)") }
+    }
+
+    struct Pull: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Pull an image from a registry.",
+            discussion: "Takes the linux/amd64 image of an index; blobs the store holds are not fetched again.")
+
+        @Argument(help: ArgumentHelp("The image.", valueName: "REF")) var reference: String
+        @OptionGroup var registry: RegistryOptions
+
+        func run() async throws { Glibc.exit(await imagePull(parseReference(reference), registry, store: ImageStoreCommand.store())) }
+    }
+
+    struct Import: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Import an OCI image layout (a directory or a tar) or a `docker save` tar, plain, gzip or zstd.")
+
+        @Argument(help: ArgumentHelp("The layout or archive.", valueName: "PATH")) var path: String
+        @Option(parsing: .unconditional, help: ArgumentHelp("Pick the image of this tag and name it so.", valueName: "REF"))
+        var name: String?
+
+        func run() {
+            let name = name.map { parseReference($0) }
+            let store = ImageStoreCommand.store()
+            do {
+                var st = stat()
+                guard stat(path, &st) == 0 else { fail("import \(path): \(String(cString: strerror(errno)))") }
+                let image = (st.st_mode & S_IFMT) == S_IFDIR
+                    ? try ImageImport.importLayout(directory: path, name: name, into: store)
+                    : try ImageImport.importArchive(path: path, name: name, into: store)
+                writeRaw(1, "\(image.reference) \(image.manifestDigest)\n")
+            } catch { fail("import \(path): \(error)") }
         }
-        writeRaw(1, table(rows))
-        return 0
-    case "inspect":
-        let (positionals, _) = imageArguments(rest, options: [], positionals: 1)
-        let reference = parseReference(positionals[0])
-        let image: StoredImage?
-        do { image = try store.image(for: reference) } catch { fail("inspect \(reference): \(error)") }
-        guard let image else { fail("no image \(reference) in the store (kiln image pull \(positionals[0]))") }
-        writeRaw(1, inspectJSON(image) + "\n")
-        return 0
-    case "rm":
-        let (positionals, _) = imageArguments(rest, options: [], positionals: 1)
-        let reference = parseReference(positionals[0])
-        let removed: Bool
-        do { removed = try store.remove(reference) } catch { fail("rm \(reference): \(error)") }
-        guard removed else { fail("no image \(reference) in the store") }
-        writeRaw(1, "\(reference)\n")
-        return 0
-    case "disk":
-        // Hidden (not in the usage): builds only the root disk of a pulled image, so that
-        // Benchmarks/images.sh can time the conversion apart from the pull and the boot.
-        let (positionals, _) = imageArguments(rest, options: [], positionals: 1)
-        let reference = parseReference(positionals[0])
-        do {
-            let image = try await BootableImages.prepare(reference, store: store, diskCache: Templates.cacheDirectory + "/oci/disks", pull: nil)
-            writeRaw(1, image.diskPath + "\n")
-        } catch { fail("\(error)") }
-        return 0
-    case "prune":
-        _ = imageArguments(rest, options: [], positionals: 0)
-        do {
-            let result = try store.prune()
-            writeRaw(1, "removed \(result.blobsRemoved) blobs, \(formatBytes(result.bytesRemoved))\n")
-        } catch { fail("prune: \(error)") }
-        return 0
-    default:
-        fail("unknown image command '\(verb)'\n\(imageUsage)", code: 2)
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List the images.", aliases: ["list"])
+
+        func run() {
+            let store = ImageStoreCommand.store()
+            let records: [ContentStore.Record]
+            do { records = try store.list() } catch { fail("image store: \(error)") }
+            var rows = [["REFERENCE", "DIGEST", "PLATFORM", "SIZE"]]
+            for record in records {
+                let image = (try? ImageReference(parsing: record.reference)).flatMap { try? store.image(for: $0) }
+                let size = image.map { formatBytes($0.layers.reduce(0) { $0 + $1.descriptor.size }) } ?? "(incomplete)"
+                rows.append([record.reference, String(record.manifest.prefix(19)), record.platform.map(platformText) ?? "-", size])
+            }
+            writeRaw(1, table(rows))
+        }
+    }
+
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show an image's manifest, layers and run configuration as JSON.")
+
+        @Argument(help: ArgumentHelp("The image.", valueName: "REF")) var reference: String
+
+        func run() {
+            let reference = parseReference(self.reference)
+            let image: StoredImage?
+            do { image = try ImageStoreCommand.store().image(for: reference) } catch { fail("inspect \(reference): \(error)") }
+            guard let image else { fail("no image \(reference) in the store (kiln image pull \(self.reference))") }
+            writeRaw(1, inspectJSON(image) + "\n")
+        }
+    }
+
+    struct Remove: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Forget a reference (prune removes its blobs).")
+
+        @Argument(help: ArgumentHelp("The image.", valueName: "REF")) var reference: String
+
+        func run() {
+            let reference = parseReference(self.reference)
+            let removed: Bool
+            do { removed = try ImageStoreCommand.store().remove(reference) } catch { fail("rm \(reference): \(error)") }
+            guard removed else { fail("no image \(reference) in the store") }
+            writeRaw(1, "\(reference)\n")
+        }
+    }
+
+    /// Hidden: builds only the root disk of a pulled image, so that Benchmarks/images.sh can
+    /// time the conversion apart from the pull and the boot.
+    struct Disk: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(shouldDisplay: false)
+
+        @Argument var reference: String
+
+        func run() async throws {
+            let reference = parseReference(self.reference)
+            do {
+                let image = try await BootableImages.prepare(reference, store: ImageStoreCommand.store(), diskCache: Templates.cacheDirectory + "/oci/disks",
+                                                             pull: nil)
+                writeRaw(1, image.diskPath + "\n")
+            } catch { fail("\(error)") }
+        }
+    }
+
+    struct Prune: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove the blobs no reference reaches.")
+
+        func run() {
+            do {
+                let result = try ImageStoreCommand.store().prune()
+                writeRaw(1, "removed \(result.blobsRemoved) blobs, \(formatBytes(result.bytesRemoved))\n")
+            } catch { fail("prune: \(error)") }
+        }
     }
 }
 
-func imagePull(_ args: ArraySlice<String>, store: ContentStore) async -> Int32 {
-    let (positionals, parsed) = imageArguments(args, options: ["registry-auth", "insecure-registry"], positionals: 1)
-    let reference = parseReference(positionals[0])
+func imagePull(_ reference: ImageReference, _ registry: RegistryOptions, store: ContentStore) async -> Int32 {
     let environment = { (name: String) -> String? in getenv(name).map { String(cString: $0) } }
-    var options = PullOptions(insecureRegistries: Set(parsed.all("insecure-registry")))
-    if let path = RegistryCredentials.configPath(explicit: parsed.string("registry-auth"), dockerConfig: environment("DOCKER_CONFIG"),
+    var options = PullOptions(insecureRegistries: Set(registry.insecureRegistry))
+    if let path = RegistryCredentials.configPath(explicit: registry.registryAuth, dockerConfig: environment("DOCKER_CONFIG"),
                                                  home: environment("HOME")) {
-        do { options.credentials = try RegistryCredentials.load(path: path, required: parsed.string("registry-auth") != nil) }
+        do { options.credentials = try RegistryCredentials.load(path: path, required: registry.registryAuth != nil) }
         catch { fail("\(error)") }
     }
     let display = isatty(2) == 1 ? PullDisplay() : nil
@@ -118,29 +151,6 @@ func imagePull(_ args: ArraySlice<String>, store: ContentStore) async -> Int32 {
     display?.finish()
     writeRaw(1, "\(image.reference) \(image.manifestDigest)\n")
     return 0
-}
-
-/// Splits positionals from `--options`, fails on the wrong count (when given) or a bad option.
-func imageArguments(_ args: ArraySlice<String>, options: Set<String>, positionals count: Int? = nil) -> ([String], Arguments) {
-    var positionals: [String] = []
-    var optionArgs: [String] = []
-    var i = args.startIndex
-    while i < args.endIndex {
-        let arg = args[i]
-        if arg.hasPrefix("--") {
-            optionArgs.append(arg)
-            if options.contains(String(arg.dropFirst(2))), i + 1 < args.endIndex { i += 1; optionArgs.append(args[i]) }
-        } else {
-            positionals.append(arg)
-        }
-        i += 1
-    }
-    let parsed: Arguments
-    do { parsed = try Arguments(optionArgs[...], options: options, flags: []) } catch { fail("\(error.message)\n\(imageUsage)", code: 2) }
-    if let count, positionals.count != count {
-        fail(count == 0 ? "unexpected argument '\(positionals[0])'" : "expected \(count == 1 ? "one REF" : "\(count) arguments")\n\(imageUsage)", code: 2)
-    }
-    return (positionals, parsed)
 }
 
 func parseReference(_ text: String) -> ImageReference {

@@ -1,4 +1,5 @@
 import AgentProtocol
+import ArgumentParser
 import CLinux
 import Glibc
 import Images
@@ -8,59 +9,138 @@ import Sandbox
 import Synchronization
 import VMM
 
-let runUsage = """
-    usage: kiln run [options] [--] COMMAND [ARG...]
-           kiln run --image REF [options] [-- COMMAND [ARG...]]
+/// `kiln run`: a command in a new sandbox, its output streamed here, its exit code kiln's.
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a command in a new sandbox.",
+        usage: """
+            kiln run [options] [--] COMMAND [ARG...]
+            kiln run --image REF [options] [-- COMMAND [ARG...]]
+            """,
+        discussion: """
+            Starts a sandbox, runs COMMAND in it with stdout and stderr streamed to this terminal, exits with the \
+            command's exit code (128+N when killed by signal N, 124 after --timeout) and removes the sandbox. With an \
+            OCI image and no COMMAND, its Entrypoint and Cmd run; a COMMAND replaces both; its Env, WorkingDir and \
+            User apply unless -e, -w, -u say otherwise.
 
-    Starts a sandbox, runs COMMAND in it with stdout and stderr streamed to this terminal,
-    exits with the command's exit code (128+N when killed by signal N) and removes the sandbox.
+            Without --template, kiln run starts from the automatic template of the image and kernel (in \
+            /var/cache/kiln/templates) and makes it on first use: the first run boots, later runs restore the \
+            snapshot in milliseconds. Ctrl-C (SIGINT), SIGTERM and SIGHUP are forwarded to the command.
+            """)
 
-      --image IMAGE          the root filesystem: `default` (Kiln's busybox image, the default),
-                             `debian`, a NAME.ext4 in \\(cache)/images, a disk file PATH, or an OCI
-                             image REF ([HOST[:PORT]/]NAME[:TAG][@DIGEST]), pulled and made into a
-                             root disk on first use (docs/images.md). With an OCI image and no
-                             COMMAND, its Entrypoint and Cmd run; a COMMAND replaces both; its
-                             Env, WorkingDir and User apply unless -e, -w, -u say otherwise
-      --registry-auth FILE   credentials for pulling (a Docker config.json; default
-                             $DOCKER_CONFIG/config.json, else ~/.docker/config.json)
-      --insecure-registry H  pull from host H over plain HTTP (repeatable; loopback always is)
-      --kernel PATH          guest kernel (default: Kiln's own)
-      --cpus N               vCPUs (default 1)
-      --memory MIB           guest memory in MiB (default 256)
-      -e, --env K=V          set an environment variable (repeatable; -e K copies K from here)
-      -w, --workdir DIR      working directory in the guest (default /, or the image's WorkingDir)
-      -u, --user USER[:GROUP] run as this user of the image's /etc/passwd, or a number (default root)
-      -i, --interactive      forward stdin to the command (without it the command's stdin is empty)
-      -t, --tty              run the command on a terminal (with -i: an interactive shell, `-it`)
-      --timeout SECONDS      kill the command after this long (exit status 124)
-      --boot-timeout SECONDS give up when the sandbox is not ready after this long (default 300)
-      --template NAME        start from template NAME (kiln template create) instead of booting;
-                             its image, kernel, memory and vCPUs are the template's
-      --no-template          boot, even when a template for this image exists
-      --no-jail              as root, run the VMM inside this process instead of jailed
-                             (debugging only; see docs/security.md)
-      --net                  IPv4 egress through NAT in a network namespace of the sandbox's own
-                             (docs/net.md); without it (and without --allow-out) the sandbox
-                             has no network device at all
-      --allow-out CIDR|IP    reachable even when denied (repeatable; alone, without --net, only
-                             these are reachable)
-      --deny-out CIDR|IP     unreachable (repeatable). Always denied unless allowed: loopback,
-                             link-local (169.254.169.254), private ranges, the host's addresses
-      -p, --publish H:G      forward 127.0.0.1:H on the host to port G in the guest, over vsock
-                             (no network needed; repeatable)
+    @OptionGroup var sandbox: SandboxOptions
+    @Option(name: [.customShort("e"), .long], parsing: .unconditionalSingleValue,
+            help: ArgumentHelp("Set an environment variable (repeatable; -e K copies K from here).", valueName: "K=V"))
+    var env: [String] = []
+    @Option(name: [.customShort("w"), .long], parsing: .unconditional,
+            help: ArgumentHelp("Working directory in the guest (default /, or the image's WorkingDir).", valueName: "DIR"))
+    var workdir: String?
+    @Option(name: [.customShort("u"), .long], parsing: .unconditional,
+            help: ArgumentHelp("Run as this user of the image's /etc/passwd, or a number (default root).", valueName: "USER[:GROUP]"))
+    var user: String?
+    @Flag(name: [.customShort("i"), .long], help: "Forward stdin to the command (without it the command's stdin is empty).")
+    var interactive = false
+    @Flag(name: [.customShort("t"), .long], help: "Run the command on a terminal (with -i: an interactive shell, `-it`).")
+    var tty = false
+    @Option(parsing: .unconditional, help: ArgumentHelp("Kill the command after this long (exit status 124).", valueName: "SECONDS"))
+    var timeout: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
+        Start from template NAME (kiln template create) instead of booting; its image, kernel, memory and vCPUs are the template's.
+        """, valueName: "NAME"))
+    var template: String?
+    @Flag(help: "Boot, even when a template for this image exists.")
+    var noTemplate = false
+    @Flag(help: "As root, run the VMM inside this process instead of jailed (debugging only; see docs/security.md).")
+    var noJail = false
+    @Flag(help: ArgumentHelp("""
+        IPv4 egress through NAT in a network namespace of the sandbox's own (docs/net.md); without it (and without \
+        --allow-out or --deny-out) the sandbox has no network device at all.
+        """))
+    var net = false
+    @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("""
+        Reachable even when denied (repeatable; alone, without --net, only these are reachable).
+        """, valueName: "CIDR|IP"))
+    var allowOut: [String] = []
+    @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("""
+        Unreachable (repeatable). Always denied unless allowed: loopback, link-local (169.254.169.254), private ranges, \
+        the host's addresses.
+        """, valueName: "CIDR|IP"))
+    var denyOut: [String] = []
+    @Option(name: [.customShort("p"), .long], parsing: .unconditionalSingleValue, help: ArgumentHelp("""
+        Forward 127.0.0.1:HOST on the host to port GUEST in the guest, over vsock (no network needed; repeatable).
+        """, valueName: "HOST:GUEST"))
+    var publish: [String] = []
+    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The command and its arguments.", valueName: "COMMAND"))
+    var command: [String] = []
 
-    Without --template, kiln run starts from the automatic template of the image and kernel
-    (in /var/cache/kiln/templates) and makes it on first use: the first run boots, later runs
-    restore the snapshot in milliseconds.
+    /// What the run does, from the options; usage errors throw before any work.
+    func options() throws -> RunOptions {
+        var o = RunOptions()
+        o.image = sandbox.image
+        o.kernel = sandbox.machine.kernel
+        // Every value checked here, before any work (issue 14): the same checks as the service's.
+        var settings = try sandbox.settings()
+        if let timeout { settings.commandTimeout = try SandboxSettings.parseSeconds(timeout, .timeout) }
+        for entry in env {
+            // `-e K` copies K from here: its name is checked as that of K=V.
+            do { try SandboxSettings.checkEnvironment(entry.contains("=") ? entry : entry + "=") } catch {
+                throw SettingError(.env, error.problem, got: entry)
+            }
+        }
+        if let template { try SandboxSettings.checkTemplate(template) }
+        try settings.validate()
+        o.cpus = settings.cpus
+        o.memory = settings.memoryMiB
+        o.bootTimeout = settings.bootTimeout
+        o.timeout = settings.commandTimeout
+        o.environment = env
+        o.workdir = workdir
+        o.user = user
+        o.pull = sandbox.pull
+        o.rootDisk = sandbox.rootDisk
+        o.imageConfig = sandbox.imageConfig
+        o.interactive = interactive
+        o.tty = tty
+        o.template = template
+        o.noTemplate = noTemplate
+        o.noJail = noJail
+        o.net = net
+        o.allowOut = try allowOut.map { try Self.range($0, "--allow-out") }
+        o.denyOut = try denyOut.map { try Self.range($0, "--deny-out") }
+        o.ports = try publish.map { text in
+            guard let m = PortForward.Mapping.parse(text) else {
+                throw ValidationError("--publish needs HOST:GUEST ports from 1 to 65535, got '\(text)'")
+            }
+            return m
+        }
+        if o.policy != nil && noJail { throw ValidationError("--net, --allow-out and --deny-out need the jailed VMM (not --no-jail)") }
+        // Options end at the first COMMAND word or at `--`, which is not part of the command.
+        // The passthrough capture also takes an unknown option before the command: that is a
+        // usage error (or the help), not a command named `--frob`.
+        if let first = command.first, first != "--", first.hasPrefix("-") {
+            if first == "--help" || first == "-h" { throw CleanExit.helpRequest(self) }
+            throw ValidationError("unknown option '\(first)' (options go before the COMMAND; kiln run --help)")
+        }
+        o.command = command.first == "--" ? Array(command.dropFirst()) : command
+        guard !o.command.isEmpty || o.imageConfig != nil || o.template != nil || o.image.flatMap(RootImage.ociReference) != nil else {
+            throw ValidationError("kiln run needs a command (kiln run [options] -- COMMAND [ARG...])")
+        }
+        guard o.command.allSatisfy({ !$0.utf8.contains(0) }) else { throw ValidationError("the command contains a NUL byte") }
+        return o
+    }
 
-    Ctrl-C (SIGINT), SIGTERM and SIGHUP are forwarded to the command.
-    """
-// Internal options (for `kiln run --image REGISTRY/REF`, docs/images.md "Booting an image"):
-//   --root-disk PATH     boot any ext4 root disk through Kiln's agent disk (no Kiln file in it)
-//   --image-config FILE  an OCI image configuration (or a bare run config) applied to the command:
-//                        Entrypoint + Cmd without a COMMAND, Env before -e, WorkingDir unless -w,
-//                        User unless -u
+    static func range(_ text: String, _ option: String) throws(ValidationError) -> IPv4Range {
+        guard let range = IPv4Range(text) else { throw ValidationError("\(option) needs an IPv4 address or CIDR (A.B.C.D[/N]), got '\(text)'") }
+        return range
+    }
 
+    func validate() throws { _ = try options() }
+
+    func run() async throws { Glibc.exit(await runCommand(try options())) }
+}
+
+/// What `kiln run` was asked to do, checked.
 struct RunOptions {
     var image: String?
     var kernel: String?
@@ -89,89 +169,12 @@ struct RunOptions {
     var policy: EgressPolicy? {
         net || !allowOut.isEmpty || !denyOut.isEmpty ? EgressPolicy(internet: net, allow: allowOut, deny: denyOut) : nil
     }
-
-    static func parse(_ args: ArraySlice<String>) throws(Arguments.Failure) -> RunOptions {
-        var o = RunOptions()
-        var i = args.startIndex
-        func value(_ name: String) throws(Arguments.Failure) -> String {
-            i += 1
-            guard i < args.endIndex else { throw .init(message: "\(name) needs a value") }
-            return args[i]
-        }
-        func number(_ name: String, _ text: String) throws(Arguments.Failure) -> Double {
-            guard let v = Double(text), v >= 0 else { throw .init(message: "\(name) needs a number of seconds, got '\(text)'") }
-            return v
-        }
-        func integer(_ name: String, _ text: String) throws(Arguments.Failure) -> Int {
-            guard let v = Int(text) else { throw .init(message: "\(name) needs a whole number, got '\(text)'") }
-            return v
-        }
-        while i < args.endIndex {
-            var arg = args[i]
-            var inline: String?
-            if arg.hasPrefix("--"), let eq = arg.firstIndex(of: "=") {
-                inline = String(arg[arg.index(after: eq)...])
-                arg = String(arg[..<eq])
-            }
-            func take(_ name: String) throws(Arguments.Failure) -> String {
-                if let inline { return inline }
-                return try value(name)
-            }
-            switch arg {
-            case "--":
-                o.command = Array(args[(i + 1)...])
-                return o
-            case "--image": o.image = try take(arg)
-            case "--kernel": o.kernel = try take(arg)
-            case "--cpus": o.cpus = try integer(arg, take(arg))
-            case "--memory": o.memory = try integer(arg, take(arg))
-            case "-e", "--env": o.environment.append(try take(arg))
-            case "-w", "--workdir": o.workdir = try take(arg)
-            case "-u", "--user": o.user = try take(arg)
-            case "--registry-auth": o.pull.registryAuth = try take(arg)
-            case "--insecure-registry": o.pull.insecureRegistries.append(try take(arg))
-            case "--root-disk": o.rootDisk = try take(arg)
-            case "--image-config": o.imageConfig = try take(arg)
-            case "-i", "--interactive": o.interactive = true
-            case "-t", "--tty": o.tty = true
-            case "-it", "-ti": o.interactive = true; o.tty = true
-            case "--timeout": o.timeout = try number(arg, take(arg))
-            case "--boot-timeout": o.bootTimeout = try number(arg, take(arg))
-            case "--template": o.template = try take(arg)
-            case "--no-template": o.noTemplate = true
-            case "--no-jail": o.noJail = true
-            case "--net": o.net = true
-            case "--allow-out", "--deny-out":
-                let text = try take(arg)
-                guard let range = IPv4Range(text) else { throw .init(message: "\(arg) needs an IPv4 address or CIDR, got '\(text)'") }
-                if arg == "--allow-out" { o.allowOut.append(range) } else { o.denyOut.append(range) }
-            case "-p", "--publish":
-                let text = try take(arg)
-                guard let m = PortForward.Mapping.parse(text) else { throw .init(message: "\(arg) needs HOSTPORT:GUESTPORT, got '\(text)'") }
-                o.ports.append(m)
-            default:
-                if arg.hasPrefix("-") { throw .init(message: "unknown option \(arg)") }
-                o.command = Array(args[i...])
-                return o
-            }
-            i += 1
-        }
-        return o
-    }
 }
 
 /// Signals kiln forwards to the command, handled on one thread with sigwait.
 let forwardedSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH]
 
-func runCommand(_ args: ArraySlice<String>) async -> Int32 {
-    let options: RunOptions
-    do { options = try RunOptions.parse(args) } catch { fail("\(error.message)\n\(runUsage)", code: 2) }
-    guard !options.command.isEmpty || options.imageConfig != nil || options.template != nil
-            || options.image.flatMap(RootImage.ociReference) != nil else {
-        fail("kiln run needs a command\n\(runUsage)", code: 2)
-    }
-    guard options.command.allSatisfy({ !$0.utf8.contains(0) }) else { fail("the command contains a NUL byte", code: 2) }
-    if options.rootDisk != nil && options.image != nil { fail("--root-disk and --image name two root filesystems: give one", code: 2) }
+func runCommand(_ options: RunOptions) async -> Int32 {
 
     // Every image boots through the agent disk, Kiln's own too: one boot path (docs/images.md).
     let kernel: String, image: String, agentDisk: String
@@ -225,7 +228,6 @@ func runCommand(_ args: ArraySlice<String>) async -> Int32 {
         if geteuid() == 0 { writeRaw(2, "kiln: warning: --no-jail: the VMM runs as root inside this process, with no jail (debugging only)\n") }
     }
     if let policy = options.policy {
-        if options.noJail { fail("--net, --allow-out and --deny-out need the jailed VMM (not --no-jail)", code: 2) }
         do { config.network = try await makeNetwork(policy) } catch { fail("\(error)") }
     }
     let sandbox: Sandbox

@@ -1,3 +1,4 @@
+import ArgumentParser
 import CLinux
 import Glibc
 import Images
@@ -9,52 +10,63 @@ import Sandbox
 import Seccomp
 import Synchronization
 
-let serveUsage = """
-    usage: kiln serve [--listen HOST:PORT] [--tenants FILE] [--state-dir DIR] [--warm N|TEMPLATE=N]...
-                      [--warm-min-available MiB] [--no-seccomp]
+/// `kiln serve`: the E2B-compatible multi-tenant service (docs/service.md).
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "The E2B-compatible sandbox service.",
+        discussion: """
+            Serves E2B's API (control and in-sandbox) on one listener, so that the e2b SDK drives Kiln sandboxes: \
+            E2B_API_URL=http://HOST:PORT E2B_SANDBOX_URL=http://HOST:PORT. Templates are Kiln templates by name \
+            (kiln template create NAME); `base`, the SDK's default, is a Debian image with bash and python3, built \
+            on first use. See docs/service.md.
+            """)
 
-    Serves E2B's API (control and in-sandbox) on one listener, default 127.0.0.1:3000, so that
-    the e2b SDK drives Kiln sandboxes: E2B_API_URL=http://HOST:PORT E2B_SANDBOX_URL=http://HOST:PORT.
-      --tenants FILE    {"tenants": [{"name", "apiKeys": [...], "maxSandboxes", "maxMemoryMiB"}]};
-                        without it one key is generated on first start and printed once
-      --state-dir DIR   sandbox records, paused sandboxes and the generated key
-                        (default /var/lib/kiln/serve)
-      --warm N          restored sandboxes kept ready per template (default 1; 0: no pools);
-                        a pool fills after its template's first create
-      --warm TEMPLATE=N that many for TEMPLATE, filled at start (repeatable)
-      --warm-min-available MiB
-                        below this MemAvailable the pools stop refilling and empty (default 1024)
-      --no-seccomp      as root, do not confine the service to its seccomp policy (debugging
-                        only; KILN_SECCOMP=trap|log for gentler debugging)
-    Templates are Kiln templates by name (kiln template create NAME); `base`, the SDK's default,
-    is a Debian image with bash and python3, built on first use. See docs/service.md.
-    """
+    @Option(parsing: .unconditional, help: ArgumentHelp("Where to listen (default 127.0.0.1:3000).", valueName: "HOST:PORT"))
+    var listen = "127.0.0.1:3000"
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
+        {"tenants": [{"name", "apiKeys": [...], "maxSandboxes", "maxMemoryMiB"}]}; without it one key is generated on \
+        first start and printed once.
+        """, valueName: "FILE"))
+    var tenants: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("Sandbox records, paused sandboxes and the generated key (default /var/lib/kiln/serve).",
+                                                          valueName: "DIR"))
+    var stateDir = "/var/lib/kiln/serve"
+    @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("""
+        N: restored sandboxes kept ready per template (default 1; 0: no pools), a pool fills after its template's \
+        first create; TEMPLATE=N: that many for TEMPLATE, filled at start (repeatable).
+        """, valueName: "N|TEMPLATE=N"))
+    var warm: [String] = []
+    @Option(parsing: .unconditional, help: ArgumentHelp("Below this MemAvailable the pools stop refilling and empty (default 1024).",
+                                                          valueName: "MiB"))
+    var warmMinAvailable: String?
+    @Flag(help: "As root, do not confine the service to its seccomp policy (debugging only; KILN_SECCOMP=trap|log for gentler debugging).")
+    var noSeccomp = false
 
-func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
-    let parsed: Arguments
-    do { parsed = try Arguments(args, options: ["listen", "tenants", "state-dir", "warm", "warm-min-available"], flags: ["no-seccomp"]) } catch {
-        fail("\(error.message)\n\(serveUsage)", code: 2)
-    }
+    func run() async throws { Glibc.exit(await serveCommand(self)) }
+}
+
+func serveCommand(_ options: ServeCommand) async -> Int32 {
     var pool = PoolSettings()
-    for value in parsed.all("warm") {
+    for value in options.warm {
         let parts = value.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
         guard let n = Int(parts.last ?? ""), (0...64).contains(n), parts.count == 1 || !parts[0].isEmpty else {
             fail("--warm must be N or TEMPLATE=N with N from 0 to 64, not '\(value)'", code: 2)
         }
         if parts.count == 2 { pool.sizes[String(parts[0])] = n } else { pool.defaultSize = n }
     }
-    if let v = parsed.string("warm-min-available") {
+    if let v = options.warmMinAvailable {
         guard let mib = Int(v), mib >= 0 else { fail("--warm-min-available must be a number of MiB, not '\(v)'", code: 2) }
         pool.minAvailableMiB = mib
     }
-    let listen = parsed.string("listen") ?? "127.0.0.1:3000"
+    let listen = options.listen
     guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
         fail("--listen must be HOST:PORT with a port from 0 to 65535, not '\(listen)'", code: 2)
     }
     var host = String(listen[..<colon])
     if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
     let bindHost = host
-    let stateDir = parsed.string("state-dir") ?? "/var/lib/kiln/serve"
+    let stateDir = options.stateDir
     var made = stateDir.hasPrefix("/") ? "" : "."
     for part in stateDir.split(separator: "/") { made += "/" + part; _ = Glibc.mkdir(made, 0o700) }
     guard access(stateDir, W_OK) == 0 else { fail("cannot write to the state directory \(stateDir)") }
@@ -67,7 +79,7 @@ func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
     if confine {
         do {
             JailedVMM.spawner = try VMMLauncher.start(executable: "/proc/self/exe", arguments: ["__launcher"])
-            let off = parsed.flags.contains("no-seccomp")
+            let off = options.noSeccomp
             if off { writeRaw(2, "kiln serve: WARNING: --no-seccomp: the service runs WITHOUT its seccomp policy (debugging only)\n") }
             filters = try SeccompFilters(mode: off ? .off : seccompMode(disabled: false))
             ServeTemplates.runsPrograms.withLock { $0 = off }
@@ -85,7 +97,7 @@ func serveCommand(_ args: ArraySlice<String>) async -> Int32 {
 
     let tenants: Tenants
     do {
-        if let file = parsed.string("tenants") {
+        if let file = options.tenants {
             tenants = try Tenants.load(path: file)
         } else {
             let (local, generated) = try Tenants.local(stateDirectory: stateDir)

@@ -1,144 +1,151 @@
+import ArgumentParser
 import Boot
 import Glibc
 import Jailer
 import LinuxSys
+import Sandbox
 import VMM
 import VMMProtocol
-
-let usage = """
-    usage: kiln run [options] -- COMMAND [ARG...]   run a command in a new sandbox (kiln run --help)
-           kiln template create|list|rm ...               snapshots that kiln run starts from (kiln template --help)
-           kiln image pull|import|ls|inspect|rm|prune ...  OCI images in Kiln's store (kiln image --help)
-           kiln boot [options]      boot a kernel with the serial console attached
-           kiln restore DIR [options]  continue a snapshot (kiln restore --help)
-           kiln serve [options]     the E2B-compatible sandbox service (kiln serve --help)
-           kiln help
-
-    kiln boot options:
-      --kernel PATH          kernel (vmlinux ELF or bzImage); default: Kiln's own, built on first use
-      --initrd PATH          initramfs; default: Kiln's own busybox initramfs (with the default kernel)
-      --cmdline STRING       kernel command line (default: "\(MachineConfig.defaultCmdline)")
-      --cpus N               vCPUs (default 1)
-      --memory MIB           guest memory in MiB (default 256)
-      --host-profile NAME    auto, kvm or emulated-cpl0 (default auto: detected)
-      --boot-protocol NAME   pvh or linux64 (default: pvh when the kernel has the note)
-      --disk PATH[,ro|,overlay]
-                             a raw disk image as virtio-blk (repeatable: vda, vdb, ...); with
-                             overlay the guest's writes go to a private layer that is
-                             discarded when the VM ends, and the image is never written
-      --net tap=NAME|auto[,mac=xx:xx:xx:xx:xx:xx][,host=IP/PREFIX,guest=IP]
-                             virtio-net (the guest's eth0) on a TAP interface; with host= and
-                             guest=, Kiln gives the TAP the host address and the guest `ip=`
-      --vsock PATH           virtio-vsock, guest CID 3: host programs connect to the Unix socket
-                             PATH and write "CONNECT <port>\\n"; guest connections to CID 2
-                             port P go to the Unix socket PATH_P (see docs/vsock.md)
-      --control PATH         a control socket: one command per line, pause, resume, status,
-                             snapshot DIR (see docs/snapshot-format.md)
-      --jail-uid N, --jail-gid N
-                             as root, the VMM runs jailed as this user and group (default 64000)
-      --no-jail              as root, run the VMM unconfined (debugging only; see docs/security.md)
-      --headless             the console takes no input (its output still goes to stdout)
-      --no-seccomp           run the VMM without its seccomp filters (debugging only; see
-                             docs/security.md, and KILN_SECCOMP=trap|log for gentler debugging)
-
-    The guest's console is on stdin/stdout. Kiln exits 0 when the guest shuts down
-    (e.g. `reboot -f` under reboot=k), non-zero with a reason otherwise. On a terminal,
-    Ctrl-A x ends the VM.
-    """
 
 func fail(_ message: String, code: Int32 = 1) -> Never {
     writeRaw(2, "kiln: \(message)\n")
     exit(code)
 }
 
-/// Boots a VM: as root in a jailed `kiln-vmm` (JailCommand), otherwise in this process.
-func boot(_ args: ArraySlice<String>) -> Int32 {
-    let parsed: Arguments
-    let cpus: Int, memory: Int
-    do {
-        let options: Set<String> = ["kernel", "initrd", "cmdline", "cpus", "memory", "host-profile", "boot-protocol", "disk", "net", "vsock", "control"]
-        parsed = try Arguments(args, options: options.union(JailCommand.options), flags: Set(["no-seccomp", "headless"]).union(JailCommand.flags))
-        cpus = try parsed.int("cpus", default: 1)
-        memory = try parsed.int("memory", default: 256)
-    } catch {
-        fail("\(error.message)\n\(usage)", code: 2)
+/// `kiln boot`: boots a VM with the serial console attached; as root in a jailed `kiln-vmm`
+/// (JailCommand), otherwise in this process.
+struct BootCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "boot",
+        abstract: "Boot a kernel with the serial console attached.",
+        discussion: """
+            The guest's console is on stdin/stdout. Kiln exits 0 when the guest shuts down (e.g. `reboot -f` \
+            under reboot=k), non-zero with a reason otherwise. On a terminal, Ctrl-A x ends the VM.
+            """)
+
+    @OptionGroup var machine: MachineOptions
+    @Option(parsing: .unconditional, help: ArgumentHelp("Initramfs; default: Kiln's own busybox initramfs (with the default kernel).",
+                                                          valueName: "PATH"))
+    var initrd: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("Kernel command line (default: \"\(MachineConfig.defaultCmdline)\").",
+                                                          valueName: "STRING"))
+    var cmdline: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("auto, kvm or emulated-cpl0 (default auto: detected).", valueName: "NAME"))
+    var hostProfile: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("pvh or linux64 (default: pvh when the kernel has the note).", valueName: "NAME"))
+    var bootProtocol: String?
+    @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("""
+        A raw disk image as virtio-blk (repeatable: vda, vdb, ...); with overlay the guest's writes go to a private \
+        layer that is discarded when the VM ends, and the image is never written.
+        """, valueName: "PATH[,ro|,overlay]"))
+    var disk: [String] = []
+    @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("""
+        virtio-net (the guest's eth0) on a TAP interface; with host= and guest=, Kiln gives the TAP the host \
+        address and the guest `ip=`.
+        """, valueName: "tap=NAME|auto[,mac=xx:xx:xx:xx:xx:xx][,host=IP/PREFIX,guest=IP]"))
+    var net: [String] = []
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
+        virtio-vsock, guest CID 3: host programs connect to the Unix socket PATH and write "CONNECT <port>\\n"; \
+        guest connections to CID 2 port P go to the Unix socket PATH_P (docs/vsock.md).
+        """, valueName: "PATH"))
+    var vsock: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
+        A control socket: one command per line, pause, resume, status, snapshot DIR (docs/snapshot-format.md).
+        """, valueName: "PATH"))
+    var control: String?
+    @OptionGroup var jail: JailArguments
+    @Flag(help: "The console takes no input (its output still goes to stdout).")
+    var headless = false
+    @Flag(help: "Run the VMM without its seccomp filters (debugging only; docs/security.md, and KILN_SECCOMP=trap|log).")
+    var noSeccomp = false
+
+    /// Every value checked before any work (issue 14): the machine, the files, the devices.
+    func checkedSettings() throws -> SandboxSettings {
+        var settings = SandboxSettings()
+        try machine.apply(to: &settings)
+        settings.initrd = initrd
+        settings.disks = try disk.map { spec throws(SettingError) in try SandboxSettings.parseDisk(spec) }
+        guard net.count <= 1 else { throw ValidationError("--net can be given once") }
+        settings.net = try net.first.map { spec throws(SettingError) in try SandboxSettings.parseNet(spec) }
+        try settings.validate()
+        return settings
     }
 
-    let profile: HostProfile
-    switch parsed.string("host-profile") ?? "auto" {
-    case "auto": profile = .detect()
-    case let name:
-        guard let p = HostProfile(rawValue: name) else { fail("unknown host profile '\(name)' (auto, kvm, emulated-cpl0)", code: 2) }
-        profile = p
-    }
-    var bootProtocol: BootProtocol?
-    if let name = parsed.string("boot-protocol") {
-        guard let p = BootProtocol(rawValue: name) else { fail("unknown boot protocol '\(name)' (pvh, linux64)", code: 2) }
-        bootProtocol = p
-    }
+    func validate() throws { _ = try checkedSettings() }
 
-    let kernel: String, initrd: String?
-    do {
-        kernel = try parsed.string("kernel") ?? DefaultImages.kernel()
-        // The default initramfs goes with the default kernel; a user's kernel gets only what they pass.
-        initrd = try parsed.string("initrd") ?? (parsed.string("kernel") == nil ? DefaultImages.initramfs() : nil)
-    } catch let error as DefaultImages.Failure {
-        fail(error.message)
-    } catch {
-        fail("\(error)")
-    }
-
-    var disks: [MachineConfig.Disk] = []
-    for spec in parsed.all("disk") {
-        guard let disk = MachineConfig.Disk.parse(spec) else { fail("--disk takes PATH[,ro|,overlay], got '\(spec)'", code: 2) }
-        disks.append(disk)
-    }
-
-    var net: NetSpec?
-    if let spec = parsed.string("net") {
-        do { net = try NetSpec.parse(spec) } catch { fail(error.description, code: 2) }
-    }
-    guard parsed.all("net").count <= 1 else { fail("--net can be given once", code: 2) }
-
-    var config = MachineConfig(kernelPath: kernel, initrdPath: initrd,
-                               cmdline: parsed.string("cmdline") ?? MachineConfig.defaultCmdline,
-                               cpus: cpus, memoryMiB: memory, hostProfile: profile, bootProtocol: bootProtocol)
-    config.disks = disks
-    config.net = net
-    if parsed.flags.contains("headless") { config.consoleInput = nil }
-    if let path = parsed.string("vsock") {
-        guard !path.isEmpty else { fail("--vsock takes a socket PATH", code: 2) }
-        config.vsock = MachineConfig.Vsock(path: path)
-    }
-    config.seccomp = seccompMode(disabled: parsed.flags.contains("no-seccomp"))
-    if geteuid() == 0 {
-        if parsed.flags.contains("no-jail") {
-            writeRaw(2, "kiln: warning: --no-jail: the VMM runs as root with no jail (debugging only)\n")
-        } else {
-            let launch = VMMLaunch(machine: .boot(config.launch), seccomp: config.seccomp.rawValue, headless: config.consoleInput == nil)
-            do { return try JailCommand.supervise(launch, parsed: parsed, config: config) }
-            catch { fail("\(error.message)\n\(usage)", code: 2) }
+    func run() throws {
+        let settings = try checkedSettings()
+        let profile: HostProfile
+        switch hostProfile ?? "auto" {
+        case "auto": profile = .detect()
+        case let name:
+            guard let p = HostProfile(rawValue: name) else { throw ValidationError("unknown host profile '\(name)' (auto, kvm, emulated-cpl0)") }
+            profile = p
         }
+        var protocolChoice: BootProtocol?
+        if let name = bootProtocol {
+            guard let p = BootProtocol(rawValue: name) else { throw ValidationError("unknown boot protocol '\(name)' (pvh, linux64)") }
+            protocolChoice = p
+        }
+        if let vsock, vsock.isEmpty { throw ValidationError("--vsock takes a socket PATH") }
+        let jailSettings = try JailCommand.Settings(jail, control: control, noSeccomp: noSeccomp)
+
+        let kernel: String, initrdPath: String?
+        do {
+            kernel = try machine.kernel ?? DefaultImages.kernel()
+            // The default initramfs goes with the default kernel; a user's kernel gets only what they pass.
+            initrdPath = try initrd ?? (machine.kernel == nil ? DefaultImages.initramfs() : nil)
+        } catch let error as DefaultImages.Failure {
+            fail(error.message)
+        } catch {
+            fail("\(error)")
+        }
+
+        var config = MachineConfig(kernelPath: kernel, initrdPath: initrdPath, cmdline: cmdline ?? MachineConfig.defaultCmdline,
+                                   cpus: settings.cpus, memoryMiB: settings.memoryMiB, hostProfile: profile, bootProtocol: protocolChoice)
+        config.disks = settings.disks
+        config.net = settings.net
+        if headless { config.consoleInput = nil }
+        if let vsock { config.vsock = MachineConfig.Vsock(path: vsock) }
+        config.seccomp = seccompMode(disabled: noSeccomp)
+        if geteuid() == 0 {
+            if jail.disabled {
+                writeRaw(2, "kiln: warning: --no-jail: the VMM runs as root with no jail (debugging only)\n")
+            } else {
+                let launch = VMMLaunch(machine: .boot(config.launch), seccomp: config.seccomp.rawValue, headless: config.consoleInput == nil)
+                Glibc.exit(JailCommand.supervise(launch, settings: jailSettings, config: config))
+            }
+        }
+        let vm: Machine
+        do { vm = try Machine(config) } catch { fail(error.description) }
+        Glibc.exit(runAttached(vm, control: control))
     }
-    let machine: Machine
-    do { machine = try Machine(config) } catch { fail(error.description) }
-    return runAttached(machine, control: parsed.string("control"))
 }
 
 BootTrace.mark("process-start")
-let argv = CommandLine.arguments
-switch argv.count > 1 ? argv[1] : "help" {
-case "boot": exit(boot(argv.dropFirst(2)))
-case "template": exit(await templateCommand(argv.dropFirst(2)))
-case "image": exit(await imageCommand(argv.dropFirst(2)))
-case "run":
-    if argv.count > 2 && (argv[2] == "--help" || argv[2] == "-h") { writeRaw(1, runUsage + "\n"); exit(0) }
-    exit(await runCommand(argv.dropFirst(2)))
-case "serve" where argv.count > 2 && ["--help", "-h"].contains(argv[2]): writeRaw(1, serveUsage + "\n")
-case "serve": exit(await serveCommand(argv.dropFirst(2)))
-case "__launcher": exit(VMMLauncher.serve()) // kiln serve's own helper (Sources/Jailer/VMMSpawner.swift)
-case "restore" where argv.count > 2 && ["--help", "-h"].contains(argv[2]): writeRaw(1, restoreUsage + "\n")
-case "restore": exit(restore(argv.dropFirst(2)))
-case "help", "--help", "-h": writeRaw(1, usage + "\n")
-default: fail("unknown command '\(argv[1])'\n\(usage)", code: 2)
+
+/// Help asked for goes to stdout (exit 0); any other parse or usage error is one line on
+/// stderr and exit 2, never the help text after it.
+func exitForParseError(_ error: any Error) -> Never {
+    if let code = error as? ExitCode { exit(code.rawValue) }
+    if Kiln.exitCode(for: error) == .success {
+        writeRaw(1, Kiln.fullMessage(for: error) + "\n")
+        exit(0)
+    }
+    let message = Kiln.message(for: error)
+    fail(String(message.split(separator: "\n").first ?? Substring(message)), code: 2)
 }
+
+/// Runs the parsed command; the commands exit themselves, or throw a usage error.
+func start(_ command: any ParsableCommand) async throws {
+    if var asyncCommand = command as? any AsyncParsableCommand {
+        try await asyncCommand.run()
+    } else {
+        var command = command
+        try command.run()
+    }
+}
+
+var command: any ParsableCommand
+do { command = try Kiln.parseAsRoot(Array(CommandLine.arguments.dropFirst())) } catch { exitForParseError(error) }
+do { try await start(command) } catch { exitForParseError(error) }

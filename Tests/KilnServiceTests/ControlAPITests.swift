@@ -68,7 +68,9 @@ import Testing
         expectError(try await s.request("POST", "/sandboxes", key: Self.acme, body: #"{"templateID": "base", "metadata": {"a": 1}}"#), 400, containing: "'metadata.a' must be a string")
         expectError(try await s.request("POST", "/sandboxes", key: Self.acme, body: #"{"timeout": 5}"#), 400, containing: "'templateID' is required")
         expectError(try await s.request("POST", "/sandboxes", key: Self.acme, body: #"{"templateID": "base", "timeout": -1}"#), 400, containing: "negative")
-        expectError(try await s.request("POST", "/sandboxes", key: Self.acme, body: #"{"templateID": "../etc"}"#), 400, containing: "invalid template id")
+        expectError(try await s.request("POST", "/sandboxes", key: Self.acme, body: #"{"templateID": "../etc"}"#), 400, containing: "'templateID' needs a template name")
+        expectError(try await s.request("POST", "/sandboxes", key: Self.acme, body: #"{"templateID": "base", "envVars": {"A=B": "x"}}"#), 400,
+                    containing: "'envVars' needs NAME=VALUE with a non-empty NAME, got 'A=B=x'")
         expectError(try await s.request("POST", "/sandboxes/\(Self.pausedID)/timeout", key: Self.globex, body: #"{"timeout": 1.5}"#), 400, containing: "'timeout'")
     }
 

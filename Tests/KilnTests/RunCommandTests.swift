@@ -26,8 +26,9 @@ import VMM
 
     /// A guest that stops answering (here: its VMM frozen with SIGSTOP, as a fork bomb can wedge
     /// the guest) cannot keep `--timeout` from ending the run: the host stops the VM itself.
+    /// The timeout leaves a loaded host time to start the guest shell (seconds here) before "started".
     @Test func theTimeoutHoldsWhenTheGuestNoLongerAnswers() throws {
-        let kiln = try KilnProcess(["run", "--timeout", "3", "--", "sh", "-c", "echo started; sleep 600"])
+        let kiln = try KilnProcess(["run", "--timeout", "15", "--", "sh", "-c", "echo started; sleep 600"])
         kiln.closeInput()
         try kiln.waitForLine("started", seconds: Self.seconds)
         // The jailed VMM is a child process of kiln (root; the tests run as root), started by one

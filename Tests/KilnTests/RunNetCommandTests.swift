@@ -3,6 +3,35 @@ import KilnTestSupport
 import KilnNet
 import Testing
 
+/// Bad network options are refused in one line naming the option, exit 2, before anything
+/// starts (the rule of ValidationTests, for the options of docs/net.md).
+@Suite struct RunNetCommandTests {
+    static let badInputs: [(arguments: [String], option: String)] = [
+        (["run", "--allow-out", "10.0.0.0/33", "--", "true"], "--allow-out"),
+        (["run", "--allow-out", "example.com", "--", "true"], "--allow-out"),
+        (["run", "--net", "--deny-out", "1.2.3", "--", "true"], "--deny-out"),
+        (["run", "--deny-out"], "--deny-out"),
+        (["run", "-p", "80", "-p", "8080:0", "--", "true"], "--publish"),
+        (["run", "--publish", "x:80", "--", "true"], "--publish"),
+        (["run", "-p", "70000:80", "--", "true"], "--publish"),
+        (["run", "--net", "--no-jail", "--", "true"], "--net"),
+    ]
+
+    @Test(arguments: badInputs)
+    func badNetworkOptionIsOneLineAndExit2(_ arguments: [String], _ option: String) throws {
+        let runtime = ValidationTests.runtimeDirectory()
+        defer { rmdir(runtime) }
+        let kiln = try KilnProcess(arguments, environment: ["KILN_RUNTIME_DIR": runtime])
+        kiln.closeInput()
+        let status = try kiln.wait(seconds: 60)
+        let stderr = kiln.errorOutput
+        #expect(status == 2, "\(arguments): \(stderr)")
+        #expect(stderr.hasPrefix("kiln: ") && stderr.dropLast().split(separator: "\n").count == 1, "\(arguments): \(stderr)")
+        #expect(stderr.contains(option), "\(arguments): \(stderr)")
+        #expect(kiln.output.isEmpty && ValidationTests.entries(runtime).isEmpty)
+    }
+}
+
 /// `kiln run --net`, `--deny-out` and `-p` as a user runs them, against the same fake internet
 /// (a namespace the test creates; nothing else is ever addressed), in the same serialized suite.
 extension SandboxNetworkVMTests {

@@ -52,6 +52,11 @@ def test_image_reference_as_template(service, image_ref):
         assert result.stdout.split() == ["1000", "/work", "yes"]
         explicit = sandbox.commands.run("/bin/busybox pwd", cwd="/", timeout=120)
         assert explicit.stdout.strip() == "/"
+        # A service that crashes and restarts adopts the sandbox with its image's defaults.
+        service.crash()
+        service.start()
+        again = sandbox.commands.run("/bin/busybox id -u; pwd; echo $KILN_TEST", timeout=120)
+        assert again.stdout.split() == ["1000", "/work", "yes"]
     finally:
         sandbox.kill()
 

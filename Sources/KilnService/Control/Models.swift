@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import Sandbox
 
 /// The control API's JSON bodies, in E2B's shapes (e2b-dev/infra spec/openapi.yml: NewSandbox,
 /// Sandbox, ListedSandbox, SandboxDetail, Error). Written from the published description.
@@ -32,6 +33,19 @@ struct NewSandboxRequest: Decodable, Sendable {
         allowInternetAccess = try c.decodeIfPresent(Bool.self, forKey: .allowInternetAccess)
         metadata = try c.decodeIfPresent([String: String].self, forKey: .metadata)
         envVars = try c.decodeIfPresent([String: String].self, forKey: .envVars)
+    }
+}
+
+extension NewSandboxRequest {
+    /// The request's values, checked by SandboxSettings (Sources/Sandbox/Settings.swift) as the CLI's are.
+    func validate() throws(SettingError) {
+        if let timeout, timeout < 0 {
+            throw SettingError(.lifetime, "must not be negative: " + Setting.lifetime.takes, got: String(timeout))
+        }
+        try SandboxSettings.checkTemplate(templateID)
+        for (name, value) in (envVars ?? [:]).sorted(by: { $0.key < $1.key }) {
+            try SandboxSettings.checkEnvironment(name: name, value: value)
+        }
     }
 }
 

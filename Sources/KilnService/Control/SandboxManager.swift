@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import Images
 import Logging
 import Sandbox
 import Synchronization
@@ -26,6 +27,9 @@ struct SandboxRecord: Codable, Sendable {
     var state: State
     /// The running VM's runtime directory (for adoption after a restart).
     var runtimeDirectory: String?
+    /// An OCI image's defaults (Env, WorkingDir, User) for the sandbox's processes, kept so that a
+    /// sandbox adopted after a restart still applies them.
+    var image: ImageConfiguration.RunConfig?
 }
 
 /// An API error in E2B's shape: the HTTP status and a message.
@@ -140,7 +144,7 @@ public actor SandboxManager {
         guard let directory = record.runtimeDirectory, settings.lifetime == .detached else { return nil }
         do {
             let sandbox = try await blocking.run { try await Sandbox.adopt(directory: directory) }
-            let live = ServiceSandbox(id: record.id, sandbox: sandbox, envVars: record.envVars, blocking: blocking)
+            let live = ServiceSandbox(id: record.id, sandbox: sandbox, envVars: record.envVars, image: record.image, blocking: blocking)
             await live.reattach()
             return live
         } catch {
@@ -181,16 +185,8 @@ public actor SandboxManager {
 
     func create(tenant: Tenant, _ request: NewSandboxRequest) async throws(APIError) -> SandboxRecord {
         let started = Timestamps.now()
-        guard (request.timeout ?? 0) >= 0 else { throw APIError(400, "timeout must not be negative") }
-        guard request.templateID.utf8.count <= 255, !request.templateID.isEmpty,
-              // A '/' only as in an OCI image reference (host/name:tag): no empty or dot components.
-              request.templateID.utf8.allSatisfy({ $0 > 32 && $0 < 127 }), !request.templateID.hasPrefix("."),
-              !request.templateID.split(separator: "/", omittingEmptySubsequences: false).contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
-            throw APIError(400, "invalid template id '\(request.templateID)'")
-        }
-        for (k, _) in request.envVars ?? [:] where k.isEmpty || k.contains("=") || k.contains("\0") {
-            throw APIError(400, "invalid environment variable name '\(k)'")
-        }
+        // The checks `kiln run` makes, with the same messages naming the request's fields.
+        do throws(SettingError) { try request.validate() } catch { throw APIError(400, error.apiDescription) }
         // A tenant at its sandbox limit is refused before its template is looked up (or built: `base` boots a VM).
         try checkCount(tenant)
         let template: String
@@ -238,7 +234,7 @@ public actor SandboxManager {
             startedAt: now, endAt: now + Double(min(timeout, settings.maxTimeout)), metadata: request.metadata ?? [:],
             envVars: request.envVars ?? [:], accessToken: Random.hex(bytes: 24), autoPause: request.autoPause ?? false,
             cpuCount: info.vcpus, memoryMB: memoryMB, diskSizeMB: Int((info.config.disks.first.map { fileSize($0.path) } ?? 0) >> 20),
-            state: .running, runtimeDirectory: live.sandbox.directory)
+            state: .running, runtimeDirectory: live.sandbox.directory, image: live.image)
         entries[id] = Entry(record: record, live: live)
         save(record)
         metrics.observeCreate(seconds: Timestamps.now() - started)
