@@ -47,9 +47,7 @@ extension SandboxNetworkVMTests {
         defer { server.stop() }
         let call = ["busybox", "nc", "-w", "20", Self.server, "\(Self.port)"]
 
-        // The first run boots (and saves the template): a booted guest reaches the fake internet.
-        // Later runs restore, where a known issue keeps the guest's frames from the TAP, so the
-        // refusals below do not yet prove the policy on their own (the library suite checks the rules).
+        // The first run boots and saves the template (or restores it); later runs restore it.
         let open = try kiln(["--net", "--"] + call)
         open.closeInput()
         #expect(try open.wait(seconds: Self.seconds) == 0, "\(open.errorOutput)")

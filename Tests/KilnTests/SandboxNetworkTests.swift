@@ -134,11 +134,7 @@ import Testing
             let a = try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: runtime, network: open)
             defer { a.stop() }
             let reached = try await call(a, Self.server, Self.port)
-            // Known issue: a guest restored from a template sends no frame to its new TAP (its RX
-            // and TX counters stay 0); a booted one works (RunNetCommandTests' first run).
-            withKnownIssue("a restored guest's virtio-net sends nothing to the new TAP") {
-                #expect(reached.ok, "\(reached.output)\n\(a.consoleTail())")
-            }
+            #expect(reached.ok, "\(reached.output)\n\(a.consoleTail())")
             let metadata = try await call(a, "169.254.169.254", Self.port)
             #expect(!metadata.ok, "169.254.169.254 must be unreachable: \(metadata.output)")
             for own in [Self.hostSide, IPv4Range.format(open.hostAddress)] {
@@ -167,9 +163,7 @@ import Testing
             let c = try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: runtime, network: allowOnly)
             defer { c.stop() }
             let r = try await call(c, Self.server, Self.port)
-            withKnownIssue("a restored guest's virtio-net sends nothing to the new TAP") {
-                #expect(r.ok, "an allowed address is reachable without internet: \(r.output)")
-            }
+            #expect(r.ok, "an allowed address is reachable without internet: \(r.output)")
             let other = try await call(c, Self.hostSide, Self.hostPort)
             #expect(!other.ok)
             #expect(host.connections == 0)
