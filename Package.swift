@@ -46,7 +46,9 @@ let package = Package(
         // bare root filesystem; the debug build stays dynamic so that tests can link against it.
         .executableTarget(name: "kiln-agent", dependencies: ["Agent", "CLinux", "LinuxSys"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
-        .target(name: "Sandbox", dependencies: ["AgentProtocol", "Boot", "Devices", "Images", "Jailer", "LinuxSys", "Seccomp", "VMM", "VMMProtocol"], swiftSettings: strict),
+        // A sandbox's network namespace, NAT and egress policy (docs/net.md). Runs `ip` and `nft`.
+        .target(name: "KilnNet", dependencies: ["CLinux", "CSandbox", "LinuxSys"], swiftSettings: strict),
+        .target(name: "Sandbox", dependencies: ["AgentProtocol", "Boot", "Devices", "Images", "Jailer", "LinuxSys", "KilnNet", "Seccomp", "VMM", "VMMProtocol"], swiftSettings: strict),
         .target(name: "Seccomp", dependencies: ["CSandbox"], swiftSettings: strict),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp", "VMMProtocol"], swiftSettings: strict),
         // `kiln serve`: the E2B-compatible multi-tenant service (docs/service.md).
@@ -68,11 +70,11 @@ let package = Package(
         // static: no dynamic loader relocations touching every page of the Swift runtime, which
         // keeps the VMM's own resident memory near 4 MiB instead of 10. It links no NIO, no
         // ArgumentParser: nothing the CLI and the service need is mapped where a guest could reach.
-        .executableTarget(name: "kiln-vmm", dependencies: ["VMM", "VMMProtocol", "Jailer", "LinuxSys", "Seccomp"], swiftSettings: strict,
+        .executableTarget(name: "kiln-vmm", dependencies: ["CLinux", "VMM", "VMMProtocol", "Jailer", "LinuxSys", "Seccomp"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         // The CLI and `kiln serve`; static in release too, so that it runs from anywhere
         // (`kiln run --no-jail` and non-root runs keep the VMM in this process).
-        .executableTarget(name: "kiln", dependencies: ["VMM", "VMMProtocol", "Sandbox", "KilnService", "Images", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "Seccomp",
+        .executableTarget(name: "kiln", dependencies: ["VMM", "VMMProtocol", "Sandbox", "KilnService", "Images", "AgentProtocol", "CLinux", "LinuxSys", "Jailer", "KilnNet", "Seccomp",
                                                 .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable", "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims",
                                                         // async-http-client (Images) imports Foundation, whose static library needs CoreFoundation.
@@ -94,6 +96,7 @@ let package = Package(
         .testTarget(name: "AgentTests", dependencies: ["Agent", "Sandbox", "AgentProtocol", "KilnTestSupport", "LinuxSys", "kiln-agent"],
                     swiftSettings: strict),
         .testTarget(name: "JailerTests", dependencies: ["Jailer", "VMMProtocol"], swiftSettings: strict),
+        .testTarget(name: "KilnNetTests", dependencies: ["KilnNet", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "VMMProtocolTests", dependencies: ["VMMProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "KilnServiceTests", dependencies: [
@@ -101,6 +104,6 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "ImagesTests", dependencies: ["Images", "KilnTestSupport", "CLinux", "LinuxSys"], swiftSettings: strict),
-        .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "Sandbox", "Images", "AgentProtocol", "VMM"], swiftSettings: strict),
+        .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "KilnNet", "Sandbox", "Images", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )

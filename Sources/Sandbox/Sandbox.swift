@@ -2,6 +2,7 @@ import AgentProtocol
 import Glibc
 import Jailer
 import LinuxSys
+import KilnNet
 import Synchronization
 import Seccomp
 import VMM
@@ -73,6 +74,9 @@ public final class Sandbox: Sendable {
         /// Spare virtio-fs slots the VM carries (kiln0...), so that its templates can take volumes
         /// when restored; volumes bind the first ones.
         public var shareSlots: Int = Sandbox.defaultShareSlots
+        /// The sandbox's network (docs/net.md): the VM gets a virtio-net device on the network's
+        /// TAP and the guest side of its addresses; nil, no network device at all. Jailed only.
+        public var network: SandboxNetwork?
 
         public init(kernelPath: String, imagePath: String) {
             self.kernelPath = kernelPath
@@ -91,7 +95,8 @@ public final class Sandbox: Sendable {
     public static let agentDiskCmdline = "root=/dev/vdb ro rootfstype=ext4 init=/sbin/kiln-agent kiln.root=/dev/vda kiln.rootfstype=ext4"
 
     static func cmdline(_ config: Configuration) -> String {
-        ([baseCmdline, config.agentDisk == nil ? imageInitCmdline : agentDiskCmdline] + config.kernelArguments)
+        ([baseCmdline, config.agentDisk == nil ? imageInitCmdline : agentDiskCmdline]
+            + (config.network == nil ? [] : [SandboxNetwork.kernelParameter]) + config.kernelArguments)
             .joined(separator: " ")
     }
 
@@ -125,6 +130,7 @@ public final class Sandbox: Sendable {
             throw .setup("cannot read image \(config.imagePath): \(String(cString: strerror(errno)))")
         }
         try checkLifetime(config.lifetime, config.isolation)
+        if config.network != nil && !config.isolation.jails { throw .setup("a sandbox network needs the jailed VMM (run as root, without --no-jail)") }
         let (directory, console) = try prepare(config.runtimeDirectory, lifetime: config.lifetime)
         if let disk = config.agentDisk, access(disk, R_OK) != 0 {
             cleanUp(directory, console)
@@ -138,6 +144,9 @@ public final class Sandbox: Sendable {
         machineConfig.disks = [MachineConfig.Disk(path: config.imagePath, overlay: true)]
         if let disk = config.agentDisk { machineConfig.disks.append(MachineConfig.Disk(path: disk, readOnly: true)) }
         machineConfig.vsock = MachineConfig.Vsock(path: vsockPath)
+        if let network = config.network {
+            machineConfig.net = NetSpec(tap: SandboxNetwork.tapName, netns: network.namespacePath)
+        }
         machineConfig.seccomp = config.seccomp
         let host: any VMHost
         do throws(SandboxError) {
@@ -154,9 +163,23 @@ public final class Sandbox: Sendable {
             }
         } catch {
             cleanUp(directory, console)
+            config.network?.close()
             throw error
         }
-        let sandbox = try await launch(host, directory: directory, console: console, timeout: config.bootTimeout)
+        let sandbox: Sandbox
+        do throws(SandboxError) { sandbox = try await launch(host, directory: directory, console: console, timeout: config.bootTimeout) } catch {
+            config.network?.close()
+            throw error
+        }
+        if let network = config.network {
+            // The VMM has the TAP open: it keeps the namespace from here on (SandboxNetwork).
+            network.detachName()
+            // The resolver is the gateway, the same in every sandbox: a template keeps the file.
+            do { _ = try await sandbox.agent.writeFile("/etc/resolv.conf", contents: Array(SandboxNetwork.resolvConf.utf8)) } catch {
+                sandbox.stop()
+                throw .agent(error as? AgentClientError ?? .connection("\(error)"))
+            }
+        }
         if !config.volumes.isEmpty {
             do { try await sandbox.mount(config.volumes) } catch { sandbox.stop(); throw error }
         }
@@ -170,11 +193,24 @@ public final class Sandbox: Sendable {
     public static func restore(snapshot: String, runtimeDirectory: String = Sandbox.defaultRuntimeDirectory,
                                hostProfile: HostProfile = .detect(), isolation: Isolation = .automatic,
                                lifetime: Lifetime = .tiedToProcess, seccomp: SeccompMode = .kill,
-                               timeout: Double = 60, volumes: [Volume] = []) async throws(SandboxError) -> Sandbox {
+                               timeout: Double = 60, volumes: [Volume] = [], network: SandboxNetwork? = nil) async throws(SandboxError) -> Sandbox {
         try checkLifetime(lifetime, isolation)
+        // A snapshot with a net device (a template made with a network) gets this network's TAP;
+        // without a network it cannot be restored (its TAP would be opened on the host).
+        var net: NetSpec?
+        if let saved = (try? SnapshotInfo.read(directory: snapshot))?.config.net {
+            guard let network else {
+                throw .setup("snapshot \(snapshot) has a network device: restore it with a network (kiln run --net)")
+            }
+            guard isolation.jails else { throw .setup("a sandbox network needs the jailed VMM (run as root, without --no-jail)") }
+            net = NetSpec(tap: SandboxNetwork.tapName, mac: saved.mac, netns: network.namespacePath)
+        } else if network != nil {
+            throw .setup("snapshot \(snapshot) has no network device: a network needs a template made with one")
+        }
         let (directory, console) = try prepare(runtimeDirectory, lifetime: lifetime)
         let vsockPath = directory + "/vsock.sock"
         var overrides = RestoreOverrides(vsockPath: vsockPath, consoleInput: nil, consoleOutput: console, hostProfile: hostProfile)
+        overrides.net = net
         overrides.seccomp = seccomp
         let host: any VMHost
         do throws(SandboxError) {
@@ -197,10 +233,18 @@ public final class Sandbox: Sendable {
             }
         } catch {
             cleanUp(directory, console)
+            network?.close()
             throw error
         }
-        let sandbox = try await resumeAgent(host, directory: directory, console: console, timeout: timeout,
+        let sandbox: Sandbox
+        do throws(SandboxError) {
+            sandbox = try await resumeAgent(host, directory: directory, console: console, timeout: timeout,
                                             session: AgentSession.read(snapshot: snapshot))
+        } catch {
+            network?.close()
+            throw error
+        }
+        network?.detachName()
         do {
             var entropy = [UInt8](repeating: 0, count: 64)
             var rng = SystemRandomNumberGenerator()

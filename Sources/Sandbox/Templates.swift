@@ -1,6 +1,7 @@
 import AgentProtocol
 import Glibc
 import Images
+import KilnNet
 import VMM
 
 /// Templates: snapshots of a sandbox taken right after its agent came up, kept in
@@ -33,11 +34,14 @@ public enum Templates {
             _ = stat(real, &st)
             return "\(real):\(st.st_size):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
         }
-        let key = ["kernel=" + identity(config.kernelPath), "image=" + identity(config.imagePath),
+        let key = (["kernel=" + identity(config.kernelPath), "image=" + identity(config.imagePath),
                    "agent=" + (config.agentDisk.map(identity) ?? ""),
                    "memory=\(config.memoryMiB)", "cpus=\(config.cpus)", "profile=\(config.hostProfile.rawValue)",
                    "args=" + config.kernelArguments.joined(separator: " "), "kiln=\(kilnVersion)",
-                   "share-slots=\(config.shareSlots)"].joined(separator: "\n")
+                   "share-slots=\(config.shareSlots)"]
+            // A template with a network device is another template (names without one are unchanged).
+            + (config.network == nil ? [] : ["net=" + SandboxNetwork.kernelParameter]))
+            .joined(separator: "\n")
         // FNV-1a, 64 bits: a cache name, not a security boundary.
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in key.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }

@@ -9,11 +9,12 @@ import VMMProtocol
 
 extension VMMLaunch.Net {
     public init(_ spec: NetSpec) {
-        self.init(tap: spec.tap, mac: spec.mac, host: spec.host?.address, hostPrefix: spec.host?.prefix ?? 0, guest: spec.guest)
+        self.init(tap: spec.tap, mac: spec.mac, host: spec.host?.address, hostPrefix: spec.host?.prefix ?? 0, guest: spec.guest,
+                  netns: spec.netns)
     }
 
     public var spec: NetSpec {
-        NetSpec(tap: tap, mac: mac, host: host.map { (address: $0, prefix: hostPrefix) }, guest: guest)
+        NetSpec(tap: tap, mac: mac, host: host.map { (address: $0, prefix: hostPrefix) }, guest: guest, netns: netns)
     }
 }
 

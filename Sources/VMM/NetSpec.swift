@@ -7,13 +7,19 @@ public struct NetSpec: Sendable, Equatable {
     /// IPv4 addresses: the host side of the TAP (with its prefix) and the guest's eth0.
     public var host: (address: String, prefix: Int)?
     public var guest: String?
+    /// A network namespace (a bind-mounted namespace file) the jailed VMM joins to open the TAP,
+    /// before its jail gives it an empty one: a sandbox network's (Sources/KilnNet). Never saved
+    /// in a snapshot; not part of the `--net` text.
+    public var netns: String?
 
-    public init(tap: String?, mac: [UInt8] = NetSpec.randomMAC(), host: (address: String, prefix: Int)? = nil, guest: String? = nil) {
-        self.tap = tap; self.mac = mac; self.host = host; self.guest = guest
+    public init(tap: String?, mac: [UInt8] = NetSpec.randomMAC(), host: (address: String, prefix: Int)? = nil, guest: String? = nil,
+                netns: String? = nil) {
+        self.tap = tap; self.mac = mac; self.host = host; self.guest = guest; self.netns = netns
     }
 
     public static func == (a: NetSpec, b: NetSpec) -> Bool {
         a.tap == b.tap && a.mac == b.mac && a.host?.address == b.host?.address && a.host?.prefix == b.host?.prefix && a.guest == b.guest
+            && a.netns == b.netns
     }
 
     /// A locally administered unicast address (02:...), random so that VMs on one bridge differ.

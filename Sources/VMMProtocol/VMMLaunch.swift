@@ -72,8 +72,10 @@ public struct VMMLaunch: Sendable, Equatable {
         public var host: String?
         public var hostPrefix: Int
         public var guest: String?
-        public init(tap: String?, mac: [UInt8], host: String? = nil, hostPrefix: Int = 0, guest: String? = nil) {
-            self.tap = tap; self.mac = mac; self.host = host; self.hostPrefix = hostPrefix; self.guest = guest
+        /// The network namespace file to join before opening the TAP (a sandbox network's).
+        public var netns: String?
+        public init(tap: String?, mac: [UInt8], host: String? = nil, hostPrefix: Int = 0, guest: String? = nil, netns: String? = nil) {
+            self.tap = tap; self.mac = mac; self.host = host; self.hostPrefix = hostPrefix; self.guest = guest; self.netns = netns
         }
     }
 
@@ -191,6 +193,7 @@ extension WireWriter {
         optional(n.host) { $0.string($1) }
         u64(UInt64(n.hostPrefix))
         optional(n.guest) { $0.string($1) }
+        optional(n.netns) { $0.string($1) }
     }
 
     mutating func share(_ s: VMMLaunch.Share) {
@@ -206,7 +209,8 @@ extension WireReader {
         let host = try optional("net.host") { (r: inout WireReader) throws(WireError) in try r.string("net.host") }
         let prefix = try int("net.hostPrefix", in: 0...32)
         let guest = try optional("net.guest") { (r: inout WireReader) throws(WireError) in try r.string("net.guest") }
-        return VMMLaunch.Net(tap: tap, mac: mac, host: host, hostPrefix: prefix, guest: guest)
+        let netns = try optional("net.netns") { (r: inout WireReader) throws(WireError) in try r.string("net.netns") }
+        return VMMLaunch.Net(tap: tap, mac: mac, host: host, hostPrefix: prefix, guest: guest, netns: netns)
     }
 
     mutating func share() throws(WireError) -> VMMLaunch.Share {

@@ -3,6 +3,7 @@
 // message on fd 3, then it opens what the VM needs, enters the jail and runs the VM, serving the
 // supervisor's commands on fd 4. A small executable of its own, so that nothing the CLI links
 // (argument parsing, a network stack) is mapped into the process a guest could reach.
+import CLinux
 import Glibc
 import Jailer
 import LinuxSys
@@ -26,6 +27,19 @@ guard let jail = launch.jail else { fail("kiln-vmm runs only jailed (the launch 
 if !jail.control { close(JailSpec.controlFD) }
 
 do { try Confinement.prepare() } catch { fail(error.description) }
+// A sandbox network's TAP lives in that sandbox's namespace: join it to open the TAP (by name,
+// in the current namespace); the jail then leaves the VMM in an empty one of its own.
+let netns: String?
+switch launch.machine {
+case .boot(let b): netns = b.net?.netns
+case .restore(let r): netns = r.net?.netns
+}
+if let netns {
+    let fd = open(netns, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { fail("cannot open the sandbox's network namespace \(netns): \(Errno.current("open"))") }
+    guard kiln_setns_net(fd) == 0 else { fail("cannot join the network namespace \(netns): \(Errno.current("setns"))") }
+    close(fd)
+}
 let machine: Machine
 do throws(MachineError) {
     let seccomp = try SeccompMode(launch: launch.seccomp)

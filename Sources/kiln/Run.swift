@@ -4,6 +4,7 @@ import CLinux
 import Glibc
 import Images
 import LinuxSys
+import KilnNet
 import Sandbox
 import Synchronization
 import VMM
@@ -60,6 +61,24 @@ struct RunCommand: AsyncParsableCommand {
     var noTemplate = false
     @Flag(help: "As root, run the VMM inside this process instead of jailed (debugging only; see docs/security.md).")
     var noJail = false
+    @Flag(help: ArgumentHelp("""
+        IPv4 egress through NAT in a network namespace of the sandbox's own (docs/net.md); without it (and without \
+        --allow-out or --deny-out) the sandbox has no network device at all.
+        """))
+    var net = false
+    @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("""
+        Reachable even when denied (repeatable; alone, without --net, only these are reachable).
+        """, valueName: "CIDR|IP"))
+    var allowOut: [String] = []
+    @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("""
+        Unreachable (repeatable). Always denied unless allowed: loopback, link-local (169.254.169.254), private ranges, \
+        the host's addresses.
+        """, valueName: "CIDR|IP"))
+    var denyOut: [String] = []
+    @Option(name: [.customShort("p"), .long], parsing: .unconditionalSingleValue, help: ArgumentHelp("""
+        Forward 127.0.0.1:HOST on the host to port GUEST in the guest, over vsock (no network needed; repeatable).
+        """, valueName: "HOST:GUEST"))
+    var publish: [String] = []
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The command and its arguments.", valueName: "COMMAND"))
     var command: [String] = []
 
@@ -101,6 +120,16 @@ struct RunCommand: AsyncParsableCommand {
             return v
         }
         guard o.volumes.count <= Sandbox.defaultShareSlots else { throw ValidationError("at most \(Sandbox.defaultShareSlots) volumes (-v)") }
+        o.net = net
+        o.allowOut = try allowOut.map { try Self.range($0, "--allow-out") }
+        o.denyOut = try denyOut.map { try Self.range($0, "--deny-out") }
+        o.ports = try publish.map { text in
+            guard let m = PortForward.Mapping.parse(text) else {
+                throw ValidationError("--publish needs HOST:GUEST ports from 1 to 65535, got '\(text)'")
+            }
+            return m
+        }
+        if o.policy != nil && noJail { throw ValidationError("--net, --allow-out and --deny-out need the jailed VMM (not --no-jail)") }
         // Options end at the first COMMAND word or at `--`, which is not part of the command.
         // The passthrough capture also takes an unknown option before the command: that is a
         // usage error (or the help), not a command named `--frob`.
@@ -114,6 +143,11 @@ struct RunCommand: AsyncParsableCommand {
         }
         guard o.command.allSatisfy({ !$0.utf8.contains(0) }) else { throw ValidationError("the command contains a NUL byte") }
         return o
+    }
+
+    static func range(_ text: String, _ option: String) throws(ValidationError) -> IPv4Range {
+        guard let range = IPv4Range(text) else { throw ValidationError("\(option) needs an IPv4 address or CIDR (A.B.C.D[/N]), got '\(text)'") }
+        return range
     }
 
     func validate() throws { _ = try options() }
@@ -142,7 +176,16 @@ struct RunOptions {
     var noTemplate = false
     var noJail = false
     var volumes: [Volume] = []
+    var net = false
+    var allowOut: [IPv4Range] = []
+    var denyOut: [IPv4Range] = []
+    var ports: [PortForward.Mapping] = []
     var command: [String] = []
+
+    /// The sandbox's egress policy, nil for no network at all.
+    var policy: EgressPolicy? {
+        net || !allowOut.isEmpty || !denyOut.isEmpty ? EgressPolicy(internet: net, allow: allowOut, deny: denyOut) : nil
+    }
 }
 
 /// Signals kiln forwards to the command, handled on one thread with sigwait.
@@ -202,11 +245,22 @@ func runCommand(_ options: RunOptions) async -> Int32 {
         config.isolation = .inProcess
         if geteuid() == 0 { writeRaw(2, "kiln: warning: --no-jail: the VMM runs as root inside this process, with no jail (debugging only)\n") }
     }
+    if let policy = options.policy {
+        do { config.network = try await makeNetwork(policy) } catch { fail("\(error)") }
+    }
     let sandbox: Sandbox
     do {
         sandbox = try await startSandbox(config, options)
     } catch {
         fail("\(error)")
+    }
+    // Bound now: once kiln confines itself it may only accept on them.
+    var forwards: [PortForward] = []
+    for mapping in options.ports {
+        do { forwards.append(try PortForward(mapping, sandbox: sandbox)) } catch {
+            sandbox.stop()
+            fail("\(error)")
+        }
     }
     if relay.interruptedBeforeStart {
         sandbox.stop()
@@ -276,6 +330,7 @@ func runCommand(_ options: RunOptions) async -> Int32 {
         fail("lost the sandbox's agent: \(error)" + (tail.isEmpty ? "" : "; last console lines:\n\(tail)"))
     }
     BootTrace.mark("command-exited")
+    for forward in forwards { forward.stop() }
     terminal?.restore()
     sandbox.stop()
     BootTrace.mark("sandbox-removed")
@@ -319,14 +374,17 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
             throw SandboxError.setup("no usable template named '\(name)' in \(Templates.directory) (kiln template create \(name))")
         }
         return try await Sandbox.restore(snapshot: Templates.path(name), hostProfile: config.hostProfile, isolation: config.isolation,
-                                           seccomp: config.seccomp, volumes: config.volumes)
+                                           seccomp: config.seccomp, volumes: config.volumes, network: config.network)
     }
     if options.noTemplate { return try await Sandbox.start(config) }
     let auto = Templates.autoName(for: config)
     if Templates.usable(auto, hostProfile: config.hostProfile) {
         do { return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile, isolation: config.isolation,
-                                           seccomp: config.seccomp, volumes: config.volumes) } catch {
+                                           seccomp: config.seccomp, volumes: config.volumes, network: config.network) } catch {
             writeRaw(2, "kiln: the template for this image did not start (\(error)); booting instead\n")
+            var config = config
+            // The failed restore gave its network up: a boot gets a new one.
+            if let old = config.network { config.network = try await makeNetwork(old.policy) }
             return try await Sandbox.start(config)
         }
     }
@@ -338,8 +396,21 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
     guard !config.volumes.isEmpty else { return made }
     // The template's sandbox has only spare slots: a clone of it binds the volumes (docs/volumes.md).
     made.stop()
+    // The stopped sandbox took its network with it: the clone gets a new one.
+    var network: SandboxNetwork?
+    if let old = config.network { network = try await makeNetwork(old.policy) }
     return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile, isolation: config.isolation,
-                                     seccomp: config.seccomp, volumes: config.volumes)
+                                     seccomp: config.seccomp, volumes: config.volumes, network: network)
+}
+
+/// A sandbox network (docs/net.md), set up on a thread of its own: it runs `ip` and `nft`.
+func makeNetwork(_ policy: EgressPolicy) async throws(NetworkError) -> SandboxNetwork {
+    let result: Result<SandboxNetwork, NetworkError> = await LinuxSys.Thread.run(name: "kiln-net") {
+        Result { () throws(NetworkError) -> SandboxNetwork in
+            try SandboxNetwork.create(policy: policy, runtimeBase: Sandbox.defaultRuntimeDirectory)
+        }
+    }
+    return try result.get()
 }
 
 /// The run config the command gets: from --image-config, else the one the template was made

@@ -1,0 +1,263 @@
+import CLinux
+import CSandbox
+import Glibc
+import LinuxSys
+import Synchronization
+
+/// One sandbox's network (docs/net.md, "Egress"): a network namespace of its own holding the
+/// guest's TAP and one end of a veth pair whose other end is on the host, NAT and the egress
+/// policy in that namespace's nftables, an address pair from Kiln's pool on the veth.
+///
+/// Lifetime: the namespace is named (bind-mounted at `namespacePath`) only until the VMM has
+/// opened the TAP (`detachName()`); from then on the open TAP is what keeps it, so when the VMM
+/// ends, however it ends, the kernel removes the namespace, the veth pair, the TAP and the
+/// namespace's rules. A name left by a Kiln killed before detaching is swept by `sweep()` (the
+/// creator's pid is recorded beside it), as is the host's shared NAT table once no sandbox uses it.
+public final class SandboxNetwork: Sendable {
+    /// The guest side, the same in every sandbox (each has a namespace of its own): templates
+    /// carry it in their kernel command line, so a restored guest needs no configuration.
+    public static let guestAddress: UInt32 = 0x647F_FF02 // 100.127.255.2
+    public static let gatewayAddress: UInt32 = 0x647F_FF01 // 100.127.255.1
+    public static let guestPrefix = 30
+    public static let tapName = "kiln-tap"
+    /// The gateway's MAC, also the same everywhere: a restored guest's neighbour cache (saved in
+    /// the template, pointing at the template's TAP) stays right, so its first packet goes out.
+    public static let gatewayMAC = "02:6b:69:6c:6e:01"
+    /// The nftables table in each namespace, and the host's shared one (family ip).
+    public static let tableName = "kiln"
+    /// Host-side veth names are `kiln-h<index>`; `sweep` and the host's NAT rule match the prefix.
+    public static let hostVethPrefix = "kiln-h"
+
+    /// The guest's `ip=` kernel parameter (CONFIG_IP_PNP): its address, the gateway, no DHCP.
+    public static var kernelParameter: String {
+        "ip=\(IPv4Range.format(guestAddress))::\(IPv4Range.format(gatewayAddress)):\(IPv4Range.format(IPv4Range.mask(guestPrefix)))::eth0:off"
+    }
+    /// What the guest's /etc/resolv.conf says: DNS goes to the gateway, which forwards it.
+    public static let resolvConf = "nameserver \(IPv4Range.format(gatewayAddress))\n"
+
+    /// Kiln's address pool: one /30 per sandbox (host end .1, namespace end .2 of each).
+    /// KILN_NET_POOL overrides it when 10.200.0.0/16 is in use on a host.
+    public static var pool: IPv4Range {
+        if let p = getenv("KILN_NET_POOL"), let r = IPv4Range(String(cString: p)), r.prefix <= 30 { return r }
+        return IPv4Range("10.200.0.0/16")!
+    }
+
+    public let index: Int
+    public let policy: EgressPolicy
+    /// The namespace's bind mount, for the VMM to join (nil once detached).
+    public let namespacePath: String
+    public let hostAddress: UInt32
+    public let namespaceAddress: UInt32
+    /// Wall-clock seconds `create` took (namespace, veth, TAP, addresses, nftables).
+    public let setupSeconds: Double
+    private let detached = Mutex(false)
+    private let base: String
+
+    public var hostVeth: String { "\(Self.hostVethPrefix)\(index)" }
+    public var namespaceVeth: String { "kiln-n\(index)" }
+
+    init(index: Int, policy: EgressPolicy, base: String, hostAddress: UInt32, namespaceAddress: UInt32, setupSeconds: Double) {
+        self.index = index; self.policy = policy; self.base = base
+        self.namespacePath = Self.namespaceDirectory(base) + "/kiln-\(index)"
+        self.hostAddress = hostAddress; self.namespaceAddress = namespaceAddress; self.setupSeconds = setupSeconds
+    }
+
+    static func namespaceDirectory(_ base: String) -> String { base + "/netns" }
+
+    /// Sets up a sandbox's network. Blocking (it runs `ip` and `nft`, tens of milliseconds):
+    /// call it from a thread of its own, not a Swift task. Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN).
+    /// `runtimeBase` holds the namespace names and the lock (Sandbox.defaultRuntimeDirectory).
+    public static func create(policy: EgressPolicy, runtimeBase: String) throws(NetworkError) -> SandboxNetwork {
+        let start = now()
+        let dir = namespaceDirectory(runtimeBase)
+        _ = mkdir(runtimeBase, 0o755)
+        _ = mkdir(dir, 0o755)
+        let lock = try Lock(dir + "/.lock")
+        defer { lock.release() }
+        sweepLocked(dir)
+
+        let pool = Self.pool
+        let slots = 1 << (30 - pool.prefix)
+        guard let index = (0..<slots).first(where: { i in
+            if_nametoindex("\(hostVethPrefix)\(i)") == 0 && access("\(dir)/kiln-\(i)", F_OK) != 0
+        }) else { throw .setup("the address pool \(pool) is used up (\(slots) sandboxes)") }
+        let hostAddress = pool.base + UInt32(index * 4 + 1), namespaceAddress = hostAddress + 1
+        let clash = Routes.read().first { r in !r.device.hasPrefix(hostVethPrefix) && r.range.prefix > 0 && r.range.overlaps(IPv4Range(base: hostAddress, prefix: 30)) }
+        if let clash {
+            throw .setup("Kiln's address pool \(pool) overlaps the host's route to \(clash.range) on \(clash.device): set KILN_NET_POOL to a free range")
+        }
+        let network = SandboxNetwork(index: index, policy: policy, base: runtimeBase, hostAddress: hostAddress,
+                                     namespaceAddress: namespaceAddress, setupSeconds: 0)
+        do throws(NetworkError) {
+            try network.build(hostAddresses: HostAddresses.ipv4(), resolver: Resolver.upstream())
+        } catch {
+            network.close()
+            throw error
+        }
+        return SandboxNetwork(index: index, policy: policy, base: runtimeBase, hostAddress: hostAddress,
+                              namespaceAddress: namespaceAddress, setupSeconds: now() - start)
+    }
+
+    private func build(hostAddresses: [UInt32], resolver: UInt32?) throws(NetworkError) {
+        let path = namespacePath, record = path + ".owner"
+        guard Files.write(record, "\(getpid())\n") else { throw .setup("cannot write \(record): \(String(cString: strerror(errno)))") }
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o444)
+        guard fd >= 0 else { throw .setup("cannot create \(path): \(String(cString: strerror(errno)))") }
+        Glibc.close(fd)
+
+        let hostVeth = self.hostVeth, nsVeth = self.namespaceVeth, pid = getpid()
+        let nsAddress = IPv4Range.format(namespaceAddress), host = IPv4Range.format(hostAddress)
+        let gateway = Self.gatewayAddress
+        let rules = policy.ruleset(tap: Self.tapName, uplink: nsVeth, gateway: gateway, resolver: resolver,
+                                   hostAddresses: hostAddresses)
+        let batch = """
+            link set lo up
+            link add \(nsVeth) type veth peer name \(hostVeth) netns \(pid)
+            addr add \(nsAddress)/30 dev \(nsVeth)
+            link set \(nsVeth) up
+            tuntap add dev \(Self.tapName) mode tap
+            link set \(Self.tapName) address \(Self.gatewayMAC)
+            addr add \(IPv4Range.format(gateway))/\(Self.guestPrefix) dev \(Self.tapName)
+            link set \(Self.tapName) up
+            route add default via \(host)
+
+            """
+        let scratch = path + ".setup"
+        // A new thread for the namespace: a namespace is per thread, and this one ends with it.
+        let result = Outcome()
+        let thread: LinuxSys.Thread
+        do {
+            thread = try LinuxSys.Thread.spawn(name: "kiln-netns") {
+                do throws(NetworkError) {
+                    guard kiln_unshare(Int32(KILN_CLONE_NEWNET)) == 0 else { throw .setup("unshare(CLONE_NEWNET): \(String(cString: strerror(errno)))") }
+                    guard kiln_mount("/proc/thread-self/ns/net", path, nil, UInt(KILN_MS_BIND), nil) == 0 else {
+                        throw .setup("cannot bind the namespace at \(path): \(String(cString: strerror(errno)))")
+                    }
+                    // IPv6 off: the guest gets IPv4 only, and no router advertisement reaches anything.
+                    // (A host without IPv6 has no such files; then there is nothing to turn off.)
+                    _ = Files.write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
+                    _ = Files.write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
+                    guard Files.write("/proc/sys/net/ipv4/ip_forward", "1") else {
+                        throw .setup("cannot set net.ipv4.ip_forward in the namespace: \(String(cString: strerror(errno)))")
+                    }
+                    try Self.run(["ip", "-batch"], input: batch, scratch: scratch + ".ip")
+                    try Self.run(["nft", "-f"], input: rules, scratch: scratch + ".nft")
+                } catch {
+                    result.error.withLock { $0 = error }
+                }
+            }
+        } catch { throw .setup("cannot start a thread: \(error)") }
+        thread.join()
+        if let error = result.error.withLock({ $0 }) { throw error }
+
+        // The host's end: its address, forwarding on it only, and the shared NAT out of the host.
+        try Self.run(["ip", "-batch"], input: "addr add \(host)/30 dev \(hostVeth)\nlink set \(hostVeth) up\n", scratch: scratch + ".ip")
+        guard Files.write("/proc/sys/net/ipv4/conf/\(hostVeth)/forwarding", "1") else {
+            throw .setup("cannot enable forwarding on \(hostVeth): \(String(cString: strerror(errno)))")
+        }
+        try Self.ensureHostTable(scratch: scratch + ".nft")
+    }
+
+    /// The host's table: masquerade what the pool sends out of any interface but Kiln's own, and
+    /// no forwarding between two sandboxes. Shared by every sandbox; the sweep removes it once
+    /// no `kiln-h*` interface is left.
+    static func ensureHostTable(scratch: String) throws(NetworkError) {
+        if hostTableExists() { return }
+        let rules = """
+            table ip \(tableName) {
+              chain postrouting {
+                type nat hook postrouting priority srcnat; policy accept;
+                ip saddr \(pool) oifname != "\(hostVethPrefix)*" masquerade
+              }
+              chain forward {
+                type filter hook forward priority filter; policy accept;
+                iifname "\(hostVethPrefix)*" oifname "\(hostVethPrefix)*" drop
+              }
+            }
+
+            """
+        try run(["nft", "-f"], input: rules, scratch: scratch)
+    }
+
+    /// Whether the host's table is there (`nft list tables`: a missing table is no error on stderr).
+    static func hostTableExists() -> Bool {
+        guard let r = try? runProgram(["nft", "list", "tables"]), r.status == 0 else { return false }
+        return String(decoding: r.stdout, as: UTF8.self).split(separator: "\n").contains { $0 == "table ip \(tableName)" }
+    }
+
+    /// Removes the namespace's name once the VMM has opened the TAP (the TAP keeps it from then
+    /// on). No exec and no new socket: `kiln run`'s seccomp-confined supervisor may call it.
+    public func detachName() {
+        let first = detached.withLock { d in defer { d = true }; return !d }
+        guard first else { return }
+        _ = kiln_umount2(namespacePath, Int32(KILN_MNT_DETACH))
+        unlink(namespacePath)
+        unlink(namespacePath + ".owner")
+    }
+
+    /// Gives the network up before or instead of a VMM: the namespace goes as soon as nothing
+    /// holds it (a VMM that opened the TAP keeps it until it ends).
+    public func close() { detachName() }
+
+    /// Removes what Kiln processes killed mid-setup left: names whose creator is gone, and the
+    /// host's table when no sandbox network is left. Blocking (runs `nft`); needs root.
+    public static func sweep(runtimeBase: String) {
+        let dir = namespaceDirectory(runtimeBase)
+        guard access(dir, F_OK) == 0, let lock = try? Lock(dir + "/.lock") else { return }
+        defer { lock.release() }
+        sweepLocked(dir)
+        // The kernel frees a namespace (and its veth) in the background: a moment after the VMM ends.
+        if !Routes.interfaces().contains(where: { $0.hasPrefix(hostVethPrefix) }) && hostTableExists() {
+            _ = try? runProgram(["nft", "delete", "table", "ip", tableName])
+        }
+    }
+
+    static func sweepLocked(_ dir: String) {
+        for name in Files.list(dir) where name.hasPrefix("kiln-") && !name.contains(".") {
+            let path = dir + "/" + name
+            let owner = Files.read(path + ".owner").flatMap { Int32($0.trimmed()) } ?? 0
+            if owner > 0 && (kill(owner, 0) == 0 || errno == EPERM) { continue }
+            _ = kiln_umount2(path, Int32(KILN_MNT_DETACH))
+            unlink(path)
+            unlink(path + ".owner")
+        }
+        for name in Files.list(dir) where name.hasSuffix(".setup.ip") || name.hasSuffix(".setup.nft") {
+            let owner = Files.read(dir + "/" + String(name.prefix { $0 != "." }) + ".owner")
+            if owner == nil { unlink(dir + "/" + name) }
+        }
+    }
+
+    /// Runs `argv` + a file holding `input` (ip -batch, nft -f read files, and the
+    /// library's runProgram gives no stdin).
+    static func run(_ argv: [String], input: String, scratch: String) throws(NetworkError) {
+        guard Files.write(scratch, input) else { throw .setup("cannot write \(scratch)") }
+        defer { unlink(scratch) }
+        let status: Int32
+        do { status = try runProgram(argv + [scratch]).status } catch {
+            throw .setup("cannot run \(argv[0]) (is \(argv[0] == "nft" ? "nftables" : "iproute2") installed?): \(error)")
+        }
+        guard status == 0 else { throw .setup("\(argv.joined(separator: " ")) exited with \(status) on:\n\(input)") }
+    }
+
+    static func now() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+    }
+}
+
+/// An exclusive flock on a file, for the pool and the sweep.
+struct Lock {
+    let fd: Int32
+    init(_ path: String) throws(NetworkError) {
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .setup("cannot open \(path): \(String(cString: strerror(errno)))") }
+        while flock(fd, LOCK_EX) != 0 && errno == EINTR {}
+    }
+    func release() { Glibc.close(fd) }
+}
+
+/// The setup thread's failure, read after the join.
+final class Outcome: Sendable {
+    let error = Mutex<NetworkError?>(nil)
+}

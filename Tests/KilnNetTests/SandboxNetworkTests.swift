@@ -1,0 +1,110 @@
+import Glibc
+import KilnTestSupport
+@testable import KilnNet
+import Testing
+
+/// IPv4 ranges and the policy's ruleset: pure, no root needed.
+@Suite struct EgressPolicyTests {
+    @Test func rangesParseAndContain() throws {
+        let r = try #require(IPv4Range("10.1.2.3/8"))
+        #expect(r.description == "10.0.0.0/8")
+        #expect(r.contains(IPv4Range.parseAddress("10.255.0.1")!))
+        #expect(!r.contains(IPv4Range.parseAddress("11.0.0.1")!))
+        #expect(IPv4Range("169.254.169.254")?.description == "169.254.169.254")
+        for bad in ["", "1.2.3", "1.2.3.4/33", "1.2.3.256", "a.b.c.d", "1.2.3.4/", "1.2.3.4/-1", " 1.2.3.4"] {
+            #expect(IPv4Range(bad) == nil, "\(bad)")
+        }
+        #expect(throws: NetworkError.self) { try EgressPolicy.range("example.com") }
+    }
+
+    @Test func alwaysDeniedCoversMetadataLoopbackAndPrivateRanges() {
+        for address in ["169.254.169.254", "127.0.0.1", "10.1.2.3", "172.20.0.1", "192.168.1.1", "100.64.0.1", "0.0.0.0"] {
+            let a = IPv4Range.parseAddress(address)!
+            #expect(EgressPolicy.alwaysDenied.contains { $0.contains(a) }, "\(address)")
+        }
+        for address in ["198.18.0.2", "1.1.1.1", "8.8.8.8"] {
+            let a = IPv4Range.parseAddress(address)!
+            #expect(!EgressPolicy.alwaysDenied.contains { $0.contains(a) }, "\(address)")
+        }
+    }
+
+    @Test func rulesetAllowsBeforeItDeniesAndEndsByThePolicy() {
+        let open = EgressPolicy(internet: true, allow: [IPv4Range("10.9.0.0/16")!], deny: [IPv4Range("198.18.0.0/15")!])
+        let text = open.ruleset(tap: "kiln-tap", uplink: "kiln-n0", gateway: SandboxNetwork.gatewayAddress,
+                                resolver: IPv4Range.parseAddress("192.0.2.53"), hostAddresses: [IPv4Range.parseAddress("192.0.2.2")!])
+        let allow = text.firstRange(of: "ip daddr @allow accept")!, deny = text.firstRange(of: "ip daddr @deny")!
+        #expect(allow.lowerBound < deny.lowerBound)
+        #expect(text.contains("10.9.0.0/16") && text.contains("198.18.0.0/15") && text.contains("192.0.2.2"))
+        #expect(text.contains("dnat ip to 192.0.2.53"))
+        let closed = EgressPolicy(internet: false).ruleset(tap: "kiln-tap", uplink: "kiln-n0", gateway: SandboxNetwork.gatewayAddress,
+                                                           resolver: nil, hostAddresses: [])
+        #expect(!closed.contains("dnat ip to"))
+        #expect(!closed.split(separator: "\n").contains(where: { String($0).trimmed() == "accept" }))
+    }
+}
+
+/// Real namespaces, veths and nftables on this host (root). No traffic is sent.
+@Suite(.serialized) struct SandboxNetworkTests {
+    let base = "/tmp/kiln-net-tests-\(getpid())"
+
+    init() {
+        #expect(geteuid() == 0, "network namespaces need root (CI runs as root)")
+    }
+
+    static func interfaceExists(_ name: String) -> Bool { if_nametoindex(name) != 0 }
+
+    /// Waits (the kernel frees a namespace in the background) until `name` is gone.
+    static func waitGone(_ name: String) -> Bool {
+        for _ in 0..<100 where interfaceExists(name) { usleep(100_000) }
+        return !interfaceExists(name)
+    }
+
+    static func sh(_ command: String) -> (status: Int32, output: String) {
+        guard let p = try? KilnProcess(["-c", command + " 2>&1"], executable: "sh") else { return (-1, "") }
+        p.closeInput()
+        let status = (try? p.wait(seconds: 30)) ?? -1
+        return (status, p.output)
+    }
+
+    @Test func createsTheNamespaceAndRemovesEverythingWhenNothingHoldsIt() throws {
+        let network = try SandboxNetwork.create(policy: EgressPolicy(), runtimeBase: base)
+        #expect(Self.interfaceExists(network.hostVeth))
+        #expect(access(network.namespacePath, F_OK) == 0)
+        let inside = Self.sh("nsenter --net=\(network.namespacePath) sh -c 'ip -4 -o addr; nft list table inet kiln'")
+        #expect(inside.status == 0, "\(inside.output)")
+        #expect(inside.output.contains("kiln-tap") && inside.output.contains("100.127.255.1/30"), "\(inside.output)")
+        #expect(inside.output.contains("set deny") && inside.output.contains("169.254.0.0/16"), "\(inside.output)")
+        #expect(SandboxNetwork.hostTableExists(), "the host NAT table")
+        print("sandbox network setup: \(Int(network.setupSeconds * 1000)) ms")
+
+        network.close()
+        #expect(access(network.namespacePath, F_OK) != 0)
+        #expect(Self.waitGone(network.hostVeth), "the veth goes with the namespace")
+        SandboxNetwork.sweep(runtimeBase: base)
+        if !Routes.interfaces().contains(where: { $0.hasPrefix(SandboxNetwork.hostVethPrefix) }) {
+            #expect(!SandboxNetwork.hostTableExists(), "the sweep removes the host's table once unused")
+        }
+    }
+
+    @Test func sweepRemovesWhatAKilledCreatorLeft() throws {
+        let network = try SandboxNetwork.create(policy: EgressPolicy(internet: false), runtimeBase: base)
+        // As a SIGKILLed kiln leaves it: the name still mounted, its owner gone.
+        let child = try KilnProcess(["-c", "exit 0"], executable: "sh")
+        let dead = child.pid
+        _ = try child.wait(seconds: 30)
+        #expect(Files.write(network.namespacePath + ".owner", "\(dead)\n"))
+        SandboxNetwork.sweep(runtimeBase: base)
+        #expect(access(network.namespacePath, F_OK) != 0)
+        #expect(Self.waitGone(network.hostVeth))
+    }
+
+    @Test func addressesComeFromThePoolOnePerSandbox() throws {
+        let a = try SandboxNetwork.create(policy: EgressPolicy(), runtimeBase: base)
+        defer { a.close() }
+        let b = try SandboxNetwork.create(policy: EgressPolicy(), runtimeBase: base)
+        defer { b.close() }
+        #expect(a.index != b.index)
+        #expect(SandboxNetwork.pool.contains(a.hostAddress) && SandboxNetwork.pool.contains(b.namespaceAddress))
+        #expect(a.hostAddress / 4 != b.hostAddress / 4)
+    }
+}
