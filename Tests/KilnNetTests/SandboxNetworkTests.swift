@@ -55,7 +55,8 @@ import Testing
 
     /// Waits (the kernel frees a namespace in the background) until `name` is gone.
     static func waitGone(_ name: String) -> Bool {
-        for _ in 0..<100 where interfaceExists(name) { usleep(100_000) }
+        // Up to a minute: netns cleanup runs in a kernel workqueue, slow on a loaded host.
+        for _ in 0..<600 where interfaceExists(name) { usleep(100_000) }
         return !interfaceExists(name)
     }
 
