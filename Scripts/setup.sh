@@ -42,7 +42,7 @@ build() {
 # and the image tests' registry, token service, htpasswd, test images and pushes (Tests/images/;
 # musl-tools for make-musl-image.sh's dynamically linked musl program).
 need=()
-for p in e2fsprogs cpio zlib1g-dev libzstd-dev zstd erofs-utils docker-registry umoci skopeo apache2-utils openssl busybox-static bash-static musl-tools python3; do
+for p in e2fsprogs cpio zlib1g-dev libzstd-dev zstd erofs-utils docker-registry umoci skopeo apache2-utils openssl busybox-static bash-static musl-tools python3 nftables iproute2 util-linux; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then
