@@ -167,6 +167,14 @@ func start(_ command: any ParsableCommand) async throws {
 
 var command: any ParsableCommand
 do { command = try Kiln.parseAsRoot(Array(CommandLine.arguments.dropFirst())) } catch { exitForParseError(error) }
+if !(command is any AsyncParsableCommand) {
+    // Synchronous commands (boot, restore, the launcher) run here on the main thread, before
+    // anything starts Swift Concurrency's threads: the jail's supervisor takes SIGTERM and SIGINT
+    // through a signalfd, blocked only in its own thread, and a pool thread without the block
+    // would take the signal's default action and kill kiln before it cleans up.
+    do { try command.run() } catch { exitForParseError(error) }
+    exit(0)
+}
 do { try await start(command) } catch { exitForParseError(error) }
 
 /// The owner of a directory, the default owner of the files a guest creates in a share of it.
