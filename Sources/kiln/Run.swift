@@ -417,28 +417,13 @@ func makeNetwork(_ policy: EgressPolicy) async throws(NetworkError) -> SandboxNe
 /// with; nil for Kiln's own images.
 func imageRunConfig(_ options: RunOptions) throws -> ImageConfiguration.RunConfig? {
     if let file = options.imageConfig {
-        guard let bytes = readWholeFile(file) else { throw DefaultImages.Failure(message: "cannot read image config \(file)") }
+        guard let bytes = SmallFile.read(file, limit: 16 << 20) else { throw DefaultImages.Failure(message: "cannot read image config \(file)") }
         do { return try ImageConfiguration.RunConfig.decode(json: bytes) } catch {
             throw DefaultImages.Failure(message: "image config \(file) is not an OCI image configuration: \(error)")
         }
     }
     if let name = options.template { return try Templates.imageConfig(name) }
     return nil
-}
-
-func readWholeFile(_ path: String) -> [UInt8]? {
-    let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { Glibc.close(fd) }
-    var out: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = Glibc.read(fd, &buffer, buffer.count)
-        if n < 0 && errno == EINTR { continue }
-        if n < 0 { return nil }
-        if n == 0 { return out }
-        out += buffer[0..<n]
-    }
 }
 
 /// What the user set for the command's environment (ImageCommand adds PATH and HOME when
