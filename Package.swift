@@ -83,7 +83,7 @@ let package = Package(
         .executableTarget(name: "kiln-bench", dependencies: ["Devices", "GuestMemory", "LinuxSys", "Sandbox", "AgentProtocol", "VMM"],
                           path: "Benchmarks/Host", swiftSettings: strict),
 
-        .target(name: "KilnTestSupport", dependencies: ["CLinux"], path: "Tests/Support", swiftSettings: strict),
+        .target(name: "KilnTestSupport", dependencies: ["CLinux", "LinuxSys"], path: "Tests/Support", swiftSettings: strict),
         // Tests only: starts a detached sandbox and waits to be killed (SandboxDetachTests).
         .executableTarget(name: "kiln-test-detach", dependencies: ["LinuxSys", "Sandbox"], path: "Tests/DetachHelper", swiftSettings: strict),
         .testTarget(name: "LinuxSysTests", dependencies: ["LinuxSys"], swiftSettings: strict),
@@ -100,7 +100,7 @@ let package = Package(
         .testTarget(name: "VMMProtocolTests", dependencies: ["VMMProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "KilnServiceTests", dependencies: [
-            "KilnService", "Sandbox", "AgentProtocol",
+            "KilnService", "Sandbox", "AgentProtocol", "LinuxSys",
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "ImagesTests", dependencies: ["Images", "KilnTestSupport", "CLinux", "LinuxSys"], swiftSettings: strict),

@@ -10,6 +10,10 @@ command -v swift >/dev/null || export PATH=/opt/swift/usr/bin:$PATH
 # Most sandbox tests restore the default template instead of booting: make it once (one boot;
 # reused while the kernel and image are unchanged).
 .build/debug/kiln template create >/dev/null
+# The E2B SDK's `base` template (the Debian image, built by debootstrap on first use; then one
+# boot). Made here, before `swift test`: its image build runs `swift build` for the agent, which
+# would wait on the lock `swift test` holds if a test's `kiln serve` started it.
+.build/debug/kiln template create base --image debian >/dev/null
 swift test "$@"
 Scripts/test-e2b.sh
 # The control API against Kiln's own OpenAPI description (schemathesis; no VM is started).

@@ -64,6 +64,12 @@ public final class SandboxNetwork: Sendable {
 
     static func namespaceDirectory(_ base: String) -> String { base + "/netns" }
 
+    /// One lock for the whole host, not one per runtime directory: the pool's interface names
+    /// and the host's NAT table are the host's, and two Kiln processes with different runtime
+    /// directories would otherwise race (a sweep that found no `kiln-h*` interface deleting the
+    /// table under a sandbox that had just been created and found it there).
+    static let hostLockPath: String = access("/run", W_OK) == 0 ? "/run/kiln-net.lock" : "/tmp/kiln-net.lock"
+
     /// Sets up a sandbox's network. Blocking (it runs `ip` and `nft`, tens of milliseconds):
     /// call it from a thread of its own, not a Swift task. Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN).
     /// `runtimeBase` holds the namespace names and the lock (Sandbox.defaultRuntimeDirectory).
@@ -72,7 +78,7 @@ public final class SandboxNetwork: Sendable {
         let dir = namespaceDirectory(runtimeBase)
         _ = mkdir(runtimeBase, 0o755)
         _ = mkdir(dir, 0o755)
-        let lock = try Lock(dir + "/.lock")
+        let lock = try Lock(Self.hostLockPath)
         defer { lock.release() }
         sweepLocked(dir)
 
@@ -203,7 +209,7 @@ public final class SandboxNetwork: Sendable {
     /// host's table when no sandbox network is left. Blocking (runs `nft`); needs root.
     public static func sweep(runtimeBase: String) {
         let dir = namespaceDirectory(runtimeBase)
-        guard access(dir, F_OK) == 0, let lock = try? Lock(dir + "/.lock") else { return }
+        guard access(dir, F_OK) == 0, let lock = try? Lock(hostLockPath) else { return }
         defer { lock.release() }
         sweepLocked(dir)
         // The kernel frees a namespace (and its veth) in the background: a moment after the VMM ends.

@@ -242,7 +242,7 @@ func expectClean(_ store: ContentStore, sourceLocation: SourceLocation = #_sourc
     }
 }
 
-@Suite struct ImportTests {
+@Suite(.blocking) struct ImportTests {
     @Test func importsAnOCILayout() throws {
         let store = try temporaryStore()
         let layout = try TestImages.layout()

@@ -8,7 +8,7 @@ func temporaryStore() throws -> ContentStore {
     try ContentStore(root: TestImages.temporaryDirectory("kiln-store") + "/oci")
 }
 
-@Suite struct StoreTests {
+@Suite(.blocking) struct StoreTests {
     @Test func blobsAreVerifiedBeforeTheyAppear() throws {
         let store = try temporaryStore()
         let bytes = Array("hello".utf8)

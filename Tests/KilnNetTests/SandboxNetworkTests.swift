@@ -44,7 +44,7 @@ import Testing
 }
 
 /// Real namespaces, veths and nftables on this host (root). No traffic is sent.
-@Suite(.serialized) struct SandboxNetworkTests {
+@Suite(.serialized, .blocking) struct SandboxNetworkTests {
     let base = "/tmp/kiln-net-tests-\(getpid())"
 
     init() {

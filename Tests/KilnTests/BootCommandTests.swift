@@ -5,7 +5,7 @@ import Testing
 /// `kiln boot` end to end with Kiln's own Linux kernel and initramfs on /dev/kvm.
 /// Each boot takes about 30 s on hosts whose guest kernel mode is emulated, so the
 /// suite boots twice in all: once per boot protocol.
-@Suite struct BootCommandTests {
+@Suite(.blocking) struct BootCommandTests {
     static let bootSeconds = 600.0
 
     init() {
@@ -33,7 +33,7 @@ import Testing
 }
 
 /// Errors a user can make, each answered by one clear line and a non-zero status.
-@Suite struct BootErrorTests {
+@Suite(.blocking) struct BootErrorTests {
     func run(_ args: [String]) throws -> (status: Int32, stderr: String, stdout: String) {
         let kiln = try KilnProcess(args)
         kiln.closeInput()

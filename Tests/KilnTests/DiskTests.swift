@@ -17,7 +17,7 @@ func ext4Image(_ path: String, mib: Int, from dir: String) throws {
 }
 
 /// virtio-blk end to end: ext4 on disks the guest mounts, and a root filesystem on virtio-blk.
-@Suite struct DiskTests {
+@Suite(.blocking) struct DiskTests {
     let scratch = "/tmp/kiln-disk-test-\(getpid())"
 
     init() throws {

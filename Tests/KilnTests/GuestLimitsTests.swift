@@ -4,7 +4,7 @@ import Testing
 
 /// The agent's per-command pids limit (docs/agent-protocol.md, "Limits"): a fork bomb stays in
 /// its cgroup, so the agent still answers and `--timeout` ends it; `--pids` is what a user sets.
-@Suite struct GuestLimitsTests {
+@Suite(.blocking) struct GuestLimitsTests {
     static let seconds = 600.0
 
     init() {

@@ -8,7 +8,7 @@ import Testing
 /// Images that know nothing of Kiln (docs/images.md, "Booting an image"): root disks made here
 /// from a directory with `mkfs.ext4 -d`, as the OCI unpacker makes them, with no agent, no
 /// /proc, /dev or /tmp, booted through Kiln's agent disk.
-@Suite struct ImageBootTests {
+@Suite(.blocking) struct ImageBootTests {
     static let seconds = 600.0
 
     init() {
@@ -122,7 +122,7 @@ import Testing
 }
 
 /// How an image's run config and the user's flags combine (no VM).
-@Suite struct ImageRunConfigTests {
+@Suite(.blocking) struct ImageRunConfigTests {
     let config = ImageConfiguration.RunConfig(User: "app", Env: ["GREETING=hello", "LANG=C"], Entrypoint: ["/entry"],
                                               Cmd: ["a", "b"], WorkingDir: "/work")
 

@@ -4,7 +4,7 @@ import Testing
 
 /// `kiln image` as a user runs it, against a real registry on loopback, with its own store
 /// (KILN_CACHE_DIR).
-@Suite(.serialized) struct ImageCommandTests {
+@Suite(.serialized, .blocking) struct ImageCommandTests {
     let cache: String
     init() throws { cache = try TestImages.temporaryDirectory("kiln-image-cli") }
 

@@ -6,7 +6,7 @@ import Testing
 /// The jail a root `kiln boot` puts the VMM in (docs/security.md, "Jailer"), checked from inside
 /// through the debug build's KILN_TEST_JAIL_REPORT line, and from outside through cgroupfs,
 /// /run/kiln/jail, the network namespace's links and the file system.
-@Suite struct JailTests {
+@Suite(.blocking) struct JailTests {
     init() {
         #expect(access("/dev/kvm", R_OK | W_OK) == 0, "these tests need /dev/kvm (CI has it)")
         #expect(geteuid() == 0, "the jail needs root (CI runs as root)")

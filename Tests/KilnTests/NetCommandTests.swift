@@ -6,7 +6,7 @@ import Testing
 /// The network rule: traffic never leaves this machine. Kiln, its TAP and the host's sockets
 /// all live in a network namespace the test creates and deletes, so the addresses below
 /// exist nowhere else.
-@Suite struct NetCommandTests {
+@Suite(.blocking) struct NetCommandTests {
     static let host = "10.200.77.1", guest = "10.200.77.2"
 
     init() {

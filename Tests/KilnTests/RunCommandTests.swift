@@ -8,7 +8,7 @@ import VMM
 
 /// `kiln run` end to end: each test boots one sandbox from Kiln's default image (about 20-40 s
 /// here, where guest kernel mode is emulated).
-@Suite struct RunCommandTests {
+@Suite(.blocking) struct RunCommandTests {
     static let seconds = 600.0
 
     init() {

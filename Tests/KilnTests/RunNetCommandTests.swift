@@ -5,7 +5,7 @@ import Testing
 
 /// Bad network options are refused in one line naming the option, exit 2, before anything
 /// starts (the rule of ValidationTests, for the options of docs/net.md).
-@Suite struct RunNetCommandTests {
+@Suite(.blocking) struct RunNetCommandTests {
     static let badInputs: [(arguments: [String], option: String)] = [
         (["run", "--allow-out", "10.0.0.0/33", "--", "true"], "--allow-out"),
         (["run", "--allow-out", "example.com", "--", "true"], "--allow-out"),

@@ -12,7 +12,7 @@ import Testing
 /// their policy, and leave nothing behind. The network rule: the "internet" is a namespace this
 /// test creates (198.18.0.2, the benchmarking range, routed by the host over the test's veth), and
 /// 169.254.169.254 is routed into it too, so that even a broken policy reaches nothing else.
-@Suite(.serialized) struct SandboxNetworkVMTests {
+@Suite(.serialized, .blocking) struct SandboxNetworkVMTests {
     static let server = "198.18.0.2", hostSide = "198.18.0.1", port: UInt16 = 8080, hostPort: UInt16 = 8081
     let runtime = "/tmp/kiln-net-vm-tests-\(getpid())"
 

@@ -6,7 +6,7 @@ import Testing
 /// a thread's policy ends Kiln with SIGSYS. The forbidden calls come from a hook compiled only
 /// into debug builds (KILN_TEST_FORBIDDEN_SYSCALL=KIND: that thread calls getppid right after
 /// installing its filter), so those runs end before the guest has booted.
-@Suite struct SeccompBootTests {
+@Suite(.blocking) struct SeccompBootTests {
     init() {
         #expect(access("/dev/kvm", R_OK | W_OK) == 0, "these tests need /dev/kvm (CI has it)")
     }

@@ -5,7 +5,7 @@ import Testing
 /// `kiln serve` as root: every thread of the service is held to the service seccomp policy,
 /// and the VMMs are started by a separate, unfiltered launcher process (docs/security.md,
 /// "The service's launcher").
-@Suite struct ServeSeccompTests {
+@Suite(.blocking) struct ServeSeccompTests {
     static func read(_ path: String) -> String? {
         guard let f = fopen(path, "r") else { return nil }
         defer { fclose(f) }

@@ -7,7 +7,7 @@ import Testing
 /// Snapshots end to end with the default guest: one boot with a control socket, a snapshot taken
 /// after the shell made some state, two clones restored from it at the same time, and damaged
 /// snapshots refused.
-@Suite struct SnapshotTests {
+@Suite(.blocking) struct SnapshotTests {
     init() {
         #expect(access("/dev/kvm", R_OK | W_OK) == 0, "these tests need /dev/kvm (CI has it)")
     }
@@ -122,7 +122,7 @@ import Testing
 
 /// vsock across a restore: the guest's listening socket survives, and the clone is reached through
 /// its own Unix socket and CID (the guest re-reads the CID after the transport reset Kiln sends).
-@Suite struct SnapshotVsockTests {
+@Suite(.blocking) struct SnapshotVsockTests {
     static let megabyte = 1 << 20
 
     @Test func guestListenerIsReachableThroughTheClonesOwnSocket() throws {

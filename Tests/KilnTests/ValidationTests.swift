@@ -6,7 +6,7 @@ import VMM
 
 /// Bad input to any command is refused in one line naming the option and what it takes, with
 /// exit status 2, before any VM starts (issue 14: some of these trapped, hung or booted first).
-@Suite struct ValidationTests {
+@Suite(.blocking) struct ValidationTests {
     /// A runtime directory of the test's own: a sandbox that started would leave its directory
     /// (socket, console log) there while it runs.
     static func runtimeDirectory() -> String {

@@ -5,7 +5,7 @@ import Testing
 
 /// `kiln boot --vsock` with Kiln's own kernel and an initramfs that adds /bin/vsock-test
 /// (rootfs/vsock-test.c): one boot, 1 MiB each way on a host-initiated and a guest-initiated stream.
-@Suite struct VsockBootTests {
+@Suite(.blocking) struct VsockBootTests {
     static let megabyte = 1 << 20
     static var sourceDir: String {
         var path = #filePath // <root>/Tests/KilnTests/VsockBootTests.swift

@@ -50,7 +50,7 @@ enum BootProtocolChoice {
 
 
 /// These run real guests on /dev/kvm: tiny hand-assembled kernels that take milliseconds.
-@Suite(.serialized) struct MachineTests {
+@Suite(.serialized, .blocking) struct MachineTests {
     init() {
         #expect(access("/dev/kvm", R_OK | W_OK) == 0, "these tests need /dev/kvm (CI has it)")
     }
@@ -106,7 +106,7 @@ enum BootProtocolChoice {
     }
 }
 
-@Suite struct HostAndConsoleTests {
+@Suite(.blocking) struct HostAndConsoleTests {
     @Test func hostProfileFollowsKvmPvmModule() throws {
         let dir = "/tmp/kiln-sysmodule-\(getpid())"
         mkdir(dir, 0o755)

@@ -41,7 +41,7 @@ final class PipeReader {
     }
 }
 
-@Suite(.serialized) struct SnapshotStateTests {
+@Suite(.serialized, .blocking) struct SnapshotStateTests {
     init() {
         #expect(access("/dev/kvm", R_OK | W_OK) == 0, "these tests need /dev/kvm (CI has it)")
     }

@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import Images
+import LinuxSys
 import Logging
 import Sandbox
 import Synchronization
@@ -163,7 +164,7 @@ public actor SandboxManager {
     }
 
     public func startTimeoutSweep() {
-        ttlTask = Task { [weak self] in
+        ttlTask = Task(executorPreference: BlockingExecutor.service) { [weak self] in
             while !Task.isCancelled {
                 try? await Task.sleep(nanoseconds: 500_000_000)
                 await self?.sweepExpired()

@@ -1,4 +1,5 @@
 import Glibc
+import LinuxSys
 import Sandbox
 
 /// Warm pools (docs/service.md, "Warm pools"): per template, a few sandboxes restored ahead of
@@ -49,7 +50,7 @@ extension SandboxManager {
         pools[template] = pool
         guard pool.refill == nil, pool.ready.count < settings.pool.size(template), Timestamps.now() >= pool.notBefore,
               !memoryIsShort() else { return }
-        pool.refill = Task { await self.refill(template, pool) }
+        pool.refill = Task(executorPreference: BlockingExecutor.service) { await self.refill(template, pool) }
     }
 
     private func refill(_ template: String, _ pool: WarmPool) async {
@@ -164,7 +165,7 @@ extension SandboxManager {
     func discard(_ sandbox: Sandbox, _ template: String, why: String) {
         logger.info("warm pool of template \(template): dropping a sandbox: \(why)")
         let blocking = self.blocking
-        Task { _ = try? await blocking.run { sandbox.stop() } }
+        Task(executorPreference: BlockingExecutor.service) { _ = try? await blocking.run { sandbox.stop() } }
     }
 
     func updatePoolGauge() {

@@ -1,5 +1,6 @@
 import AgentProtocol
 import FoundationEssentials
+import LinuxSys
 import NIOCore
 import Sandbox
 import Synchronization
@@ -59,7 +60,7 @@ final class Watchers: Sendable {
             return true
         }
         guard ok else { watch.cancel(); throw EnvdError(.resourceExhausted, "at most \(Watchers.maxWatchers) watchers per sandbox") }
-        Task {
+        Task(executorPreference: BlockingExecutor.service) {
             do {
                 for try await e in watch.events {
                     w.events.withLock { s in if s.queue.count < Watchers.maxQueued { s.queue.append(e) } else { s.failure = "events were lost: the watcher was not polled" } }

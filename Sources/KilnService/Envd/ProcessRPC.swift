@@ -1,5 +1,6 @@
 import AgentProtocol
 import FoundationEssentials
+import LinuxSys
 import NIOCore
 import Sandbox
 
@@ -161,7 +162,7 @@ struct ProcessRPC {
     /// Streams a subscriber's events to the client until the process ends or the client leaves
     /// (the process keeps running then). Keep-alives every few seconds keep proxies from timing out.
     func relay(_ subscriber: ProcessSubscriber, of process: ServiceProcess, to out: Connect.Stream) async throws {
-        let keepalive = Task {
+        let keepalive = Task(executorPreference: BlockingExecutor.service) {
             while !Task.isCancelled {
                 try? await Task.sleep(nanoseconds: 5_000_000_000)
                 if Task.isCancelled { break }

@@ -1,6 +1,7 @@
 import AgentProtocol
 import Glibc
 import Images
+import LinuxSys
 import Sandbox
 import Synchronization
 
@@ -65,7 +66,7 @@ final class ServiceSandbox: Sendable {
     func track(_ process: ServiceProcess) {
         processes.add(process)
         let table = processes
-        Task { await process.pump(table: table) }
+        Task(executorPreference: BlockingExecutor.service) { await process.pump(table: table) }
     }
 
     /// After a restore or an adoption the agent still runs the processes started through the API

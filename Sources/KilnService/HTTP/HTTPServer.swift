@@ -1,3 +1,4 @@
+import LinuxSys
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -181,7 +182,12 @@ public struct HTTPServer: Sendable {
     }
 
     /// Binds and calls `ready` with the bound address, then serves until the task is cancelled.
+    /// Connections and handlers run on `BlockingExecutor.service`.
     public func run(handler: some HTTPHandler, ready: @Sendable (SocketAddress) -> Void) async throws {
+        try await withTaskExecutorPreference(BlockingExecutor.service) { try await listen(handler: handler, ready: ready) }
+    }
+
+    private func listen(handler: some HTTPHandler, ready: @Sendable (SocketAddress) -> Void) async throws {
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)

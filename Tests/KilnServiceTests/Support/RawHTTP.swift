@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import KilnService
+import LinuxSys
 
 /// A deliberately plain HTTP/1.1 client over a blocking loopback socket, so that tests control
 /// every byte (oversized heads, bodies cut short, many connections at once). Its calls block:

@@ -1,17 +1,23 @@
+import CLinux
 import Glibc
 import Synchronization
 
 /// A task executor with threads of its own, for work that blocks (starting and stopping VMs, a
-/// connect that waits for the guest, snapshot files): run under `withTaskExecutorPreference`, it
-/// occupies one of these threads instead of one of Swift Concurrency's few cooperative ones (two
-/// on a two-core host), which the HTTP handlers of every other request need.
+/// connect that waits for the guest, snapshot files, a synchronous test): run under
+/// `withTaskExecutorPreference`, it occupies one of these threads instead of one of Swift
+/// Concurrency's cooperative ones. That pool has one thread per core (two on a two-core host)
+/// and never adds one for a thread that blocks, so one blocked pool thread is half the
+/// process's async capacity.
 public final class BlockingExecutor: TaskExecutor, @unchecked Sendable {
     private let queue = Mutex<[UnownedJob]>([])
     private let available: UnsafeMutablePointer<pthread_cond_t>
     private let lock: UnsafeMutablePointer<pthread_mutex_t>
     private var threads: [pthread_t] = []
+    private let name: String
 
-    public init(threads count: Int) {
+    /// `name` is the threads' name in /proc/PID/task/*/comm (at most 15 bytes).
+    public init(threads count: Int, name: String = "kiln-blocking") {
+        self.name = String(name.utf8.prefix(15))!
         lock = .allocate(capacity: 1)
         available = .allocate(capacity: 1)
         pthread_mutex_init(lock, nil)
@@ -21,6 +27,7 @@ public final class BlockingExecutor: TaskExecutor, @unchecked Sendable {
             let box = Unmanaged.passRetained(self)
             let rc = pthread_create(&thread, nil, { raw in
                 let executor = Unmanaged<BlockingExecutor>.fromOpaque(raw!).takeRetainedValue()
+                kiln_set_thread_name(executor.name)
                 executor.work()
                 return nil
             }, box.toOpaque())
