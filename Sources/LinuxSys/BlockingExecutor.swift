@@ -17,7 +17,7 @@ public final class BlockingExecutor: TaskExecutor, @unchecked Sendable {
 
     /// `name` is the threads' name in /proc/PID/task/*/comm (at most 15 bytes).
     public init(threads count: Int, name: String = "kiln-blocking") {
-        self.name = String(name.utf8.prefix(15))!
+        self.name = String(name.prefix(15))
         lock = .allocate(capacity: 1)
         available = .allocate(capacity: 1)
         pthread_mutex_init(lock, nil)
