@@ -18,10 +18,7 @@ import VMMProtocol
 
     /// The default template (Scripts/test.sh makes it; a bare `swift test` pays one boot here).
     static func template() async throws -> String {
-        let config = Sandbox.Configuration(kernelPath: TemplateTests.kernel, imagePath: TemplateTests.image)
-        let name = Templates.autoName(for: config)
-        if !Templates.usable(name) { try await Templates.create(name, config: config).stop() }
-        return Templates.path(name)
+        try await TemplateTests.defaultTemplate()
     }
 
     /// Starts a detached sandbox from a helper process, SIGKILLs the helper once the sandbox is up

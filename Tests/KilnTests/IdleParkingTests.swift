@@ -9,10 +9,7 @@ import Testing
 @Suite struct IdleParkingTests {
     static func template() async throws -> String {
         #expect(access("/dev/kvm", R_OK | W_OK) == 0, "this test needs /dev/kvm (CI has it)")
-        let config = Sandbox.Configuration(kernelPath: TemplateTests.kernel, imagePath: TemplateTests.image)
-        let name = Templates.autoName(for: config)
-        if !Templates.usable(name) { try await Templates.create(name, config: config).stop() }
-        return Templates.path(name)
+        return try await TemplateTests.defaultTemplate()
     }
 
     /// Waits (up to a minute) until `sandbox` is parked; false if it never is.

@@ -11,6 +11,19 @@ import VMM
     static let kernel = "/var/cache/kiln/kernel/vmlinux"
     static let image = "/var/cache/kiln/images/default.ext4"
 
+    /// The default image's template for the library's own configuration, made at most once per
+    /// test process. Suites running in parallel each made it when it was missing, and each
+    /// `Templates.create` replaces it by two renames: a restore that raced one could read one
+    /// snapshot's state with another's memory (a vsock "available index jumped", then a triple
+    /// fault). A bare `swift test` pays one boot here.
+    static func defaultTemplate() async throws -> String { try await made.value }
+    private static let made = Task<String, any Error> {
+        let config = Sandbox.Configuration(kernelPath: kernel, imagePath: image)
+        let name = Templates.autoName(for: config)
+        if !Templates.usable(name) { try await Templates.create(name, config: config).stop() }
+        return Templates.path(name)
+    }
+
     func run(_ sandbox: Sandbox, _ argv: [String]) async throws -> String {
         let p = try await sandbox.agent.exec(Exec(argv: argv, environment: ["PATH=/bin:/usr/bin"]))
         p.closeStdin()
@@ -23,10 +36,7 @@ import VMM
         #expect(access("/dev/kvm", R_OK | W_OK) == 0, "this test needs /dev/kvm (CI has it)")
         let config = Sandbox.Configuration(kernelPath: Self.kernel, imagePath: Self.image)
         let name = Templates.autoName(for: config)
-        if !Templates.usable(name) {
-            // Scripts/test.sh makes it before the tests; a bare `swift test` pays one boot here.
-            try await Templates.create(name, config: config).stop()
-        }
+        _ = try await Self.defaultTemplate()
         let runtime = "/tmp/kiln-template-tests-\(getpid())"
         async let first = Sandbox.restore(snapshot: Templates.path(name), runtimeDirectory: runtime)
         async let second = Sandbox.restore(snapshot: Templates.path(name), runtimeDirectory: runtime)
@@ -61,7 +71,7 @@ import VMM
         #expect(access("/dev/kvm", R_OK | W_OK) == 0, "this test needs /dev/kvm (CI has it)")
         let config = Sandbox.Configuration(kernelPath: TemplateTests.kernel, imagePath: TemplateTests.image)
         let name = Templates.autoName(for: config)
-        if !Templates.usable(name) { try await Templates.create(name, config: config).stop() }
+        _ = try await TemplateTests.defaultTemplate()
         #expect(AgentSession.read(snapshot: Templates.path(name)) != nil, "the template records its agent session")
         let runtime = "/tmp/kiln-template-connection-\(getpid())"
         async let first = Sandbox.restore(snapshot: Templates.path(name), runtimeDirectory: runtime)
@@ -82,7 +92,7 @@ import VMM
     @Test func templateOfTheOldFormatIsRefusedWithOneLine() async throws {
         let config = Sandbox.Configuration(kernelPath: TemplateTests.kernel, imagePath: TemplateTests.image)
         let name = Templates.autoName(for: config)
-        if !Templates.usable(name) { try await Templates.create(name, config: config).stop() }
+        _ = try await TemplateTests.defaultTemplate()
         let oldName = "test-old-format-\(getpid())", old = Templates.path(oldName)
         defer { _ = system("rm -rf \(old)") }
         #expect(system("mkdir -p \(old) && cp \(Templates.path(name))/state \(old)/state && printf '\\001' | dd of=\(old)/state bs=1 seek=8 conv=notrunc 2>/dev/null") == 0)

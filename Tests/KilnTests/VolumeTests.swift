@@ -59,10 +59,7 @@ import VMM
     }
 
     static func template() async throws -> String {
-        let config = Sandbox.Configuration(kernelPath: TemplateTests.kernel, imagePath: TemplateTests.image)
-        let name = Templates.autoName(for: config)
-        if !Templates.usable(name) { try await Templates.create(name, config: config).stop() }
-        return Templates.path(name)
+        try await TemplateTests.defaultTemplate()
     }
 
     @Test func filesCrossBothWaysReadOnlyRefusesAndNothingOutsideIsTouched() async throws {
