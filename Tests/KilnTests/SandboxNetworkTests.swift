@@ -32,7 +32,7 @@ import Testing
             try Self.ip(["link", "add", veth, "type", "veth", "peer", "name", peer, "netns", ns.name])
             try Self.ip(["addr", "add", "\(hostSide)/30", "dev", veth])
             try Self.ip(["link", "set", veth, "up"])
-            try Self.ip(["route", "add", "169.254.169.254/32", "via", server])
+            try Self.ip(["route", "replace", "169.254.169.254/32", "via", server])
             try Self.ip(["-n", ns.name, "addr", "add", "\(server)/30", "dev", peer])
             try Self.ip(["-n", ns.name, "addr", "add", "169.254.169.254/32", "dev", "lo"])
             try Self.ip(["-n", ns.name, "link", "set", peer, "up"])
