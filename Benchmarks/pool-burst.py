@@ -24,6 +24,24 @@ density = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(density)
 
 
+SERVICE_PHASES = {
+    "request": 'kiln_api_request_seconds_{}{{route="POST /v2/sandboxes"}}',
+    "wait for the manager": "kiln_sandbox_create_wait_seconds_{}",
+    "create in the manager": "kiln_sandbox_create_seconds_{}",
+}
+
+
+def service_sums(service):
+    """(sum, count) of each of the service's create-path histograms, from GET /metrics."""
+    _, body = service.request("GET", "/metrics")
+    values = {}
+    for line in body.decode().splitlines():
+        if " " in line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return {k: (values.get(m.format("sum"), 0.0), values.get(m.format("count"), 0.0)) for k, m in SERVICE_PHASES.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kiln", default=os.environ.get("KILN_BIN", str(REPO / ".build/debug/kiln")))
@@ -38,7 +56,7 @@ def main():
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="kiln-pool-burst-"))
     service = density.Service(args.kiln, workdir, args.idle_pause, args.clients, warm=f"{args.template}={args.clients}")
     service.start()
-    latencies, statuses, made = [], [], []
+    latencies, statuses, made, phases = [], [], [], []
     try:
         for r in range(args.rounds):
             t0 = time.monotonic()
@@ -53,6 +71,7 @@ def main():
                 time.sleep(0.5)
             density.log(f"round {r + 1}: pool full after {time.monotonic() - t0:.0f} s")
             time.sleep(args.park_wait)
+            before = service_sums(service)
             barrier = threading.Barrier(args.clients)
             lock = threading.Lock()
 
@@ -71,6 +90,10 @@ def main():
                 t.start()
             for t in threads:
                 t.join()
+            after = service_sums(service)
+            # Where a create's time went, inside the service (means over this round's creates).
+            phases.append({k: (after[k][0] - before[k][0]) / max(1, after[k][1] - before[k][1]) * 1000 for k in after})
+            density.log(f"round {r + 1}: service-side means (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in phases[-1].items()))
             for s in list(made):
                 service.delete(s)
                 made.remove(s)
@@ -85,7 +108,7 @@ def main():
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "clients": args.clients, "rounds": args.rounds,
               "idle_pause": args.idle_pause, "park_wait": args.park_wait, "statuses": statuses,
               "p50_ms": density.quantile(ms, 0.5), "p99_ms": density.quantile(ms, 0.99), "max_ms": max(ms), "min_ms": min(ms),
-              "pool_metrics": hits}
+              "pool_metrics": hits, "service_phase_means_ms": phases}
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"pool-burst-{time.strftime('%Y-%m-%d-%H%M')}-pause{args.idle_pause}.json"

@@ -4,9 +4,12 @@ import Synchronization
 public final class Metrics: Sendable {
     struct State {
         var sandboxes: [String: [String: Int]] = [:]
-        var createBuckets = [Int](repeating: 0, count: Metrics.bounds.count)
-        var createCount = 0
-        var createSum = 0.0
+        var create = Histogram()
+        /// From a create request's arrival to the manager starting on it: the queue in front of the
+        /// manager actor, which every create goes through.
+        var createWait = Histogram()
+        /// Request to response end, per route.
+        var requestSeconds: [String: Histogram] = [:]
         var errors: [String: Int] = [:]
         var requests: [String: Int] = [:]
         /// Warm pools: ready sandboxes per template, and creates served from a pool or not.
@@ -20,12 +23,37 @@ public final class Metrics: Sendable {
 
     func setSandboxes(_ counts: [String: [String: Int]]) { state.withLock { $0.sandboxes = counts } }
 
-    func observeCreate(seconds: Double) {
-        state.withLock { s in
-            s.createCount += 1
-            s.createSum += seconds
-            for (i, b) in Metrics.bounds.enumerated() where seconds <= b { s.createBuckets[i] += 1 }
+    struct Histogram {
+        var buckets = [Int](repeating: 0, count: Metrics.bounds.count)
+        var count = 0
+        var sum = 0.0
+
+        mutating func observe(_ seconds: Double) {
+            count += 1
+            sum += seconds
+            for (i, b) in Metrics.bounds.enumerated() where seconds <= b { buckets[i] += 1 }
         }
+
+        /// Prometheus text for metric `name`; `labels` is either empty or `key="value"` pairs joined by commas.
+        func render(_ name: String, labels: String = "") -> String {
+            let sep = labels.isEmpty ? "" : ","
+            var out = ""
+            for (i, b) in Metrics.bounds.enumerated() { out += "\(name)_bucket{\(labels)\(sep)le=\"\(b)\"} \(buckets[i])\n" }
+            out += "\(name)_bucket{\(labels)\(sep)le=\"+Inf\"} \(count)\n"
+            let braces = labels.isEmpty ? "" : "{\(labels)}"
+            return out + "\(name)_sum\(braces) \(sum)\n\(name)_count\(braces) \(count)\n"
+        }
+    }
+
+    func observeCreate(seconds: Double, waited: Double) {
+        state.withLock { s in
+            s.create.observe(seconds)
+            s.createWait.observe(waited)
+        }
+    }
+
+    func observe(request route: String, seconds: Double) {
+        state.withLock { $0.requestSeconds[route, default: Histogram()].observe(seconds) }
     }
 
     func setPooled(_ counts: [String: Int]) { state.withLock { $0.pooled = counts } }
@@ -52,9 +80,11 @@ public final class Metrics: Sendable {
                 for (state, n) in states.sorted(by: { $0.key < $1.key }) { out += "kiln_sandboxes{tenant=\"\(tenant)\",state=\"\(state)\"} \(n)\n" }
             }
             out += "# HELP kiln_sandbox_create_seconds Time to create a sandbox, request to running.\n# TYPE kiln_sandbox_create_seconds histogram\n"
-            for (i, b) in Metrics.bounds.enumerated() { out += "kiln_sandbox_create_seconds_bucket{le=\"\(b)\"} \(s.createBuckets[i])\n" }
-            out += "kiln_sandbox_create_seconds_bucket{le=\"+Inf\"} \(s.createCount)\n"
-            out += "kiln_sandbox_create_seconds_sum \(s.createSum)\nkiln_sandbox_create_seconds_count \(s.createCount)\n"
+            out += s.create.render("kiln_sandbox_create_seconds")
+            out += "# HELP kiln_sandbox_create_wait_seconds Time a create waited for the sandbox manager before it started.\n# TYPE kiln_sandbox_create_wait_seconds histogram\n"
+            out += s.createWait.render("kiln_sandbox_create_wait_seconds")
+            out += "# HELP kiln_api_request_seconds Control API requests, arrival to the end of the response, by route.\n# TYPE kiln_api_request_seconds histogram\n"
+            for (route, h) in s.requestSeconds.sorted(by: { $0.key < $1.key }) { out += h.render("kiln_api_request_seconds", labels: "route=\"\(Metrics.label(route))\"") }
             out += "# HELP kiln_api_errors_total API errors by kind.\n# TYPE kiln_api_errors_total counter\n"
             for (k, n) in s.errors.sorted(by: { $0.key < $1.key }) { out += "kiln_api_errors_total{kind=\"\(k)\"} \(n)\n" }
             out += "# HELP kiln_api_requests_total API requests by route and status.\n# TYPE kiln_api_requests_total counter\n"

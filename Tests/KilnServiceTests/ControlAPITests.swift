@@ -177,8 +177,12 @@ import Testing
     @Test func healthAndMetricsAnswer() async throws {
         let s = try await server
         #expect(try await s.request("GET", "/health").status == 204)
+        _ = try await s.request("GET", "/v2/sandboxes", key: Self.acme)
         let m = try await s.request("GET", "/metrics", key: Self.acme)
         #expect(m.status == 200 && m.text.contains("kiln_"), "\(m.text)")
+        // The list above was timed, under its route's name.
+        let listed = m.text.split(separator: "\n").first { $0.hasPrefix("kiln_api_request_seconds_count{route=\"GET /v2/sandboxes\"} ") }
+        #expect(listed.flatMap { Double($0.split(separator: " ").last ?? "") }.map { $0 >= 1 } == true, "\(m.text)")
         expectError(try await s.request("GET", "/metrics"), 401)
     }
 

@@ -11,10 +11,10 @@ struct ControlAPI {
     static let bodyLimit = 1 << 20
 
     func handle(_ request: HTTPRequest, _ response: HTTPResponseWriter) async throws {
-        let route = routeName(request)
+        let route = routeName(request), arrived = Timestamps.now()
         let status: Int
         do {
-            status = try await dispatch(request, response)
+            status = try await dispatch(request, response, arrived: arrived)
         } catch let e as APIError {
             status = e.status
             if e.status >= 500 { metrics.count(error: "internal") }
@@ -24,6 +24,7 @@ struct ControlAPI {
             try await respond(response, APIError(Int(e.status.code), e.message))
         }
         metrics.count(request: route, status: status)
+        metrics.observe(request: route, seconds: Timestamps.now() - arrived)
     }
 
     func respond(_ response: HTTPResponseWriter, _ e: APIError) async throws {
@@ -68,7 +69,7 @@ struct ControlAPI {
     }
 
     /// Routes the request; returns the status it answered with.
-    func dispatch(_ request: HTTPRequest, _ response: HTTPResponseWriter) async throws -> Int {
+    func dispatch(_ request: HTTPRequest, _ response: HTTPResponseWriter, arrived: Double) async throws -> Int {
         let parts = request.path.split(separator: "/").map(String.init)
         let method = request.method
         // E2B answers its health check with 204.
@@ -96,7 +97,7 @@ struct ControlAPI {
         switch (method, p.count) {
         case (.POST, 0):
             guard let body = try await decode(NewSandboxRequest.self, request) else { throw APIError(400, "the request needs a JSON body") }
-            let record = try await manager.create(tenant: t, body)
+            let record = try await manager.create(tenant: t, body, arrived: arrived)
             return try await json(response, .created, await manager.created(record))
         case (.GET, 0):
             return try await list(request, response, tenant: t, v2: v2)

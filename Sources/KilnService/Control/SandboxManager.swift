@@ -193,8 +193,9 @@ public actor SandboxManager {
 
     // MARK: The API's operations
 
-    func create(tenant: Tenant, _ request: NewSandboxRequest) async throws(APIError) -> SandboxRecord {
+    func create(tenant: Tenant, _ request: NewSandboxRequest, arrived: Double? = nil) async throws(APIError) -> SandboxRecord {
         let started = Timestamps.now()
+        let waited = arrived.map { max(0, started - $0) } ?? 0
         // The checks `kiln run` makes, with the same messages naming the request's fields.
         do throws(SettingError) { try request.validate() } catch { throw APIError(400, error.apiDescription) }
         // A tenant at its sandbox limit is refused before its template is looked up (or built: `base` boots a VM).
@@ -209,14 +210,14 @@ public actor SandboxManager {
         } catch let e as APIError { throw e } catch {
             throw APIError(500, "template '\(request.templateID)' cannot be used: \(error)")
         }
-        return try await startRecord(tenant: tenant, request, snapshot: template, started: started, pooled: pooled)
+        return try await startRecord(tenant: tenant, request, snapshot: template, started: started, waited: waited, pooled: pooled)
     }
 
     /// Starts a sandbox from a snapshot directory (a template, a saved snapshot, a fork's) and
     /// records it; the tenant's quota is checked with the snapshot's memory size. `pooled`: a
     /// template's snapshot, whose warm pool may have a sandbox ready.
     func startRecord(tenant: Tenant, _ request: NewSandboxRequest, snapshot template: String,
-                     started: Double = Timestamps.now(), pooled: Bool = false) async throws(APIError) -> SandboxRecord {
+                     started: Double = Timestamps.now(), waited: Double = 0, pooled: Bool = false) async throws(APIError) -> SandboxRecord {
         let timeout = request.timeout ?? settings.defaultTimeout
         let info: SnapshotInfo
         do { info = try SnapshotInfo.read(directory: template) } catch {
@@ -247,7 +248,7 @@ public actor SandboxManager {
             state: .running, runtimeDirectory: live.sandbox.directory, image: live.image)
         entries[id] = Entry(record: record, live: live)
         save(record)
-        metrics.observeCreate(seconds: Timestamps.now() - started)
+        metrics.observeCreate(seconds: Timestamps.now() - started, waited: waited)
         updateGauges()
         logger.info("created sandbox \(id) for tenant \(tenant.name) from template \(request.templateID)")
         return record

@@ -3,6 +3,7 @@ import Devices
 import Glibc
 import KVM
 import LinuxSys
+import Synchronization
 
 /// Kiln's version as recorded in snapshots (diagnostics; compatibility is the format version).
 public let kilnVersion = "0.1.0-dev"
@@ -319,13 +320,42 @@ public struct SnapshotInfo: Sendable {
     public let vcpus: Int
     public let devices: Int
 
-    /// Reads and checks `directory/state` (magic, version, checksum, every section).
+    /// Reads and checks `directory/state` (magic, version, checksum, every section). The answer
+    /// for a state file already read is kept while the file is the same one (device, inode,
+    /// size, ctime): a service checks its template on every create, and decoding the whole state
+    /// costs tens of milliseconds in a debug build, which concurrent creates paid one after
+    /// another. A template rebuilt or a state file changed in place reads anew.
     public static func read(directory: String) throws(MachineError) -> SnapshotInfo {
         let path = directory + "/" + SnapshotState.stateFile
+        var st = stat()
+        let identity = stat(path, &st) == 0 ? FileIdentity(st) : nil
+        if let identity, let hit = cache.withLock({ $0[path] }), hit.identity == identity { return hit.info }
         let bytes: [UInt8]
         do { bytes = try readWholeFile(path) } catch { throw .snapshot(path: directory, "cannot read \(path): \(error)") }
-        do { return try parse(bytes) } catch { throw .snapshot(path: directory, "\(error)") }
+        let info: SnapshotInfo
+        do { info = try parse(bytes) } catch { throw .snapshot(path: directory, "\(error)") }
+        // Kept only if the file did not change while it was read.
+        var after = stat()
+        if let identity, stat(path, &after) == 0, FileIdentity(after) == identity, bytes.count == Int(st.st_size) {
+            cache.withLock { c in
+                if c.count >= 64 { c.removeAll() }
+                c[path] = (identity, info)
+            }
+        }
+        return info
     }
+
+    struct FileIdentity: Equatable {
+        let device: UInt64, inode: UInt64, size: Int64, ctimeSeconds: Int, ctimeNanoseconds: Int
+        init(_ st: stat) {
+            device = UInt64(st.st_dev)
+            inode = UInt64(st.st_ino)
+            size = Int64(st.st_size)
+            ctimeSeconds = Int(st.st_ctim.tv_sec)
+            ctimeNanoseconds = Int(st.st_ctim.tv_nsec)
+        }
+    }
+    private static let cache = Mutex<[String: (identity: FileIdentity, info: SnapshotInfo)]>([:])
 
     /// Parses the bytes of a state file; the error text is the one-line reason.
     public static func parse(_ bytes: [UInt8]) throws(SnapshotFormatError) -> SnapshotInfo {
