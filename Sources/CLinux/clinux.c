@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "clinux.h"
 #include <errno.h>
+#include <malloc.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/syscall.h>
@@ -51,6 +52,8 @@ int kiln_notify_on_signal(int signo, int fd) {
 int kiln_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
 
 void kiln_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
+
+int kiln_malloc_trim(void) { return malloc_trim(0); }
 
 #include <unistd.h>
 int kiln_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }

@@ -55,6 +55,9 @@ int kiln_setns_net(int fd);
 // Gives the calling thread a name visible in /proc (at most 15 bytes).
 void kiln_set_thread_name(const char *name);
 
+// Returns freed heap memory of every malloc arena to the kernel (malloc_trim(0), GNU-only).
+int kiln_malloc_trim(void);
+
 // TAP devices (/dev/net/tun): request numbers and flags Swift cannot compute from the macros.
 static const unsigned long KILN_TUNSETIFF = TUNSETIFF;
 static const unsigned long KILN_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
