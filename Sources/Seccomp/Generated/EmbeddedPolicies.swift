@@ -335,6 +335,7 @@ unlink
 rename
 fsync
 getcwd
+fchown                          # a new volume's directory, given to E2B's user (Control/Volumes.swift)
 
 clock_gettime
 clock_nanosleep
