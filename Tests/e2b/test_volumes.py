@@ -38,6 +38,12 @@ def test_a_volume_outlives_its_sandbox_and_is_shared(service, new_sandbox):
     second = new_sandbox(volume_mounts={"/mnt/shared": vol})
     assert second.files.read("/mnt/shared/sub/note.txt") == token + "\n"
 
+    # A snapshot cannot carry the guest's open volume files: no pause, no snapshot (nor fork).
+    with pytest.raises(SandboxException, match="has volumes mounted"):
+        second.pause()
+    with pytest.raises(SandboxException, match="has volumes mounted"):
+        second.create_snapshot()
+
     # Not deleted while mounted; deleted once its sandbox is gone.
     with pytest.raises(VolumeException, match="409"):
         Volume.destroy(vol.volume_id)

@@ -410,8 +410,9 @@ public actor SandboxManager {
         guard e.record.state == .running, let live = e.live else { throw APIError(409, "sandbox \(e.record.id) is paused: resume it first") }
         guard !e.busy else { throw APIError(409, "sandbox \(e.record.id) is being paused or resumed") }
         // The guest's open files in a volume are descriptors of the VMM, which no snapshot carries.
+        // 400, not 409: the SDK reads a pause's 409 as "already paused" and says nothing.
         guard (e.record.volumeMounts ?? []).isEmpty else {
-            throw APIError(409, "sandbox \(e.record.id) has volumes mounted: it cannot be paused, snapshotted or forked")
+            throw APIError(400, "sandbox \(e.record.id) has volumes mounted: it cannot be paused, snapshotted or forked")
         }
         e.busy = true
         defer { e.busy = false }
