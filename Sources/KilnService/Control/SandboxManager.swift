@@ -125,6 +125,10 @@ public actor SandboxManager {
     /// adopted when their VM still runs, and the rest are reaped.
     public func recover() async {
         for dead in Sandbox.sweepDead(in: vmsDirectory) { logger.info("reaped the VM left in \(dead)") }
+        for files in volumes.leftovers() {
+            logger.info("removing \(files): a deleted volume's files")
+            _ = try? await blocking.run { FileIO.removeTree(files) }
+        }
         for name in FileIO.entries(recordsDirectory) where name.hasSuffix(".json") {
             let path = recordsDirectory + "/" + name
             guard let bytes = try? FileIO.read(path), let record = try? JSONDecoder().decode(SandboxRecord.self, from: Data(bytes)) else {
@@ -367,14 +371,15 @@ public actor SandboxManager {
 
     /// Refused (409) while a running sandbox has the volume mounted or a create is mounting it:
     /// its files are in use, and a later create of the same name would see none of them.
-    func deleteVolume(tenant: Tenant, id: String) throws(APIError) {
+    func deleteVolume(tenant: Tenant, id: String) async throws(APIError) {
         let v = try volumes.get(tenant: tenant.name, id: id)
         let users = entries.values.filter { e in (e.record.volumeMounts ?? []).contains { $0.volumeID == v.id } }.map(\.record.id).sorted()
         guard users.isEmpty, mounting[v.id] == nil else {
             let who = users.isEmpty ? "a sandbox being created" : "sandbox " + users.joined(separator: ", ")
             throw APIError(409, "volume \(v.id) '\(v.name)' is mounted by \(who): kill it first")
         }
-        try volumes.delete(v)
+        let files = try volumes.delete(v)
+        _ = try? await blocking.run { FileIO.removeTree(files) }
         logger.info("deleted volume \(v.id) '\(v.name)' of tenant \(tenant.name)")
     }
 

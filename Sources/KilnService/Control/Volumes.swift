@@ -130,13 +130,23 @@ struct VolumeStore: Sendable {
         }
     }
 
-    /// Removes the record first (the volume is gone for the API), then the files.
-    func delete(_ v: VolumeRecord) throws(APIError) {
-        let path = tenantDirectory(v.tenant) + "/" + v.id + ".json"
-        guard unlink(path) == 0 || errno == ENOENT else {
+    /// Removes the record (the volume is gone for the API) and moves the files aside, to
+    /// `.deleting-ID`; returns that directory, for `FileIO.removeTree` off the manager's actor (a
+    /// volume may hold any number of files). `sweep` removes what a crash left of such directories.
+    func delete(_ v: VolumeRecord) throws(APIError) -> String {
+        let dir = tenantDirectory(v.tenant)
+        guard unlink(dir + "/" + v.id + ".json") == 0 || errno == ENOENT else {
             throw APIError(500, "cannot delete volume \(v.id): \(String(cString: strerror(errno)))")
         }
-        FileIO.removeTree(dataDirectory(v))
+        let trash = dir + "/.deleting-" + v.id
+        return rename(dataDirectory(v), trash) == 0 ? trash : dataDirectory(v)
+    }
+
+    /// The files of volumes whose delete did not finish (the service stopped half-way).
+    func leftovers() -> [String] {
+        FileIO.entries(root).flatMap { tenant in
+            FileIO.entries(root + "/" + tenant).filter { $0.hasPrefix(".deleting-") }.map { root + "/" + tenant + "/" + $0 }
+        }
     }
 }
 
