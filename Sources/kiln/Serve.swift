@@ -45,6 +45,11 @@ struct ServeCommand: AsyncParsableCommand {
         next request resumes it (default 0: never; the density benchmark uses 10).
         """, valueName: "SECONDS"))
     var idlePause: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
+        As root: the owner of new volumes' directories, and so the host user that sandboxes with volumes run as \
+        (default 1000:1000, E2B's `user`, whom the guest's commands run as; see docs/service.md).
+        """, valueName: "UID:GID"))
+    var volumeOwner: String?
     @Flag(help: "As root, do not confine the service to its seccomp policy (debugging only; KILN_SECCOMP=trap|log for gentler debugging).")
     var noSeccomp = false
 
@@ -70,6 +75,15 @@ func serveCommand(_ options: ServeCommand) async -> Int32 {
             fail("--idle-pause must be a number of seconds (0: never), not '\(v)'", code: 2)
         }
         idlePause = seconds == 0 ? nil : seconds
+    }
+    var volumeOwner: (uid: UInt32, gid: UInt32)?
+    if let v = options.volumeOwner {
+        let parts = v.split(separator: ":", omittingEmptySubsequences: false)
+        // Root cannot own a volume: a jailed VMM runs as its volumes' owner, never as root.
+        guard parts.count == 2, let uid = UInt32(parts[0]), let gid = UInt32(parts[1]), uid > 0, gid > 0 else {
+            fail("--volume-owner must be UID:GID, both non-zero numbers, not '\(v)'", code: 2)
+        }
+        volumeOwner = (uid, gid)
     }
     let listen = options.listen
     guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
@@ -129,6 +143,7 @@ func serveCommand(_ options: ServeCommand) async -> Int32 {
     var settings = SandboxManager.Settings(stateDirectory: stateDir)
     settings.pool = pool
     settings.idlePause = idlePause
+    if let volumeOwner, geteuid() == 0 { settings.volumeOwner = volumeOwner }
     do {
         manager = try SandboxManager(settings: settings, tenants: tenants,
                                      resolveTemplate: ServeTemplates.resolve, metrics: Metrics(), logger: logger)

@@ -64,7 +64,7 @@ struct ControlAPI {
     func routeName(_ request: HTTPRequest) -> String {
         let parts = request.path.split(separator: "/")
         var out: [String] = []
-        for (i, p) in parts.enumerated() { out.append(i > 0 && parts[i - 1] == "sandboxes" ? "{id}" : String(p)) }
+        for (i, p) in parts.enumerated() { out.append(i > 0 && (parts[i - 1] == "sandboxes" || parts[i - 1] == "volumes") ? "{id}" : String(p)) }
         return "\(request.method.rawValue) /" + out.joined(separator: "/")
     }
 
@@ -89,6 +89,7 @@ struct ControlAPI {
             try await response.respond(.noContent)
             return 204
         }
+        if parts.first == "volumes" { return try await volumes(parts.dropFirst(), request, response, tenant: t) }
         var p = parts[...]
         let v2 = p.first == "v2"
         if v2 { p = p.dropFirst() }
@@ -153,6 +154,27 @@ struct ControlAPI {
             return 204
         default:
             throw APIError(404, "no route \(method.rawValue) \(request.path)")
+        }
+    }
+
+    /// E2B's volumes: `GET /volumes`, `POST /volumes` (201), `GET /volumes/{id}`, `DELETE /volumes/{id}` (204).
+    func volumes(_ p: ArraySlice<String>, _ request: HTTPRequest, _ response: HTTPResponseWriter, tenant t: Tenant) async throws -> Int {
+        switch (request.method, p.count) {
+        case (.GET, 0):
+            return try await json(response, .ok, await manager.listVolumes(tenant: t).map { VolumeBody(volumeID: $0.id, name: $0.name) })
+        case (.POST, 0):
+            guard let body = try await decode(NewVolumeRequest.self, request) else { throw APIError(400, "the request needs a JSON body") }
+            let v = try await manager.createVolume(tenant: t, name: body.name)
+            return try await json(response, .created, VolumeAndTokenBody(volumeID: v.id, name: v.name, token: v.token))
+        case (.GET, 1):
+            let v = try await manager.volume(tenant: t, id: p.first!)
+            return try await json(response, .ok, VolumeAndTokenBody(volumeID: v.id, name: v.name, token: v.token))
+        case (.DELETE, 1):
+            try await manager.deleteVolume(tenant: t, id: p.first!)
+            try await response.respond(.noContent)
+            return 204
+        default:
+            throw APIError(404, "no route \(request.method.rawValue) \(request.path)")
         }
     }
 

@@ -12,16 +12,19 @@ struct NewSandboxRequest: Decodable, Sendable {
     var allowInternetAccess: Bool?
     var metadata: [String: String]?
     var envVars: [String: String]?
+    /// Named volumes of the tenant to mount read-write (Volumes.swift).
+    var volumeMounts: [VolumeMountRequest]?
 
     enum CodingKeys: String, CodingKey {
-        case templateID, timeout, autoPause, secure, metadata, envVars
+        case templateID, timeout, autoPause, secure, metadata, envVars, volumeMounts
         case allowInternetAccess = "allow_internet_access"
     }
 
     init(templateID: String, timeout: Int? = nil, autoPause: Bool? = nil, secure: Bool? = nil, allowInternetAccess: Bool? = nil,
-         metadata: [String: String]? = nil, envVars: [String: String]? = nil) {
+         metadata: [String: String]? = nil, envVars: [String: String]? = nil, volumeMounts: [VolumeMountRequest]? = nil) {
         self.templateID = templateID; self.timeout = timeout; self.autoPause = autoPause; self.secure = secure
         self.allowInternetAccess = allowInternetAccess; self.metadata = metadata; self.envVars = envVars
+        self.volumeMounts = volumeMounts
     }
 
     init(from decoder: any Decoder) throws {
@@ -33,6 +36,7 @@ struct NewSandboxRequest: Decodable, Sendable {
         allowInternetAccess = try c.decodeIfPresent(Bool.self, forKey: .allowInternetAccess)
         metadata = try c.decodeIfPresent([String: String].self, forKey: .metadata)
         envVars = try c.decodeIfPresent([String: String].self, forKey: .envVars)
+        volumeMounts = try c.decodeIfPresent([VolumeMountRequest].self, forKey: .volumeMounts)
     }
 }
 
@@ -90,6 +94,7 @@ struct SandboxDescription: Encodable, Sendable {
     var envdVersion: String
     var envdAccessToken: String?
     var domain: String?
+    var volumeMounts: [VolumeMountRequest]?
 }
 
 /// E2B's `SnapshotInfo`.

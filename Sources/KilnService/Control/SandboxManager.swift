@@ -31,6 +31,8 @@ struct SandboxRecord: Codable, Sendable {
     /// An OCI image's defaults (Env, WorkingDir, User) for the sandbox's processes, kept so that a
     /// sandbox adopted after a restart still applies them.
     var image: ImageConfiguration.RunConfig?
+    /// The tenant's volumes mounted in it (Volumes.swift); nil or empty: none.
+    var volumeMounts: [MountedVolume]? = nil
 }
 
 /// An API error in E2B's shape: the HTTP status and a message.
@@ -61,6 +63,9 @@ public actor SandboxManager {
         /// Seconds a sandbox (a pool member, or one between commands) may go untalked-to before its
         /// vCPUs are parked (`Sandbox.parkWhenIdle`); the next request resumes it. Nil: never.
         public var idlePause: Double? = SandboxManager.defaultIdlePause
+        /// The owner of new volumes' directories (Volumes.swift); nil: the service's user. As root:
+        /// E2B's `user` (1000:1000), whom the guest's commands run as.
+        public var volumeOwner: (uid: UInt32, gid: UInt32)? = geteuid() == 0 ? (1000, 1000) : nil
         public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
     }
 
@@ -93,6 +98,9 @@ public actor SandboxManager {
     /// Warm pools by template id, and whether the service is stopping (no refills then).
     var pools: [String: WarmPool] = [:]
     var stopping = false
+    /// The tenants' volumes, and how many creates under way will mount each (by volume id).
+    let volumes: VolumeStore
+    var mounting: [String: Int] = [:]
 
     public init(settings: Settings, tenants: Tenants, resolveTemplate: @escaping TemplateResolver, metrics: Metrics, logger: Logger) throws {
         self.settings = settings
@@ -101,7 +109,8 @@ public actor SandboxManager {
         self.metrics = metrics
         self.logger = logger
         blocking = BlockingExecutor(threads: 32)
-        for sub in ["sandboxes", "snapshots", "vms", "saved"] {
+        volumes = VolumeStore(root: settings.stateDirectory + "/volumes", owner: settings.volumeOwner)
+        for sub in ["sandboxes", "snapshots", "vms", "saved", "volumes"] {
             do { try FileIO.makeDirectories(settings.stateDirectory + "/" + sub) } catch { throw APIError(500, "\(error)") }
         }
     }
@@ -116,6 +125,10 @@ public actor SandboxManager {
     /// adopted when their VM still runs, and the rest are reaped.
     public func recover() async {
         for dead in Sandbox.sweepDead(in: vmsDirectory) { logger.info("reaped the VM left in \(dead)") }
+        for files in volumes.leftovers() {
+            logger.info("removing \(files): a deleted volume's files")
+            _ = try? await blocking.run { FileIO.removeTree(files) }
+        }
         for name in FileIO.entries(recordsDirectory) where name.hasSuffix(".json") {
             let path = recordsDirectory + "/" + name
             guard let bytes = try? FileIO.read(path), let record = try? JSONDecoder().decode(SandboxRecord.self, from: Data(bytes)) else {
@@ -198,6 +211,7 @@ public actor SandboxManager {
         let waited = arrived.map { max(0, started - $0) } ?? 0
         // The checks `kiln run` makes, with the same messages naming the request's fields.
         do throws(SettingError) { try request.validate() } catch { throw APIError(400, error.apiDescription) }
+        let mounts = try resolveMounts(tenant: tenant, request)
         // A tenant at its sandbox limit is refused before its template is looked up (or built: `base` boots a VM).
         try checkCount(tenant)
         let template: String
@@ -210,30 +224,62 @@ public actor SandboxManager {
         } catch let e as APIError { throw e } catch {
             throw APIError(500, "template '\(request.templateID)' cannot be used: \(error)")
         }
-        return try await startRecord(tenant: tenant, request, snapshot: template, started: started, waited: waited, pooled: pooled)
+        return try await startRecord(tenant: tenant, request, snapshot: template, started: started, waited: waited, pooled: pooled, volumes: mounts)
+    }
+
+    /// The volumes a create names, checked: the tenant's own, by name, at valid guest paths.
+    func resolveMounts(tenant: Tenant, _ request: NewSandboxRequest) throws(APIError) -> [MountedVolume] {
+        let mounts = request.volumeMounts ?? []
+        guard !mounts.isEmpty else { return [] }
+        try VolumeMountRequest.check(mounts, slots: Sandbox.defaultShareSlots)
+        // A sandbox with volumes cannot be snapshotted (docs/volumes.md), so it cannot pause.
+        if request.autoPause == true {
+            throw APIError(400, "autoPause cannot be combined with volumeMounts: a sandbox with volumes cannot be paused")
+        }
+        return try mounts.map { (m) throws(APIError) in
+            // Another tenant's volume is not found, exactly as one that never existed.
+            guard let v = volumes.named(tenant: tenant.name, m.name) else { throw APIError(400, "volumeMounts: no volume named '\(m.name)'") }
+            return MountedVolume(volumeID: v.id, name: v.name, path: m.path)
+        }
     }
 
     /// Starts a sandbox from a snapshot directory (a template, a saved snapshot, a fork's) and
     /// records it; the tenant's quota is checked with the snapshot's memory size. `pooled`: a
     /// template's snapshot, whose warm pool may have a sandbox ready.
     func startRecord(tenant: Tenant, _ request: NewSandboxRequest, snapshot template: String,
-                     started: Double = Timestamps.now(), waited: Double = 0, pooled: Bool = false) async throws(APIError) -> SandboxRecord {
+                     started: Double = Timestamps.now(), waited: Double = 0, pooled: Bool = false,
+                     volumes mounts: [MountedVolume] = []) async throws(APIError) -> SandboxRecord {
         let timeout = request.timeout ?? settings.defaultTimeout
         let info: SnapshotInfo
         do { info = try SnapshotInfo.read(directory: template) } catch {
             throw APIError(500, "template '\(request.templateID)' is damaged: \(error)")
         }
+        // Volumes bind the template's spare virtio-fs slots; an older template may have none.
+        guard mounts.count <= info.config.shares.count else {
+            throw APIError(400, "volumeMounts: template '\(request.templateID)' takes at most \(info.config.shares.count) volumes")
+        }
         let memoryMB = Int(info.memoryBytes >> 20)
         try reserve(tenant, memoryMB: memoryMB)
         defer { release(tenant, memoryMB: memoryMB) }
+        // A volume a create is about to mount is not deleted meanwhile (deleteVolume checks this).
+        for m in mounts { mounting[m.volumeID, default: 0] += 1 }
+        defer { for m in mounts { mounting[m.volumeID, default: 1] -= 1; if mounting[m.volumeID] == 0 { mounting[m.volumeID] = nil } } }
+        var bound: [Volume] = []
+        for m in mounts {
+            guard let v = try? volumes.get(tenant: tenant.name, id: m.volumeID) else { throw APIError(400, "volumeMounts: no volume named '\(m.name)'") }
+            bound.append(Volume(host: volumes.dataDirectory(v), guest: m.path))
+        }
 
         let id = Random.sandboxID()
         let live: ServiceSandbox
         do {
-            if pooled, let ready = await handOutPooled(request.templateID, snapshot: template, id: id, envVars: request.envVars ?? [:]) {
+            // A pooled sandbox was restored without volumes, and they bind only at restore: a
+            // create with volumes restores its own.
+            if pooled, bound.isEmpty,
+               let ready = await handOutPooled(request.templateID, snapshot: template, id: id, envVars: request.envVars ?? [:]) {
                 live = ready
             } else {
-                live = try await start(id: id, snapshot: template, envVars: request.envVars ?? [:])
+                live = try await start(id: id, snapshot: template, envVars: request.envVars ?? [:], volumes: bound)
             }
         } catch {
             metrics.count(error: "create")
@@ -245,7 +291,8 @@ public actor SandboxManager {
             startedAt: now, endAt: now + Double(min(timeout, settings.maxTimeout)), metadata: request.metadata ?? [:],
             envVars: request.envVars ?? [:], accessToken: Random.hex(bytes: 24), autoPause: request.autoPause ?? false,
             cpuCount: info.vcpus, memoryMB: memoryMB, diskSizeMB: Int((info.config.disks.first.map { fileSize($0.path) } ?? 0) >> 20),
-            state: .running, runtimeDirectory: live.sandbox.directory, image: live.image)
+            state: .running, runtimeDirectory: live.sandbox.directory, image: live.image,
+            volumeMounts: mounts.isEmpty ? nil : mounts)
         entries[id] = Entry(record: record, live: live)
         save(record)
         metrics.observeCreate(seconds: Timestamps.now() - started, waited: waited)
@@ -311,6 +358,32 @@ public actor SandboxManager {
         return (e.record, true)
     }
 
+    // MARK: Volumes
+
+    func listVolumes(tenant: Tenant) -> [VolumeRecord] { volumes.list(tenant: tenant.name) }
+
+    func volume(tenant: Tenant, id: String) throws(APIError) -> VolumeRecord { try volumes.get(tenant: tenant.name, id: id) }
+
+    func createVolume(tenant: Tenant, name: String) throws(APIError) -> VolumeRecord {
+        let v = try volumes.create(tenant: tenant.name, name: name)
+        logger.info("created volume \(v.id) '\(v.name)' for tenant \(tenant.name)")
+        return v
+    }
+
+    /// Refused (409) while a running sandbox has the volume mounted or a create is mounting it:
+    /// its files are in use, and a later create of the same name would see none of them.
+    func deleteVolume(tenant: Tenant, id: String) async throws(APIError) {
+        let v = try volumes.get(tenant: tenant.name, id: id)
+        let users = entries.values.filter { e in (e.record.volumeMounts ?? []).contains { $0.volumeID == v.id } }.map(\.record.id).sorted()
+        guard users.isEmpty, mounting[v.id] == nil else {
+            let who = users.isEmpty ? "a sandbox being created" : "sandbox " + users.joined(separator: ", ")
+            throw APIError(409, "volume \(v.id) '\(v.name)' is mounted by \(who): kill it first")
+        }
+        let files = try volumes.delete(v)
+        _ = try? await blocking.run { FileIO.removeTree(files) }
+        logger.info("deleted volume \(v.id) '\(v.name)' of tenant \(tenant.name)")
+    }
+
     // MARK: Snapshots and forks
 
     /// A snapshot a tenant saved from one of its sandboxes (E2B's `create_snapshot`): usable as
@@ -342,6 +415,11 @@ public actor SandboxManager {
     func takeSnapshot(_ e: Entry, into directory: String) async throws(APIError) {
         guard e.record.state == .running, let live = e.live else { throw APIError(409, "sandbox \(e.record.id) is paused: resume it first") }
         guard !e.busy else { throw APIError(409, "sandbox \(e.record.id) is being paused or resumed") }
+        // The guest's open files in a volume are descriptors of the VMM, which no snapshot carries.
+        // 400, not 409: the SDK reads a pause's 409 as "already paused" and says nothing.
+        guard (e.record.volumeMounts ?? []).isEmpty else {
+            throw APIError(400, "sandbox \(e.record.id) has volumes mounted: it cannot be paused, snapshotted or forked")
+        }
         e.busy = true
         defer { e.busy = false }
         // A Pong settles every frame sent before it: with no stream open the session then stands
@@ -485,12 +563,12 @@ public actor SandboxManager {
         if let p = pending[tenant.name] { pending[tenant.name] = (p.count - 1, p.memory - memoryMB) }
     }
 
-    func start(id: String, snapshot: String, envVars: [String: String]) async throws(APIError) -> ServiceSandbox {
+    func start(id: String, snapshot: String, envVars: [String: String], volumes: [Volume] = []) async throws(APIError) -> ServiceSandbox {
         let settings = self.settings, vms = vmsDirectory
         do {
             let sandbox = try await blocking.run {
                 try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: vms, hostProfile: settings.hostProfile,
-                                          isolation: settings.isolation, lifetime: settings.lifetime)
+                                          isolation: settings.isolation, lifetime: settings.lifetime, volumes: volumes)
             }
             sandbox.parkWhenIdle(after: settings.idlePause)
             let live = ServiceSandbox(id: id, sandbox: sandbox, envVars: envVars,
@@ -565,7 +643,8 @@ public actor SandboxManager {
         SandboxDescription(templateID: r.templateID, alias: r.alias, sandboxID: r.id, clientID: r.clientID,
                            startedAt: Timestamps.rfc3339(r.startedAt), endAt: Timestamps.rfc3339(r.endAt),
                            cpuCount: r.cpuCount, memoryMB: r.memoryMB, diskSizeMB: r.diskSizeMB, metadata: r.metadata,
-                           state: r.state.rawValue, envdVersion: settings.envdVersion, envdAccessToken: r.accessToken, domain: nil)
+                           state: r.state.rawValue, envdVersion: settings.envdVersion, envdAccessToken: r.accessToken, domain: nil,
+                           volumeMounts: r.volumeMounts.map { $0.map { VolumeMountRequest(name: $0.name, path: $0.path) } })
     }
 
     func created(_ r: SandboxRecord) -> CreatedSandbox {

@@ -335,6 +335,8 @@ unlink
 rename
 fsync
 getcwd
+fchown                          # a new volume's directory, given to E2B's user (Control/Volumes.swift)
+prlimit64 arg0 == 0, arg2 == 0  # getrlimit: a sandbox with volumes gets a VMM file limit up to this process's hard one (JailedVMM)
 
 clock_gettime
 clock_nanosleep
