@@ -37,8 +37,8 @@ import Testing
         let sandbox = try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: "/tmp/kiln-console-tests-\(getpid())",
                                                 isolation: isolation, consoleLimit: Self.limit)
         defer { sandbox.stop() }
-        // About five caps' worth, then a last line.
-        let script = "{ head -c 20000 /dev/zero | tr '\\0' x; echo; echo \(Self.marker); } > /dev/console"
+        // About three caps' worth (the guest's console takes ~10 KB/s here), then a last line.
+        let script = "{ head -c 12000 /dev/zero | tr '\\0' x; echo; echo \(Self.marker); } > /dev/console"
         let p = try await sandbox.agent.exec(Exec(argv: ["sh", "-c", script], environment: ["PATH=/bin:/usr/bin"]))
         p.closeStdin()
         let r = try await p.collect()
