@@ -453,7 +453,9 @@ public final class Sandbox: Sendable {
 
 
     /// The last `lines` lines of the console log at `path`, continued from its rotation file
-    /// (`path`.1) when the log started over too recently to hold them.
+    /// (`path`.1) when the log started over too recently to hold them. The guest wrote them:
+    /// carriage returns are dropped and other control characters (a terminal's escape sequences)
+    /// shown as '?', so that an error message quoting them cannot drive the user's terminal.
     static func consoleTail(_ path: String, lines: Int = 20) -> String {
         let window = 8192
         var bytes = lastBytes(path, window)
@@ -461,7 +463,10 @@ public final class Sandbox: Sendable {
             bytes = lastBytes(path + ".1", window - bytes.count) + bytes
         }
         guard !bytes.isEmpty else { return "" }
-        let text = String(decoding: bytes, as: UTF8.self)
+        let text = String(decoding: bytes.compactMap { b -> UInt8? in
+            if b == UInt8(ascii: "\r") { return nil }
+            return b < 0x20 && b != UInt8(ascii: "\n") && b != UInt8(ascii: "\t") || b == 0x7F ? UInt8(ascii: "?") : b
+        }, as: UTF8.self)
         return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines + 1)
             .joined(separator: "\n").trimmingTrailingNewlines()
     }

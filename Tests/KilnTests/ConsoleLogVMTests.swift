@@ -70,5 +70,8 @@ import Testing
         // A log with enough lines of its own is not continued.
         write("console.log", (1...30).map { "new \($0)\n" }.joined())
         #expect(Sandbox.consoleTail(dir + "/console.log", lines: 2) == "new 29\nnew 30")
+        // What the guest wrote cannot drive the terminal an error message goes to.
+        write("console.log", "ok\r\n\u{1B}]0;owned\u{07}\u{1B}[2Jbye\r\n")
+        #expect(Sandbox.consoleTail(dir + "/console.log", lines: 2) == "ok\n?]0;owned??[2Jbye")
     }
 }
