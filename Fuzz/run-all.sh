@@ -36,7 +36,7 @@ rm -f "$log"
 # libFuzzer's final stats and progress lines: "stat::number_of_executed_units: 123", "#123 DONE cov: 45 ...".
 final_stat() { sed -nE "s/^stat::$1: *([0-9]+).*/\1/p" "$2" | tail -1; }
 field() { grep -E '^#[0-9]+' "$2" | tail -1 | sed -nE "s/.* $1: *([0-9]+).*/\1/p"; }
-number() { [[ -n $1 ]] && printf "%'d" "$1" 2>/dev/null || echo "${1:--}"; }
+number() { if [[ -n $1 ]]; then sed -E ':a; s/([0-9])([0-9]{3})($|,)/\1,\2\3/; ta' <<<"$1"; else echo -; fi; }
 
 today=$(date -u +%F)
 failed=()
