@@ -131,7 +131,7 @@ final class ChildProcess {
     /// Starts `exec` as described in docs/agent-protocol.md ("Processes").
     /// `environment` is what the process gets (the host's plus what the agent adds).
     static func start(_ spawn: Spawn, environment: [String], id: UInt64, stream: UInt32, setIDs: Bool, now: UInt64,
-                      cgroups: CommandCgroups? = nil) -> Result<ChildProcess, Failure> {
+                      cgroups: CommandCgroups? = nil, inGuest: Bool = false) -> Result<ChildProcess, Failure> {
         var exec = spawn.exec
         exec.environment = environment
         guard !exec.argv.isEmpty else { return .failure(Failure(errno: EINVAL, message: "empty argv")) }
@@ -213,6 +213,9 @@ final class ChildProcess {
                     request.groups = groups.baseAddress
                     request.group_count = groups.count
                     request.cgroup_procs = cgroup?.procs ?? -1
+                    let openFiles = ChildProcess.openFiles(spawn.limits, inGuest: inGuest)
+                    request.open_files_soft = openFiles.soft
+                    request.open_files_hard = openFiles.hard
                     return path.withCString { p in
                         exec.workingDirectory.withCString { cwd in
                             request.path = p
@@ -239,6 +242,17 @@ final class ChildProcess {
         }
     }
 
+    /// The default RLIMIT_NOFILE of a command in the guest, soft and hard (Linux's own defaults,
+    /// set rather than inherited: whatever the agent's own limit, a command starts with these).
+    static let defaultOpenFiles: (soft: UInt64, hard: UInt64) = (1024, 4096)
+
+    /// The command's RLIMIT_NOFILE: `Limits.openFiles` for both, else the default in a guest;
+    /// (0, 0) leaves the agent's (outside a guest, `--listen`, without a limit).
+    static func openFiles(_ limits: Limits?, inGuest: Bool) -> (soft: UInt64, hard: UInt64) {
+        if let n = limits?.openFiles, n != 0 { return (UInt64(n), UInt64(n)) }
+        return inGuest ? defaultOpenFiles : (0, 0)
+    }
+
     static func failure(_ code: Int32, step: String, exec: Exec, path: String) -> Failure {
         let text = String(cString: strerror(code))
         switch step {
@@ -246,6 +260,7 @@ final class ChildProcess {
             if code == ENOENT { return Failure(errno: code, message: "\(exec.argv[0]): command not found") }
             return Failure(errno: code, message: "cannot run \(path): \(text)")
         case "chdir": return Failure(errno: code, message: "cannot change to directory \(exec.workingDirectory): \(text)")
+        case "setrlimit": return Failure(errno: code, message: "cannot set the open-files limit: \(text)")
         case "setgroups", "setgid", "setuid": return Failure(errno: code, message: "\(step)(\(exec.uid):\(exec.gid)): \(text)")
         default: return Failure(errno: code, message: "\(step): \(text)")
         }

@@ -250,7 +250,8 @@ final class Connection {
             if !environment.contains(where: { $0.hasPrefix(name) }) { environment.append(entry) }
         }
         switch ChildProcess.start(spawn, environment: environment, id: server.nextID(), stream: s, setIDs: server.setIDs,
-                                  now: AgentServer.monotonicMillis(), cgroups: server.cgroups) {
+                                  now: AgentServer.monotonicMillis(), cgroups: server.cgroups,
+                                  inGuest: server.options.isInit) {
         case .success(let p):
             p.connection = self
             processes[s] = p

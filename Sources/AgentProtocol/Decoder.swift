@@ -342,7 +342,15 @@ struct PayloadReader {
             let flags = Spawn.Flags(rawValue: try int())
             guard Spawn.Flags.known.isSuperset(of: flags) else { throw .reservedBits(.spawn) }
             let tag = try string()
-            let limits = flags.contains(.limits) ? Limits(pids: try int()) : nil
+            // openFiles continues the Limits record: it never comes alone, and never as 0 (the
+            // encoder leaves the bit out then), so that every Spawn has one encoding.
+            if flags.contains(.openFiles) && !flags.contains(.limits) { throw .invalidValue(.spawn, field: "openFiles flag") }
+            var limits = flags.contains(.limits) ? Limits(pids: try int()) : nil
+            if flags.contains(.openFiles) {
+                let n: UInt32 = try int()
+                guard n != 0 else { throw .invalidValue(.spawn, field: "openFiles") }
+                limits?.openFiles = n
+            }
             return .spawn(Spawn(exec, flags: flags, tag: tag, limits: limits))
         case .attach:
             return .attach(pid: try int())

@@ -53,7 +53,8 @@ extension Message {
             else { nil }
         case .spawn(let sp):
             !Spawn.Flags.known.isSuperset(of: sp.flags) ? .reservedBits(.spawn)
-                : sp.flags.contains(.limits) != (sp.limits != nil) ? .invalidValue(.spawn, field: "limits flag") : nil
+                : sp.flags.contains(.limits) != (sp.limits != nil) ? .invalidValue(.spawn, field: "limits flag")
+                : sp.flags.contains(.openFiles) != ((sp.limits?.openFiles ?? 0) != 0) ? .invalidValue(.spawn, field: "openFiles flag") : nil
         case .signalProcess(_, let s):
             Message.signals.contains(s) ? nil : .invalidValue(.signalProcess, field: "signal number")
         case .makeDirectory(let m):
@@ -153,6 +154,7 @@ extension Message {
             out.put(sp.flags.rawValue)
             out.put(sp.tag)
             if sp.flags.contains(.limits) { out.put(sp.limits?.pids ?? 0) }
+            if sp.flags.contains(.openFiles) { out.put(sp.limits?.openFiles ?? 0) }
         case .attach(let pid):
             out.put(pid)
         case .listProcesses, .listEnd, .done, .watching:

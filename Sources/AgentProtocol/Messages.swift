@@ -293,7 +293,10 @@ public struct Spawn: Equatable, Sendable {
         public static let keep = Flags(rawValue: 1 << 0)
         /// (1.3) The tag is followed by a `Limits` record. Set by the encoder from `limits`.
         public static let limits = Flags(rawValue: 1 << 1)
-        static let known: Flags = [.keep, .limits]
+        /// (1.4) The `Limits` record goes on with `u32 openFiles` (only with `limits`). Set by
+        /// the encoder when `limits.openFiles` is not 0, so that a pids-only Spawn stays 1.3.
+        public static let openFiles = Flags(rawValue: 1 << 2)
+        static let known: Flags = [.keep, .limits, .openFiles]
     }
     public var exec: Exec
     public var flags: Flags
@@ -303,7 +306,9 @@ public struct Spawn: Equatable, Sendable {
     public var limits: Limits?
     public init(_ exec: Exec, flags: Flags = [], tag: String = "", limits: Limits? = nil) {
         self.exec = exec
-        self.flags = limits == nil ? flags.subtracting(.limits) : flags.union(.limits)
+        var flags = limits == nil ? flags.subtracting(.limits) : flags.union(.limits)
+        if (limits?.openFiles ?? 0) == 0 { flags.remove(.openFiles) } else { flags.insert(.openFiles) }
+        self.flags = flags
         self.tag = tag
         self.limits = limits
     }
@@ -314,7 +319,10 @@ public struct Spawn: Equatable, Sendable {
 public struct Limits: Equatable, Sendable {
     /// The most processes and threads at once (the cgroup's pids.max); 0: the agent's default.
     public var pids: UInt32
-    public init(pids: UInt32 = 0) { self.pids = pids }
+    /// (1.4) RLIMIT_NOFILE, soft and hard, of the process (inherited by what it starts); 0: the
+    /// agent's default (1024 soft, 4096 hard).
+    public var openFiles: UInt32
+    public init(pids: UInt32 = 0, openFiles: UInt32 = 0) { self.pids = pids; self.openFiles = openFiles }
 }
 
 /// (1.2) One process in the answer to ListProcesses.

@@ -10,7 +10,7 @@ public enum Wire {
     /// Credit each receiver grants per data channel when a stream opens.
     public static let initialWindow: UInt32 = 1 << 20
     /// The version this build speaks.
-    public static let version = Version(major: 1, minor: 3)
+    public static let version = Version(major: 1, minor: 4)
 }
 
 /// Protocol version: peers talk only when majors are equal; the session uses the smaller minor.

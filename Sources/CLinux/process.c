@@ -50,6 +50,12 @@ static int spawn_child(void *arg) {
         if (dup2(moved[i], i) < 0) FAIL("dup2");
     }
     if (r->controlling_tty && ioctl(0, TIOCSCTTY, 0) < 0) FAIL("TIOCSCTTY");
+    // After the descriptors are in place (the agent's own may number more than the limit, and a
+    // dup above it fails) and before the ids change (a hard limit is raised only as root).
+    if (r->open_files_soft || r->open_files_hard) {
+        struct rlimit limit = { .rlim_cur = r->open_files_soft, .rlim_max = r->open_files_hard };
+        if (syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, &limit, NULL) < 0) FAIL("setrlimit");
+    }
     if (r->set_ids) {
         if (syscall(SYS_setgroups, r->group_count, r->groups) < 0) FAIL("setgroups");
         if (syscall(SYS_setresgid, r->gid, r->gid, r->gid) < 0) FAIL("setgid");

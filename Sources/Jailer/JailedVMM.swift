@@ -52,6 +52,11 @@ public final class JailedVMM: Sendable {
         self.status = status
     }
 
+    /// `wait` only shuts the command channel down (a request on another thread may still hold
+    /// its number); the descriptor itself goes with the last reference. A service that started
+    /// a sandbox per request kept one socket per sandbox it ever ran (Benchmarks/soak.sh).
+    deinit { if commands >= 0 { close(commands) } }
+
     private static let spawnerSetting = Mutex<any VMMSpawner>(LocalSpawner())
 
     /// Who starts VMM processes for `start`: this process (`LocalSpawner`, the default) or, in

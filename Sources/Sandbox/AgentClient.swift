@@ -255,9 +255,13 @@ public final class AgentClient: Sendable {
     /// closes: its output is then buffered in the guest (one window, 1 MiB, per channel; then
     /// the process blocks on its pipe) and its exit status kept, until `attach(pid:)` from any
     /// connection collects them. `tag` is free text reported by `listProcesses()`.
-    /// `limits` (protocol 1.3) bound the process and its descendants in the guest.
+    /// `limits` (protocol 1.3; 1.4 with `openFiles`) bound the process and its descendants in the guest.
     public func exec(_ exec: Exec, keep: Bool, tag: String = "", limits: Limits? = nil) async throws -> RemoteProcess {
-        try require(minor: limits == nil ? 2 : 3, limits == nil ? "Spawn" : "Spawn with limits (--pids)")
+        if (limits?.openFiles ?? 0) != 0 {
+            try require(minor: 4, "Spawn with an open-files limit (--open-files)")
+        } else {
+            try require(minor: limits == nil ? 2 : 3, limits == nil ? "Spawn" : "Spawn with limits (--pids)")
+        }
         return try await openProcess { .spawn(Spawn(exec, flags: keep ? [.keep] : [], tag: tag, limits: limits)) }
     }
 

@@ -77,6 +77,10 @@ public final class Sandbox: Sendable {
         /// The sandbox's network (docs/net.md): the VM gets a virtio-net device on the network's
         /// TAP and the guest side of its addresses; nil, no network device at all. Jailed only.
         public var network: SandboxNetwork?
+        /// The most bytes the console log keeps (console.log in the runtime directory): when full
+        /// it moves to console.log.1 and starts over, so at most twice this is on the host and the
+        /// newest output is in console.log (`consoleTail` reads both).
+        public var consoleLimit: Int = Sandbox.defaultConsoleLimit
 
         public init(kernelPath: String, imagePath: String) {
             self.kernelPath = kernelPath
@@ -85,6 +89,8 @@ public final class Sandbox: Sendable {
     }
 
     public static let defaultShareSlots = 4
+    /// 1 MiB: a guest that spams its console costs the host at most 2 MiB (console.log and .1).
+    public static let defaultConsoleLimit = 1 << 20
 
     /// The guest port the agent listens on (docs/agent-protocol.md).
     public static let agentPort = 1024
@@ -140,6 +146,7 @@ public final class Sandbox: Sendable {
         var machineConfig = MachineConfig(kernelPath: config.kernelPath, initrdPath: nil, cmdline: cmdline(config),
                                           cpus: config.cpus, memoryMiB: config.memoryMiB, hostProfile: config.hostProfile,
                                           consoleInput: nil, consoleOutput: console)
+        machineConfig.consoleLimit = UInt64(config.consoleLimit)
         // The image is vda whatever boots it, so that kiln.root names the same disk on both paths.
         machineConfig.disks = [MachineConfig.Disk(path: config.imagePath, overlay: true)]
         if let disk = config.agentDisk { machineConfig.disks.append(MachineConfig.Disk(path: disk, readOnly: true)) }
@@ -152,11 +159,16 @@ public final class Sandbox: Sendable {
         do throws(SandboxError) {
             machineConfig.shares = try shares(slots: config.shareSlots, volumes: config.volumes)
             if config.isolation.jails {
-                let launch = VMMLaunch(machine: .boot(machineConfig.launch), seccomp: config.seccomp.rawValue, headless: true)
+                let launch = VMMLaunch(machine: .boot(machineConfig.launch), seccomp: config.seccomp.rawValue, headless: true,
+                                       consoleLimit: machineConfig.consoleLimit)
                 let largestDisk = machineConfig.disks.map { fileSize($0.path) }.max() ?? 0
                 host = try JailedVM(launch, cpus: config.cpus, memoryMiB: config.memoryMiB, largestDisk: largestDisk,
                                     directory: directory, console: console, lifetime: config.lifetime)
             } else {
+                let rotation = try openConsoleRotation(directory)
+                machineConfig.consoleRotation = rotation
+                // The machine keeps a descriptor of its own.
+                defer { Glibc.close(rotation) }
                 let machine: Machine
                 do { machine = try Machine(machineConfig) } catch { throw .setup(error.description) }
                 host = try InProcessVM(machine)
@@ -193,7 +205,11 @@ public final class Sandbox: Sendable {
     public static func restore(snapshot: String, runtimeDirectory: String = Sandbox.defaultRuntimeDirectory,
                                hostProfile: HostProfile = .detect(), isolation: Isolation = .automatic,
                                lifetime: Lifetime = .tiedToProcess, seccomp: SeccompMode = .kill,
-                               timeout: Double = 60, volumes: [Volume] = [], network: SandboxNetwork? = nil) async throws(SandboxError) -> Sandbox {
+                               timeout: Double = 60, volumes: [Volume] = [], network: SandboxNetwork? = nil,
+                               consoleLimit: Int = Sandbox.defaultConsoleLimit) async throws(SandboxError) -> Sandbox {
+        do throws(SettingError) { try SandboxSettings.check(consoleLimit, .consoleLimit, in: SandboxSettings.consoleLimitRange) } catch {
+            throw .invalid(error)
+        }
         try checkLifetime(lifetime, isolation)
         // A snapshot with a net device (a template made with a network) gets this network's TAP;
         // without a network it cannot be restored (its TAP would be opened on the host).
@@ -212,6 +228,7 @@ public final class Sandbox: Sendable {
         var overrides = RestoreOverrides(vsockPath: vsockPath, consoleInput: nil, consoleOutput: console, hostProfile: hostProfile)
         overrides.net = net
         overrides.seccomp = seccomp
+        overrides.consoleLimit = UInt64(consoleLimit)
         let host: any VMHost
         do throws(SandboxError) {
             overrides.shares = try restoredShares(volumes)
@@ -222,11 +239,15 @@ public final class Sandbox: Sendable {
                 guard info.hostProfile == hostProfile else {
                     throw .setup("snapshot \(snapshot) was made on a host with profile \(info.hostProfile.rawValue); this host is \(hostProfile.rawValue)")
                 }
-                let launch = VMMLaunch(machine: .restore(overrides.launch(snapshot: snapshot)), seccomp: seccomp.rawValue, headless: true)
+                let launch = VMMLaunch(machine: .restore(overrides.launch(snapshot: snapshot)), seccomp: seccomp.rawValue, headless: true,
+                                       consoleLimit: overrides.consoleLimit)
                 host = try JailedVM(launch, cpus: info.vcpus, memoryMiB: Int(info.memoryBytes >> 20),
                                     largestDisk: info.config.disks.map { fileSize($0.path) }.max() ?? 0,
                                     directory: directory, console: console, lifetime: lifetime)
             } else {
+                let rotation = try openConsoleRotation(directory)
+                overrides.consoleRotation = rotation
+                defer { Glibc.close(rotation) }
                 let machine: Machine
                 do { machine = try Machine(restoring: snapshot, overrides: overrides) } catch { throw .setup(error.description) }
                 host = try InProcessVM(machine)
@@ -275,10 +296,21 @@ public final class Sandbox: Sendable {
 
     static func prepare(_ base: String, lifetime: Lifetime) throws(SandboxError) -> (directory: String, console: Int32) {
         let directory = try makeDirectory(base, lifetime: lifetime)
-        let console = Glibc.open(directory + "/console.log", O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+        // Read and written: a full log is copied to console.log.1 from this descriptor (Console).
+        let console = Glibc.open(directory + "/console.log", O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
         guard console >= 0 else { Files.removeFlatDirectory(directory); throw .setup("cannot create the console log in \(directory)") }
         return (directory, console)
     }
+
+    /// The console log's rotation file, console.log.1 (empty until the log first fills), appended
+    /// to like the log: the VMM empties it, then writes the full log's content into it.
+    static func openConsoleRotation(_ directory: String) throws(SandboxError) -> Int32 {
+        let fd = Glibc.open(directory + "/" + consoleRotationName, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .setup("cannot create the console log's rotation file in \(directory): \(String(cString: strerror(errno)))") }
+        return fd
+    }
+
+    static let consoleRotationName = "console.log.1"
 
     static func cleanUp(_ directory: String, _ console: Int32) {
         if console >= 0 { Glibc.close(console) }
@@ -420,18 +452,36 @@ public final class Sandbox: Sendable {
     }
 
 
+    /// The last `lines` lines of the console log at `path`, continued from its rotation file
+    /// (`path`.1) when the log started over too recently to hold them. The guest wrote them:
+    /// carriage returns are dropped and other control characters (a terminal's escape sequences)
+    /// shown as '?', so that an error message quoting them cannot drive the user's terminal.
     static func consoleTail(_ path: String, lines: Int = 20) -> String {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return "" }
-        defer { Glibc.close(fd) }
-        let size = lseek(fd, 0, SEEK_END)
-        let start = max(0, size - 8192)
-        var buffer = [UInt8](repeating: 0, count: Int(size - start))
-        let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, start) }
-        guard n > 0 else { return "" }
-        let text = String(decoding: buffer[0..<n], as: UTF8.self)
+        let window = 8192
+        var bytes = lastBytes(path, window)
+        if bytes.count < window, bytes.filter({ $0 == UInt8(ascii: "\n") }).count <= lines {
+            bytes = lastBytes(path + ".1", window - bytes.count) + bytes
+        }
+        guard !bytes.isEmpty else { return "" }
+        let text = String(decoding: bytes.compactMap { b -> UInt8? in
+            if b == UInt8(ascii: "\r") { return nil }
+            return b < 0x20 && b != UInt8(ascii: "\n") && b != UInt8(ascii: "\t") || b == 0x7F ? UInt8(ascii: "?") : b
+        }, as: UTF8.self)
         return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines + 1)
             .joined(separator: "\n").trimmingTrailingNewlines()
+    }
+
+    /// Up to the last `count` bytes of the file at `path` (none if it cannot be read).
+    static func lastBytes(_ path: String, _ count: Int) -> [UInt8] {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0, count > 0 else { if fd >= 0 { Glibc.close(fd) }; return [] }
+        defer { Glibc.close(fd) }
+        let size = lseek(fd, 0, SEEK_END)
+        guard size > 0 else { return [] }
+        let start = max(0, size - off_t(count))
+        var buffer = [UInt8](repeating: 0, count: Int(size - start))
+        let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, start) }
+        return n > 0 ? Array(buffer[0..<n]) : []
     }
 
     static func monotonicSeconds() -> Double {

@@ -20,6 +20,8 @@ public struct SandboxSettings: Sendable {
     /// The most processes a command and its descendants may have at once in the guest; nil:
     /// the agent's default (1024), which keeps a fork bomb from taking the guest's agent down.
     public var pids: Int?
+    /// The command's RLIMIT_NOFILE (soft and hard); nil: the agent's default (1024 soft, 4096 hard).
+    public var openFiles: Int?
     /// A guest kernel file; nil: Kiln's own.
     public var kernel: String?
     public var initrd: String?
@@ -31,6 +33,8 @@ public struct SandboxSettings: Sendable {
     public var net: NetSpec?
     /// `NAME=VALUE` entries.
     public var environment: [String] = []
+    /// The console log's cap in bytes (Sandbox.Configuration.consoleLimit).
+    public var consoleLimit = Sandbox.defaultConsoleLimit
 
     public init() {}
 
@@ -41,6 +45,10 @@ public struct SandboxSettings: Sendable {
     public static let maximumCommandTimeout = Double(UInt32.max / 1000)
     /// The guest kernel's PID_MAX_LIMIT: no pids.max above it can matter.
     public static let pidsRange = 1...4_194_304
+    /// 4 KiB (the error messages' tail) to 1 GiB (the jail's smallest RLIMIT_FSIZE).
+    /// The guest kernel's default fs.nr_open: no RLIMIT_NOFILE above it can be set.
+    public static let openFilesRange = 1...1_048_576
+    public static let consoleLimitRange = 4096...(1 << 30)
 
     /// Checks every value; the first bad one is the error.
     public func validate() throws(SettingError) {
@@ -49,6 +57,8 @@ public struct SandboxSettings: Sendable {
         try Self.check(seconds: bootTimeout, .bootTimeout)
         try Self.check(seconds: commandTimeout, .timeout)
         if let pids { try Self.check(pids, .pids, in: Self.pidsRange) }
+        if let openFiles { try Self.check(openFiles, .openFiles, in: Self.openFilesRange) }
+        try Self.check(consoleLimit, .consoleLimit, in: Self.consoleLimitRange)
         if let kernel { try Self.checkFile(kernel, .kernel) }
         if let initrd { try Self.checkFile(initrd, .initrd) }
         if let rootDisk { try Self.checkFile(rootDisk, .rootDisk) }
@@ -166,7 +176,7 @@ public struct SandboxSettings: Sendable {
 
 /// A setting a user gives, with the name each front end knows it by.
 public enum Setting: String, Sendable, CaseIterable {
-    case cpus, memory, bootTimeout, timeout, pids, kernel, initrd, image, rootDisk, disk, net, env, template, lifetime
+    case cpus, memory, bootTimeout, timeout, pids, kernel, initrd, image, rootDisk, disk, net, env, template, lifetime, consoleLimit, openFiles
 
     /// The command-line option.
     public var option: String {
@@ -174,6 +184,8 @@ public enum Setting: String, Sendable, CaseIterable {
         case .bootTimeout: return "--boot-timeout"
         case .rootDisk: return "--root-disk"
         case .lifetime: return "--ttl"
+        case .consoleLimit: return "--console-limit"
+        case .openFiles: return "--open-files"
         default: return "--" + rawValue
         }
     }
@@ -199,6 +211,10 @@ public enum Setting: String, Sendable, CaseIterable {
         case .pids:
             return "a whole number of processes from \(SandboxSettings.pidsRange.lowerBound) to \(SandboxSettings.pidsRange.upperBound)"
         case .lifetime: return "a whole number of seconds, 0 or more"
+        case .openFiles:
+            return "a whole number of open files from \(SandboxSettings.openFilesRange.lowerBound) to \(SandboxSettings.openFilesRange.upperBound)"
+        case .consoleLimit:
+            return "a whole number of bytes from \(SandboxSettings.consoleLimitRange.lowerBound) to \(SandboxSettings.consoleLimitRange.upperBound)"
         case .kernel: return "a kernel file (vmlinux or bzImage)"
         case .initrd: return "an initramfs file"
         case .rootDisk: return "an ext4 disk file or block device"
@@ -250,6 +266,7 @@ extension Sandbox.Configuration {
         s.bootTimeout = bootTimeout
         s.kernel = kernelPath
         s.rootDisk = imagePath
+        s.consoleLimit = consoleLimit
         return s
     }
 }

@@ -107,21 +107,24 @@ final class JailedVM: VMHost {
         // the thread, not the process), so a thread that lives as long as it starts it and waits.
         let started = StartBox(), outcome = self.outcome, limitMiB = options.limits.memoryBytes >> 20
         let jailOptions = options
+        // A headless VMM reads no input: with a console cap, its stdin is the log's rotation file.
+        let rotation = launch.consoleRotation == nil ? -1 : try Sandbox.openConsoleRotation(directory)
         do {
             waiter = try LinuxSys.Thread.spawn(name: "kiln-jail-wait") {
-                let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+                let input = rotation >= 0 ? rotation : open("/dev/null", O_RDONLY | O_CLOEXEC)
                 let vmm: JailedVMM
-                do throws(JailedVMM.Failure) { vmm = try JailedVMM.start(launch, options: jailOptions, stdio: [null, console, console]) } catch {
-                    if null >= 0 { close(null) }
+                do throws(JailedVMM.Failure) { vmm = try JailedVMM.start(launch, options: jailOptions, stdio: [input, console, console]) } catch {
+                    if input >= 0 { close(input) }
                     started.set(.failure(error))
                     return
                 }
-                if null >= 0 { close(null) }
+                if input >= 0 { close(input) }
                 started.set(.success(vmm))
                 let ending = vmm.wait()
                 outcome.value.withLock { $0 = JailedVM.outcome(ending, limitMiB: limitMiB) }
             }
         } catch {
+            if rotation >= 0 { close(rotation) }
             throw .setup("cannot start the thread that runs the VMM: \(error)")
         }
         switch started.wait() {

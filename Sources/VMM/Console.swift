@@ -6,25 +6,87 @@ import Synchronization
 
 /// Connects the guest's serial port to host file descriptors: guest output to `output`
 /// (watching it for a kernel panic), host input from `input` on a dedicated thread.
+///
+/// With a `limit`, an output that is a regular file (a sandbox's console.log) never grows past
+/// `limit` bytes: when it is full, its content moves to `rotation` (console.log.1, replacing what
+/// that held) and the output starts over empty, so the newest output is always in the log and
+/// the two files together hold at most twice the limit. Without a rotation file the old content is
+/// dropped. The vCPU thread that writes the byte that overflows does the move (`ftruncate`,
+/// `pread64` and `write`, Security/seccomp/vcpu.policy; the rotation file is opened O_APPEND, so
+/// that no write at an offset is needed).
 final class Console: Sendable {
     let output: Int32
     let input: Int32?
-    private let panicWatch = Mutex(PanicWatch())
+    /// 0: no cap.
+    let limit: UInt64
+    /// This console's own descriptor for the rotation file (closed with it), or -1.
+    let rotation: Int32
+    private let log: Mutex<LogState>
     /// Set once the guest printed "Kernel panic - not syncing".
-    var sawPanic: Bool { panicWatch.withLock { $0.matched } }
+    var sawPanic: Bool { log.withLock { $0.panicWatch.matched } }
     let terminal: RawTerminal?
 
-    init(input: Int32?, output: Int32) {
+    struct LogState {
+        var panicWatch = PanicWatch()
+        /// Bytes in the output file (as this console wrote them).
+        var size: UInt64 = 0
+        /// The output could not be emptied: what the guest writes past the cap is dropped.
+        var full = false
+    }
+
+    init(input: Int32?, output: Int32, limit: UInt64 = 0, rotation: Int32? = nil) {
         self.input = input
         self.output = output
+        var st = stat()
+        let regular = limit > 0 && fstat(output, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+        self.limit = regular ? limit : 0
+        self.rotation = regular ? rotation.map { fcntl($0, F_DUPFD_CLOEXEC, 3) } ?? -1 : -1
+        log = Mutex(LogState(size: regular ? UInt64(st.st_size) : 0))
         terminal = input.flatMap { RawTerminal.enter(fd: $0) }
     }
 
+    deinit { if rotation >= 0 { Glibc.close(rotation) } }
+
     /// Called on a vCPU thread for each byte the guest transmits.
     func guestWrote(_ byte: UInt8) {
-        var b = byte
-        while Glibc.write(output, &b, 1) == -1 && errno == EINTR {}
-        panicWatch.withLock { $0.feed(byte) }
+        log.withLock { state in
+            state.panicWatch.feed(byte)
+            if limit > 0 {
+                if state.size >= limit {
+                    if state.full || !rotate() { state.full = true; return }
+                    state.size = 0
+                }
+                state.size += 1
+            }
+            var b = byte
+            while Glibc.write(output, &b, 1) == -1 && errno == EINTR {}
+        }
+    }
+
+    /// Moves the output file's content to the rotation file (best effort: a failed copy loses
+    /// the old content, never the new) and empties it. False when it cannot be emptied.
+    private func rotate() -> Bool {
+        if rotation >= 0 && ftruncate(rotation, 0) == 0 {
+            let chunk = 64 * 1024
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 16)
+            defer { buffer.deallocate() }
+            var offset: off_t = 0
+            copy: while true {
+                let n = pread(output, buffer, chunk, offset)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                var done = 0
+                while done < n {
+                    let w = Glibc.write(rotation, buffer + done, n - done)
+                    if w < 0 && errno == EINTR { continue }
+                    if w <= 0 { break copy }
+                    done += w
+                }
+                offset += off_t(n)
+            }
+        }
+        // The output is O_APPEND: the next write lands at the new end, offset 0.
+        return ftruncate(output, 0) == 0
     }
 
     /// Reads host input into `serial` until `stop` is signalled. Returns early on Ctrl-A x

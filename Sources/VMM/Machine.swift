@@ -120,7 +120,8 @@ public final class Machine: Sendable {
             stopEvent = try EventFD()
             try vm.registerIRQFD(serialIRQ.raw, gsi: Serial.com1IRQ)
         } catch let error as KVMError { throw .kvm(error) } catch let error as Errno { throw .system(error) } catch { throw .config("\(error)") }
-        let console = Console(input: config.consoleInput, output: config.consoleOutput)
+        let console = Console(input: config.consoleInput, output: config.consoleOutput, limit: config.consoleLimit,
+                              rotation: config.consoleRotation)
         self.console = console
         let lifecycle = Lifecycle(vcpus: vcpus, stopEvent: stopEvent.raw, console: console)
         self.lifecycle = lifecycle

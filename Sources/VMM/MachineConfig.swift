@@ -16,6 +16,12 @@ public struct MachineConfig: Sendable {
     /// Host file descriptors for the serial console; input nil means the guest gets no input.
     public var consoleInput: Int32?
     public var consoleOutput: Int32
+    /// The most bytes the console output keeps when it is a regular file (a sandbox's
+    /// console.log); 0: no cap. See `consoleRotation`.
+    public var consoleLimit: UInt64 = 0
+    /// Where a full console output's content moves (console.log.1) before it starts over; nil:
+    /// the old content is dropped. The machine keeps a descriptor of its own.
+    public var consoleRotation: Int32?
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     public var disks: [Disk] = []
     /// virtio-vsock, after the disks.

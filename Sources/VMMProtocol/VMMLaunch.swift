@@ -108,13 +108,22 @@ public struct VMMLaunch: Sendable, Equatable {
     public var seccomp: String
     /// The console takes no input (stdin is not read).
     public var headless: Bool
+    /// The most bytes the console log (stdout, a regular file) keeps; 0: no cap. A headless VMM
+    /// with a cap gets the rotation file (console.log.1) as its stdin, `consoleRotationFD`.
+    public var consoleLimit: UInt64
 
-    public init(machine: Machine, jail: JailSpec? = nil, seccomp: String = "kill", headless: Bool = false) {
-        self.machine = machine; self.jail = jail; self.seccomp = seccomp; self.headless = headless
+    public init(machine: Machine, jail: JailSpec? = nil, seccomp: String = "kill", headless: Bool = false, consoleLimit: UInt64 = 0) {
+        self.machine = machine; self.jail = jail; self.seccomp = seccomp; self.headless = headless; self.consoleLimit = consoleLimit
     }
 
+    /// Where a headless VMM with a console cap finds its rotation file (it reads no input).
+    public static let consoleRotationFD: Int32 = 0
+
+    /// The rotation file's descriptor in the VMM, if this launch has one.
+    public var consoleRotation: Int32? { headless && consoleLimit > 0 ? Self.consoleRotationFD : nil }
+
     /// "KVML" and the format version.
-    static let magic: [UInt8] = [0x4B, 0x56, 0x4D, 0x4C, 2]
+    static let magic: [UInt8] = [0x4B, 0x56, 0x4D, 0x4C, 3]
     /// The largest encoded launch (one SOCK_SEQPACKET message).
     public static let maxEncodedSize = 1 << 20
 
@@ -141,6 +150,7 @@ public struct VMMLaunch: Sendable, Equatable {
         w.optional(jail) { w, j in j.encode(&w) }
         w.string(seccomp)
         w.bool(headless)
+        w.u64(consoleLimit)
         return w.bytes
     }
 
@@ -148,7 +158,7 @@ public struct VMMLaunch: Sendable, Equatable {
     public static func decode(_ bytes: [UInt8]) throws(WireError) -> VMMLaunch {
         guard bytes.count <= maxEncodedSize else { throw .invalid(field: "launch", why: "\(bytes.count) bytes") }
         var r = WireReader(bytes)
-        try r.expect(magic: magic, format: "Kiln VMM launch configuration (version 2)")
+        try r.expect(magic: magic, format: "Kiln VMM launch configuration (version 3)")
         let machine: Machine
         switch try r.u8("machine") {
         case 1:
@@ -181,8 +191,9 @@ public struct VMMLaunch: Sendable, Equatable {
         let jail = try r.optional("jail") { (r: inout WireReader) throws(WireError) in try JailSpec.decode(&r) }
         let seccomp = try r.string("seccomp")
         let headless = try r.bool("headless")
+        let consoleLimit = try r.u64("consoleLimit")
         try r.finish()
-        return VMMLaunch(machine: machine, jail: jail, seccomp: seccomp, headless: headless)
+        return VMMLaunch(machine: machine, jail: jail, seccomp: seccomp, headless: headless, consoleLimit: consoleLimit)
     }
 }
 

@@ -49,11 +49,15 @@ do throws(MachineError) {
         var config = try MachineConfig(launch: boot, headless: launch.headless)
         config.seccomp = seccomp
         config.vsockConnector = connector
+        config.consoleLimit = launch.consoleLimit
+        config.consoleRotation = launch.consoleRotation
         machine = try Machine(config)
     case .restore(let restore):
         var overrides = try RestoreOverrides(launch: restore, headless: launch.headless)
         overrides.seccomp = seccomp
         overrides.vsockConnector = connector
+        overrides.consoleLimit = launch.consoleLimit
+        overrides.consoleRotation = launch.consoleRotation
         machine = try Machine(restoring: restore.snapshot, overrides: overrides)
     }
 } catch {

@@ -54,6 +54,13 @@ struct RunCommand: AsyncParsableCommand {
         "The most processes the command and its descendants may have at once in the guest (default 1024).", valueName: "N"))
     var pids: String?
     @Option(parsing: .unconditional, help: ArgumentHelp("""
+        The most bytes the sandbox's console log keeps (default 1048576); when full it moves to console.log.1 and starts over.
+        """, valueName: "BYTES"))
+    var consoleLimit: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(
+        "The command's open-files limit in the guest, soft and hard (default 1024 soft, 4096 hard).", valueName: "N"))
+    var openFiles: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
         Start from template NAME (kiln template create) instead of booting; its image, kernel, memory and vCPUs are the template's.
         """, valueName: "NAME"))
     var template: String?
@@ -91,6 +98,12 @@ struct RunCommand: AsyncParsableCommand {
         var settings = try sandbox.settings()
         if let timeout { settings.commandTimeout = try SandboxSettings.parseSeconds(timeout, .timeout) }
         if let pids { settings.pids = try SandboxSettings.parseInt(pids, .pids, in: SandboxSettings.pidsRange) }
+        if let openFiles {
+            settings.openFiles = try SandboxSettings.parseInt(openFiles, .openFiles, in: SandboxSettings.openFilesRange)
+        }
+        if let consoleLimit {
+            settings.consoleLimit = try SandboxSettings.parseInt(consoleLimit, .consoleLimit, in: SandboxSettings.consoleLimitRange)
+        }
         for entry in env {
             // `-e K` copies K from here: its name is checked as that of K=V.
             do { try SandboxSettings.checkEnvironment(entry.contains("=") ? entry : entry + "=") } catch {
@@ -104,6 +117,8 @@ struct RunCommand: AsyncParsableCommand {
         o.bootTimeout = settings.bootTimeout
         o.timeout = settings.commandTimeout
         o.pids = settings.pids
+        o.consoleLimit = settings.consoleLimit
+        o.openFiles = settings.openFiles
         o.environment = env
         o.workdir = workdir
         o.user = user
@@ -171,6 +186,8 @@ struct RunOptions {
     var tty = false
     var timeout: Double = 0
     var pids: Int?
+    var consoleLimit = Sandbox.defaultConsoleLimit
+    var openFiles: Int?
     var bootTimeout: Double = 300
     var template: String?
     var noTemplate = false
@@ -238,6 +255,7 @@ func runCommand(_ options: RunOptions) async -> Int32 {
     config.cpus = options.cpus
     config.memoryMiB = options.memory
     config.bootTimeout = options.bootTimeout
+    config.consoleLimit = options.consoleLimit
     config.volumes = options.volumes
     // The jailed VMM gets its seccomp mode in its launch configuration, not from the environment.
     config.seccomp = seccompMode(disabled: false)
@@ -285,8 +303,9 @@ func runCommand(_ options: RunOptions) async -> Int32 {
         let exec = try await command.exec(through: sandbox.agent, pty: window,
                                           timeoutMillis: UInt32(min(options.timeout * 1000, Double(UInt32.max))))
         // Spawn (1.3) only when a limit was asked for: Exec gets the agent's default.
-        if let pids = options.pids {
-            process = try await sandbox.agent.exec(exec, keep: false, limits: Limits(pids: UInt32(pids)))
+        if options.pids != nil || options.openFiles != nil {
+            let limits = Limits(pids: UInt32(options.pids ?? 0), openFiles: UInt32(options.openFiles ?? 0))
+            process = try await sandbox.agent.exec(exec, keep: false, limits: limits)
         } else {
             process = try await sandbox.agent.exec(exec)
         }
@@ -374,13 +393,15 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
             throw SandboxError.setup("no usable template named '\(name)' in \(Templates.directory) (kiln template create \(name))")
         }
         return try await Sandbox.restore(snapshot: Templates.path(name), hostProfile: config.hostProfile, isolation: config.isolation,
-                                           seccomp: config.seccomp, volumes: config.volumes, network: config.network)
+                                           seccomp: config.seccomp, volumes: config.volumes, network: config.network,
+                                           consoleLimit: config.consoleLimit)
     }
     if options.noTemplate { return try await Sandbox.start(config) }
     let auto = Templates.autoName(for: config)
     if Templates.usable(auto, hostProfile: config.hostProfile) {
         do { return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile, isolation: config.isolation,
-                                           seccomp: config.seccomp, volumes: config.volumes, network: config.network) } catch {
+                                           seccomp: config.seccomp, volumes: config.volumes, network: config.network,
+                                           consoleLimit: config.consoleLimit) } catch {
             writeRaw(2, "kiln: the template for this image did not start (\(error)); booting instead\n")
             var config = config
             // The failed restore gave its network up: a boot gets a new one.
@@ -400,7 +421,8 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
     var network: SandboxNetwork?
     if let old = config.network { network = try await makeNetwork(old.policy) }
     return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile, isolation: config.isolation,
-                                     seccomp: config.seccomp, volumes: config.volumes, network: network)
+                                     seccomp: config.seccomp, volumes: config.volumes, network: network,
+                                     consoleLimit: config.consoleLimit)
 }
 
 /// A sandbox network (docs/net.md), set up on a thread of its own: it runs `ip` and `nft`.

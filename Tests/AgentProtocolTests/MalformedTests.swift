@@ -90,7 +90,13 @@ import Testing
         let spawn = MessageType.spawn.rawValue
         #expect(try decode(raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [1] + lstring([0x74])), from: .host)
             == [Frame(stream: 1, .spawn(Spawn(Exec(argv: ["sh"]), flags: [.keep], tag: "t")))])
-        expectError(.reservedBits(.spawn), raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [4] + lstring([])))
+        expectError(.reservedBits(.spawn), raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [8] + lstring([])))
+        // 1.4: bit 2 continues the Limits record with openFiles; never alone, never 0.
+        #expect(try decode(raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [6] + lstring([]) + le(UInt32(5)) + le(UInt32(64))), from: .host)
+            == [Frame(stream: 1, .spawn(Spawn(Exec(argv: ["sh"]), limits: Limits(pids: 5, openFiles: 64))))])
+        expectError(.invalidValue(.spawn, field: "openFiles flag"), raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [4] + lstring([]) + le(UInt32(64))))
+        expectError(.invalidValue(.spawn, field: "openFiles"), raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [6] + lstring([]) + le(UInt32(5)) + le(UInt32(0))))
+        expectError(.truncated(.spawn), raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [6] + lstring([]) + le(UInt32(5))))
         // 1.3: flags bit 1 adds the Limits record after the tag.
         #expect(try decode(raw(spawn, stream: 1, exec + [0] + le(UInt32(0)) + [2] + lstring([]) + le(UInt32(5))), from: .host)
             == [Frame(stream: 1, .spawn(Spawn(Exec(argv: ["sh"]), limits: Limits(pids: 5))))])

@@ -25,7 +25,7 @@ import Testing
         #expect(try Frame(stream: 0, .ping(nonce: 0x0102_0304_0506_0708)).encoded() ==
             [8, 0, 0, 0, 0x03, 0, 0, 0, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1])
         #expect(try Frame(stream: 0, .hello(Hello(software: "k"))).encoded() ==
-            [13, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0] + Array("KILN".utf8) + [1, 0, 3, 0, 1, 0, 0, 0, 0x6B])
+            [13, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0] + Array("KILN".utf8) + [1, 0, 4, 0, 1, 0, 0, 0, 0x6B])
         #expect(try Frame(stream: 7, .stdout([0xAA])).encoded() == [1, 0, 0, 0, 0x15, 0, 0, 0, 7, 0, 0, 0, 0xAA])
     }
 
@@ -95,13 +95,19 @@ import Testing
             try Frame(stream: 1, .writeFile(WriteFile(path: "/x", mode: 0o644, options: .init(rawValue: 0x80)))).encoded()
         }
         #expect(throws: ProtocolError.reservedBits(.spawn)) {
-            try Frame(stream: 1, .spawn(Spawn(Exec(argv: ["x"]), flags: .init(rawValue: 4)))).encoded()
+            try Frame(stream: 1, .spawn(Spawn(Exec(argv: ["x"]), flags: .init(rawValue: 8)))).encoded()
         }
         // The limits bit and the record go together; Spawn's init sets the bit from `limits`.
         var unset = Spawn(Exec(argv: ["x"]))
         unset.flags.insert(.limits)
         #expect(throws: ProtocolError.invalidValue(.spawn, field: "limits flag")) { try Frame(stream: 1, .spawn(unset)).encoded() }
         #expect(Spawn(Exec(argv: ["x"]), flags: .limits).flags.isEmpty)
+        // (1.4) So do the openFiles bit and a non-zero openFiles.
+        var stray = Spawn(Exec(argv: ["x"]), limits: Limits(pids: 3))
+        stray.flags.insert(.openFiles)
+        #expect(throws: ProtocolError.invalidValue(.spawn, field: "openFiles flag")) { try Frame(stream: 1, .spawn(stray)).encoded() }
+        #expect(Spawn(Exec(argv: ["x"]), limits: Limits(openFiles: 9)).flags == [.limits, .openFiles])
+        #expect(Spawn(Exec(argv: ["x"]), flags: .openFiles, limits: Limits(pids: 3)).flags == [.limits])
         #expect(throws: ProtocolError.invalidValue(.signalProcess, field: "signal number")) {
             try Frame(stream: 1, .signalProcess(pid: 1, signal: 65)).encoded()
         }

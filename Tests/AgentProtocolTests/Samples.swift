@@ -35,6 +35,7 @@ let hostFrames: [Frame] = [
     // 1.3
     Frame(stream: 6, .spawn(Spawn(Exec(argv: ["sh"]), flags: [.keep], tag: "t", limits: Limits(pids: 5)))),
     Frame(stream: 6, .spawn(Spawn(Exec(argv: ["sh"]), limits: Limits(pids: 0)))),
+    Frame(stream: 6, .spawn(Spawn(Exec(argv: ["sh"]), limits: Limits(pids: 7, openFiles: 256)))),
     Frame(stream: 8, .listProcesses),
     Frame(stream: 9, .signalProcess(pid: 42, signal: 64)),
     Frame(stream: 10, .stat(path: "/home/user/ü.txt")),

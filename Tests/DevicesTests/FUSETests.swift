@@ -222,6 +222,19 @@ struct Share {
         #expect(share.listing(share.root) == before)
     }
 
+    /// Fuzz/run-all.sh found it (FuzzFUSE, 2026-12-02): an ACCESS mask with bit 31 set trapped the
+    /// VMM converting it to an Int32. Bits other than R_OK, W_OK and X_OK are EINVAL, as access(2).
+    @Test func anAccessMaskOutsideRWXIsInvalidNotATrap() throws {
+        let share = Share("access")
+        defer { share.remove() }
+        let client = FUSEClient(try FUSEServer(path: share.root, options: ShareOptions(readOnly: false, uid: 0, gid: 0)))
+        #expect(client.initialize() == 0)
+        let hello = client.lookup("hello.txt")
+        #expect(client.send(FUSEOpcode.access, node: hello.node, FUSEClient.u32s([0x8000_0000, 0])).error == EINVAL)
+        #expect(client.send(FUSEOpcode.access, node: hello.node, FUSEClient.u32s([8, 0])).error == EINVAL)
+        #expect(client.send(FUSEOpcode.access, node: hello.node, FUSEClient.u32s([UInt32(R_OK), 0])).error == 0)
+    }
+
     @Test func escapesFailAndNothingOutsideIsTouched() throws {
         let share = Share("escape")
         defer { share.remove() }

@@ -37,4 +37,19 @@ import Testing
         #expect(kiln.output.split(separator: "\n").map(String.init) == (1...4).map { "started \($0)" }, "\(kiln.output)")
         #expect(kiln.errorOutput.contains("fork"), "\(kiln.errorOutput)")
     }
+
+    /// Commands start with 1024 open files (4096 hard) whatever the agent's own limit, and with
+    /// exactly what --open-files says when it is given.
+    @Test func theOpenFilesLimitIsTheDefaultOrWhatWasAsked() throws {
+        let script = "ulimit -Sn; ulimit -Hn"
+        let plain = try KilnProcess(["run", "--", "sh", "-c", script])
+        plain.closeInput()
+        #expect(try plain.wait(seconds: Self.seconds) == 0, "\(plain.errorOutput)")
+        #expect(plain.output == "1024\n4096\n")
+
+        let asked = try KilnProcess(["run", "--open-files", "100", "--", "sh", "-c", script])
+        asked.closeInput()
+        #expect(try asked.wait(seconds: Self.seconds) == 0, "\(asked.errorOutput)")
+        #expect(asked.output == "100\n100\n")
+    }
 }

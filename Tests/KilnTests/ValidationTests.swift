@@ -41,6 +41,10 @@ import VMM
         (["run", "--pids", "-1", "--", "true"], "--pids"),
         (["run", "--pids", "4194305", "--", "true"], "--pids"),
         (["run", "--pids", "lots", "--", "true"], "--pids"),
+        (["run", "--open-files", "0", "--", "true"], "--open-files"),
+        (["run", "--open-files", "1048577", "--", "true"], "--open-files"),
+        (["run", "--console-limit", "4095", "--", "true"], "--console-limit"),
+        (["run", "--console-limit", "1GiB", "--", "true"], "--console-limit"),
         (["run", "--cpus", "33", "--", "true"], "--cpus"),
         (["run", "--cpus", "many", "--", "true"], "--cpus"),
         (["run", "--memory", "99999999999999999999", "--", "true"], "--memory"),
@@ -106,7 +110,7 @@ import VMM
         let run = try KilnProcess(["run", "--help"])
         run.closeInput()
         _ = try run.wait(seconds: 60)
-        for option in ["--image", "--cpus", "--memory", "--env", "--timeout", "--pids", "--boot-timeout", "--template", "--no-template", "--no-jail"] {
+        for option in ["--image", "--cpus", "--memory", "--env", "--timeout", "--pids", "--open-files", "--console-limit", "--boot-timeout", "--template", "--no-template", "--no-jail"] {
             #expect(run.output.contains(option), "\(option) in kiln run --help")
         }
         #expect(!run.output.contains("--root-disk"), "internal options stay hidden")

@@ -16,7 +16,7 @@ import VMMProtocol
             vsock: VMMLaunch.Vsock(path: "/run/kiln/sandbox-1/vsock.sock", cid: 3),
             shares: [VMMLaunch.Share(tag: "src", path: "/home/ci/checkout, with comma", readOnly: true, uid: 1000, gid: 1001, cache: "always"),
                      VMMLaunch.Share(tag: "kiln0", path: nil)])),
-        jail: jail, seccomp: "trap", headless: true)
+        jail: jail, seccomp: "trap", headless: true, consoleLimit: 1 << 20)
 
     static let restore = VMMLaunch(
         machine: .restore(VMMLaunch.Restore(snapshot: "/var/cache/kiln/templates/auto-0123", hostProfile: "kvm",
@@ -50,7 +50,7 @@ import VMMProtocol
         #expect(throws: WireError.trailingBytes(1)) { _ = try VMMLaunch.decode(good + [0]) }
         var magic = good
         magic[0] = UInt8(ascii: "X")
-        #expect(throws: WireError.wrongFormat(expected: "Kiln VMM launch configuration (version 2)")) { _ = try VMMLaunch.decode(magic) }
+        #expect(throws: WireError.wrongFormat(expected: "Kiln VMM launch configuration (version 3)")) { _ = try VMMLaunch.decode(magic) }
         var version = good
         version[4] = 1
         #expect(throws: WireError.self) { _ = try VMMLaunch.decode(version) }

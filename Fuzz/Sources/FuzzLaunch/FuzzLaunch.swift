@@ -12,7 +12,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     case 0:
         if let launch = try? VMMLaunch.decode(bytes), (try? VMMLaunch.decode(launch.encoded())) != launch { fatalError("launch round trip") }
         // Behind a valid magic, so that mutations reach the fields.
-        _ = try? VMMLaunch.decode([0x4B, 0x56, 0x4D, 0x4C, 2] + bytes)
+        _ = try? VMMLaunch.decode([0x4B, 0x56, 0x4D, 0x4C, 3] + bytes)
     case 1:
         if let record = try? VMMRecord.decode(bytes), (try? VMMRecord.decode(record.encoded())) != record { fatalError("record round trip") }
         _ = try? VMMRecord.decode([0x4B, 0x53, 0x42, 0x52, 1] + bytes)

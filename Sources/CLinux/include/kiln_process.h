@@ -24,6 +24,10 @@ struct kiln_spawn_request {
     // The `cgroup.procs` file (open for writing) of the cgroup the child joins before anything
     // else, so that it and all it starts count against that cgroup's limits; -1: stay.
     int cgroup_procs;
+    // RLIMIT_NOFILE set in the child once its stdio is in place and before it drops its ids (so a
+    // hard limit may be raised as root); 0 in both: inherit the agent's.
+    unsigned long long open_files_soft;
+    unsigned long long open_files_hard;
     // Out: errno of the step that failed in the child (0 if execve succeeded), and its name.
     int error;
     const char *failed_step;

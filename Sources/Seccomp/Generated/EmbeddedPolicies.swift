@@ -481,6 +481,11 @@ tgkill arg2 == SIGABRT          # abort() on a fatal error
 clock_gettime                   # CMOS clock, if the vDSO falls back to the system call
 rt_sigprocmask                  # pthread exit, abort()
 restart_syscall                 # a blocking call resumed after SIGSTOP/SIGCONT
+# The console log's cap (Sources/VMM/Console.swift): the vCPU that writes past it moves the log
+# to its rotation file (O_APPEND: `write`, never a write at an offset) and empties it. Only
+# descriptors the VMM already writes: no new file.
+ftruncate
+pread64
 
 # Memory: malloc arenas and the thread's stack at exit; never executable.
 mmap arg2 & PROT_EXEC == 0

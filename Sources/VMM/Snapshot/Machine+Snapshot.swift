@@ -18,6 +18,9 @@ public struct RestoreOverrides: Sendable {
     public var net: NetSpec?
     public var consoleInput: Int32? = 0
     public var consoleOutput: Int32 = 1
+    /// The console log's cap and rotation file (MachineConfig.consoleLimit; not part of a snapshot).
+    public var consoleLimit: UInt64 = 0
+    public var consoleRotation: Int32?
     /// The profile of this host; the snapshot must have been made under the same one.
     public var hostProfile: HostProfile = .detect()
     /// The clone's seccomp mode (not part of a snapshot).
@@ -255,6 +258,8 @@ extension Machine {
         var config = snap.config
         config.consoleInput = overrides.consoleInput
         config.consoleOutput = overrides.consoleOutput
+        config.consoleLimit = overrides.consoleLimit
+        config.consoleRotation = overrides.consoleRotation
         config.seccomp = overrides.seccomp
         config.vsockConnector = overrides.vsockConnector
         if var vsock = config.vsock {

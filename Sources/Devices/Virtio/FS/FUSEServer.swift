@@ -280,6 +280,8 @@ public final class FUSEServer: Sendable {
                                     blockSize: UInt32(truncatingIfNeeded: st.blockSize), nameLength: UInt32(truncatingIfNeeded: st.nameLength),
                                     fragmentSize: UInt32(truncatingIfNeeded: st.fragmentSize))
         case .access(let mask):
+            // access(2)'s modes only, as the kernel checks them: the guest's u32 is not an Int32.
+            guard mask & ~UInt32(R_OK | W_OK | X_OK) == 0 else { throw Errno(EINVAL) }
             let i = try inode(node, s)
             if ro && Int32(mask) & W_OK != 0 { throw Errno(EROFS) }
             guard i.mode & S_IFMT == S_IFREG || i.mode & S_IFMT == S_IFDIR else { return [] }
