@@ -26,23 +26,21 @@ moves it too).
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-READY_LINE = "kiln serve: listening on http://"
+_spec = importlib.util.spec_from_file_location("density", REPO / "Benchmarks/density.py")
+density = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(density)
 
 
 def log(msg):
@@ -300,41 +298,16 @@ def run_phase(args):
     return before, after, failures, seconds
 
 
-class Service:
+class Service(density.Service):
+    """`kiln serve` started as density.py starts it (one tenant, no warm pool, no parking), with its
+    pids and those of its launcher counted as the soak's own."""
+
     def __init__(self, kiln, workdir):
-        self.kiln, self.workdir = kiln, workdir
-        self.key = "kiln-soak-" + uuid.uuid4().hex
-        tenants = {"tenants": [{"name": "soak", "apiKeys": [self.key], "maxSandboxes": 4, "maxMemoryMiB": 4096}]}
-        (workdir / "tenants.json").write_text(json.dumps(tenants))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.state = workdir / "state"
-        self.proc = None
+        super().__init__(kiln, workdir, idle_pause=0, max_sandboxes=4)
 
     def start(self):
-        argv = [self.kiln, "serve", "--listen", f"127.0.0.1:{self.port}", "--tenants", str(self.workdir / "tenants.json"),
-                "--state-dir", str(self.state), "--warm", "0"]
-        log_file = open(self.workdir / "serve.log", "a")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.PIPE,
-                                     start_new_session=True)
+        super().start()
         SUPERVISORS.add(self.proc.pid)
-        ready = threading.Event()
-
-        def pump():
-            for raw in self.proc.stderr:
-                line = raw.decode(errors="replace")
-                log_file.write(line)
-                log_file.flush()
-                if READY_LINE in line:
-                    ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        t0 = time.monotonic()
-        while not ready.wait(0.2):
-            if self.proc.poll() is not None or time.monotonic() - t0 > 120:
-                raise SystemExit(f"kiln serve did not become ready; log: {self.workdir / 'serve.log'}")
         SUPERVISORS.update(self.pids())
 
     def pids(self):
@@ -349,20 +322,6 @@ class Service:
             except (OSError, ValueError, IndexError):
                 pass
         return out
-
-    def request(self, method, path, body=None, headers=None, timeout=120):
-        h = {"X-API-KEY": self.key}
-        h.update(headers or {})
-        data = None
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            h.setdefault("content-type", "application/json")
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=h)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
 
     def cycle(self, template):
         status, body = self.request("POST", "/v2/sandboxes", {"templateID": template, "timeout": 600})
