@@ -31,7 +31,6 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -351,15 +350,6 @@ class Service(density.Service):
             deleted = self.request("DELETE", f"/sandboxes/{sandbox['sandboxID']}")[0]
         if deleted != 204:
             raise RuntimeError(f"delete answered {deleted}")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def service_phase(args):

@@ -1,5 +1,6 @@
 import AgentProtocol
 import Glibc
+import KilnTestSupport
 @testable import Sandbox
 import Testing
 
@@ -17,17 +18,7 @@ import Testing
     }
 
     static func contents(_ path: String) -> String {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return "" }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = read(fd, &buffer, buffer.count)
-            if n <= 0 { break }
-            bytes += buffer[0..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        TestFiles.read(path) ?? ""
     }
 
     @Test(arguments: [Isolation.automatic, .inProcess])

@@ -1,4 +1,5 @@
 import Glibc
+import KilnTestSupport
 import Testing
 @testable import VMM
 
@@ -17,17 +18,7 @@ import Testing
     }
 
     func contents(_ name: String) -> String {
-        let fd = Glibc.open(directory + "/" + name, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return "" }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = read(fd, &buffer, buffer.count)
-            if n <= 0 { break }
-            bytes += buffer[0..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        TestFiles.read(directory + "/" + name) ?? ""
     }
 
     func removeAll() {
