@@ -53,7 +53,7 @@ let package = Package(
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp", "VMMProtocol"], swiftSettings: strict),
         // `kiln serve`: the E2B-compatible multi-tenant service (docs/service.md).
         .target(name: "KilnService", dependencies: [
-            "Sandbox", "Images", "AgentProtocol", "LinuxSys",
+            "Sandbox", "Images", "AgentProtocol", "LinuxSys", "KilnNet",
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),

@@ -112,6 +112,25 @@ public final class VMMLauncher: VMMSpawner {
         return SpawnedVMM(pid: pid, pidfd: reply.descriptors[0], release: reply.descriptors[1], status: reply.descriptors[2])
     }
 
+    /// A request other than a launch (`kiln serve` asks its launcher to set up sandbox networks,
+    /// which run `ip` and `nft`): NUL-separated fields whose first names the kind (never "0" or
+    /// "1", a launch's first field); the launcher's `other` handler answers it with one line.
+    public func request(_ fields: [String]) throws(JailedVMM.Failure) -> String {
+        precondition(fields.first.map { $0 != "0" && $0 != "1" } ?? false)
+        let reply: (bytes: [UInt8], descriptors: [Int32])
+        do {
+            reply = try socket.withLock { fd throws(Errno) in
+                try UnixSocket.sendMessage(fd, Array(fields.joined(separator: "\0").utf8), descriptors: [])
+                return try UnixSocket.receiveMessage(fd, capacity: 4096, maxDescriptors: 1)
+            }
+        } catch {
+            throw JailedVMM.Failure(description: "the VMM launcher: \(error)")
+        }
+        reply.descriptors.forEach { close($0) }
+        guard !reply.bytes.isEmpty else { throw JailedVMM.Failure(description: "the VMM launcher has ended") }
+        return String(decoding: reply.bytes, as: UTF8.self)
+    }
+
     /// One launch request: NUL-separated fields (a NUL cannot occur in any of them).
     struct Launch: Equatable {
         var executable: String
@@ -142,7 +161,8 @@ public final class VMMLauncher: VMMSpawner {
     }
 
     /// The launcher's whole life (`kiln __launcher`): serves requests on fd 3 until it closes.
-    public static func serve(socket: Int32 = 3) -> Int32 {
+    /// `other` answers requests that are not launches (`request(_:)`), given their fields.
+    public static func serve(socket: Int32 = 3, other: ([String]) -> String = { _ in "unknown request" }) -> Int32 {
         _ = fcntl(socket, F_SETFD, FD_CLOEXEC)
         // SIGCHLD blocked here (children unblock everything before exec), seen on a signalfd.
         let signals = kiln_sigchld_fd()
@@ -166,6 +186,12 @@ public final class VMMLauncher: VMMSpawner {
                     return 1
                 }
                 if message.bytes.isEmpty && message.descriptors.isEmpty { return 0 } // the service has ended
+                if let kind = message.bytes.first, kind != UInt8(ascii: "0") && kind != UInt8(ascii: "1") {
+                    message.descriptors.forEach { close($0) }
+                    let fields = message.bytes.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+                    do { try UnixSocket.sendMessage(socket, Array(other(fields).utf8), descriptors: []) } catch {}
+                    continue
+                }
                 let reply = launch(message.bytes, descriptors: message.descriptors, statusPipes: &statusPipes)
                 message.descriptors.forEach { close($0) }
                 do { try UnixSocket.sendMessage(socket, Array(reply.text.utf8), descriptors: reply.descriptors) } catch {}

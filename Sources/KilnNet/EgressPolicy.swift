@@ -14,6 +14,26 @@ public struct EgressPolicy: Sendable, Equatable {
         self.internet = internet; self.allow = allow; self.deny = deny
     }
 
+    /// The policy as text, one field per line (`internet 0|1`, `allow A.B.C.D/N`, `deny ...`): how
+    /// `kiln serve` hands a policy to its launcher, which sets networks up for it.
+    public var encoded: String {
+        (["internet \(internet ? 1 : 0)"] + allow.map { "allow \($0)" } + deny.map { "deny \($0)" }).joined(separator: "\n")
+    }
+
+    public init?(encoded: String) {
+        self.init(internet: false)
+        for line in encoded.split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { return nil }
+            switch parts[0] {
+            case "internet": internet = parts[1] == "1"
+            case "allow": guard let r = IPv4Range(parts[1]) else { return nil }; allow.append(r)
+            case "deny": guard let r = IPv4Range(parts[1]) else { return nil }; deny.append(r)
+            default: return nil
+            }
+        }
+    }
+
     /// Parses `--allow-out`/`--deny-out` values: an IPv4 address or CIDR.
     public static func range(_ text: String) throws(NetworkError) -> IPv4Range {
         guard let r = IPv4Range(text) else { throw .policy("'\(text)' is not an IPv4 address or CIDR (A.B.C.D[/N])") }

@@ -52,12 +52,16 @@ public final class SandboxNetwork: Sendable {
     public let setupSeconds: Double
     private let detached = Mutex(false)
     private let base: String
+    /// Set for a network another process made and names (`named`): its name stays for live
+    /// policy changes, and `close()` hands it back through this instead of unmounting it here.
+    private let giveBack: (@Sendable () -> Void)?
 
     public var hostVeth: String { "\(Self.hostVethPrefix)\(index)" }
     public var namespaceVeth: String { "kiln-n\(index)" }
 
-    init(index: Int, policy: EgressPolicy, base: String, hostAddress: UInt32, namespaceAddress: UInt32, setupSeconds: Double) {
-        self.index = index; self.policy = policy; self.base = base
+    init(index: Int, policy: EgressPolicy, base: String, hostAddress: UInt32, namespaceAddress: UInt32, setupSeconds: Double,
+         giveBack: (@Sendable () -> Void)? = nil) {
+        self.index = index; self.policy = policy; self.base = base; self.giveBack = giveBack
         self.namespacePath = Self.namespaceDirectory(base) + "/kiln-\(index)"
         self.hostAddress = hostAddress; self.namespaceAddress = namespaceAddress; self.setupSeconds = setupSeconds
     }
@@ -191,9 +195,67 @@ public final class SandboxNetwork: Sendable {
         return String(decoding: r.stdout, as: UTF8.self).split(separator: "\n").contains { $0 == "table ip \(tableName)" }
     }
 
+    /// A handle on network `index` that another process made with `create` and keeps named under
+    /// `runtimeBase` (`kiln serve`'s launcher, which may run `ip` and `nft` where the confined
+    /// service may not): restores join it by its name, which stays until `close()` calls
+    /// `giveBack` (the launcher's `release`), so that its policy can change while it runs.
+    public static func named(index: Int, policy: EgressPolicy, runtimeBase: String,
+                             giveBack: @escaping @Sendable () -> Void) -> SandboxNetwork {
+        let host = pool.base + UInt32(index * 4 + 1)
+        return SandboxNetwork(index: index, policy: policy, base: runtimeBase, hostAddress: host, namespaceAddress: host + 1,
+                              setupSeconds: 0, giveBack: giveBack)
+    }
+
+    /// Replaces the egress policy of named network `index` under `runtimeBase` while its sandbox
+    /// runs (E2B's `PUT /sandboxes/{id}/network`): one `nft -f` in its namespace deletes and
+    /// rebuilds the table in one transaction, so no packet sees a half-made ruleset, and
+    /// connections already allowed carry on (conntrack keeps them; the new rules judge new ones).
+    /// Blocking, root.
+    public static func replacePolicy(index: Int, runtimeBase: String, _ policy: EgressPolicy) throws(NetworkError) {
+        let path = namespaceDirectory(runtimeBase) + "/kiln-\(index)"
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .setup("network \(index) has no namespace at \(path): \(String(cString: strerror(errno)))") }
+        defer { Glibc.close(fd) }
+        let rules = "table inet \(tableName) {}\ndelete table inet \(tableName)\n"
+            + policy.ruleset(tap: tapName, uplink: "kiln-n\(index)", gateway: gatewayAddress, resolver: Resolver.upstream(),
+                             hostAddresses: HostAddresses.ipv4())
+        let scratch = path + ".update.nft"
+        let result = Outcome()
+        do {
+            let thread = try LinuxSys.Thread.spawn(name: "kiln-netns") {
+                do throws(NetworkError) {
+                    guard kiln_setns_net(fd) == 0 else { throw .setup("cannot enter the namespace of network \(index): \(String(cString: strerror(errno)))") }
+                    try Self.run(["nft", "-f"], input: rules, scratch: scratch)
+                } catch {
+                    result.error.withLock { $0 = error }
+                }
+            }
+            thread.join()
+        } catch { throw .setup("cannot start a thread: \(error)") }
+        if let error = result.error.withLock({ $0 }) { throw error }
+    }
+
+    /// Unmounts and removes network `index`'s name under `runtimeBase` (the launcher's side of
+    /// `named`'s `giveBack`): once its VMM has ended too, the kernel frees the namespace.
+    public static func release(index: Int, runtimeBase: String) {
+        let path = namespaceDirectory(runtimeBase) + "/kiln-\(index)"
+        _ = kiln_umount2(path, Int32(KILN_MNT_DETACH))
+        unlink(path)
+        unlink(path + ".owner")
+    }
+
+    /// Makes `pid` (the sandbox's VMM) the owner of this network's name: `sweep` removes a name
+    /// whose owner is gone, so the name of a sandbox that outlives its maker (a detached VMM that
+    /// a restarted service adopts) stays exactly as long as the VMM runs.
+    public func recordOwner(_ pid: Int32) {
+        _ = Files.write(namespacePath + ".owner", "\(pid)\n")
+    }
+
     /// Removes the namespace's name once the VMM has opened the TAP (the TAP keeps it from then
     /// on). No exec and no new socket: `kiln run`'s seccomp-confined supervisor may call it.
+    /// A `named` network keeps its name (the service changes its policy through it).
     public func detachName() {
+        guard giveBack == nil else { return }
         let first = detached.withLock { d in defer { d = true }; return !d }
         guard first else { return }
         _ = kiln_umount2(namespacePath, Int32(KILN_MNT_DETACH))
@@ -203,7 +265,11 @@ public final class SandboxNetwork: Sendable {
 
     /// Gives the network up before or instead of a VMM: the namespace goes as soon as nothing
     /// holds it (a VMM that opened the TAP keeps it until it ends).
-    public func close() { detachName() }
+    public func close() {
+        guard let giveBack else { return detachName() }
+        let first = detached.withLock { d in defer { d = true }; return !d }
+        if first { giveBack() }
+    }
 
     /// Removes what Kiln processes killed mid-setup left: names whose creator is gone, and the
     /// host's table when no sandbox network is left. Blocking (runs `nft`); needs root.

@@ -26,7 +26,8 @@ public enum Templates {
 
     /// A name that changes whenever the kernel or image file changes (path, size or mtime), or
     /// the VM's shape does.
-    public static func autoName(for config: Sandbox.Configuration) -> String {
+    /// `withNetwork` names the template with (true) or without a network device whatever `config` has.
+    public static func autoName(for config: Sandbox.Configuration, withNetwork: Bool? = nil) -> String {
         func identity(_ path: String) -> String {
             var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
             let real = realpath(path, &resolved) != nil ? resolved.withUnsafeBufferPointer { String(cString: $0.baseAddress!) } : path
@@ -40,7 +41,7 @@ public enum Templates {
                    "args=" + config.kernelArguments.joined(separator: " "), "kiln=\(kilnVersion)",
                    "share-slots=\(config.shareSlots)"]
             // A template with a network device is another template (names without one are unchanged).
-            + (config.network == nil ? [] : ["net=" + SandboxNetwork.kernelParameter]))
+            + ((withNetwork ?? (config.network != nil)) ? ["net=" + SandboxNetwork.kernelParameter] : []))
             .joined(separator: "\n")
         // FNV-1a, 64 bits: a cache name, not a security boundary.
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325

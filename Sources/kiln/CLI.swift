@@ -130,5 +130,5 @@ func missingSubcommand(_ command: String, _ verbs: String) -> Never {
 struct LauncherCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "__launcher", shouldDisplay: false)
 
-    func run() { Glibc.exit(VMMLauncher.serve()) }
+    func run() { Glibc.exit(VMMLauncher.serve(other: { LauncherNetworks.answer($0) })) }
 }

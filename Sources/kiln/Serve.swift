@@ -3,12 +3,14 @@ import CLinux
 import Glibc
 import Images
 import Jailer
+import KilnNet
 import KilnService
 import LinuxSys
 import Logging
 import Sandbox
 import Seccomp
 import Synchronization
+import VMM
 
 /// `kiln serve`: the E2B-compatible multi-tenant service (docs/service.md).
 struct ServeCommand: AsyncParsableCommand {
@@ -109,9 +111,12 @@ func serveCommand(_ options: ServeCommand) async -> Int32 {
     }
     let confine = geteuid() == 0
     let filters: SeccompFilters?
+    var networks: LauncherNetworks?
     if confine {
         do {
-            JailedVMM.spawner = try VMMLauncher.start(executable: "/proc/self/exe", arguments: ["__launcher"])
+            let launcher = try VMMLauncher.start(executable: "/proc/self/exe", arguments: ["__launcher"])
+            JailedVMM.spawner = launcher
+            networks = LauncherNetworks(launcher: launcher)
             let off = options.noSeccomp
             if off { writeRaw(2, "kiln serve: WARNING: --no-seccomp: the service runs WITHOUT its seccomp policy (debugging only)\n") }
             filters = try SeccompFilters(mode: off ? .off : seccompMode(disabled: false))
@@ -144,9 +149,14 @@ func serveCommand(_ options: ServeCommand) async -> Int32 {
     settings.pool = pool
     settings.idlePause = idlePause
     if let volumeOwner, geteuid() == 0 { settings.volumeOwner = volumeOwner }
+    settings.networks = networks
+    var networkTemplates: SandboxManager.TemplateResolver?
+    if let launcherNetworks = networks {
+        networkTemplates = { name in try await ServeTemplates.resolve(name, network: launcherNetworks) }
+    }
     do {
-        manager = try SandboxManager(settings: settings, tenants: tenants,
-                                     resolveTemplate: ServeTemplates.resolve, metrics: Metrics(), logger: logger)
+        manager = try SandboxManager(settings: settings, tenants: tenants, resolveTemplate: ServeTemplates.resolve,
+                                     resolveNetworkTemplate: networkTemplates, metrics: Metrics(), logger: logger)
     } catch { fail("cannot start the service: \(error)") }
     await manager.recover()
     await manager.startTimeoutSweep()
@@ -212,33 +222,55 @@ enum ServeTemplates {
     /// confined to the service policy.
     static let runsPrograms = Mutex(true)
 
-    @Sendable static func resolve(_ name: String) async throws -> String {
-        if Templates.usable(name) { return Templates.path(name) }
+    @Sendable static func resolve(_ name: String) async throws -> String { try await resolve(name, network: nil) }
+
+    /// With `network`, the template's variant with a network device (docs/net.md, "Networks in
+    /// the service"): `base` has `base-net`, an image its automatic template with a network; a
+    /// template made by `kiln template create` serves only if it was made with one.
+    static func resolve(_ name: String, network: LauncherNetworks?) async throws -> String {
+        let own = network == nil || name != "base" ? name : "base-net"
+        if Templates.usable(own) {
+            guard network == nil || own == "base-net" || (try? SnapshotInfo.read(directory: Templates.path(own)))?.config.net != nil else {
+                throw APIError(400, "template '\(name)' has no network device: a sandbox with a network needs `base` or an image")
+            }
+            return Templates.path(own)
+        }
         // An OCI image reference as a template id: the image's automatic template, as `kiln run --image` makes.
         if name.contains("/") || name.contains(":"), let reference = RootImage.ociReference(name) {
-            return try await imageTemplate(name, reference)
+            return try await imageTemplate(name, reference, network: network)
         }
         guard name == "base" else { throw APIError(404, "template '\(name)' not found (make it with `kiln template create \(name)`)") }
         while building.withLock({ b in defer { b = true }; return b }) {
             try await Task.sleep(nanoseconds: 200_000_000)
-            if Templates.usable(name) { return Templates.path(name) }
+            if Templates.usable(own) { return Templates.path(own) }
         }
         defer { building.withLock { $0 = false } }
-        if Templates.usable(name) { return Templates.path(name) }
+        if Templates.usable(own) { return Templates.path(own) }
         var config: Sandbox.Configuration
         do {
             config = Sandbox.Configuration(kernelPath: try DefaultImages.kernel(), imagePath: try DefaultImages.image(named: "debian"))
             config.agentDisk = try DefaultImages.agentDisk()
         } catch { throw APIError(500, "cannot build the base template: \(error.message)") }
-        let sandbox = try await Templates.create(name, config: config)
+        try await makeTemplate(own, config, network: network)
+        return Templates.path(own)
+    }
+
+    /// Boots `config` once and saves it as template `name`; with `network`, on a network of its
+    /// own that nothing can leave (the template's boot needs none; a sandbox restored from it
+    /// gets its own).
+    static func makeTemplate(_ name: String, _ config: Sandbox.Configuration, network: LauncherNetworks?,
+                             imageConfig: ImageConfiguration.RunConfig? = nil) async throws {
+        var config = config
+        if let network { config.network = try await BlockingExecutor.service.run { try network.create(EgressPolicy(internet: false)) } }
+        defer { config.network?.close() }
+        let sandbox = try await Templates.create(name, config: config, imageConfig: imageConfig)
         sandbox.stop()
-        return Templates.path(name)
     }
 }
 
 extension ServeTemplates {
     /// The template of OCI image `reference`: found, or made (pulled, its root disk built, booted once).
-    static func imageTemplate(_ name: String, _ reference: ImageReference) async throws -> String {
+    static func imageTemplate(_ name: String, _ reference: ImageReference, network: LauncherNetworks?) async throws -> String {
         func config(disk: String) throws -> Sandbox.Configuration {
             var c = Sandbox.Configuration(kernelPath: try DefaultImages.kernel(), imagePath: disk)
             c.agentDisk = try DefaultImages.agentDisk()
@@ -248,8 +280,8 @@ extension ServeTemplates {
         do { store = try ContentStore(root: Templates.cacheDirectory + "/oci") } catch { throw APIError(500, "image store: \(error)") }
         if let image = try? store.image(for: reference),
            let disk = RootDisk.cached(cacheRoot: Templates.cacheDirectory + "/oci/disks", key: image.manifestDigest),
-           let c = try? config(disk: disk), Templates.usable(Templates.autoName(for: c)) {
-            return Templates.path(Templates.autoName(for: c))
+           let c = try? config(disk: disk), Templates.usable(Templates.autoName(for: c, withNetwork: network != nil)) {
+            return Templates.path(Templates.autoName(for: c, withNetwork: network != nil))
         }
         guard runsPrograms.withLock({ $0 }) || (try? store.image(for: reference)).flatMap({ $0 }).map({
             RootDisk.cached(cacheRoot: Templates.cacheDirectory + "/oci/disks", key: $0.manifestDigest) != nil }) == true else {
@@ -264,10 +296,9 @@ extension ServeTemplates {
         }
         let c: Sandbox.Configuration
         do { c = try config(disk: root.disk) } catch { throw APIError(500, "\(error)") }
-        let auto = Templates.autoName(for: c)
+        let auto = Templates.autoName(for: c, withNetwork: network != nil)
         if Templates.usable(auto) { return Templates.path(auto) }
-        let sandbox = try await Templates.create(auto, config: c, imageConfig: root.runConfig)
-        sandbox.stop()
+        try await makeTemplate(auto, c, network: network, imageConfig: root.runConfig)
         return Templates.path(auto)
     }
 }

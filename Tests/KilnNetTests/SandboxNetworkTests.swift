@@ -1,6 +1,7 @@
 import Glibc
 import KilnTestSupport
 @testable import KilnNet
+import Synchronization
 import Testing
 
 /// IPv4 ranges and the policy's ruleset: pure, no root needed.
@@ -28,6 +29,15 @@ import Testing
         }
     }
 
+    @Test func aPolicyCrossesToTheLauncherUnchanged() {
+        let policy = EgressPolicy(internet: false, allow: [IPv4Range("198.18.0.2/32")!, IPv4Range("1.2.3.0/24")!],
+                                  deny: [IPv4Range("0.0.0.0/0")!])
+        #expect(EgressPolicy(encoded: policy.encoded) == policy)
+        #expect(EgressPolicy(encoded: EgressPolicy().encoded) == EgressPolicy())
+        #expect(EgressPolicy(encoded: "internet 1\nallow 300.0.0.0/8") == nil)
+        #expect(EgressPolicy(encoded: "internet 1\npath /etc") == nil)
+    }
+
     @Test func rulesetAllowsBeforeItDeniesAndEndsByThePolicy() {
         let open = EgressPolicy(internet: true, allow: [IPv4Range("10.9.0.0/16")!], deny: [IPv4Range("198.18.0.0/15")!])
         let text = open.ruleset(tap: "kiln-tap", uplink: "kiln-n0", gateway: SandboxNetwork.gatewayAddress,
@@ -41,6 +51,12 @@ import Testing
         #expect(!closed.contains("dnat ip to"))
         #expect(!closed.split(separator: "\n").contains(where: { String($0).trimmed() == "accept" }))
     }
+}
+
+final class Flag: Sendable {
+    private let state = Mutex(false)
+    func set() { state.withLock { $0 = true } }
+    var value: Bool { state.withLock { $0 } }
 }
 
 /// Real namespaces, veths and nftables on this host (root). No traffic is sent.
@@ -96,6 +112,30 @@ import Testing
         #expect(Files.write(network.namespacePath + ".owner", "\(dead)\n"))
         SandboxNetwork.sweep(runtimeBase: base)
         #expect(access(network.namespacePath, F_OK) != 0)
+        #expect(Self.waitGone(network.hostVeth))
+    }
+
+    /// The service's networks (docs/net.md, "Networks in the service"): its launcher's side
+    /// names one, changes its rules in place and gives it back.
+    @Test func aNamedNetworksPolicyChangesInPlaceAndReleaseRemovesIt() throws {
+        let network = try SandboxNetwork.create(policy: EgressPolicy(internet: false), runtimeBase: base)
+        // What the service holds: a handle whose name stays until it is given back.
+        let released = Flag()
+        let handle = SandboxNetwork.named(index: network.index, policy: network.policy, runtimeBase: base) { released.set() }
+        handle.detachName()
+        #expect(access(handle.namespacePath, F_OK) == 0, "a named network keeps its name while it runs")
+        let table = { Self.sh("nsenter --net=\(handle.namespacePath) nft list table inet kiln").output }
+        #expect(!table().contains("198.18.0.2"))
+        try SandboxNetwork.replacePolicy(index: network.index, runtimeBase: base,
+                                         EgressPolicy(internet: false, allow: [IPv4Range("198.18.0.2/32")!]))
+        #expect(table().contains("198.18.0.2"), "\(table())")
+        #expect(table().split(separator: "\n").filter { $0.contains("table inet kiln") }.count == 1, "one table, replaced")
+        // A request naming no network is refused with one line, the host untouched.
+        #expect(throws: NetworkError.self) { try SandboxNetwork.replacePolicy(index: 4000, runtimeBase: base, EgressPolicy()) }
+        handle.close()
+        #expect(released.value)
+        SandboxNetwork.release(index: network.index, runtimeBase: base)
+        #expect(access(handle.namespacePath, F_OK) != 0)
         #expect(Self.waitGone(network.hostVeth))
     }
 

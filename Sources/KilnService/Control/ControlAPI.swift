@@ -111,6 +111,11 @@ struct ControlAPI {
             try await manager.kill(tenant: t, id: p.first!)
             try await response.respond(.noContent)
             return 204
+        case (.PUT, 2) where p.last == "network":
+            guard let body = try await decode(NetworkRequest.self, request) else { throw APIError(400, "the request needs a JSON body") }
+            try await manager.updateNetwork(tenant: t, id: p.first!, body)
+            try await response.respond(.noContent)
+            return 204
         case (.POST, 2):
             let id = p.first!
             switch p.last! {

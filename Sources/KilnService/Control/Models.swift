@@ -14,17 +14,20 @@ struct NewSandboxRequest: Decodable, Sendable {
     var envVars: [String: String]?
     /// Named volumes of the tenant to mount read-write (Volumes.swift).
     var volumeMounts: [VolumeMountRequest]?
+    /// E2B's `SandboxNetworkConfig` (Networks.swift).
+    var network: NetworkRequest?
 
     enum CodingKeys: String, CodingKey {
-        case templateID, timeout, autoPause, secure, metadata, envVars, volumeMounts
+        case templateID, timeout, autoPause, secure, metadata, envVars, volumeMounts, network
         case allowInternetAccess = "allow_internet_access"
     }
 
     init(templateID: String, timeout: Int? = nil, autoPause: Bool? = nil, secure: Bool? = nil, allowInternetAccess: Bool? = nil,
-         metadata: [String: String]? = nil, envVars: [String: String]? = nil, volumeMounts: [VolumeMountRequest]? = nil) {
+         metadata: [String: String]? = nil, envVars: [String: String]? = nil, volumeMounts: [VolumeMountRequest]? = nil,
+         network: NetworkRequest? = nil) {
         self.templateID = templateID; self.timeout = timeout; self.autoPause = autoPause; self.secure = secure
         self.allowInternetAccess = allowInternetAccess; self.metadata = metadata; self.envVars = envVars
-        self.volumeMounts = volumeMounts
+        self.volumeMounts = volumeMounts; self.network = network
     }
 
     init(from decoder: any Decoder) throws {
@@ -37,6 +40,7 @@ struct NewSandboxRequest: Decodable, Sendable {
         metadata = try c.decodeIfPresent([String: String].self, forKey: .metadata)
         envVars = try c.decodeIfPresent([String: String].self, forKey: .envVars)
         volumeMounts = try c.decodeIfPresent([VolumeMountRequest].self, forKey: .volumeMounts)
+        network = try c.decodeIfPresent(NetworkRequest.self, forKey: .network)
     }
 }
 
@@ -95,6 +99,9 @@ struct SandboxDescription: Encodable, Sendable {
     var envdAccessToken: String?
     var domain: String?
     var volumeMounts: [VolumeMountRequest]?
+    /// As asked at create (nil: not said), and the egress rules in force (nil: no network).
+    var allowInternetAccess: Bool?
+    var network: NetworkDescription?
 }
 
 /// E2B's `SnapshotInfo`.

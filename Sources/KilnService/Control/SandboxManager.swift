@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import Images
+import KilnNet
 import LinuxSys
 import Logging
 import Sandbox
@@ -33,6 +34,8 @@ struct SandboxRecord: Codable, Sendable {
     var image: ImageConfiguration.RunConfig?
     /// The tenant's volumes mounted in it (Volumes.swift); nil or empty: none.
     var volumeMounts: [MountedVolume]? = nil
+    /// Its network (Networks.swift); nil: none, the VM has no network device.
+    var network: NetworkRecord? = nil
 }
 
 /// An API error in E2B's shape: the HTTP status and a message.
@@ -66,6 +69,9 @@ public actor SandboxManager {
         /// The owner of new volumes' directories (Volumes.swift); nil: the service's user. As root:
         /// E2B's `user` (1000:1000), whom the guest's commands run as.
         public var volumeOwner: (uid: UInt32, gid: UInt32)? = geteuid() == 0 ? (1000, 1000) : nil
+        /// Who sets up sandbox networks (the launcher, as root); nil: creates that ask for a
+        /// network are refused.
+        public var networks: LauncherNetworks?
         public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
     }
 
@@ -88,6 +94,8 @@ public actor SandboxManager {
     let settings: Settings
     let tenants: Tenants
     let resolveTemplate: TemplateResolver
+    /// The same template made with a network device (Networks.swift); nil: none can be.
+    let resolveNetworkTemplate: TemplateResolver?
     let blocking: BlockingExecutor
     let logger: Logger
     public let metrics: Metrics
@@ -102,10 +110,12 @@ public actor SandboxManager {
     let volumes: VolumeStore
     var mounting: [String: Int] = [:]
 
-    public init(settings: Settings, tenants: Tenants, resolveTemplate: @escaping TemplateResolver, metrics: Metrics, logger: Logger) throws {
+    public init(settings: Settings, tenants: Tenants, resolveTemplate: @escaping TemplateResolver,
+                resolveNetworkTemplate: TemplateResolver? = nil, metrics: Metrics, logger: Logger) throws {
         self.settings = settings
         self.tenants = tenants
         self.resolveTemplate = resolveTemplate
+        self.resolveNetworkTemplate = resolveNetworkTemplate
         self.metrics = metrics
         self.logger = logger
         blocking = BlockingExecutor(threads: 32)
@@ -167,7 +177,8 @@ public actor SandboxManager {
         do {
             let sandbox = try await blocking.run { try await Sandbox.adopt(directory: directory) }
             sandbox.parkWhenIdle(after: settings.idlePause)
-            let live = ServiceSandbox(id: record.id, sandbox: sandbox, envVars: record.envVars, image: record.image, blocking: blocking)
+            let live = ServiceSandbox(id: record.id, sandbox: sandbox, envVars: record.envVars, image: record.image, blocking: blocking,
+                                      networkIndex: record.network?.index)
             await live.reattach()
             return live
         } catch {
@@ -212,19 +223,27 @@ public actor SandboxManager {
         // The checks `kiln run` makes, with the same messages naming the request's fields.
         do throws(SettingError) { try request.validate() } catch { throw APIError(400, error.apiDescription) }
         let mounts = try resolveMounts(tenant: tenant, request)
+        let policy = try request.egressPolicy()
+        if policy != nil && settings.networks == nil {
+            throw APIError(400, "this service gives sandboxes no network (it runs without root): create without allow_internet_access and network")
+        }
         // A tenant at its sandbox limit is refused before its template is looked up (or built: `base` boots a VM).
         try checkCount(tenant)
         let template: String
         var pooled = false
         do {
-            if let saved = savedSnapshot(tenant: tenant, request.templateID) { template = saved.directory } else {
+            if let saved = savedSnapshot(tenant: tenant, request.templateID) { template = saved.directory } else if policy != nil {
+                guard let resolveNetworkTemplate else { throw APIError(400, "this service has no templates with a network device") }
+                template = try await resolveNetworkTemplate(request.templateID)
+            } else {
                 template = try await resolveTemplate(request.templateID)
                 pooled = true
             }
         } catch let e as APIError { throw e } catch {
             throw APIError(500, "template '\(request.templateID)' cannot be used: \(error)")
         }
-        return try await startRecord(tenant: tenant, request, snapshot: template, started: started, waited: waited, pooled: pooled, volumes: mounts)
+        return try await startRecord(tenant: tenant, request, snapshot: template, started: started, waited: waited, pooled: pooled,
+                                     volumes: mounts, network: policy.map { (request.allowInternetAccess, $0) })
     }
 
     /// The volumes a create names, checked: the tenant's own, by name, at valid guest paths.
@@ -248,11 +267,21 @@ public actor SandboxManager {
     /// template's snapshot, whose warm pool may have a sandbox ready.
     func startRecord(tenant: Tenant, _ request: NewSandboxRequest, snapshot template: String,
                      started: Double = Timestamps.now(), waited: Double = 0, pooled: Bool = false,
-                     volumes mounts: [MountedVolume] = []) async throws(APIError) -> SandboxRecord {
+                     volumes mounts: [MountedVolume] = [],
+                     network asked: (allowInternetAccess: Bool?, policy: EgressPolicy)? = nil) async throws(APIError) -> SandboxRecord {
         let timeout = request.timeout ?? settings.defaultTimeout
         let info: SnapshotInfo
         do { info = try SnapshotInfo.read(directory: template) } catch {
             throw APIError(500, "template '\(request.templateID)' is damaged: \(error)")
+        }
+        // A snapshot saved from a sandbox with a network has a network device: it restores with a
+        // network, closed unless the create opened it; one without cannot gain one.
+        var asked = asked
+        if info.config.net != nil && asked == nil {
+            guard settings.networks != nil else { throw APIError(400, "snapshot '\(request.templateID)' has a network device, and this service gives no networks") }
+            asked = (false, EgressPolicy(internet: false))
+        } else if info.config.net == nil && asked != nil {
+            throw APIError(400, "snapshot '\(request.templateID)' was saved from a sandbox without a network: it cannot have one")
         }
         // Volumes bind the template's spare virtio-fs slots; an older template may have none.
         guard mounts.count <= info.config.shares.count else {
@@ -275,11 +304,11 @@ public actor SandboxManager {
         do {
             // A pooled sandbox was restored without volumes, and they bind only at restore: a
             // create with volumes restores its own.
-            if pooled, bound.isEmpty,
+            if pooled, bound.isEmpty, asked == nil,
                let ready = await handOutPooled(request.templateID, snapshot: template, id: id, envVars: request.envVars ?? [:]) {
                 live = ready
             } else {
-                live = try await start(id: id, snapshot: template, envVars: request.envVars ?? [:], volumes: bound)
+                live = try await start(id: id, snapshot: template, envVars: request.envVars ?? [:], volumes: bound, network: asked?.policy)
             }
         } catch {
             metrics.count(error: "create")
@@ -292,7 +321,8 @@ public actor SandboxManager {
             envVars: request.envVars ?? [:], accessToken: Random.hex(bytes: 24), autoPause: request.autoPause ?? false,
             cpuCount: info.vcpus, memoryMB: memoryMB, diskSizeMB: Int((info.config.disks.first.map { fileSize($0.path) } ?? 0) >> 20),
             state: .running, runtimeDirectory: live.sandbox.directory, image: live.image,
-            volumeMounts: mounts.isEmpty ? nil : mounts)
+            volumeMounts: mounts.isEmpty ? nil : mounts,
+            network: asked.map { NetworkRecord(allowInternetAccess: $0.allowInternetAccess, policy: $0.policy, index: live.networkIndex) })
         entries[id] = Entry(record: record, live: live)
         save(record)
         metrics.observeCreate(seconds: Timestamps.now() - started, waited: waited)
@@ -347,8 +377,9 @@ public actor SandboxManager {
         defer { release(t, memoryMB: e.record.memoryMB) }
         e.busy = true
         defer { e.busy = false }
-        let live = try await start(id: id, snapshot: snapshotDirectory(id), envVars: e.record.envVars)
+        let live = try await start(id: id, snapshot: snapshotDirectory(id), envVars: e.record.envVars, network: e.record.network?.policy)
         e.live = live
+        e.record.network?.index = live.networkIndex
         e.record.state = .running
         e.record.runtimeDirectory = live.sandbox.directory
         e.record.endAt = Timestamps.now() + Double(seconds)
@@ -484,7 +515,8 @@ public actor SandboxManager {
             do {
                 let request = NewSandboxRequest(templateID: source.templateID, timeout: timeout, autoPause: source.autoPause,
                                                 metadata: source.metadata, envVars: source.envVars)
-                results.append(.success(try await startRecord(tenant: tenant, request, snapshot: dir)))
+                results.append(.success(try await startRecord(tenant: tenant, request, snapshot: dir,
+                                                              network: source.network.map { ($0.allowInternetAccess, $0.policy) })))
             } catch {
                 results.append(.failure(error))
             }
@@ -563,19 +595,25 @@ public actor SandboxManager {
         if let p = pending[tenant.name] { pending[tenant.name] = (p.count - 1, p.memory - memoryMB) }
     }
 
-    func start(id: String, snapshot: String, envVars: [String: String], volumes: [Volume] = []) async throws(APIError) -> ServiceSandbox {
+    func start(id: String, snapshot: String, envVars: [String: String], volumes: [Volume] = [],
+               network policy: EgressPolicy? = nil) async throws(APIError) -> ServiceSandbox {
         let settings = self.settings, vms = vmsDirectory
+        let network: SandboxNetwork? = if let policy { try await makeNetwork(policy) } else { nil }
         do {
             let sandbox = try await blocking.run {
                 try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: vms, hostProfile: settings.hostProfile,
-                                          isolation: settings.isolation, lifetime: settings.lifetime, volumes: volumes)
+                                          isolation: settings.isolation, lifetime: settings.lifetime, volumes: volumes, network: network)
             }
+            // The network's name lasts as long as its VMM (a restarted service still finds it).
+            if let network, let pid = sandbox.vmmProcess?.pid { network.recordOwner(pid) }
             sandbox.parkWhenIdle(after: settings.idlePause)
             let live = ServiceSandbox(id: id, sandbox: sandbox, envVars: envVars,
-                                      image: try? Templates.imageConfig(snapshotDirectory: snapshot), blocking: blocking)
+                                      image: try? Templates.imageConfig(snapshotDirectory: snapshot), blocking: blocking,
+                                      networkIndex: network?.index)
             await live.reattach()
             return live
         } catch {
+            network?.close()
             logger.error("cannot start sandbox \(id): \(error)")
             throw APIError(500, "cannot start the sandbox: \(error)")
         }
@@ -590,6 +628,7 @@ public actor SandboxManager {
         e.busy = true
         defer { e.busy = false }
         await live.close()
+        await releaseNetwork(e)
         // The previous snapshot (a resumed sandbox's memory was mapped from it) goes only now.
         FileIO.removeTree(final)
         rename(fresh, final)
@@ -605,6 +644,7 @@ public actor SandboxManager {
         let id = e.record.id
         e.busy = true
         if let live = e.live { await live.close() }
+        await releaseNetwork(e)
         forget(id)
         updateGauges()
         logger.info("killed sandbox \(id)")
@@ -644,7 +684,9 @@ public actor SandboxManager {
                            startedAt: Timestamps.rfc3339(r.startedAt), endAt: Timestamps.rfc3339(r.endAt),
                            cpuCount: r.cpuCount, memoryMB: r.memoryMB, diskSizeMB: r.diskSizeMB, metadata: r.metadata,
                            state: r.state.rawValue, envdVersion: settings.envdVersion, envdAccessToken: r.accessToken, domain: nil,
-                           volumeMounts: r.volumeMounts.map { $0.map { VolumeMountRequest(name: $0.name, path: $0.path) } })
+                           volumeMounts: r.volumeMounts.map { $0.map { VolumeMountRequest(name: $0.name, path: $0.path) } },
+                           allowInternetAccess: r.network?.allowInternetAccess,
+                           network: r.network.map { NetworkDescription(allowOut: $0.allowOut, denyOut: $0.denyOut) })
     }
 
     func created(_ r: SandboxRecord) -> CreatedSandbox {

@@ -25,14 +25,18 @@ final class ServiceSandbox: Sendable {
     /// Env, WorkingDir and User are the defaults of every process started through the API.
     let image: ImageConfiguration.RunConfig?
     let blocking: BlockingExecutor
+    /// The launcher's index of its network (Networks.swift); nil: none.
+    let networkIndex: Int?
     let processes = ProcessTable()
     let watchers = Watchers()
     let users = Mutex<[String: GuestUser]>([:])
     /// E2B's default user when a request names none.
     static let defaultUser = "user"
 
-    init(id: String, sandbox: Sandbox, envVars: [String: String], image: ImageConfiguration.RunConfig? = nil, blocking: BlockingExecutor) {
+    init(id: String, sandbox: Sandbox, envVars: [String: String], image: ImageConfiguration.RunConfig? = nil, blocking: BlockingExecutor,
+         networkIndex: Int? = nil) {
         self.id = id
+        self.networkIndex = networkIndex
         self.sandbox = sandbox
         self.envVars = envVars
         self.image = image

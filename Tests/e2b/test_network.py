@@ -1,0 +1,135 @@
+"""Sandbox networks through the service (docs/net.md, "Networks in the service"): E2B's
+`allow_internet_access` and `network` on create and `Sandbox.update_network` on a running sandbox,
+driven by the unmodified SDK.
+
+The network rule: the "internet" is a namespace this module creates (198.18.1.2, in the
+benchmarking range, routed by the host over the module's veth), with 169.254.169.254 routed into
+it too, so that even a broken policy reaches nothing but the test's own namespace."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from support import run
+
+SERVER, HOST_SIDE, PORT = "198.18.1.2", "198.18.1.1", 8080
+METADATA = "169.254.169.254"
+
+
+def ip(*args):
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def internet():
+    """A namespace with an HTTP server answering `internet-hello` on SERVER and METADATA."""
+    pid = os.getpid() % 100000
+    ns, veth, peer = f"kiln-e2b-inet-{pid}", f"kte{pid}", f"ktf{pid}"
+    subprocess.run(["ip", "link", "del", veth], capture_output=True)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    ip("netns", "add", ns)
+    server = None
+    try:
+        ip("link", "add", veth, "type", "veth", "peer", "name", peer, "netns", ns)
+        ip("addr", "add", f"{HOST_SIDE}/30", "dev", veth)
+        ip("link", "set", veth, "up")
+        ip("route", "replace", f"{METADATA}/32", "via", SERVER)
+        ip("-n", ns, "addr", "add", f"{SERVER}/30", "dev", peer)
+        ip("-n", ns, "addr", "add", f"{METADATA}/32", "dev", "lo")
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "link", "set", peer, "up")
+        ip("-n", ns, "route", "add", "default", "via", HOST_SIDE)
+        with open(f"/proc/sys/net/ipv4/conf/{veth}/forwarding", "w") as f:
+            f.write("1")
+        code = (
+            "import http.server\n"
+            "class H(http.server.BaseHTTPRequestHandler):\n"
+            "    def do_GET(self):\n"
+            "        self.send_response(200); self.end_headers(); self.wfile.write(b'internet-hello\\n')\n"
+            "    def log_message(self, *a): pass\n"
+            f"http.server.ThreadingHTTPServer(('0.0.0.0', {PORT}), H).serve_forever()\n"
+        )
+        server = subprocess.Popen(["ip", "netns", "exec", ns, "python3", "-c", code])
+        deadline = time.monotonic() + 10
+        while subprocess.run(["ip", "netns", "exec", ns, "python3", "-c",
+                              f"import socket; socket.create_connection(('{SERVER}', {PORT}), 1)"],
+                             capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "the fake internet's server did not start"
+            time.sleep(0.2)
+        yield
+    finally:
+        if server:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "route", "del", f"{METADATA}/32", "via", SERVER], capture_output=True)
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def fetch(sbx, address):
+    """An HTTP GET from inside the guest (bash's /dev/tcp: no client program needed); the output
+    when it reached the fake internet's server, None when the connection failed."""
+    cmd = (f"timeout 15 bash -c 'exec 3<>/dev/tcp/{address}/{PORT} && "
+           f"printf \"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n\" >&3 && cat <&3'")
+    try:
+        r = run(sbx, cmd)
+    except Exception:  # CommandExitException: the connection was refused or timed out
+        return None
+    return r.stdout if "internet-hello" in r.stdout else None
+
+
+def host_veths():
+    return {name for name in os.listdir("/sys/class/net") if name.startswith("kiln-h")}
+
+
+@pytest.mark.slow
+def test_egress_follows_the_policy_and_changes_live(service, internet, new_sandbox):
+    before = host_veths()
+    sbx = new_sandbox(allow_internet_access=True, timeout=600)
+    assert fetch(sbx, SERVER) is not None
+    # Always denied, whatever the policy says, unless allowed by CIDR: the metadata address.
+    assert fetch(sbx, METADATA) is None
+    info = sbx.get_info()
+    assert info.allow_internet_access is True
+
+    # A live change: the server's address denied, then open again; no restart in between.
+    started = sbx.commands.run("cat /proc/uptime", request_timeout=60).stdout.split()[0]
+    sbx.update_network({"deny_out": [f"{SERVER}/32"]})
+    assert fetch(sbx, SERVER) is None
+    assert sbx.get_info().network["deny_out"] == [SERVER]
+    sbx.update_network({"deny_out": ["0.0.0.0/0"], "allow_out": [SERVER]})
+    assert fetch(sbx, SERVER) is not None
+    assert float(sbx.commands.run("cat /proc/uptime", request_timeout=60).stdout.split()[0]) >= float(started)
+
+    # Killed: its network (the host's veth end) goes with it.
+    assert host_veths() - before
+    sbx.kill()
+    deadline = time.monotonic() + 20
+    while host_veths() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not host_veths() - before, "the sandbox's network outlived it"
+
+
+@pytest.mark.slow
+def test_no_internet_access_reaches_nothing_but_what_is_allowed(service, internet, new_sandbox):
+    closed = new_sandbox(allow_internet_access=False)
+    assert fetch(closed, SERVER) is None
+    assert closed.get_info().allow_internet_access is False
+    # Opened live by an explicit allow (allow wins over the closed default).
+    closed.update_network({"allow_out": [f"{SERVER}/32"], "allow_internet_access": False})
+    assert fetch(closed, SERVER) is not None
+
+
+def test_a_sandbox_that_asks_for_no_network_has_no_network_device(service, shared_sandbox):
+    r = run(shared_sandbox, "ls /sys/class/net")
+    assert r.stdout.split() == ["lo"]
+    assert shared_sandbox.get_info().allow_internet_access is None
+
+
+def test_bad_network_rules_are_refused_with_the_field_named(service, new_sandbox):
+    from e2b import InvalidArgumentException, SandboxException
+    with pytest.raises((InvalidArgumentException, SandboxException)) as e:
+        new_sandbox(network={"deny_out": ["300.1.1.1"]})
+    assert "denyOut" in str(e.value) and "300.1.1.1" in str(e.value)
