@@ -40,7 +40,8 @@ fi
 log "Debian image (debootstrap on first use, a few minutes; cached)"
 image=$(rootfs/build-debian-image.sh | tail -1)
 kernel=$(readlink -f "$CACHE/kernel/vmlinux")
-made_from="image=$image kernel=$kernel"
+agent=$(rootfs/build-agent-disk.sh | tail -1)   # cached; a new agent makes a new template
+made_from="image=$image kernel=$kernel agent=$agent"
 stamp=$CACHE/templates/.base.made-from   # dot-names are not templates (kiln template list skips them)
 templates=$("$KILN" template list)   # usable ones are listed by name alone
 if ! grep -qx base <<<"$templates" || [[ $(cat "$stamp" 2>/dev/null) != "$made_from" ]]; then

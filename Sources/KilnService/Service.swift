@@ -19,7 +19,15 @@ public struct Service: HTTPHandler {
 
     public func handle(_ request: HTTPRequest, _ response: HTTPResponseWriter) async {
         do {
-            if let id = request.header("e2b-sandbox-id") {
+            // E2B's sandbox host names, `PORT-ID.DOMAIN`: envd's port is the envd API, any other
+            // a port in the guest (PortProxy).
+            if let host = request.header("host"), let (port, id) = PortProxy.target(host: host) {
+                if port == Envd.port {
+                    try await envd.handle(request, response, sandboxID: id)
+                } else {
+                    try await PortProxy.serve(request, response, manager: manager, sandboxID: id, port: port)
+                }
+            } else if let id = request.header("e2b-sandbox-id") {
                 try await envd.handle(request, response, sandboxID: id)
             } else {
                 try await control.handle(request, response)

@@ -6,9 +6,10 @@ import Synchronization
 /// `kiln run -p HOSTPORT:GUESTPORT` (docs/net.md, "Ports in"): a TCP listener on the host's
 /// 127.0.0.1:HOSTPORT whose connections reach 127.0.0.1:GUESTPORT inside the guest over the agent's
 /// vsock session, so it works without any network device. Each connection is relayed by one guest
-/// `busybox nc 127.0.0.1 GUESTPORT` started through Exec, its stdin and stdout the connection's two
-/// directions with the agent protocol's credit as flow control: no new message type, so any
-/// agent of protocol 1.0 serves it (the cost is one guest process per connection).
+/// process, the agent's own binary in its relay mode (`/proc/1/exe --forward GUESTPORT`,
+/// PortRelay), started through Exec, its stdin and stdout the connection's two directions with
+/// the agent protocol's credit as flow control: no new message type, and no program the image
+/// must have (the cost is one guest process per connection).
 public final class PortForward: Sendable {
     public struct Mapping: Sendable, Equatable, CustomStringConvertible {
         public var hostPort: UInt16
@@ -31,8 +32,11 @@ public final class PortForward: Sendable {
     let listener: Int32
     let stopped = StopFlag()
 
-    /// The relay command in the guest: busybox, which Kiln's images have, exec'd directly.
-    static func relayCommand(_ port: UInt16) -> [String] { ["busybox", "nc", "127.0.0.1", "\(port)"] }
+    /// The relay in the guest: the agent's binary (PID 1's, whatever the image has), run as root,
+    /// the only user who may execute another's `/proc/PID/exe`.
+    public static func relay(_ port: UInt16) -> Exec {
+        Exec(argv: ["/proc/1/exe", "--forward", "\(port)"], environment: [])
+    }
 
     /// Binds 127.0.0.1:HOSTPORT now (so that it can be done before `kiln run` confines itself:
     /// afterwards only `accept` is left to it) and starts serving connections into `sandbox`.
@@ -79,7 +83,7 @@ public final class PortForward: Sendable {
 
     static func relay(_ connection: Int32, to port: UInt16, agent: AgentClient) async {
         let process: RemoteProcess
-        do { process = try await agent.exec(Exec(argv: relayCommand(port), environment: ["PATH=/bin:/usr/bin:/sbin:/usr/sbin"])) } catch {
+        do { process = try await agent.exec(relay(port)) } catch {
             Glibc.close(connection)
             return
         }

@@ -8,6 +8,8 @@ import LinuxSys
 // and friends and listens on vsock port 1024. For tests and benchmarks it also runs on the host:
 //   kiln-agent --listen PATH     serve on a Unix socket (not as init)
 //   kiln-agent --vsock-port N    serve on vsock port N (inside a guest, not as PID 1)
+// and, started by the host through Exec, one connection of a port forward:
+//   kiln-agent --forward PORT    relay stdin/stdout to 127.0.0.1:PORT in the guest (PortRelay)
 
 let software = "kiln-agent 0.1"
 let isInit = getpid() == 1
@@ -23,6 +25,11 @@ func die(_ message: String) -> Never {
     writeRaw(2, "kiln-agent: \(message)\n")
     if isInit { while true { pause() } } // PID 1 must not exit: the kernel would panic
     exit(1)
+}
+
+if !isInit, let i = args.firstIndex(of: "--forward") {
+    guard i + 1 < args.count, let port = UInt16(args[i + 1]), port > 0 else { die("--forward needs a port from 1 to 65535") }
+    exit(PortRelay.run(port: port))
 }
 
 var listener: Int32 = -1

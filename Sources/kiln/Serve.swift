@@ -229,7 +229,7 @@ enum ServeTemplates {
     /// template made by `kiln template create` serves only if it was made with one.
     static func resolve(_ name: String, network: LauncherNetworks?) async throws -> String {
         let own = network == nil || name != "base" ? name : "base-net"
-        if Templates.usable(own) {
+        if Templates.usable(own) && (own != "base-net" || twinMatchesBase()) {
             guard network == nil || own == "base-net" || (try? SnapshotInfo.read(directory: Templates.path(own)))?.config.net != nil else {
                 throw APIError(400, "template '\(name)' has no network device: a sandbox with a network needs `base` or an image")
             }
@@ -240,12 +240,13 @@ enum ServeTemplates {
             return try await imageTemplate(name, reference, network: network)
         }
         guard name == "base" else { throw APIError(404, "template '\(name)' not found (make it with `kiln template create \(name)`)") }
+        let ready = { Templates.usable(own) && (own != "base-net" || twinMatchesBase()) }
         while building.withLock({ b in defer { b = true }; return b }) {
             try await Task.sleep(nanoseconds: 200_000_000)
-            if Templates.usable(own) { return Templates.path(own) }
+            if ready() { return Templates.path(own) }
         }
         defer { building.withLock { $0 = false } }
-        if Templates.usable(own) { return Templates.path(own) }
+        if ready() { return Templates.path(own) }
         var config: Sandbox.Configuration
         do {
             config = Sandbox.Configuration(kernelPath: try DefaultImages.kernel(), imagePath: try DefaultImages.image(named: "debian"))
@@ -253,6 +254,14 @@ enum ServeTemplates {
         } catch { throw APIError(500, "cannot build the base template: \(error.message)") }
         try await makeTemplate(own, config, network: network)
         return Templates.path(own)
+    }
+
+    /// Whether `base-net` was made from the files `base` is (kernel, image, agent disk): a `base`
+    /// remade after a new agent or image makes its network twin stale, so it is made again.
+    static func twinMatchesBase() -> Bool {
+        guard let base = try? SnapshotInfo.read(directory: Templates.path("base")) else { return true }
+        guard let twin = try? SnapshotInfo.read(directory: Templates.path("base-net")) else { return false }
+        return twin.config.kernelPath == base.config.kernelPath && twin.config.disks.map(\.path) == base.config.disks.map(\.path)
     }
 
     /// Boots `config` once and saves it as template `name`; with `network`, on a network of its

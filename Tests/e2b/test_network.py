@@ -133,3 +133,36 @@ def test_bad_network_rules_are_refused_with_the_field_named(service, new_sandbox
     with pytest.raises((InvalidArgumentException, SandboxException)) as e:
         new_sandbox(network={"deny_out": ["300.1.1.1"]})
     assert "denyOut" in str(e.value) and "300.1.1.1" in str(e.value)
+
+
+def via_service(service, host, path="/", timeout=60):
+    """An HTTP GET to the service's listener with the Host header the SDK's get_host names."""
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(service.url + path, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.slow
+def test_a_port_in_the_sandbox_is_reached_through_the_service(service, new_sandbox):
+    # No network device: the request is carried over the sandbox's vsock session.
+    sbx = new_sandbox()
+    token = os.urandom(8).hex()
+    run(sbx, f"mkdir -p /tmp/www && echo {token} > /tmp/www/index.html")
+    sbx.commands.run("cd /tmp/www && exec python3 -m http.server 8000", background=True)
+    host = sbx.get_host(8000)
+    assert host.startswith(f"8000-{sbx.sandbox_id}.")
+
+    from support import wait_until
+    status, body = wait_until(lambda: (lambda r: r if r[0] == 200 else None)(via_service(service, host, "/index.html")),
+                              "the guest's HTTP server through the service")
+    assert body == token + "\n"
+    # The guest's own answers pass through as they are; a port nothing listens on, and an
+    # unknown sandbox, are the proxy's 502.
+    assert via_service(service, host, "/missing")[0] == 404
+    assert via_service(service, sbx.get_host(8001))[0] == 502
+    assert via_service(service, "8000-iunknownsandbox00000.e2b.app")[0] == 502

@@ -557,6 +557,15 @@ public actor SandboxManager {
         return live
     }
 
+    /// The running sandbox a port request names (PortProxy): no token, as E2B's public traffic;
+    /// 502 as envd answers for a sandbox it does not have.
+    func portTarget(id: String) throws(APIError) -> ServiceSandbox {
+        guard let e = entries[id], e.record.state == .running, let live = e.live else {
+            throw APIError(502, "The sandbox \(id) was not found or is paused")
+        }
+        return live
+    }
+
     /// Stops the timeout sweep and the warm pools (their VMs end); the tenants' sandboxes run on.
     public func shutdown() async {
         ttlTask?.cancel()

@@ -7,6 +7,9 @@ import NIOHTTP1
 struct Envd {
     let manager: SandboxManager
 
+    /// envd's port in E2B's sandbox host names (`49983-ID.DOMAIN`).
+    static let port: UInt16 = 49983
+
     func handle(_ request: HTTPRequest, _ response: HTTPResponseWriter, sandboxID: String) async throws {
         let sandbox: ServiceSandbox
         do { sandbox = try await manager.envdTarget(id: sandboxID, token: request.header("x-access-token")) } catch {
