@@ -39,15 +39,21 @@ import VMM
         return false
     }
 
+    /// `kiln run -- sh -c SCRIPT` once SCRIPT printed "started", and its jailed VMM.
+    static func runUntilStarted(_ script: String) throws -> (KilnProcess, vmm: pid_t) {
+        let kiln = try KilnProcess(["run", "--", "sh", "-c", script])
+        kiln.closeInput()
+        try kiln.waitForLine("started", seconds: seconds)
+        let vmm = kiln.children
+        try #require(vmm.count == 1, "kiln run's children: \(vmm)")
+        return (kiln, vmm[0])
+    }
+
     /// The VMM SIGKILLed while the command streams: `kiln run` says so in one line and exits 1,
     /// and its supervisor removed the jail, the cgroup and the runtime directory.
     @Test func aVMMKilledWhileACommandStreamsEndsTheRunWithOneLineAndLeavesNothing() throws {
-        let kiln = try KilnProcess(["run", "--", "sh", "-c", "echo started; while true; do echo tick; sleep 1; done"])
-        kiln.closeInput()
-        try kiln.waitForLine("started", seconds: Self.seconds)
-        let vmm = kiln.children
-        try #require(vmm.count == 1, "kiln run's children: \(vmm)")
-        kill(vmm[0], SIGKILL)
+        let (kiln, vmm) = try Self.runUntilStarted("echo started; while true; do echo tick; sleep 1; done")
+        kill(vmm, SIGKILL)
         let status = try kiln.wait(seconds: 60)
         #expect(status == 1)
         // One line, then the console's last lines if the guest printed any.
@@ -55,7 +61,7 @@ import VMM
         #expect(first == "kiln: the sandbox's VM ended while the command ran: the VMM was killed by signal 9"
                 || first == "kiln: the sandbox's VM ended while the command ran: the VMM was killed by signal 9; last console lines:",
                 "\(kiln.errorOutput)")
-        #expect(Self.gone(vmm[0]))
+        #expect(Self.gone(vmm))
         #expect(JailTests.leftovers(of: [kiln.pid]).isEmpty, "\(JailTests.leftovers(of: [kiln.pid]))")
         #expect(Self.runtimeDirectories(of: [kiln.pid]).isEmpty, "\(Self.runtimeDirectories(of: [kiln.pid]))")
     }
@@ -64,14 +70,10 @@ import VMM
     /// with its supervisor, and the next run's sweep removes the jail directories, cgroups and
     /// runtime directories they left; that run works.
     @Test func kilnRunKilledDuringACommandOrARestoreTakesItsVMMAndTheNextRunSweepsTheRest() throws {
-        let running = try KilnProcess(["run", "--", "sh", "-c", "echo started; sleep 600"])
-        running.closeInput()
-        try running.waitForLine("started", seconds: Self.seconds)
-        let vmm = running.children
-        try #require(vmm.count == 1, "kiln run's children: \(vmm)")
+        let (running, vmm) = try Self.runUntilStarted("echo started; sleep 600")
         kill(running.pid, SIGKILL)
         _ = try running.wait(seconds: 30)
-        #expect(Self.gone(vmm[0]), "the VMM \(vmm[0]) outlived its kiln run")
+        #expect(Self.gone(vmm), "the VMM \(vmm) outlived its kiln run")
         #expect(!Self.runtimeDirectories(of: [running.pid]).isEmpty, "a SIGKILLed kiln run cannot clean up (the sweep's job)")
 
         // Killed as soon as its runtime directory exists: the VMM is starting or restoring.
