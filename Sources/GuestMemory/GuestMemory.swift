@@ -8,6 +8,8 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible, Sendabl
     case mapFailed(Errno)
     case regionsOverlap
     case readFailed(Errno)
+    /// Writing guest memory out to a file failed (a full disk: ENOSPC).
+    case writeFailed(Errno)
     case shortRead(expected: Int, got: Int)
 
     public var description: String {
@@ -17,6 +19,7 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible, Sendabl
         case .mapFailed(let e): return "cannot map guest memory: \(e)"
         case .regionsOverlap: return "guest memory regions overlap"
         case .readFailed(let e): return "cannot read into guest memory: \(e)"
+        case .writeFailed(let e): return "cannot write guest memory to its file: \(e)"
         case .shortRead(let expected, let got): return "file ended early: wanted \(expected) bytes, got \(got)"
         }
     }
@@ -104,7 +107,7 @@ public final class GuestMemory: @unchecked Sendable {
                 var done = 0
                 while done < count * page {
                     let n = Glibc.pwrite(fd, start + from * page + done, count * page - done, off_t(base + from * page + done))
-                    if n < 0 { if errno == EINTR { continue }; throw .readFailed(Errno.current("pwrite")) }
+                    if n < 0 { if errno == EINTR { continue }; throw .writeFailed(Errno.current("pwrite")) }
                     done += n
                 }
                 written += done
@@ -214,7 +217,7 @@ public final class GuestMemory: @unchecked Sendable {
             let n = Glibc.pwrite(fd, p + done, count - done, off_t(offset + done))
             if n < 0 {
                 if errno == EINTR { continue }
-                throw .readFailed(Errno.current("pwrite"))
+                throw .writeFailed(Errno.current("pwrite"))
             }
             done += n
         }

@@ -116,11 +116,16 @@ public final class AgentClient: Sendable {
     public var session: AgentSession { AgentSession(version: version, software: agentSoftware, capabilities: capabilities) }
 
     /// Runs the handshake on `socket` (a connected stream socket, which this client now owns).
-    public init(socket: consuming FileDescriptor, software: String = "kiln") throws(AgentClientError) {
+    /// The handshake has a deadline (`handshakeTimeout` seconds): a guest can answer a connection
+    /// and then say nothing (a root process there can stand in for the agent), and a caller
+    /// adopting or restoring a sandbox must not wait on it for ever.
+    public init(socket: consuming FileDescriptor, software: String = "kiln", handshakeTimeout: Double = 30) throws(AgentClientError) {
         let fd = socket.release()
         self.fd = fd
         resumedSession = false
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        var deadline = timeval(tv_sec: Int(handshakeTimeout), tv_usec: Int((handshakeTimeout - handshakeTimeout.rounded(.down)) * 1e6))
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &deadline, socklen_t(MemoryLayout<timeval>.size))
         var decoder = FrameDecoder(from: .agent)
         do {
             try AgentClient.write(fd, Frame(stream: 0, .hello(Hello(software: software))).encoded())
@@ -141,9 +146,15 @@ public final class AgentClient: Sendable {
                 }
                 let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
                 if n < 0 && errno == EINTR { continue }
+                if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                    throw AgentClientError.connection("the agent did not answer the handshake within \(Int(handshakeTimeout.rounded(.up))) s")
+                }
                 if n <= 0 { throw AgentClientError.connection("the agent closed the connection during the handshake") }
                 decoder.feed(buffer[0..<n])
             }
+            // From here on the reader thread waits as long as the session lasts.
+            deadline = timeval(tv_sec: 0, tv_usec: 0)
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &deadline, socklen_t(MemoryLayout<timeval>.size))
         } catch {
             Glibc.close(fd)
             switch error {
@@ -550,7 +561,7 @@ public final class AgentClient: Sendable {
         var failure: AgentClientError?
         loop: while true {
             do {
-                while let frame = try decoder.next() { dispatch(frame) }
+                while let frame = try decoder.next() { try dispatch(frame) }
             } catch {
                 if case .remote = error {} else { send(error.frame) }
                 failure = .protocolError(error)
@@ -602,9 +613,13 @@ public final class AgentClient: Sendable {
         for r in resumers { r() }
     }
 
-    private func dispatch(_ frame: Frame) {
+    /// Hands one frame to what waits for it. Output beyond the credit this side gave is a
+    /// protocol error (thrown, and the session ends): a guest that ignored its window would
+    /// otherwise grow this process's buffers for as long as the consumer does not read.
+    private func dispatch(_ frame: Frame) throws(ProtocolError) {
         let s = frame.stream
         var resume: (() -> Void)?
+        var overrun: ProtocolError?
         state.withLock { st in
             switch frame.message {
             case .pong(let pong):
@@ -660,9 +675,13 @@ public final class AgentClient: Sendable {
                     }
                 }
             case .stdout(let bytes):
-                st.processes[s]?.output.yield(.stdout(bytes))
+                guard st.processes[s] != nil else { break }
+                do throws(ProtocolError) { try st.processes[s]!.stdoutWindow.receive(bytes.count, stream: s) } catch { overrun = error; break }
+                st.processes[s]!.output.yield(.stdout(bytes))
             case .stderr(let bytes):
-                st.processes[s]?.output.yield(.stderr(bytes))
+                guard st.processes[s] != nil else { break }
+                do throws(ProtocolError) { try st.processes[s]!.stderrWindow.receive(bytes.count, stream: s) } catch { overrun = error; break }
+                st.processes[s]!.output.yield(.stderr(bytes))
             case .credit(let channel, let bytes):
                 if channel == .stdin, st.processes[s] != nil {
                     st.processes[s]!.stdinWindow.grant(bytes)
@@ -692,6 +711,8 @@ public final class AgentClient: Sendable {
                 st.reads[s]?.info = info
                 if let c = st.reads[s]?.opened { st.reads[s]!.opened = nil; resume = { c.resume(returning: info) } }
             case .fileData(let bytes):
+                guard st.reads[s] != nil else { break }
+                do throws(ProtocolError) { try st.reads[s]!.window.receive(bytes.count, stream: s) } catch { overrun = error; break }
                 if let sink = st.reads[s]?.sink {
                     sink.yield(bytes)
                 } else if st.reads[s] != nil {
@@ -735,6 +756,7 @@ public final class AgentClient: Sendable {
                 break // the decoder refuses host-only types from the agent
             }
         }
+        if let overrun { throw overrun }
         resume?()
     }
 }

@@ -235,7 +235,7 @@ public final class Sandbox: Sendable {
             if isolation.jails {
                 // Checked here too, for the jail's limits: the memory size and the disks' sizes.
                 let info: SnapshotInfo
-                do { info = try SnapshotInfo.read(directory: snapshot) } catch { throw .setup(error.description) }
+                do { info = try SnapshotInfo.read(directory: snapshot); try info.checkMemoryFile(in: snapshot) } catch { throw .setup(error.description) }
                 guard info.hostProfile == hostProfile else {
                     throw .setup("snapshot \(snapshot) was made on a host with profile \(info.hostProfile.rawValue); this host is \(hostProfile.rawValue)")
                 }
@@ -417,7 +417,8 @@ public final class Sandbox: Sendable {
         return fd
     }
 
-    static func describe(_ outcome: MachineOutcome) -> String {
+    /// How a VM ended, in words for a message.
+    public static func describe(_ outcome: MachineOutcome) -> String {
         switch outcome {
         case .guestShutdown: "the guest shut down"
         case .guestPanicked: "the guest kernel panicked"

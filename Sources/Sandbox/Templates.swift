@@ -20,7 +20,7 @@ public enum Templates {
 
     /// Whether `name` is a usable template: complete, and written by this Kiln for this host.
     public static func usable(_ name: String, hostProfile: HostProfile = .detect()) -> Bool {
-        guard let info = try? SnapshotInfo.read(directory: path(name)) else { return false }
+        guard let info = try? SnapshotInfo.read(directory: path(name)), (try? info.checkMemoryFile(in: path(name))) != nil else { return false }
         return info.kilnVersion == kilnVersion && info.hostProfile == hostProfile
     }
 
@@ -56,8 +56,18 @@ public enum Templates {
     /// started from the template get (ImageCommand).
     public static func create(_ name: String, config: Sandbox.Configuration,
                               imageConfig: ImageConfiguration.RunConfig? = nil) async throws(SandboxError) -> Sandbox {
-        guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else { throw .setup("invalid template name '\(name)'") }
-        Files.makeDirectories(directory)
+        let sandbox = try await bootForTemplate(name, config: config)
+        do { try save(sandbox, as: name, imageConfig: imageConfig) } catch {
+            sandbox.stop()
+            throw error
+        }
+        return sandbox
+    }
+
+    /// The first half of `create`: a sandbox booted and brought to the state a template saves.
+    /// A caller that can use the sandbox even when `save` fails (a full disk) keeps it then.
+    public static func bootForTemplate(_ name: String, config: Sandbox.Configuration) async throws(SandboxError) -> Sandbox {
+        try checkName(name)
         // A template carries spare share slots, never a bound share (a snapshot of one is refused).
         var config = config
         config.volumes = []
@@ -71,6 +81,18 @@ public enum Templates {
         // A Ping answered means the agent handled every frame sent before it: the session stands
         // at a frame boundary, so the snapshot records it and clones attach to it (AgentSession).
         _ = try? await sandbox.agent.ping()
+        return sandbox
+    }
+
+    /// The second half of `create`: snapshots `sandbox` (from `bootForTemplate`) as template
+    /// `name` in `directory` (the cache's by default), replacing an older one atomically. On
+    /// failure nothing of it is left in the cache and the sandbox runs on.
+    public static func save(_ sandbox: Sandbox, as name: String, imageConfig: ImageConfiguration.RunConfig? = nil,
+                            in directory: String = Templates.directory) throws(SandboxError) {
+        try checkName(name)
+        func path(_ name: String) -> String { directory + "/" + name }
+        Files.makeDirectories(directory)
+        sweepStaging(in: directory)
         let staging = path(".\(name).tmp-\(getpid())")
         Files.removeFlatDirectory(staging)
         do {
@@ -78,7 +100,6 @@ public enum Templates {
             if let imageConfig { try writeImageConfig(imageConfig, to: staging + "/" + imageConfigFile) }
         } catch {
             Files.removeFlatDirectory(staging)
-            sandbox.stop()
             throw error
         }
         let final = path(name)
@@ -87,11 +108,24 @@ public enum Templates {
         if rename(staging, final) != 0 {
             let e = errno
             Files.removeFlatDirectory(staging)
-            sandbox.stop()
             throw .setup("cannot install template \(final): \(String(cString: strerror(e)))")
         }
         Files.removeFlatDirectory(old)
-        return sandbox
+    }
+
+    static func checkName(_ name: String) throws(SandboxError) {
+        guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else { throw .setup("invalid template name '\(name)'") }
+    }
+
+    /// Removes what a `save` killed half-way left: `.NAME.tmp-PID` and `.NAME.old-PID` of a
+    /// process that no longer runs (no template is ever read from a name starting with '.', but
+    /// each holds a whole memory file).
+    static func sweepStaging(in directory: String) {
+        for entry in Files.entries(directory) where entry.hasPrefix(".") {
+            guard entry.contains(".tmp-") || entry.contains(".old-"), let dash = entry.lastIndex(of: "-"),
+                  let pid = pid_t(entry[entry.index(after: dash)...]), pid > 0 else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH { Files.removeFlatDirectory(directory + "/" + entry) }
+        }
     }
 
     /// The file of a template that holds its image's run config (JSON, a RunConfig object).

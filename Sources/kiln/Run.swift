@@ -344,9 +344,17 @@ func runCommand(_ options: RunOptions) async -> Int32 {
         // The host's deadline stopped the VM (hostDeadline): that thread reports it and exits 124.
         if hostDeadlinePassed.load(ordering: .acquiring) { while true { usleep(100_000) } }
         terminal?.restore()
+        // The agent's connection ends with the VMM: give the thread that waits for it a moment
+        // to say how it ended (killed, out of memory), which is what the user needs to hear.
+        var ended = sandbox.ended
+        for _ in 0..<20 where ended == nil {
+            usleep(50_000)
+            ended = sandbox.ended
+        }
         let tail = sandbox.consoleTail()
         sandbox.stop()
-        fail("lost the sandbox's agent: \(error)" + (tail.isEmpty ? "" : "; last console lines:\n\(tail)"))
+        let why = ended.map { "the sandbox's VM ended while the command ran: \(Sandbox.describe($0))" } ?? "lost the sandbox's agent: \(error)"
+        fail(why + (tail.isEmpty ? "" : "; last console lines:\n\(tail)"))
     }
     BootTrace.mark("command-exited")
     for forward in forwards { forward.stop() }
@@ -413,7 +421,18 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
     while access(parent, F_OK) != 0, let slash = parent.lastIndex(of: "/"), slash != parent.startIndex { parent = String(parent[..<slash]) }
     guard access(parent, W_OK) == 0 else { return try await Sandbox.start(config) }
     writeRaw(2, "kiln: first run with this image and kernel: booting, then saving a template so that later runs start in milliseconds...\n")
-    let made = try await Templates.create(auto, config: config)
+    let made = try await Templates.bootForTemplate(auto, config: config)
+    do { try Templates.save(made, as: auto) } catch {
+        // The boot was paid for and its sandbox works: a cache that cannot take the template (a
+        // full disk) costs later runs a boot each, not this run its command.
+        writeRaw(2, "kiln: warning: could not save the template (\(error)); running without it\n")
+        guard !config.volumes.isEmpty else { return made }
+        // Volumes bind to a clone of the template; without one, a boot that mounts them.
+        made.stop()
+        var config = config
+        if let old = config.network { config.network = try await makeNetwork(old.policy) }
+        return try await Sandbox.start(config)
+    }
     guard !config.volumes.isEmpty else { return made }
     // The template's sandbox has only spare slots: a clone of it binds the volumes (docs/volumes.md).
     made.stop()

@@ -31,21 +31,8 @@ import VMM
         let kiln = try KilnProcess(["run", "--timeout", "15", "--", "sh", "-c", "echo started; sleep 600"])
         kiln.closeInput()
         try kiln.waitForLine("started", seconds: Self.seconds)
-        // The jailed VMM is a child process of kiln (root; the tests run as root), started by one
-        // of its threads: each thread's children are listed apart.
-        var vmm: [pid_t] = []
-        if let dir = opendir("/proc/\(kiln.pid)/task") {
-            while let entry = readdir(dir) {
-                let task = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                guard Int(task) != nil else { continue }
-                var buffer = [UInt8](repeating: 0, count: 4096)
-                let fd = open("/proc/\(kiln.pid)/task/\(task)/children", O_RDONLY)
-                let n = fd < 0 ? 0 : max(0, buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) })
-                if fd >= 0 { close(fd) }
-                vmm += String(decoding: buffer[0..<n], as: UTF8.self).split(separator: " ").compactMap { pid_t($0) }
-            }
-            closedir(dir)
-        }
+        // The jailed VMM is a child process of kiln (root; the tests run as root).
+        let vmm = kiln.children
         #expect(!vmm.isEmpty, "kiln run has no VMM child")
         for pid in vmm { kill(pid, SIGSTOP) }
         let status = try kiln.wait(seconds: 120)

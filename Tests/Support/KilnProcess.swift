@@ -69,6 +69,14 @@ public final class KilnProcess {
         public var description: String { "timed out waiting for \(waitingFor); output so far:\n\(output)" }
     }
 
+    /// The process's children, across all its threads (a jailed VMM is the child of the thread
+    /// that started it, and each thread's children are listed apart).
+    public var children: [pid_t] {
+        TestFiles.list("/proc/\(pid)/task").flatMap { task in
+            (TestFiles.read("/proc/\(pid)/task/\(task)/children") ?? "").split(separator: " ").compactMap { pid_t($0) }
+        }
+    }
+
     public func send(_ text: String) {
         var bytes = Array(text.utf8)
         _ = write(stdinFD, &bytes, bytes.count)

@@ -190,7 +190,7 @@ extension Machine {
         guard ftruncate(mfd, off_t(state.memoryFileSize)) == 0 else { throw fail("cannot size \(memoryPath): \(Errno.current("ftruncate"))") }
         let written: Int
         do { written = try memory.dump(toFile: mfd, offsets: state.memory.map { Int($0.fileOffset) }) }
-        catch { throw fail("cannot write guest memory: \(error)") }
+        catch { throw fail("\(error)") }
 
         // Overlay disks: the written sectors are part of the guest's view of its disk.
         for (slot, transport) in virtio.transports.enumerated() {

@@ -345,6 +345,18 @@ public struct SnapshotInfo: Sendable {
         return info
     }
 
+    /// Checks that the memory file beside the state in `directory` is as big as the state says:
+    /// a copy cut short (a full disk, a truncated file) is refused here in one line, before a VMM
+    /// maps it and would fault on the missing pages.
+    public func checkMemoryFile(in directory: String) throws(MachineError) {
+        let path = directory + "/" + SnapshotState.memoryFile
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw .snapshot(path: directory, "cannot read \(path): \(Errno.current("stat"))") }
+        guard UInt64(st.st_size) == memoryBytes else {
+            throw .snapshot(path: directory, "memory file is \(st.st_size) bytes, the state says \(memoryBytes) (truncated or from another snapshot)")
+        }
+    }
+
     struct FileIdentity: Equatable {
         let device: UInt64, inode: UInt64, size: Int64, ctimeSeconds: Int, ctimeNanoseconds: Int
         init(_ st: stat) {
