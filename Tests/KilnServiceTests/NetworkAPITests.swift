@@ -59,6 +59,7 @@ import Testing
             (#"{"allowOut": ["api.example.com"]}"#, "domain rules are not supported yet"),
             (#"{"rules": {"api.example.com": [{"transform": {"headers": {"a": "b"}}}]}}"#, "network.rules is not supported"),
             (#"{"egressProxy": {"address": "1.2.3.4:8080"}}"#, "network.egressProxy is not supported"),
+            (#"{"allowPublicTraffic": false}"#, "network.allowPublicTraffic: false is not supported"),
         ]
         for (network, message) in cases {
             let r = try await s.request("POST", "/sandboxes", key: Self.acme, body: #"{"templateID": "base", "network": \#(network)}"#)

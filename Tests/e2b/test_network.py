@@ -2,7 +2,7 @@
 `allow_internet_access` and `network` on create and `Sandbox.update_network` on a running sandbox,
 driven by the unmodified SDK.
 
-The network rule: the "internet" is a namespace this module creates (198.18.1.2, in the
+The network rule: the "internet" is a namespace this module creates (198.19.7.2, in the
 benchmarking range, routed by the host over the module's veth), with 169.254.169.254 routed into
 it too, so that even a broken policy reaches nothing but the test's own namespace."""
 
@@ -14,7 +14,7 @@ import pytest
 
 from support import run
 
-SERVER, HOST_SIDE, PORT = "198.18.1.2", "198.18.1.1", 8080
+SERVER, HOST_SIDE, PORT = "198.19.7.2", "198.19.7.1", 8080
 METADATA = "169.254.169.254"
 
 
@@ -153,16 +153,19 @@ def test_a_port_in_the_sandbox_is_reached_through_the_service(service, new_sandb
     sbx = new_sandbox()
     token = os.urandom(8).hex()
     run(sbx, f"mkdir -p /tmp/www && echo {token} > /tmp/www/index.html")
-    sbx.commands.run("cd /tmp/www && exec python3 -m http.server 8000", background=True)
+    # No time limit on the server (the SDK's default of 60 s ends a command, background or not,
+    # and python3 takes a while to start on an emulated guest kernel).
+    server = sbx.commands.run("cd /tmp/www && exec python3 -m http.server 8000", background=True, timeout=0)
     host = sbx.get_host(8000)
     assert host.startswith(f"8000-{sbx.sandbox_id}.")
 
     from support import wait_until
     status, body = wait_until(lambda: (lambda r: r if r[0] == 200 else None)(via_service(service, host, "/index.html")),
-                              "the guest's HTTP server through the service")
+                              "the guest's HTTP server through the service", timeout=240)
     assert body == token + "\n"
     # The guest's own answers pass through as they are; a port nothing listens on, and an
     # unknown sandbox, are the proxy's 502.
     assert via_service(service, host, "/missing")[0] == 404
     assert via_service(service, sbx.get_host(8001))[0] == 502
     assert via_service(service, "8000-iunknownsandbox00000.e2b.app")[0] == 502
+    server.kill()

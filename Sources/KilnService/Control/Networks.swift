@@ -17,7 +17,7 @@ struct NetworkRequest: Decodable, Sendable, Equatable {
     var unsupported: [String] = []
 
     enum CodingKeys: String, CodingKey {
-        case allowOut, denyOut, rules, egressProxy, dnsServers, maskRequestHost, httpsPorts
+        case allowOut, denyOut, rules, egressProxy, dnsServers, maskRequestHost, httpsPorts, allowPublicTraffic
         case allowInternetAccess = "allow_internet_access"
     }
 
@@ -37,6 +37,8 @@ struct NetworkRequest: Decodable, Sendable, Equatable {
             if key == .dnsServers || key == .httpsPorts, let list = try? c.decode([Int].self, forKey: key), list.isEmpty { continue }
             unsupported.append(key.stringValue)
         }
+        // Ports are public (PortProxy): a request for token-protected ones is refused, not ignored.
+        if try c.decodeIfPresent(Bool.self, forKey: .allowPublicTraffic) == false { unsupported.append("allowPublicTraffic: false") }
     }
 
     /// The policy: E2B's semantics (allow wins over deny; everything else is open unless
