@@ -9,10 +9,16 @@ public struct EgressPolicy: Sendable, Equatable {
     public var internet: Bool
     public var allow: [IPv4Range]
     public var deny: [IPv4Range]
+    /// Names the guest may reach (docs/net.md, "Domains"): with any, DNS is answered and ports 80
+    /// and 443 are proxied by the sandbox's egress helper (`EgressHelper`), which checks them.
+    public var domains: [DomainRule]
 
-    public init(internet: Bool = true, allow: [IPv4Range] = [], deny: [IPv4Range] = []) {
-        self.internet = internet; self.allow = allow; self.deny = deny
+    public init(internet: Bool = true, allow: [IPv4Range] = [], deny: [IPv4Range] = [], domains: [DomainRule] = []) {
+        self.internet = internet; self.allow = allow; self.deny = deny; self.domains = domains
     }
+
+    /// Whether the sandbox gets the egress helper: DNS answered by Kiln, 80 and 443 proxied.
+    public var answersNames: Bool { !domains.isEmpty }
 
     /// Parses `--allow-out`/`--deny-out` values: an IPv4 address or CIDR.
     public static func range(_ text: String) throws(NetworkError) -> IPv4Range {
@@ -39,7 +45,14 @@ public struct EgressPolicy: Sendable, Equatable {
         let denied = EgressPolicy.alwaysDenied + hostAddresses.map { IPv4Range(base: $0, prefix: 32) } + deny
         let gw = IPv4Range.format(gateway)
         var dns: [String] = []
-        if let resolver {
+        var helper: [String] = []
+        if answersNames {
+            // The helper answers DNS on the gateway and proxies 80/443 (any destination) by name.
+            dns = ["    iifname \"\(tap)\" tcp dport { 80, 443 } redirect to :\(EgressHelper.proxyPort)"]
+            helper = ["    iifname \"\(tap)\" ip daddr \(gw) udp dport 53 accept",
+                      "    iifname \"\(tap)\" ip daddr \(gw) tcp dport 53 accept",
+                      "    iifname \"\(tap)\" ct status dnat tcp dport \(EgressHelper.proxyPort) accept"]
+        } else if let resolver {
             let r = IPv4Range.format(resolver)
             dns = ["    iifname \"\(tap)\" ip daddr \(gw) udp dport 53 dnat ip to \(r)",
                    "    iifname \"\(tap)\" ip daddr \(gw) tcp dport 53 dnat ip to \(r)"]
@@ -72,6 +85,7 @@ public struct EgressPolicy: Sendable, Equatable {
             type filter hook input priority filter; policy accept;
             iifname "lo" accept
             ct state established,related accept
+        \(helper.joined(separator: "\n"))
             iifname "\(tap)" \(refuse.replacing("; ", with: "\n    iifname \"\(tap)\" "))
             iifname "\(uplink)" drop
           }
