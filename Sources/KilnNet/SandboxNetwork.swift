@@ -144,6 +144,15 @@ public final class SandboxNetwork: Sendable {
         if policy.answersNames && helperPath == nil {
             throw .setup("domain rules need \(EgressHelper.executableName) beside this program (or $KILN_EGRESS)")
         }
+        // The helper's control socket is made here, in Kiln's own namespace: a socket holds the
+        // namespace it was made in, and this end lives as long as the SandboxNetwork.
+        var pair: [Int32] = [-1, -1]
+        if helperPath != nil {
+            guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+                throw .setup("socketpair: \(String(cString: strerror(errno)))")
+            }
+        }
+        let control = pair
         let thread: LinuxSys.Thread
         do {
             thread = try LinuxSys.Thread.spawn(name: "kiln-netns") {
@@ -163,7 +172,7 @@ public final class SandboxNetwork: Sendable {
                     try Self.run(["nft", "-f"], input: rules, scratch: scratch + ".nft")
                     // Started from this thread, the helper lives in the namespace.
                     if let helperPath {
-                        let started = try EgressControl.start(helperPath, resolver: resolver)
+                        let started = try EgressControl.start(helperPath, resolver: resolver, pair: control)
                         result.helper.withLock { $0 = started }
                     }
                 } catch {
@@ -173,6 +182,9 @@ public final class SandboxNetwork: Sendable {
         } catch { throw .setup("cannot start a thread: \(error)") }
         thread.join()
         let helper = result.helper.withLock { $0 }
+        if helper == nil { for fd in control where fd >= 0 { Glibc.close(fd) } }
+        // From this thread too, so that it is not in the sandbox's namespace.
+        helper?.startReaper()
         do throws(NetworkError) {
             if let error = result.error.withLock({ $0 }) { throw error }
             try helper?.begin(policy.file(hostAddresses: hostAddresses))
@@ -334,11 +346,7 @@ final class EgressControl: Sendable {
 
     /// Starts `kiln-egress` (from the calling thread, so in its network namespace) with one end
     /// of a SOCK_SEQPACKET pair at fd 3; a thread of this process reaps it when it ends.
-    static func start(_ path: String, resolver: UInt32?) throws(NetworkError) -> EgressControl {
-        var pair: [Int32] = [0, 0]
-        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
-            throw .setup("socketpair: \(String(cString: strerror(errno)))")
-        }
+    static func start(_ path: String, resolver: UInt32?, pair: [Int32]) throws(NetworkError) -> EgressControl {
         var argv = [path, "--tap", SandboxNetwork.tapName, "--creator", "\(getpid())"]
         if let resolver { argv += ["--resolver", IPv4Range.format(resolver)] }
         var actions = posix_spawn_file_actions_t()
@@ -354,15 +362,15 @@ final class EgressControl: Sendable {
         let rc = cArgs.withUnsafeBufferPointer { args in
             posix_spawn(&pid, path, &actions, nil, UnsafeMutablePointer(mutating: args.baseAddress!), &env)
         }
+        // On failure the caller closes both ends.
+        guard rc == 0 else { throw .setup("cannot start \(path): \(String(cString: strerror(rc)))") }
         Glibc.close(pair[1])
-        guard rc == 0 else {
-            Glibc.close(pair[0])
-            throw .setup("cannot start \(path): \(String(cString: strerror(rc)))")
-        }
-        let control = EgressControl(pid: pid, socket: pair[0])
-        // Reaped here so that a long-running creator (the service) keeps no zombies.
-        _ = try? LinuxSys.Thread.spawn(name: "kiln-egress-wait") { control.reap() }
-        return control
+        return EgressControl(pid: pid, socket: pair[0])
+    }
+
+    /// Reaps the helper when it ends, so that a long-running creator (the service) keeps no zombies.
+    func startReaper() {
+        _ = try? LinuxSys.Thread.spawn(name: "kiln-egress-wait") { self.reap() }
     }
 
     private func reap() {

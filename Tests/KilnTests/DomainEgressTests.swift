@@ -6,6 +6,10 @@ import KilnNet
 import Sandbox
 import Testing
 
+extension String {
+    var trimmingSuffixNewline: String { hasSuffix("\n") ? String(dropLast()) : self }
+}
+
 /// Domain rules end to end (docs/net.md, "Domains"), in the same serialized suite and fake
 /// internet as the other network tests, with names: a resolver and web servers in the fake
 /// internet's namespace (Tests/net/fake-web.py). `allowed.test` is 198.18.0.2, `denied.test`
@@ -62,18 +66,29 @@ extension SandboxNetworkVMTests {
     }
 
     /// The guest's checks in one script (a guest process costs about a second here), each
-    /// section headed `== NAME`.
-    static let domainScript = """
+    /// section headed `== NAME`. The image's static busybox cannot resolve names itself (glibc's
+    /// NSS in a static binary), so the script asks `nslookup` (its own DNS client) and then sends
+    /// the name as a Host header (`get NAME ADDRESS`) or as the SNI of a TLS session (`tls NAME
+    /// ADDRESS`: busybox's ssl_client over an nc connection).
+    static let guestFunctions = """
+        get() { printf 'GET / HTTP/1.0\\r\\nHost: %s\\r\\n\\r\\n' "$1" | busybox nc -w 20 "$2" "${3:-80}" 2>&1; }
+        tls() { busybox nc -w 20 "$2" 443 -e sh -c "exec 3<&0; printf 'GET / HTTP/1.0\\r\\nHost: $1\\r\\n\\r\\n' | busybox ssl_client -s 3 -n $1 > /tmp/tls.out 2>&1"; cat /tmp/tls.out 2>/dev/null; rm -f /tmp/tls.out; }
+        resolve() { busybox nslookup "$1" 2>/dev/null | busybox awk '$1 == "Address:" && $2 !~ /:/ { print $2 }' | busybox head -1; }
+
+        """
+
+    static let domainScript = guestFunctions + """
         for n in allowed.test denied.test rebind.test; do echo "== dns-$n"; busybox nslookup $n 2>&1; done
-        echo "== http"; busybox wget -q -T 20 -O - http://allowed.test/ 2>&1
-        echo "== https"; busybox wget -q -T 20 -O - https://allowed.test/ 2>&1
-        echo "== http-denied-name"; busybox wget -q -T 20 -O - http://denied.test/ 2>&1
-        echo "== front-http"; printf 'GET / HTTP/1.0\\r\\nHost: allowed.test\\r\\n\\r\\n' | busybox nc -w 20 \(deniedServer) 80 2>&1
-        echo "== denied-host"; printf 'GET / HTTP/1.0\\r\\nHost: denied.test\\r\\n\\r\\n' | busybox nc -w 20 \(deniedServer) 80 2>&1
-        echo "== rebind-host"; printf 'GET / HTTP/1.0\\r\\nHost: rebind.test\\r\\n\\r\\n' | busybox nc -w 20 \(server) 80 2>&1
-        echo "== front-tls"; busybox nc -w 20 \(deniedServer) 443 < /tmp/hello > /dev/null 2>&1
-        echo "== by-ip"; busybox wget -q -T 20 -O - http://\(deniedServer)/ 2>&1
-        echo "== other-port"; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 20 \(deniedServer) 8080 2>&1
+        ip=$(resolve allowed.test)
+        echo "== http"; get allowed.test "$ip"
+        echo "== https"; tls allowed.test "$ip"
+        echo "== front-http"; get allowed.test \(deniedServer)
+        echo "== front-tls"; tls allowed.test \(deniedServer)
+        echo "== denied-host"; get denied.test \(deniedServer)
+        echo "== denied-sni"; tls denied.test \(deniedServer)
+        echo "== rebind-host"; get rebind.test \(server)
+        echo "== by-ip"; get \(deniedServer) \(deniedServer)
+        echo "== other-port"; get denied.test \(deniedServer) 8080
         echo "== end"
         """
 
@@ -100,26 +115,25 @@ extension SandboxNetworkVMTests {
         do {
             let sandbox = try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: runtime, network: network)
             defer { sandbox.stop() }
-            _ = try await sandbox.agent.writeFile("/tmp/hello", contents: TLSClientHello.bytes(sni: "allowed.test"))
             let output = try await shell(sandbox, Self.domainScript)
             let s = Self.sections(output)
             #expect(s["end"] != nil, "the script ran to its end: \(output)")
             #expect(s["dns-allowed.test", default: ""].contains(Self.server), "an allowed name resolves: \(output)")
             #expect(!s["dns-denied.test", default: ""].contains(Self.deniedServer), "a denied name does not: \(output)")
             #expect(!s["dns-rebind.test", default: ""].contains("10.0.0.1"), "an answer with a private address is dropped: \(output)")
-            #expect(s["http"] == "allowed-server\n", "HTTP to an allowed name: \(output)")
-            #expect(s["https"] == "allowed-server\n", "HTTPS to an allowed name: \(output)")
-            #expect(!s["http-denied-name", default: ""].contains("server"), "\(output)")
-            #expect(s["front-http"] == "allowed-server\n", "Host fronting reaches only the allowed name's own server: \(output)")
-            #expect(!s["denied-host", default: ""].contains("server"), "a denied Host is closed: \(output)")
-            #expect(!s["rebind-host", default: ""].contains("server"), "a name resolving to a private address is not dialled: \(output)")
-            #expect(!s["by-ip", default: ""].contains("server") && !s["other-port", default: ""].contains("server"), "\(output)")
+            #expect(s["http", default: ""].hasSuffix("\r\nallowed-server\n"), "HTTP to an allowed name: \(output)")
+            #expect(s["https", default: ""].hasSuffix("\r\nallowed-server\n"), "HTTPS to an allowed name: \(output)")
+            #expect(s["front-http", default: ""].hasSuffix("\r\nallowed-server\n"), "Host fronting reaches only the allowed name's server: \(output)")
+            #expect(s["front-tls", default: ""].hasSuffix("\r\nallowed-server\n"), "SNI fronting reaches only the allowed name's server: \(output)")
+            for refused in ["denied-host", "denied-sni", "rebind-host", "by-ip", "other-port"] {
+                #expect(s[refused] != nil && !s[refused, default: ""].contains("-server"), "\(refused) is refused: \(output)")
+            }
             // What the fake internet saw: nothing reached the denied server, and the denied name
             // was never even asked upstream (only allowed names leave the sandbox).
             #expect(web.connections(to: Self.deniedServer) == 0, "\(web.log)")
             #expect(!web.asked("denied.test") && web.asked("allowed.test") && web.asked("rebind.test"), "\(web.log)")
-            let tlsFronted = web.log.filter { $0 == "conn \(Self.server):443" }.count
-            #expect(tlsFronted == 2, "the HTTPS request and the fronted ClientHello both went to allowed.test's address: \(web.log)")
+            #expect(web.log.filter { $0 == "conn \(Self.server):443" }.count == 2, "HTTPS and SNI fronting both went to allowed.test: \(web.log)")
+            #expect(web.log.filter { $0 == "conn \(Self.server):80" }.count == 2, "HTTP and Host fronting both went to allowed.test: \(web.log)")
 
             // A live change: denied.test allowed from now on, without a restart.
             var widened = policy
@@ -129,25 +143,41 @@ extension SandboxNetworkVMTests {
                 Result { () throws(NetworkError) in try network.updatePolicy(wider) }
             }
             try updated.get()
-            let after = try await shell(sandbox, "busybox nslookup denied.test 2>&1; busybox wget -q -T 20 -O - http://denied.test/ 2>&1")
-            #expect(after.contains(Self.deniedServer) && after.contains("denied-server\n"), "the new rule applies at once: \(after)")
+            let after = try await shell(sandbox, Self.guestFunctions + "resolve denied.test; get denied.test \(Self.deniedServer)")
+            #expect(after.hasPrefix(Self.deniedServer + "\n") && after.hasSuffix("\r\ndenied-server\n"), "the new rule applies at once: \(after)")
         }
         // Nothing left: the helper ended with the VMM, the namespace with both.
         #expect(Self.processGone(helper), "kiln-egress \(helper) ended with its sandbox")
-        #expect(Self.interfaceGone(veth), "\(veth) is gone")
+        #expect(Self.interfaceGone(veth), "\(veth) is gone; tasks in other network namespaces: \(Self.namespaceHolders())")
         SandboxNetwork.sweep(runtimeBase: runtime)
+    }
+
+    /// Every task whose network namespace is not the host's (to name what keeps one alive).
+    static func namespaceHolders() -> [String] {
+        func link(_ path: String) -> String {
+            var buffer = [CChar](repeating: 0, count: 256)
+            let n = readlink(path, &buffer, buffer.count - 1)
+            return n > 0 ? String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+        }
+        let host = link("/proc/self/ns/net")
+        return TestFiles.list("/proc").filter { $0.allSatisfy(\.isNumber) }.flatMap { pid in
+            TestFiles.list("/proc/\(pid)/task").compactMap { tid -> String? in
+                let ns = link("/proc/\(pid)/task/\(tid)/ns/net")
+                guard !ns.isEmpty, ns != host else { return nil }
+                return "\(pid)/\(tid) \((TestFiles.read("/proc/\(pid)/task/\(tid)/comm") ?? "").trimmingSuffixNewline) \(ns)"
+            }
+        }
     }
 
     /// `kiln run --allow-out DOMAIN` as a user runs it: the name works, and the helper is gone after.
     @Test func runAllowOutDomainReachesTheNameAndLeavesNothing() throws {
         let web = try FakeWeb()
-        let run = try KilnProcess(["run", "--allow-out", "allowed.test", "--", "sh", "-c",
-                                   "busybox wget -q -T 20 -O - http://allowed.test/; busybox wget -q -T 20 -O - http://\(Self.deniedServer)/"],
+        let script = Self.guestFunctions + "get allowed.test $(resolve allowed.test) | busybox tail -1; get x \(Self.deniedServer) 8080"
+        let run = try KilnProcess(["run", "--allow-out", "allowed.test", "--", "sh", "-c", script],
                                   environment: ["KILN_RUNTIME_DIR": runtime, "KILN_NET_RESOLVER": Self.server])
         run.closeInput()
-        let status = try run.wait(seconds: Self.seconds)
-        #expect(run.output == "allowed-server\n", "\(run.errorOutput)")
-        #expect(status != 0, "the second request, to a denied address, fails")
+        _ = try run.wait(seconds: Self.seconds)
+        #expect(run.output.hasPrefix("allowed-server\n") && !run.output.contains("denied-server"), "\(run.output)\n\(run.errorOutput)")
         #expect(web.connections(to: Self.deniedServer) == 0)
         var helpers: [String] = []
         for _ in 0..<100 {
