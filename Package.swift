@@ -49,7 +49,7 @@ let package = Package(
         .executableTarget(name: "kiln-agent", dependencies: ["Agent", "CLinux", "LinuxSys"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         // A sandbox's network namespace, NAT and egress policy (docs/net.md). Runs `ip` and `nft`.
-        .target(name: "KilnNet", dependencies: ["CLinux", "CSandbox", "LinuxSys"], swiftSettings: strict),
+        .target(name: "KilnNet", dependencies: ["CLinux", "CSandbox", "LinuxSys", "Seccomp"], swiftSettings: strict),
         // A sandbox's DNS answerer and Host/SNI proxy (KilnNet.EgressHelper), one per sandbox with
         // domain rules, in its namespace. Static in release, like kiln-vmm: installed beside kiln.
         .executableTarget(name: "kiln-egress", dependencies: ["KilnNet"], swiftSettings: strict,

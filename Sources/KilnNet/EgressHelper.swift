@@ -2,6 +2,7 @@ import CLinux
 import CSandbox
 import Glibc
 import LinuxSys
+import Seccomp
 import Synchronization
 
 /// The sandbox's egress helper (docs/net.md, "Domains"): the process `kiln-egress`, started by
@@ -29,13 +30,7 @@ public enum EgressHelper {
     /// a test runner in the same build directory).
     public static func locate() -> String? {
         if let p = getenv("KILN_EGRESS"), p.pointee != 0 { return String(cString: p) }
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard n > 0 else { return nil }
-        let me = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        guard let slash = me.lastIndex(of: "/") else { return nil }
-        let sibling = String(me[..<slash]) + "/" + executableName
-        return access(sibling, X_OK) == 0 ? sibling : nil
+        return executableBesideSelf(executableName)
     }
 
     /// The policy the helper enforces now, replaced by control messages.
@@ -77,6 +72,10 @@ public enum EgressHelper {
         _ = kiln_set_rlimit(Int32(KILN_RLIMIT_CORE), 0)
         guard kiln_drop_bounding_set() == 0, kiln_set_ids(nobody, gid_t(nobody)) == 0, kiln_drop_capabilities() == 0,
               kiln_no_new_privs() == 0 else { return complain("cannot drop privileges: \(String(cString: strerror(errno)))") }
+        // Security/seccomp/egress.policy: sockets, threads, memory; no files, no exec.
+        do throws(SeccompError) { try SeccompFilters(mode: .kill).installOnAllThreads(.egress) } catch {
+            return complain("cannot install its seccomp filter: \(error)")
+        }
         _ = send(control, Array("ready".utf8))
 
         do {
