@@ -18,6 +18,8 @@ let package = Package(
         .executable(name: "kiln-agent", targets: ["kiln-agent"]),
         .library(name: "KilnService", targets: ["KilnService"]),
         .library(name: "Images", targets: ["Images"]),
+        .library(name: "KilnNet", targets: ["KilnNet"]),
+        .executable(name: "kiln-egress", targets: ["kiln-egress"]),
     ],
     // Only the service and the CLI link these; the VMM and the agent do not.
     dependencies: [
@@ -47,7 +49,11 @@ let package = Package(
         .executableTarget(name: "kiln-agent", dependencies: ["Agent", "CLinux", "LinuxSys"], swiftSettings: strict,
                           linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         // A sandbox's network namespace, NAT and egress policy (docs/net.md). Runs `ip` and `nft`.
-        .target(name: "KilnNet", dependencies: ["CLinux", "CSandbox", "LinuxSys"], swiftSettings: strict),
+        .target(name: "KilnNet", dependencies: ["CLinux", "CSandbox", "LinuxSys", "Seccomp"], swiftSettings: strict),
+        // A sandbox's DNS answerer and Host/SNI proxy (KilnNet.EgressHelper), one per sandbox with
+        // domain rules, in its namespace. Static in release, like kiln-vmm: installed beside kiln.
+        .executableTarget(name: "kiln-egress", dependencies: ["KilnNet"], swiftSettings: strict,
+                          linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         .target(name: "Sandbox", dependencies: ["AgentProtocol", "Boot", "Devices", "Images", "Jailer", "LinuxSys", "KilnNet", "Seccomp", "VMM", "VMMProtocol"], swiftSettings: strict),
         .target(name: "Seccomp", dependencies: ["CSandbox"], swiftSettings: strict),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp", "VMMProtocol"], swiftSettings: strict),
@@ -104,6 +110,6 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "ImagesTests", dependencies: ["Images", "KilnTestSupport", "CLinux", "LinuxSys"], swiftSettings: strict),
-        .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "KilnNet", "Sandbox", "Images", "AgentProtocol", "VMM"], swiftSettings: strict),
+        .testTarget(name: "KilnTests", dependencies: ["kiln", "kiln-vmm", "kiln-egress", "kiln-test-detach", "KilnTestSupport", "VMMProtocol", "LinuxSys", "KilnNet", "Sandbox", "Images", "AgentProtocol", "VMM"], swiftSettings: strict),
     ]
 )

@@ -29,6 +29,8 @@ let package = Package(
                           swiftSettings: fuzz),
         .executableTarget(name: "FuzzImages", dependencies: ["FuzzSupport", .product(name: "Images", package: "Kiln")],
                           swiftSettings: fuzz),
+        .executableTarget(name: "FuzzEgress", dependencies: ["FuzzSupport", .product(name: "KilnNet", package: "Kiln")],
+                          swiftSettings: fuzz),
         .executableTarget(name: "FuzzServiceRequests", dependencies: ["FuzzSupport", .product(name: "KilnService", package: "Kiln")],
                           swiftSettings: fuzz),
     ]

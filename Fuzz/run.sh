@@ -3,7 +3,7 @@
 #   Fuzz/run.sh FuzzVirtqueue 600     # ten minutes
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-target=${1:?FuzzVirtqueue, FuzzNet, FuzzFUSE, FuzzBoot, FuzzAgentProtocol, FuzzSnapshot, FuzzServiceRequests, FuzzLaunch FuzzTar or FuzzImages}
+target=${1:?FuzzVirtqueue, FuzzNet, FuzzFUSE, FuzzBoot, FuzzAgentProtocol, FuzzSnapshot, FuzzServiceRequests, FuzzLaunch, FuzzTar, FuzzImages or FuzzEgress}
 seconds=${2:-600}
 log=$(mktemp)
 if ! swift build -c release --product "$target" --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address >"$log" 2>&1; then

@@ -2,7 +2,7 @@
 # Sets up Kiln on Debian: installs what the guest kernel, initramfs and image builds need,
 # builds (or reuses from the cache) Kiln's guest kernel, initramfs and default sandbox image,
 # and builds kiln.
-#   Scripts/setup.sh            release build of kiln at .build/release/kiln (and kiln-vmm beside it)
+#   Scripts/setup.sh            release build of kiln at .build/release/kiln (kiln-vmm and kiln-egress beside it)
 #   Scripts/setup.sh --debug    debug build only (what the tests use)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -63,8 +63,9 @@ if [[ ${1:-} == --debug ]]; then
     log "building kiln (debug) and its tests"
     build --build-tests
 else
-    log "building kiln and kiln-vmm, its jailed VMM (release)"
+    log "building kiln, kiln-vmm (its jailed VMM) and kiln-egress (domain rules' DNS and proxy) (release)"
     build -c release --product kiln
     build -c release --product kiln-vmm
+    build -c release --product kiln-egress
     log "ready: .build/release/kiln run -- COMMAND (or .build/release/kiln boot)"
 fi

@@ -45,13 +45,7 @@ public struct JailOptions: Sendable {
 public enum VMMExecutable {
     public static func locate() -> String? {
         if let p = getenv("KILN_VMM"), p.pointee != 0 { return String(cString: p) }
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard n > 0 else { return nil }
-        let me = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        guard let slash = me.lastIndex(of: "/") else { return nil }
-        let sibling = String(me[..<slash]) + "/kiln-vmm"
-        return access(sibling, X_OK) == 0 ? sibling : nil
+        return executableBesideSelf("kiln-vmm")
     }
 }
 

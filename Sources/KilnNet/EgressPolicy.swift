@@ -9,30 +9,16 @@ public struct EgressPolicy: Sendable, Equatable {
     public var internet: Bool
     public var allow: [IPv4Range]
     public var deny: [IPv4Range]
+    /// Names the guest may reach (docs/net.md, "Domains"): with any, DNS is answered and ports 80
+    /// and 443 are proxied by the sandbox's egress helper (`EgressHelper`), which checks them.
+    public var domains: [DomainRule]
 
-    public init(internet: Bool = true, allow: [IPv4Range] = [], deny: [IPv4Range] = []) {
-        self.internet = internet; self.allow = allow; self.deny = deny
+    public init(internet: Bool = true, allow: [IPv4Range] = [], deny: [IPv4Range] = [], domains: [DomainRule] = []) {
+        self.internet = internet; self.allow = allow; self.deny = deny; self.domains = domains
     }
 
-    /// The policy as text, one field per line (`internet 0|1`, `allow A.B.C.D/N`, `deny ...`): how
-    /// `kiln serve` hands a policy to its launcher, which sets networks up for it.
-    public var encoded: String {
-        (["internet \(internet ? 1 : 0)"] + allow.map { "allow \($0)" } + deny.map { "deny \($0)" }).joined(separator: "\n")
-    }
-
-    public init?(encoded: String) {
-        self.init(internet: false)
-        for line in encoded.split(separator: "\n") {
-            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
-            guard parts.count == 2 else { return nil }
-            switch parts[0] {
-            case "internet": internet = parts[1] == "1"
-            case "allow": guard let r = IPv4Range(parts[1]) else { return nil }; allow.append(r)
-            case "deny": guard let r = IPv4Range(parts[1]) else { return nil }; deny.append(r)
-            default: return nil
-            }
-        }
-    }
+    /// Whether the sandbox gets the egress helper: DNS answered by Kiln, 80 and 443 proxied.
+    public var answersNames: Bool { !domains.isEmpty }
 
     /// Parses `--allow-out`/`--deny-out` values: an IPv4 address or CIDR.
     public static func range(_ text: String) throws(NetworkError) -> IPv4Range {
@@ -59,7 +45,14 @@ public struct EgressPolicy: Sendable, Equatable {
         let denied = EgressPolicy.alwaysDenied + hostAddresses.map { IPv4Range(base: $0, prefix: 32) } + deny
         let gw = IPv4Range.format(gateway)
         var dns: [String] = []
-        if let resolver {
+        var helper: [String] = []
+        if answersNames {
+            // The helper answers DNS on the gateway and proxies 80/443 (any destination) by name.
+            dns = ["    iifname \"\(tap)\" tcp dport { 80, 443 } redirect to :\(EgressHelper.proxyPort)"]
+            helper = ["    iifname \"\(tap)\" ip daddr \(gw) udp dport 53 accept",
+                      "    iifname \"\(tap)\" ip daddr \(gw) tcp dport 53 accept",
+                      "    iifname \"\(tap)\" ct status dnat tcp dport \(EgressHelper.proxyPort) accept"]
+        } else if let resolver {
             let r = IPv4Range.format(resolver)
             dns = ["    iifname \"\(tap)\" ip daddr \(gw) udp dport 53 dnat ip to \(r)",
                    "    iifname \"\(tap)\" ip daddr \(gw) tcp dport 53 dnat ip to \(r)"]
@@ -92,6 +85,7 @@ public struct EgressPolicy: Sendable, Equatable {
             type filter hook input priority filter; policy accept;
             iifname "lo" accept
             ct state established,related accept
+        \(helper.joined(separator: "\n"))
             iifname "\(tap)" \(refuse.replacing("; ", with: "\n    iifname \"\(tap)\" "))
             iifname "\(uplink)" drop
           }

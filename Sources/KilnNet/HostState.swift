@@ -82,6 +82,8 @@ enum HostAddresses {
 /// not on loopback (a stub resolver on 127.0.0.53 cannot be reached from a namespace).
 enum Resolver {
     static func upstream() -> UInt32? {
+        // A test's fake internet (or a host whose resolver is on a loopback stub) names its own.
+        if let p = getenv("KILN_NET_RESOLVER"), let a = IPv4Range.parseAddress(String(cString: p)) { return a }
         for line in (Files.read("/etc/resolv.conf") ?? "").split(separator: "\n") {
             let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             guard f.count >= 2, f[0] == "nameserver", let a = IPv4Range.parseAddress(String(f[1])) else { continue }

@@ -55,13 +55,18 @@ public final class SandboxNetwork: Sendable {
     /// Set for a network another process made and names (`named`): its name stays for live
     /// policy changes, and `close()` hands it back through this instead of unmounting it here.
     private let giveBack: (@Sendable () -> Void)?
+    /// The egress helper (DNS answerer and Host/SNI proxy), when the policy has domain rules.
+    let helper: EgressControl?
+    /// What the helper is told the host's addresses are (always denied, with the policy's).
+    let hostAddresses: [UInt32]
 
     public var hostVeth: String { "\(Self.hostVethPrefix)\(index)" }
     public var namespaceVeth: String { "kiln-n\(index)" }
 
     init(index: Int, policy: EgressPolicy, base: String, hostAddress: UInt32, namespaceAddress: UInt32, setupSeconds: Double,
-         giveBack: (@Sendable () -> Void)? = nil) {
-        self.index = index; self.policy = policy; self.base = base; self.giveBack = giveBack
+         helper: EgressControl? = nil, hostAddresses: [UInt32] = [], giveBack: (@Sendable () -> Void)? = nil) {
+        self.index = index; self.policy = policy; self.base = base; self.helper = helper; self.hostAddresses = hostAddresses
+        self.giveBack = giveBack
         self.namespacePath = Self.namespaceDirectory(base) + "/kiln-\(index)"
         self.hostAddress = hostAddress; self.namespaceAddress = namespaceAddress; self.setupSeconds = setupSeconds
     }
@@ -77,7 +82,9 @@ public final class SandboxNetwork: Sendable {
     /// Sets up a sandbox's network. Blocking (it runs `ip` and `nft`, tens of milliseconds):
     /// call it from a thread of its own, not a Swift task. Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN).
     /// `runtimeBase` holds the namespace names and the lock (Sandbox.defaultRuntimeDirectory).
-    public static func create(policy: EgressPolicy, runtimeBase: String) throws(NetworkError) -> SandboxNetwork {
+    /// `resolver` is the upstream DNS server (default: `Resolver.upstream()`, the host's, or
+    /// `$KILN_NET_RESOLVER`). A policy with domain rules also starts the sandbox's egress helper.
+    public static func create(policy: EgressPolicy, runtimeBase: String, resolver: UInt32? = nil) throws(NetworkError) -> SandboxNetwork {
         let start = now()
         let dir = namespaceDirectory(runtimeBase)
         _ = mkdir(runtimeBase, 0o755)
@@ -98,17 +105,19 @@ public final class SandboxNetwork: Sendable {
         }
         let network = SandboxNetwork(index: index, policy: policy, base: runtimeBase, hostAddress: hostAddress,
                                      namespaceAddress: namespaceAddress, setupSeconds: 0)
+        let hosts = HostAddresses.ipv4()
+        let helper: EgressControl?
         do throws(NetworkError) {
-            try network.build(hostAddresses: HostAddresses.ipv4(), resolver: Resolver.upstream())
+            helper = try network.build(hostAddresses: hosts, resolver: resolver ?? Resolver.upstream())
         } catch {
             network.close()
             throw error
         }
         return SandboxNetwork(index: index, policy: policy, base: runtimeBase, hostAddress: hostAddress,
-                              namespaceAddress: namespaceAddress, setupSeconds: now() - start)
+                              namespaceAddress: namespaceAddress, setupSeconds: now() - start, helper: helper, hostAddresses: hosts)
     }
 
-    private func build(hostAddresses: [UInt32], resolver: UInt32?) throws(NetworkError) {
+    private func build(hostAddresses: [UInt32], resolver: UInt32?) throws(NetworkError) -> EgressControl? {
         let path = namespacePath, record = path + ".owner"
         guard Files.write(record, "\(getpid())\n") else { throw .setup("cannot write \(record): \(String(cString: strerror(errno)))") }
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o444)
@@ -135,6 +144,19 @@ public final class SandboxNetwork: Sendable {
         let scratch = path + ".setup"
         // A new thread for the namespace: a namespace is per thread, and this one ends with it.
         let result = Outcome()
+        let helperPath = policy.answersNames ? EgressHelper.locate() : nil
+        if policy.answersNames && helperPath == nil {
+            throw .setup("domain rules need \(EgressHelper.executableName) beside this program (or $KILN_EGRESS)")
+        }
+        // The helper's control socket is made here, in Kiln's own namespace: a socket holds the
+        // namespace it was made in, and this end lives as long as the SandboxNetwork.
+        var pair: [Int32] = [-1, -1]
+        if helperPath != nil {
+            guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+                throw .setup("socketpair: \(String(cString: strerror(errno)))")
+            }
+        }
+        let control = pair
         let thread: LinuxSys.Thread
         do {
             thread = try LinuxSys.Thread.spawn(name: "kiln-netns") {
@@ -152,13 +174,28 @@ public final class SandboxNetwork: Sendable {
                     }
                     try Self.run(["ip", "-batch"], input: batch, scratch: scratch + ".ip")
                     try Self.run(["nft", "-f"], input: rules, scratch: scratch + ".nft")
+                    // Started from this thread, the helper lives in the namespace.
+                    if let helperPath {
+                        let started = try EgressControl.start(helperPath, resolver: resolver, pair: control)
+                        result.helper.withLock { $0 = started }
+                    }
                 } catch {
                     result.error.withLock { $0 = error }
                 }
             }
         } catch { throw .setup("cannot start a thread: \(error)") }
         thread.join()
-        if let error = result.error.withLock({ $0 }) { throw error }
+        let helper = result.helper.withLock { $0 }
+        if helper == nil { for fd in control where fd >= 0 { Glibc.close(fd) } }
+        // From this thread too, so that it is not in the sandbox's namespace.
+        helper?.startReaper()
+        do throws(NetworkError) {
+            if let error = result.error.withLock({ $0 }) { throw error }
+            try helper?.begin(policy.file(hostAddresses: hostAddresses))
+        } catch {
+            helper?.stop()
+            throw error
+        }
 
         // The host's end: its address, forwarding on it only, and the shared NAT out of the host.
         try Self.run(["ip", "-batch"], input: "addr add \(host)/30 dev \(hostVeth)\nlink set \(hostVeth) up\n", scratch: scratch + ".ip")
@@ -166,6 +203,7 @@ public final class SandboxNetwork: Sendable {
             throw .setup("cannot enable forwarding on \(hostVeth): \(String(cString: strerror(errno)))")
         }
         try Self.ensureHostTable(scratch: scratch + ".nft")
+        return helper
     }
 
     /// The host's table: masquerade what the pool sends out of any interface but Kiln's own, and
@@ -264,12 +302,39 @@ public final class SandboxNetwork: Sendable {
     }
 
     /// Gives the network up before or instead of a VMM: the namespace goes as soon as nothing
-    /// holds it (a VMM that opened the TAP keeps it until it ends).
+    /// holds it (a VMM that opened the TAP keeps it until it ends). Ends the egress helper, which
+    /// would otherwise wait for a VMM (or for this process to end).
+    /// A `named` network is handed back instead (its maker ends its helper).
     public func close() {
-        guard let giveBack else { return detachName() }
-        let first = detached.withLock { d in defer { d = true }; return !d }
-        if first { giveBack() }
+        if let giveBack {
+            let first = detached.withLock { d in defer { d = true }; return !d }
+            if first { giveBack() }
+            return
+        }
+        detachName()
+        helper?.stop()
     }
+
+    /// Changes what a running sandbox's egress helper allows, at once and without a restart
+    /// (the service's `PUT /sandboxes/{id}/network`): `policy` replaces the helper's whole policy,
+    /// its domain rules as well as the CIDRs and `internet` it uses to decide where a proxied
+    /// connection or a resolved answer may go. Returns once the helper has applied it (so that a
+    /// request answered after this sees the new rules). Blocking (a round trip on the helper's
+    /// control socket, at most 5 s); call it off Swift's cooperative threads.
+    ///
+    /// The nftables sets of the namespace (the CIDRs for every port) are not changed here: the
+    /// caller updates them too. A network created without domain rules has no helper (its DNS
+    /// goes to the host's resolver through nftables): giving it domain rules is refused.
+    public func updatePolicy(_ policy: EgressPolicy) throws(NetworkError) {
+        guard let helper else {
+            if policy.answersNames { throw .policy("this sandbox was created without domain rules: they cannot be added while it runs") }
+            return
+        }
+        try helper.update(policy.file(hostAddresses: hostAddresses))
+    }
+
+    /// The egress helper's process id (nil without domain rules); for tests and diagnostics.
+    public var helperPID: pid_t? { helper?.pid }
 
     /// Removes what Kiln processes killed mid-setup left: names whose creator is gone, and the
     /// host's table when no sandbox network is left. Blocking (runs `nft`); needs root.
@@ -332,4 +397,84 @@ struct Lock {
 /// The setup thread's failure, read after the join.
 final class Outcome: Sendable {
     let error = Mutex<NetworkError?>(nil)
+    let helper = Mutex<EgressControl?>(nil)
+}
+
+/// The creator's end of a running egress helper: its pid and its control socket.
+final class EgressControl: Sendable {
+    let pid: pid_t
+    let socket: Int32
+    /// One update at a time: each waits for its own answer.
+    private let lock = Mutex(())
+    /// Set (under the lock) once the helper has ended, before it is reaped: no stray kill after.
+    private let ended = Mutex(false)
+
+    init(pid: pid_t, socket: Int32) { self.pid = pid; self.socket = socket }
+    deinit { Glibc.close(socket) }
+
+    /// Starts `kiln-egress` (from the calling thread, so in its network namespace) with one end
+    /// of a SOCK_SEQPACKET pair at fd 3; a thread of this process reaps it when it ends.
+    static func start(_ path: String, resolver: UInt32?, pair: [Int32]) throws(NetworkError) -> EgressControl {
+        var argv = [path, "--tap", SandboxNetwork.tapName, "--creator", "\(getpid())"]
+        if let resolver { argv += ["--resolver", IPv4Range.format(resolver)] }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, pair[1], 3)
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { for p in cArgs { free(p) } }
+        var env: [UnsafeMutablePointer<CChar>?] = [strdup("PATH=/usr/sbin:/usr/bin:/sbin:/bin"), nil]
+        defer { free(env[0]) }
+        var pid: pid_t = 0
+        let rc = cArgs.withUnsafeBufferPointer { args in
+            posix_spawn(&pid, path, &actions, nil, UnsafeMutablePointer(mutating: args.baseAddress!), &env)
+        }
+        // On failure the caller closes both ends.
+        guard rc == 0 else { throw .setup("cannot start \(path): \(String(cString: strerror(rc)))") }
+        Glibc.close(pair[1])
+        return EgressControl(pid: pid, socket: pair[0])
+    }
+
+    /// Reaps the helper when it ends, so that a long-running creator (the service) keeps no zombies.
+    func startReaper() {
+        _ = try? LinuxSys.Thread.spawn(name: "kiln-egress-wait") { self.reap() }
+    }
+
+    private func reap() {
+        var info = siginfo_t()
+        while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) < 0 && errno == EINTR {}
+        ended.withLock { done in
+            done = true
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        }
+    }
+
+    /// Hands the helper its first policy and waits until it has bound its sockets.
+    func begin(_ policy: String) throws(NetworkError) {
+        guard exchange(policy) == "ready" else { throw .setup("\(EgressHelper.executableName) did not start (see its error above)") }
+    }
+
+    func update(_ policy: String) throws(NetworkError) {
+        guard let answer = exchange(policy) else { throw .setup("the sandbox's \(EgressHelper.executableName) is gone") }
+        guard answer == "ok" else { throw .policy("the egress helper refused the policy") }
+    }
+
+    private func exchange(_ message: String) -> String? {
+        lock.withLock { _ -> String? in
+            var t = timeval(tv_sec: 5, tv_usec: 0)
+            _ = setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &t, socklen_t(MemoryLayout<timeval>.size))
+            let bytes = Array(message.utf8)
+            guard bytes.withUnsafeBytes({ Glibc.send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == bytes.count else { return nil }
+            var buffer = [UInt8](repeating: 0, count: 64)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
+                if n < 0 && errno == EINTR { continue }
+                return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : nil
+            }
+        }
+    }
+
+    func stop() { ended.withLock { if !$0 { kill(pid, SIGKILL) } } }
 }

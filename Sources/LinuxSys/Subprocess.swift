@@ -43,3 +43,15 @@ public func runProgram(_ argv: [String], environment: [String]? = nil) throws(Er
     let exitCode = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
     return (exitCode, output)
 }
+
+/// The executable `name` in the directory of the running one (kiln's helpers are installed beside
+/// it, and a test runner sits in the same build directory as they), or nil.
+public func executableBesideSelf(_ name: String) -> String? {
+    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    guard n > 0 else { return nil }
+    let me = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    guard let slash = me.lastIndex(of: "/") else { return nil }
+    let sibling = String(me[..<slash]) + "/" + name
+    return access(sibling, X_OK) == 0 ? sibling : nil
+}

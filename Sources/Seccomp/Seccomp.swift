@@ -41,6 +41,8 @@ public enum ThreadKind: String, Sendable, CaseIterable {
     case supervisor
     /// Every thread of `kiln serve` once its launcher runs and its listener is bound.
     case service
+    /// Every thread of `kiln-egress`, a sandbox's DNS answerer and Host/SNI proxy, once bound.
+    case egress
 
     /// The policy's text as embedded in the binary.
     public var policyText: String { embeddedPolicies[rawValue] ?? "" }

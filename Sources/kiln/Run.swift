@@ -74,8 +74,9 @@ struct RunCommand: AsyncParsableCommand {
         """))
     var net = false
     @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("""
-        Reachable even when denied (repeatable; alone, without --net, only these are reachable).
-        """, valueName: "CIDR|IP"))
+        Reachable even when denied (repeatable; alone, without --net, only these are reachable). A DOMAIN or \
+        *.DOMAIN (its subdomains) is matched on DNS, the HTTP Host and the TLS SNI (docs/net.md, "Domains").
+        """, valueName: "CIDR|IP|DOMAIN"))
     var allowOut: [String] = []
     @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("""
         Unreachable (repeatable). Always denied unless allowed: loopback, link-local (169.254.169.254), private ranges, \
@@ -136,8 +137,19 @@ struct RunCommand: AsyncParsableCommand {
         }
         guard o.volumes.count <= Sandbox.defaultShareSlots else { throw ValidationError("at most \(Sandbox.defaultShareSlots) volumes (-v)") }
         o.net = net
-        o.allowOut = try allowOut.map { try Self.range($0, "--allow-out") }
-        o.denyOut = try denyOut.map { try Self.range($0, "--deny-out") }
+        for text in allowOut {
+            switch AllowEntry(text) {
+            case .range(let r): o.allowOut.append(r)
+            case .domain(let d): o.allowDomains.append(d)
+            case nil: throw ValidationError("--allow-out needs an IPv4 address, a CIDR (A.B.C.D[/N]), a DOMAIN or *.DOMAIN, got '\(text)'")
+            }
+        }
+        o.denyOut = try denyOut.map { text in
+            if IPv4Range(text) == nil, DomainRule(text) != nil {
+                throw ValidationError("--deny-out takes addresses and CIDRs only, not a domain ('\(text)'): allow the names you want with --allow-out")
+            }
+            return try Self.range(text, "--deny-out")
+        }
         o.ports = try publish.map { text in
             guard let m = PortForward.Mapping.parse(text) else {
                 throw ValidationError("--publish needs HOST:GUEST ports from 1 to 65535, got '\(text)'")
@@ -195,13 +207,15 @@ struct RunOptions {
     var volumes: [Volume] = []
     var net = false
     var allowOut: [IPv4Range] = []
+    var allowDomains: [DomainRule] = []
     var denyOut: [IPv4Range] = []
     var ports: [PortForward.Mapping] = []
     var command: [String] = []
 
     /// The sandbox's egress policy, nil for no network at all.
     var policy: EgressPolicy? {
-        net || !allowOut.isEmpty || !denyOut.isEmpty ? EgressPolicy(internet: net, allow: allowOut, deny: denyOut) : nil
+        net || !allowOut.isEmpty || !allowDomains.isEmpty || !denyOut.isEmpty
+            ? EgressPolicy(internet: net, allow: allowOut, deny: denyOut, domains: allowDomains) : nil
     }
 }
 

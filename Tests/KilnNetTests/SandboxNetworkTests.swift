@@ -32,10 +32,10 @@ import Testing
     @Test func aPolicyCrossesToTheLauncherUnchanged() {
         let policy = EgressPolicy(internet: false, allow: [IPv4Range("198.18.0.2/32")!, IPv4Range("1.2.3.0/24")!],
                                   deny: [IPv4Range("0.0.0.0/0")!])
-        #expect(EgressPolicy(encoded: policy.encoded) == policy)
-        #expect(EgressPolicy(encoded: EgressPolicy().encoded) == EgressPolicy())
-        #expect(EgressPolicy(encoded: "internet 1\nallow 300.0.0.0/8") == nil)
-        #expect(EgressPolicy(encoded: "internet 1\npath /etc") == nil)
+        #expect(EgressPolicy.parseFile(policy.file(hostAddresses: []))?.policy == policy)
+        #expect(EgressPolicy.parseFile(EgressPolicy().file(hostAddresses: []))?.policy == EgressPolicy())
+        #expect(EgressPolicy.parseFile("internet 1\nallow 300.0.0.0/8") == nil)
+        #expect(EgressPolicy.parseFile("internet 1\npath /etc") == nil)
     }
 
     @Test func rulesetAllowsBeforeItDeniesAndEndsByThePolicy() {

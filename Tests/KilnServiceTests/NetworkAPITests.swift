@@ -47,6 +47,9 @@ import Testing
         // network alone: open, with its rules.
         #expect(try policy(#"{"templateID": "base", "network": {"denyOut": ["8.8.8.0/24"], "allowPublicTraffic": true}}"#)
                 == EgressPolicy(internet: true, deny: [IPv4Range("8.8.8.0/24")!]))
+        // Domains in allowOut are domain rules (DNS and the Host/SNI proxy, docs/net.md "Domains").
+        #expect(try policy(#"{"templateID": "base", "allow_internet_access": false, "network": {"allowOut": ["api.example.com", "*.pypi.org"]}}"#)
+                == EgressPolicy(internet: false, domains: [DomainRule("api.example.com")!, DomainRule("*.pypi.org")!]))
         // Empty lists of the fields Kiln does not serve are no request for them.
         #expect(try policy(#"{"templateID": "base", "network": {"rules": null, "dnsServers": []}}"#) == EgressPolicy(internet: true))
     }
@@ -56,7 +59,8 @@ import Testing
         let cases: [(String, String)] = [
             (#"{"denyOut": ["300.1.1.1"]}"#, "network.denyOut: '300.1.1.1' is not an IPv4 address or CIDR"),
             (#"{"allowOut": ["10.0.0.0/33"]}"#, "network.allowOut: '10.0.0.0/33'"),
-            (#"{"allowOut": ["api.example.com"]}"#, "domain rules are not supported yet"),
+            (#"{"denyOut": ["api.example.com"]}"#, "deny rules take no domains"),
+            (#"{"allowOut": ["*.*.example.com"]}"#, "network.allowOut: '*.*.example.com' is not"),
             (#"{"rules": {"api.example.com": [{"transform": {"headers": {"a": "b"}}}]}}"#, "network.rules is not supported"),
             (#"{"egressProxy": {"address": "1.2.3.4:8080"}}"#, "network.egressProxy is not supported"),
             (#"{"allowPublicTraffic": false}"#, "network.allowPublicTraffic: false is not supported"),

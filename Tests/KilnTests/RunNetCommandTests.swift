@@ -8,7 +8,9 @@ import Testing
 @Suite(.blocking) struct RunNetCommandTests {
     static let badInputs: [(arguments: [String], option: String)] = [
         (["run", "--allow-out", "10.0.0.0/33", "--", "true"], "--allow-out"),
-        (["run", "--allow-out", "example.com", "--", "true"], "--allow-out"),
+        (["run", "--allow-out", "exa mple.com", "--", "true"], "--allow-out"),
+        (["run", "--allow-out", "*.", "--", "true"], "--allow-out"),
+        (["run", "--net", "--deny-out", "example.com", "--", "true"], "--deny-out"),
         (["run", "--net", "--deny-out", "1.2.3", "--", "true"], "--deny-out"),
         (["run", "--deny-out"], "--deny-out"),
         (["run", "-p", "80", "-p", "8080:0", "--", "true"], "--publish"),

@@ -47,16 +47,21 @@ struct NetworkRequest: Decodable, Sendable, Equatable {
         if let field = unsupported.first {
             throw APIError(400, "network.\(field) is not supported by this service (it serves allowOut and denyOut)")
         }
-        func ranges(_ list: [String]?, _ field: String) throws(APIError) -> [IPv4Range] {
-            try (list ?? []).map { (entry) throws(APIError) -> IPv4Range in
-                if let r = IPv4Range(entry) { return r }
-                if field == "allowOut", entry.contains(where: { $0.isLetter }) {
-                    throw APIError(400, "network.allowOut: '\(entry)': domain rules are not supported yet; give IPv4 addresses or CIDRs")
-                }
-                throw APIError(400, "network.\(field): '\(entry)' is not an IPv4 address or CIDR (A.B.C.D[/N])")
+        var policy = EgressPolicy(internet: internet ?? true)
+        for entry in allowOut ?? [] {
+            switch AllowEntry(entry) {
+            case .range(let r): policy.allow.append(r)
+            case .domain(let d): policy.domains.append(d)
+            case nil: throw APIError(400, "network.allowOut: '\(entry)' is not an IPv4 address, CIDR (A.B.C.D[/N]) or domain (NAME, *.NAME)")
             }
         }
-        return EgressPolicy(internet: internet ?? true, allow: try ranges(allowOut, "allowOut"), deny: try ranges(denyOut, "denyOut"))
+        for entry in denyOut ?? [] {
+            guard let r = IPv4Range(entry) else {
+                throw APIError(400, "network.denyOut: '\(entry)' is not an IPv4 address or CIDR (A.B.C.D[/N]); deny rules take no domains")
+            }
+            policy.deny.append(r)
+        }
+        return policy
     }
 }
 
@@ -70,13 +75,21 @@ struct NetworkRecord: Codable, Sendable, Equatable {
 
     init(allowInternetAccess: Bool?, policy: EgressPolicy, index: Int?) {
         self.allowInternetAccess = allowInternetAccess
-        allowOut = policy.allow.map(\.description)
+        allowOut = policy.allow.map(\.description) + policy.domains.map(\.description)
         denyOut = policy.deny.map(\.description)
         self.index = index
     }
 
     var policy: EgressPolicy {
-        EgressPolicy(internet: allowInternetAccess ?? true, allow: allowOut.compactMap(IPv4Range.init), deny: denyOut.compactMap(IPv4Range.init))
+        var p = EgressPolicy(internet: allowInternetAccess ?? true, deny: denyOut.compactMap(IPv4Range.init))
+        for entry in allowOut {
+            switch AllowEntry(entry) {
+            case .range(let r): p.allow.append(r)
+            case .domain(let d): p.domains.append(d)
+            case nil: break
+            }
+        }
+        return p
     }
 }
 

@@ -139,6 +139,60 @@ openat errno EACCES             # malloc's overcommit probe (see vcpu.policy)
 exit
 exit_group
 """#,
+    "egress": #"""
+# Seccomp policy for every thread of kiln-egress, a sandbox's DNS answerer and Host/SNI proxy
+# (docs/net.md, "Domains"), installed on all threads (TSYNC) once its sockets are bound and it has
+# become nobody. From then on it reads the guest's DNS questions and connections, asks the
+# upstream resolver, dials the allowed names' addresses and copies bytes both ways, reads policy
+# updates from its control socket and polls the TAP's carrier. No exec, fork, files, Unix sockets
+# (but the inherited control socket), credentials or signals to others. Format and rules:
+# docs/security.md#seccomp.
+
+read
+write
+recvfrom                        # DNS, connections, control messages
+sendto
+close
+shutdown
+socket arg0 == 2                # AF_INET: upstream questions and dialled connections
+connect
+accept
+fcntl                           # close-on-exec on accepted sockets
+setsockopt                      # timeouts, SO_LINGER
+getsockopt                      # SO_ORIGINAL_DST
+ioctl arg1 == 0x8913            # SIOCGIFFLAGS: the TAP's carrier
+kill arg1 == 0                  # is the creator still there?
+tgkill arg2 == SIGABRT
+
+futex
+clock_gettime
+clock_nanosleep                 # usleep between carrier checks
+nanosleep
+gettid
+getpid
+getrandom                       # DNS ids
+sched_yield
+rt_sigprocmask
+rt_sigaction                    # the runtime's handlers as threads start
+rt_sigreturn
+sigaltstack
+
+# Threads: one per connection and per DNS exchange.
+clone arg0 & CLONE_THREAD == CLONE_THREAD
+clone3 errno ENOSYS
+set_robust_list
+rseq
+prctl arg0 == PR_SET_NAME
+madvise
+mmap arg2 & PROT_EXEC == 0
+mprotect arg2 & PROT_EXEC == 0
+munmap
+mremap
+brk
+
+exit
+exit_group
+"""#,
     "fs": #"""
 # Seccomp policy for a virtio-fs share's thread (kiln-fs, one per share).
 # Serves FUSE requests over one host directory (docs/volumes.md): every path is one component
