@@ -27,19 +27,31 @@ import Testing
         return log
     }
 
+    /// A disk of `bandwidth` bytes a second on a fake clock, activated with a hand-driven event loop.
+    struct Rig {
+        let block: VirtioBlock
+        var driver: GuestDriver
+        let clock = FakeClock()
+        let events = ManualEvents()
+        let log: DeviceLog
+        init(_ path: String, bandwidth: UInt64, suite: RateLimitedBlockTests) throws {
+            block = try VirtioBlock(path: path, readOnly: false, serial: "s", limit: RateLimit(bandwidth: .init(size: bandwidth)),
+                                    clock: clock.read)
+            driver = try GuestDriver()
+            log = suite.activate(block, driver, events)
+        }
+    }
+
     @Test func aThrottledDiskStopsTakingRequestsAndResumesWhenItsTimerFires() throws {
         let path = makeImage(sectors: 16, name: "rate")
         defer { unlink(path) }
-        let clock = FakeClock()
         // 2 KiB a second: two of the 1 KiB reads pass at once, the third waits for half a second of refill.
-        let block = try VirtioBlock(path: path, readOnly: false, serial: "s", limit: RateLimit(bandwidth: .init(size: 2048)),
-                                    clock: clock.read)
-        var d = try GuestDriver()
-        let events = ManualEvents()
-        let log = activate(block, d, events)
+        var rig = try Rig(path, bandwidth: 2048, suite: self)
+        let (block, clock, events, log) = (rig.block, rig.clock, rig.events, rig.log)
         let timer = try #require(block.throttle?.timer.fd)
         #expect(events.isWatching(timer))
-        try postReads(&d)
+        try postReads(&rig.driver)
+        let d = rig.driver
 
         block.process(queue: 0)
         #expect(try d.usedIndex() == 2, "the third read waits on the ring")
@@ -83,14 +95,11 @@ import Testing
     @Test func aRequestLargerThanTheBucketStillCompletes() throws {
         let path = makeImage(sectors: 16, name: "rate-big")
         defer { unlink(path) }
-        let clock = FakeClock()
         // A 512-byte bucket and 1 KiB reads: each passes on a full bucket, then waits out its debt.
-        let block = try VirtioBlock(path: path, readOnly: false, serial: "s", limit: RateLimit(bandwidth: .init(size: 512)),
-                                    clock: clock.read)
-        var d = try GuestDriver()
-        let events = ManualEvents()
-        _ = activate(block, d, events)
-        try postReads(&d)
+        var rig = try Rig(path, bandwidth: 512, suite: self)
+        let (block, clock, events) = (rig.block, rig.clock, rig.events)
+        try postReads(&rig.driver)
+        let d = rig.driver
         block.process(queue: 0)
         #expect(try d.usedIndex() == 1)
         clock.advance(milliseconds: 1000) // pays the 512-byte debt: the bucket is empty, not yet full
