@@ -466,7 +466,8 @@ def net_main(args, here, root):
     ktap, qtap = "kbk0", "kbq0"
     kiln_argv = [args.kiln, "boot", "--kernel", args.kernel, "--initrd", args.initrd, "--cmdline", args.cmdline,
                  "--memory", str(args.memory), "--cpus", "1",
-                 "--net", f"tap={ktap},host={NET_HOST}/{NET_PREFIX},guest={NET_GUEST}"]
+                 "--net", f"tap={ktap},host={NET_HOST}/{NET_PREFIX},guest={NET_GUEST}"
+                 + (f",{args.kiln_net_options}" if args.kiln_net_options else "")]
     fallback_append = (args.cmdline + (" " + boot.EMULATED_CPL0_PARAMS if host["kvm_pvm"] else "")
                        + f" ip={NET_GUEST}::{NET_HOST}:255.255.255.0::eth0:off")
     qemu_append, append_source = None, None
@@ -578,6 +579,10 @@ def main():
     ap.add_argument("--kib", type=int, default=256, help="--device net: KiB per transfer (default 256)")
     ap.add_argument("--other-kiln", default=None,
                     help="--device net: a second kiln binary to boot in the same rotation (reported as kiln-other)")
+    ap.add_argument("--kiln-disk-options", default=None,
+                    help="appended to Kiln's --disk IMG, e.g. rate=256K (Benchmarks/ratelimit.sh)")
+    ap.add_argument("--kiln-net-options", default=None,
+                    help="--device net: appended to Kiln's --net spec, e.g. rate=8K (Benchmarks/ratelimit.sh)")
     ap.add_argument("--json", default=None, help="default Benchmarks/results/devices-<date>.json")
     args = ap.parse_args()
     if args.device == "net":
@@ -592,7 +597,8 @@ def main():
         for _ in range(IMAGE_MIB):
             f.write(os.urandom(1 << 20))
     kiln_argv = [args.kiln, "boot", "--kernel", args.kernel, "--initrd", args.initrd, "--cmdline", args.cmdline,
-                 "--memory", str(args.memory), "--cpus", "1", "--disk", image]
+                 "--memory", str(args.memory), "--cpus", "1",
+                 "--disk", image + (f",{args.kiln_disk_options}" if args.kiln_disk_options else "")]
     fallback_append = args.cmdline + (" " + boot.EMULATED_CPL0_PARAMS if host["kvm_pvm"] else "")
     qemu_append, append_source = None, None
 

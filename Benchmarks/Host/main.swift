@@ -110,13 +110,76 @@ func runBlockBenchmark() throws {
     }
 }
 
+/// The device thread's loop reduced to what a throttled disk needs: the handler of each watched fd.
+final class TimerLoop: EventRegistry, @unchecked Sendable {
+    var handlers: [Int32: @Sendable () -> Void] = [:] // only the benchmark's thread touches it
+    func watch(_ fd: Int32, _ handler: @escaping @Sendable () -> Void) throws(Errno) { handlers[fd] = handler }
+    func setInterest(_ fd: Int32, readable: Bool, writable: Bool) {}
+    func unwatch(_ fd: Int32) { handlers[fd] = nil }
+}
+
+/// A rate-limited disk kept busy (64 requests queued at all times) for `seconds` on the real clock
+/// and timerfd: the rate it delivered once its first (full) bucket was spent, from the first refusal
+/// to the last completion, against its limit.
+func benchRateLimit(limit: RateLimit, bytes: Int, seconds: Double) throws -> (perSecond: Double, limit: Double) {
+    let path = "/tmp/kiln-bench-rl-\(getpid()).img"
+    let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
+    ftruncate(fd, off_t(64 << 20))
+    close(fd)
+    defer { unlink(path) }
+    let memory = try GuestMemory(layout: [(0, 96 << 20)]) // 64 data buffers of up to 1 MiB from 1 MiB up
+    let block = try VirtioBlock(path: path, readOnly: false, serial: "bench", limit: limit)
+    let loop = TimerLoop()
+    var driver = Driver(memory: memory)
+    block.activate(queues: [driver.queue], context: VirtioContext(memory: memory, features: block.features,
+                                                                   interrupt: {}, fail: { print("failed: \($0)") }, events: loop))
+    let timer = block.throttle!.timer.fd
+    let batch = 64
+    var posted = 0
+    func used() throws -> Int { Int(try memory.read(UInt16.self, at: driver.used + 2)) }
+    let start = now()
+    var refused: (time: Double, done: Int)?, last = (time: start, done: 0) // requests done (< 65536: no wrap)
+    while now() - start < seconds {
+        if try posted == used() {
+            try driver.post(count: batch, type: 0, bytes: bytes) { UInt64($0 * bytes / 512) }
+            posted += batch
+            block.process(queue: 0)
+        }
+        if try used() > last.done { last = (now(), try used()) }
+        guard try posted > used() else { continue } // everything passed: queue more at once
+        if refused == nil { refused = (now(), try used()) }
+        var p = pollfd(fd: timer, events: Int16(POLLIN), revents: 0)
+        if poll(&p, 1, 100) == 1 { loop.handlers[timer]?() }
+    }
+    guard let refused, last.time > refused.time else { return (0, 0) }
+    let requestsPerSecond = Double(last.done - refused.done) / (last.time - refused.time)
+    if let b = limit.bandwidth { return (requestsPerSecond * Double(bytes), Double(b.size) * 1000 / Double(b.refillMilliseconds)) }
+    let o = limit.operations!
+    return (requestsPerSecond, Double(o.size) * 1000 / Double(o.refillMilliseconds))
+}
+
+func runRateLimitBenchmark() throws {
+    print("| rate-limited virtio-blk, host path (real clock and timerfd, 64 requests queued) | limit | delivered, first refusal to last completion | of the limit |")
+    print("|---|---:|---:|---:|")
+    for (name, limit, bytes) in [("64 KiB reads, 8 MiB/s", RateLimit(bandwidth: .init(size: 8 << 20)), 65536),
+                                 ("1 MiB reads, 256 KiB/s bucket (oversized requests)", RateLimit(bandwidth: .init(size: 256 << 10)), 1 << 20),
+                                 ("4 KiB reads, 1000 requests/s", RateLimit(operations: .init(size: 1000)), 4096),
+                                 ("4 KiB reads, 50 requests/s refilled every 100 ms", RateLimit(operations: .init(size: 5, refillMilliseconds: 100)), 4096)] {
+        let r = try benchRateLimit(limit: limit, bytes: bytes, seconds: 10)
+        let unit = limit.bandwidth != nil ? "B/s" : "requests/s"
+        print("| \(name) | \(Int(r.limit)) \(unit) | \(Int(r.perSecond)) \(unit) | \(String(format: "%.2f", 100 * r.perSecond / r.limit)) % |")
+    }
+}
+
 //   kiln-bench [blk]     virtio-blk host-side cost per request
+//   kiln-bench ratelimit a rate-limited virtio-blk's delivered rate against its limit (host side)
 //   kiln-bench agent     agent protocol on the host: ping and exec round trips, stdout/stdin throughput
 //   kiln-bench vm        the same through a booted sandbox (guest agent over vsock)
 let mode = CommandLine.arguments.count > 1 ? CommandLine.arguments[1] : "blk"
 switch mode {
 case "blk": try runBlockBenchmark()
+case "ratelimit": try runRateLimitBenchmark()
 case "agent": try await runAgentBenchmark()
 case "vm": try await runSandboxBenchmark()
-default: print("usage: kiln-bench [blk|agent|vm]"); exit(2)
+default: print("usage: kiln-bench [blk|ratelimit|agent|vm]"); exit(2)
 }

@@ -1,4 +1,5 @@
 import AgentProtocol
+import Devices
 import Glibc
 import Jailer
 import LinuxSys
@@ -81,11 +82,22 @@ public final class Sandbox: Sendable {
         /// it moves to console.log.1 and starts over, so at most twice this is on the host and the
         /// newest output is in console.log (`consoleTail` reads both).
         public var consoleLimit: Int = Sandbox.defaultConsoleLimit
+        /// Rate limits (docs/net.md, "Rate limits"): every disk's (each its own buckets), and each
+        /// direction of the network device's.
+        public var limits = Limits()
 
         public init(kernelPath: String, imagePath: String) {
             self.kernelPath = kernelPath
             self.imagePath = imagePath
         }
+    }
+
+    /// A sandbox's rate limits: `--disk-rate` and `--net-rate` (a NIC's limit applies to receive
+    /// and transmit, a bucket each).
+    public struct Limits: Sendable, Equatable {
+        public var disk: RateLimit = .unlimited
+        public var net: RateLimit = .unlimited
+        public init(disk: RateLimit = .unlimited, net: RateLimit = .unlimited) { self.disk = disk; self.net = net }
     }
 
     public static let defaultShareSlots = 4
@@ -148,11 +160,16 @@ public final class Sandbox: Sendable {
                                           consoleInput: nil, consoleOutput: console)
         machineConfig.consoleLimit = UInt64(config.consoleLimit)
         // The image is vda whatever boots it, so that kiln.root names the same disk on both paths.
-        machineConfig.disks = [MachineConfig.Disk(path: config.imagePath, overlay: true)]
-        if let disk = config.agentDisk { machineConfig.disks.append(MachineConfig.Disk(path: disk, readOnly: true)) }
+        machineConfig.disks = [MachineConfig.Disk(path: config.imagePath, overlay: true, limit: config.limits.disk)]
+        if let disk = config.agentDisk { machineConfig.disks.append(MachineConfig.Disk(path: disk, readOnly: true, limit: config.limits.disk)) }
         machineConfig.vsock = MachineConfig.Vsock(path: vsockPath)
         if let network = config.network {
             machineConfig.net = NetSpec(tap: SandboxNetwork.tapName, netns: network.namespacePath)
+            machineConfig.net?.rxLimit = config.limits.net
+            machineConfig.net?.txLimit = config.limits.net
+        } else if !config.limits.net.isUnlimited {
+            cleanUp(directory, console)
+            throw .setup("--net-rate limits the network device: the sandbox has none (kiln run --net)")
         }
         machineConfig.seccomp = config.seccomp
         let host: any VMHost
@@ -206,7 +223,8 @@ public final class Sandbox: Sendable {
                                hostProfile: HostProfile = .detect(), isolation: Isolation = .automatic,
                                lifetime: Lifetime = .tiedToProcess, seccomp: SeccompMode = .kill,
                                timeout: Double = 60, volumes: [Volume] = [], network: SandboxNetwork? = nil,
-                               consoleLimit: Int = Sandbox.defaultConsoleLimit) async throws(SandboxError) -> Sandbox {
+                               consoleLimit: Int = Sandbox.defaultConsoleLimit,
+                               limits: Limits? = nil) async throws(SandboxError) -> Sandbox {
         do throws(SettingError) { try SandboxSettings.check(consoleLimit, .consoleLimit, in: SandboxSettings.consoleLimitRange) } catch {
             throw .invalid(error)
         }
@@ -223,10 +241,18 @@ public final class Sandbox: Sendable {
         } else if network != nil {
             throw .setup("snapshot \(snapshot) has no network device: a network needs a template made with one")
         }
+        if let limits, !limits.net.isUnlimited, net == nil {
+            throw .setup("--net-rate limits the network device: the sandbox has none (kiln run --net)")
+        }
         let (directory, console) = try prepare(runtimeDirectory, lifetime: lifetime)
         let vsockPath = directory + "/vsock.sock"
         var overrides = RestoreOverrides(vsockPath: vsockPath, consoleInput: nil, consoleOutput: console, hostProfile: hostProfile)
         overrides.net = net
+        // nil keeps the template's limits; a clone given limits gets exactly those.
+        if let limits {
+            overrides.diskLimit = limits.disk
+            if net != nil { overrides.netRxLimit = limits.net; overrides.netTxLimit = limits.net }
+        }
         overrides.seccomp = seccomp
         overrides.consoleLimit = UInt64(consoleLimit)
         let host: any VMHost

@@ -1,4 +1,5 @@
 import Boot
+import Devices
 import Glibc
 import Images
 import VMM
@@ -160,6 +161,12 @@ public struct SandboxSettings: Sendable {
         return disk
     }
 
+    /// `--disk-rate`/`--net-rate`: a token bucket per second (docs/net.md, "Rate limits").
+    public static func parseRate(_ text: String, _ setting: Setting) throws(SettingError) -> RateLimit {
+        guard let limit = RateLimitOptions.parse(text) else { throw SettingError(setting, setting.takes, got: text) }
+        return limit
+    }
+
     public static func parseNet(_ spec: String) throws(SettingError) -> NetSpec {
         do { return try NetSpec.parse(spec) } catch {
             guard case .bad(let why) = error else { throw SettingError(.net, Setting.net.takes, got: spec) }
@@ -177,6 +184,7 @@ public struct SandboxSettings: Sendable {
 /// A setting a user gives, with the name each front end knows it by.
 public enum Setting: String, Sendable, CaseIterable {
     case cpus, memory, bootTimeout, timeout, pids, kernel, initrd, image, rootDisk, disk, net, env, template, lifetime, consoleLimit, openFiles
+    case diskRate, netRate
 
     /// The command-line option.
     public var option: String {
@@ -186,6 +194,8 @@ public enum Setting: String, Sendable, CaseIterable {
         case .lifetime: return "--ttl"
         case .consoleLimit: return "--console-limit"
         case .openFiles: return "--open-files"
+        case .diskRate: return "--disk-rate"
+        case .netRate: return "--net-rate"
         default: return "--" + rawValue
         }
     }
@@ -219,7 +229,9 @@ public enum Setting: String, Sendable, CaseIterable {
         case .initrd: return "an initramfs file"
         case .rootDisk: return "an ext4 disk file or block device"
         case .image: return "default, debian, an image NAME, a disk file, or an OCI reference [HOST[:PORT]/]NAME[:TAG][@DIGEST]"
-        case .disk: return "PATH[,ro|,overlay] naming a regular file or block device"
+        case .disk: return "PATH[,ro|,overlay][,rate=BYTES_PER_S][,ops=N] naming a regular file or block device"
+        case .diskRate, .netRate:
+            return "BYTES_PER_S[,ops=N][,burst=BYTES][,ops-burst=N], each a whole number from 1 to 2^50 (K, M, G: KiB, MiB, GiB), or 0 for no limit"
         case .net: return "tap=NAME|auto[,mac=xx:xx:xx:xx:xx:xx][,host=IP/PREFIX,guest=IP]"
         case .env: return "NAME=VALUE with a non-empty NAME"
         case .template: return "a template name or image reference (printable ASCII, at most 255 bytes, no '.' or '..' component)"

@@ -50,25 +50,37 @@ public struct MachineConfig: Sendable {
         /// The guest may write, but writes go to a private layer discarded with the VM; the
         /// image itself is opened read-only.
         public var overlay: Bool
-        public init(path: String, readOnly: Bool = false, overlay: Bool = false) {
-            self.path = path; self.readOnly = readOnly; self.overlay = overlay
+        /// The disk's rate limit (docs/net.md, "Rate limits").
+        public var limit: RateLimit
+        public init(path: String, readOnly: Bool = false, overlay: Bool = false, limit: RateLimit = .unlimited) {
+            self.path = path; self.readOnly = readOnly; self.overlay = overlay; self.limit = limit
         }
 
-        /// Parses `PATH[,ro|,overlay]`.
+        /// Parses `PATH[,ro|,overlay][,rate=BYTES_PER_S][,ops=N][,burst=BYTES][,ops-burst=N]`.
         public static func parse(_ spec: String) -> Disk? {
             var parts = spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
             guard let path = parts.first, !path.isEmpty else { return nil }
             parts.removeFirst()
             var disk = Disk(path: path)
+            var rate = RateLimitOptions()
             for option in parts {
+                let kv = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
                 switch option {
                 case "ro": disk.readOnly = true
                 case "rw": disk.readOnly = false
                 case "overlay": disk.overlay = true
-                default: return nil
+                default:
+                    guard kv.count == 2, RateLimitOptions.keys.contains(kv[0]), rate.take(kv[0], kv[1]) else { return nil }
                 }
             }
+            guard let limit = rate.limit else { return nil }
+            disk.limit = limit
             return disk.readOnly && disk.overlay ? nil : disk
+        }
+
+        /// The `--disk` text that parses back to this disk.
+        var specString: String {
+            ([path] + (readOnly ? ["ro"] : []) + (overlay ? ["overlay"] : []) + limit.specOptions).joined(separator: ",")
         }
     }
 

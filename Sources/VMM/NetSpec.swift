@@ -1,3 +1,5 @@
+import Devices
+
 /// A virtio-net device on a TAP interface, as `--net` describes it:
 /// `tap=NAME|auto[,mac=xx:xx:xx:xx:xx:xx][,host=IP/PREFIX,guest=IP]`.
 public struct NetSpec: Sendable, Equatable {
@@ -11,6 +13,9 @@ public struct NetSpec: Sendable, Equatable {
     /// before its jail gives it an empty one: a sandbox network's (Sources/KilnNet). Never saved
     /// in a snapshot; not part of the `--net` text.
     public var netns: String?
+    /// The rate limits of what the guest receives and what it sends (docs/net.md, "Rate limits").
+    public var rxLimit: RateLimit = .unlimited
+    public var txLimit: RateLimit = .unlimited
 
     public init(tap: String?, mac: [UInt8] = NetSpec.randomMAC(), host: (address: String, prefix: Int)? = nil, guest: String? = nil,
                 netns: String? = nil) {
@@ -19,7 +24,7 @@ public struct NetSpec: Sendable, Equatable {
 
     public static func == (a: NetSpec, b: NetSpec) -> Bool {
         a.tap == b.tap && a.mac == b.mac && a.host?.address == b.host?.address && a.host?.prefix == b.host?.prefix && a.guest == b.guest
-            && a.netns == b.netns
+            && a.netns == b.netns && a.rxLimit == b.rxLimit && a.txLimit == b.txLimit
     }
 
     /// A locally administered unicast address (02:...), random so that VMs on one bridge differ.
@@ -30,12 +35,13 @@ public struct NetSpec: Sendable, Equatable {
     public enum ParseError: Error, Equatable, CustomStringConvertible {
         case bad(String)
         public var description: String {
-            switch self { case .bad(let why): return "--net: \(why) (expected tap=NAME|auto[,mac=xx:xx:xx:xx:xx:xx][,host=IP/PREFIX,guest=IP])" }
+            switch self { case .bad(let why): return "--net: \(why) (expected tap=NAME|auto[,mac=xx:xx:xx:xx:xx:xx][,host=IP/PREFIX,guest=IP][,[rx-|tx-]rate=BYTES_PER_S][,[rx-|tx-]ops=N])" }
         }
     }
 
     public static func parse(_ spec: String) throws(ParseError) -> NetSpec {
         var tap: String??, mac: [UInt8]?, host: (String, Int)?, guest: String?
+        var rx = RateLimitOptions(), tx = RateLimitOptions()
         for option in spec.split(separator: ",", omittingEmptySubsequences: false) {
             let kv = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
             guard kv.count == 2 else { throw .bad("'\(option)' is not key=value") }
@@ -57,13 +63,24 @@ public struct NetSpec: Sendable, Equatable {
             case "guest":
                 guard parseIPv4(value) != nil else { throw .bad("bad guest address '\(value)'") }
                 guest = value
+            case let key where RateLimitOptions.keys.contains(key):
+                // Without rx- or tx-, a limit applies to each direction (each with a bucket of its own).
+                guard rx.take(key, value), tx.take(key, value) else { throw .bad("bad \(key) '\(value)'") }
+            case let key where key.hasPrefix("rx-") && RateLimitOptions.keys.contains(String(key.dropFirst(3))):
+                guard rx.take(String(key.dropFirst(3)), value) else { throw .bad("bad \(key) '\(value)'") }
+            case let key where key.hasPrefix("tx-") && RateLimitOptions.keys.contains(String(key.dropFirst(3))):
+                guard tx.take(String(key.dropFirst(3)), value) else { throw .bad("bad \(key) '\(value)'") }
             default:
                 throw .bad("unknown option '\(kv[0])'")
             }
         }
         guard let tap else { throw .bad("tap= is required") }
         guard (host == nil) == (guest == nil) else { throw .bad("host= and guest= go together") }
-        return NetSpec(tap: tap, mac: mac ?? randomMAC(), host: host.map { (address: $0.0, prefix: $0.1) }, guest: guest)
+        guard let rxLimit = rx.limit, let txLimit = tx.limit else { throw .bad("a rate limit out of range (sizes from 1 to 2^50, a burst or refill needs its rate or ops)") }
+        var spec = NetSpec(tap: tap, mac: mac ?? randomMAC(), host: host.map { (address: $0.0, prefix: $0.1) }, guest: guest)
+        spec.rxLimit = rxLimit
+        spec.txLimit = txLimit
+        return spec
     }
 
     /// The kernel's IP autoconfiguration (`ip=`, CONFIG_IP_PNP) for the guest's eth0, the host as gateway.

@@ -19,7 +19,10 @@ public enum VirtioDeviceSpec: Sendable, Equatable {
     func make(index: Int, vsockConnector: VirtioVsock.Connector?) throws(MachineError) -> any VirtioDevice {
         switch self {
         case .block(let disk):
-            do { return try VirtioBlock(path: disk.path, readOnly: disk.readOnly, overlay: disk.overlay, serial: "kiln-disk-\(index)") }
+            do {
+                return try VirtioBlock(path: disk.path, readOnly: disk.readOnly, overlay: disk.overlay, serial: "kiln-disk-\(index)",
+                                       limit: disk.limit)
+            }
             catch { throw .config(error.description) }
         case .vsock(let path, let cid):
             do { return try VirtioVsock(path: path, guestCID: cid, connector: vsockConnector) }
@@ -38,8 +41,9 @@ public enum VirtioDeviceSpec: Sendable, Equatable {
                 else if tap.created { try tap.bringUp() }
                 let name = tap.name, raw = tap.fd.raw
                 // The device owns the descriptor from here on, and is the only caller of this.
-                return VirtioNet(backend: tap.descriptor(), name: name, mac: spec.mac,
-                                 offloads: { offloads throws(Errno) in try Tap.setOffloads(offloads, fd: raw) })
+                return try VirtioNet(backend: tap.descriptor(), name: name, mac: spec.mac,
+                                     offloads: { offloads throws(Errno) in try Tap.setOffloads(offloads, fd: raw) },
+                                     rxLimit: spec.rxLimit, txLimit: spec.txLimit)
             } catch {
                 throw .config("cannot set up TAP \(spec.tap ?? Tap.autoName): \(error)")
             }

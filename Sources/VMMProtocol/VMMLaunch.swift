@@ -55,12 +55,30 @@ public struct VMMLaunch: Sendable, Equatable {
         }
     }
 
+    /// One token bucket of a rate limit (Devices.TokenBucket.Limit): tokens are bytes or operations.
+    public struct Bucket: Sendable, Equatable {
+        public var size: UInt64
+        public var oneTimeBurst: UInt64
+        public var refillMilliseconds: UInt64
+        public init(size: UInt64, oneTimeBurst: UInt64, refillMilliseconds: UInt64) {
+            self.size = size; self.oneTimeBurst = oneTimeBurst; self.refillMilliseconds = refillMilliseconds
+        }
+    }
+
+    /// A device queue's rate limit (Devices.RateLimit): neither bucket is unlimited.
+    public struct RateLimit: Sendable, Equatable {
+        public var bandwidth: Bucket?
+        public var operations: Bucket?
+        public init(bandwidth: Bucket? = nil, operations: Bucket? = nil) { self.bandwidth = bandwidth; self.operations = operations }
+    }
+
     public struct Disk: Sendable, Equatable {
         public var path: String
         public var readOnly: Bool
         public var overlay: Bool
-        public init(path: String, readOnly: Bool = false, overlay: Bool = false) {
-            self.path = path; self.readOnly = readOnly; self.overlay = overlay
+        public var limit: RateLimit
+        public init(path: String, readOnly: Bool = false, overlay: Bool = false, limit: RateLimit = RateLimit()) {
+            self.path = path; self.readOnly = readOnly; self.overlay = overlay; self.limit = limit
         }
     }
 
@@ -74,8 +92,13 @@ public struct VMMLaunch: Sendable, Equatable {
         public var guest: String?
         /// The network namespace file to join before opening the TAP (a sandbox network's).
         public var netns: String?
-        public init(tap: String?, mac: [UInt8], host: String? = nil, hostPrefix: Int = 0, guest: String? = nil, netns: String? = nil) {
+        /// What the guest receives and what it sends.
+        public var rxLimit: RateLimit
+        public var txLimit: RateLimit
+        public init(tap: String?, mac: [UInt8], host: String? = nil, hostPrefix: Int = 0, guest: String? = nil, netns: String? = nil,
+                    rxLimit: RateLimit = RateLimit(), txLimit: RateLimit = RateLimit()) {
             self.tap = tap; self.mac = mac; self.host = host; self.hostPrefix = hostPrefix; self.guest = guest; self.netns = netns
+            self.rxLimit = rxLimit; self.txLimit = txLimit
         }
     }
 
@@ -94,10 +117,14 @@ public struct VMMLaunch: Sendable, Equatable {
         public var net: Net?
         /// Directories bound to the snapshot's spare virtio-fs slots, by tag.
         public var shares: [Share]
+        /// The clone's rate limits (every disk; the NIC's receive and transmit); nil keeps the snapshot's.
+        public var diskLimit: RateLimit?
+        public var netRxLimit: RateLimit?
+        public var netTxLimit: RateLimit?
         public init(snapshot: String, hostProfile: String, vsockPath: String? = nil, vsockCID: UInt64? = nil, net: Net? = nil,
-                    shares: [Share] = []) {
+                    shares: [Share] = [], diskLimit: RateLimit? = nil, netRxLimit: RateLimit? = nil, netTxLimit: RateLimit? = nil) {
             self.snapshot = snapshot; self.hostProfile = hostProfile; self.vsockPath = vsockPath; self.vsockCID = vsockCID; self.net = net
-            self.shares = shares
+            self.shares = shares; self.diskLimit = diskLimit; self.netRxLimit = netRxLimit; self.netTxLimit = netTxLimit
         }
     }
 
@@ -123,7 +150,7 @@ public struct VMMLaunch: Sendable, Equatable {
     public var consoleRotation: Int32? { headless && consoleLimit > 0 ? Self.consoleRotationFD : nil }
 
     /// "KVML" and the format version.
-    static let magic: [UInt8] = [0x4B, 0x56, 0x4D, 0x4C, 3]
+    static let magic: [UInt8] = [0x4B, 0x56, 0x4D, 0x4C, 4]
     /// The largest encoded launch (one SOCK_SEQPACKET message).
     public static let maxEncodedSize = 1 << 20
 
@@ -136,7 +163,7 @@ public struct VMMLaunch: Sendable, Equatable {
             w.string(b.kernel); w.optional(b.initrd) { $0.string($1) }; w.string(b.cmdline)
             w.u64(UInt64(b.cpus)); w.u64(UInt64(b.memoryMiB)); w.string(b.hostProfile)
             w.optional(b.bootProtocol) { $0.string($1) }
-            w.array(b.disks) { w, d in w.string(d.path); w.bool(d.readOnly); w.bool(d.overlay) }
+            w.array(b.disks) { w, d in w.string(d.path); w.bool(d.readOnly); w.bool(d.overlay); w.rateLimit(d.limit) }
             w.optional(b.net) { $0.net($1) }
             w.optional(b.vsock) { w, v in w.string(v.path); w.u64(v.cid) }
             w.array(b.shares) { $0.share($1) }
@@ -146,6 +173,9 @@ public struct VMMLaunch: Sendable, Equatable {
             w.optional(r.vsockPath) { $0.string($1) }; w.optional(r.vsockCID) { $0.u64($1) }
             w.optional(r.net) { $0.net($1) }
             w.array(r.shares) { $0.share($1) }
+            w.optional(r.diskLimit) { $0.rateLimit($1) }
+            w.optional(r.netRxLimit) { $0.rateLimit($1) }
+            w.optional(r.netTxLimit) { $0.rateLimit($1) }
         }
         w.optional(jail) { w, j in j.encode(&w) }
         w.string(seccomp)
@@ -158,7 +188,7 @@ public struct VMMLaunch: Sendable, Equatable {
     public static func decode(_ bytes: [UInt8]) throws(WireError) -> VMMLaunch {
         guard bytes.count <= maxEncodedSize else { throw .invalid(field: "launch", why: "\(bytes.count) bytes") }
         var r = WireReader(bytes)
-        try r.expect(magic: magic, format: "Kiln VMM launch configuration (version 3)")
+        try r.expect(magic: magic, format: "Kiln VMM launch configuration (version 4)")
         let machine: Machine
         switch try r.u8("machine") {
         case 1:
@@ -169,7 +199,8 @@ public struct VMMLaunch: Sendable, Equatable {
             let profile = try r.string("boot.hostProfile")
             let proto = try r.optional("boot.bootProtocol") { (r: inout WireReader) throws(WireError) in try r.string("boot.bootProtocol") }
             let disks = try r.array("boot.disks", max: 16) { (r: inout WireReader) throws(WireError) in
-                Disk(path: try r.string("disk.path"), readOnly: try r.bool("disk.readOnly"), overlay: try r.bool("disk.overlay"))
+                Disk(path: try r.string("disk.path"), readOnly: try r.bool("disk.readOnly"), overlay: try r.bool("disk.overlay"),
+                     limit: try r.rateLimit("disk.limit"))
             }
             let net = try r.optional("boot.net") { (r: inout WireReader) throws(WireError) in try r.net() }
             let vsock = try r.optional("boot.vsock") { (r: inout WireReader) throws(WireError) in
@@ -184,7 +215,11 @@ public struct VMMLaunch: Sendable, Equatable {
             let cid = try r.optional("restore.vsockCID") { (r: inout WireReader) throws(WireError) in try r.u64("restore.vsockCID") }
             let net = try r.optional("restore.net") { (r: inout WireReader) throws(WireError) in try r.net() }
             let shares = try r.array("restore.shares", max: 16) { (r: inout WireReader) throws(WireError) in try r.share() }
-            machine = .restore(Restore(snapshot: snapshot, hostProfile: profile, vsockPath: vsockPath, vsockCID: cid, net: net, shares: shares))
+            let disk = try r.optional("restore.diskLimit") { (r: inout WireReader) throws(WireError) in try r.rateLimit("restore.diskLimit") }
+            let rx = try r.optional("restore.netRxLimit") { (r: inout WireReader) throws(WireError) in try r.rateLimit("restore.netRxLimit") }
+            let tx = try r.optional("restore.netTxLimit") { (r: inout WireReader) throws(WireError) in try r.rateLimit("restore.netTxLimit") }
+            machine = .restore(Restore(snapshot: snapshot, hostProfile: profile, vsockPath: vsockPath, vsockCID: cid, net: net, shares: shares,
+                                       diskLimit: disk, netRxLimit: rx, netTxLimit: tx))
         case let tag:
             throw .invalid(field: "machine", why: "unknown kind \(tag)")
         }
@@ -205,6 +240,14 @@ extension WireWriter {
         u64(UInt64(n.hostPrefix))
         optional(n.guest) { $0.string($1) }
         optional(n.netns) { $0.string($1) }
+        rateLimit(n.rxLimit)
+        rateLimit(n.txLimit)
+    }
+
+    mutating func rateLimit(_ l: VMMLaunch.RateLimit) {
+        for bucket in [l.bandwidth, l.operations] {
+            optional(bucket) { w, b in w.u64(b.size); w.u64(b.oneTimeBurst); w.u64(b.refillMilliseconds) }
+        }
     }
 
     mutating func share(_ s: VMMLaunch.Share) {
@@ -221,7 +264,23 @@ extension WireReader {
         let prefix = try int("net.hostPrefix", in: 0...32)
         let guest = try optional("net.guest") { (r: inout WireReader) throws(WireError) in try r.string("net.guest") }
         let netns = try optional("net.netns") { (r: inout WireReader) throws(WireError) in try r.string("net.netns") }
-        return VMMLaunch.Net(tap: tap, mac: mac, host: host, hostPrefix: prefix, guest: guest, netns: netns)
+        return VMMLaunch.Net(tap: tap, mac: mac, host: host, hostPrefix: prefix, guest: guest, netns: netns,
+                             rxLimit: try rateLimit("net.rxLimit"), txLimit: try rateLimit("net.txLimit"))
+    }
+
+    /// A rate limit; a bucket's size and refill must be non-zero and no more than a PiB and a
+    /// day (what Devices.TokenBucket.Limit accepts).
+    mutating func rateLimit(_ field: String) throws(WireError) -> VMMLaunch.RateLimit {
+        func bucket(_ r: inout WireReader) throws(WireError) -> VMMLaunch.Bucket {
+            let size = try r.u64(field + ".size"), burst = try r.u64(field + ".oneTimeBurst"), refill = try r.u64(field + ".refill")
+            guard (1...(1 << 50)).contains(size), burst <= 1 << 50, (1...86_400_000).contains(refill) else {
+                throw .invalid(field: field, why: "bucket of \(size) (burst \(burst)) per \(refill) ms")
+            }
+            return VMMLaunch.Bucket(size: size, oneTimeBurst: burst, refillMilliseconds: refill)
+        }
+        let bandwidth = try optional(field + ".bandwidth", bucket)
+        let operations = try optional(field + ".operations", bucket)
+        return VMMLaunch.RateLimit(bandwidth: bandwidth, operations: operations)
     }
 
     mutating func share() throws(WireError) -> VMMLaunch.Share {

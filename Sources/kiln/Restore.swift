@@ -26,6 +26,14 @@ struct RestoreCommand: ParsableCommand {
     var vsockCid: String?
     @Option(parsing: .unconditional, help: ArgumentHelp("The clone's own TAP/MAC, as `kiln boot --net`.", valueName: "SPEC"))
     var net: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(
+        "The clone's limit for every disk, as `kiln run --disk-rate` (0: none; default: the snapshot's).",
+        valueName: "BYTES_PER_S[,ops=N]"))
+    var diskRate: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(
+        "The clone's limit for each direction of its NIC, as `kiln run --net-rate` (0: none; default: the snapshot's).",
+        valueName: "BYTES_PER_S[,ops=N]"))
+    var netRate: String?
     @Option(parsing: .unconditional, help: ArgumentHelp("A control socket for this clone (pause, resume, status, snapshot DIR).",
                                                           valueName: "PATH"))
     var control: String?
@@ -48,6 +56,12 @@ struct RestoreCommand: ParsableCommand {
         overrides.vsockPath = vsock
         if let net {
             overrides.net = try SandboxSettings.parseNet(net)
+        }
+        if let diskRate { overrides.diskLimit = try SandboxSettings.parseRate(diskRate, .diskRate) }
+        if let netRate {
+            let limit = try SandboxSettings.parseRate(netRate, .netRate)
+            overrides.netRxLimit = limit
+            overrides.netTxLimit = limit
         }
         let settings = try JailCommand.Settings(jail, control: control, noSeccomp: noSeccomp)
         if headless { overrides.consoleInput = nil }

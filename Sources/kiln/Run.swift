@@ -61,6 +61,15 @@ struct RunCommand: AsyncParsableCommand {
         "The command's open-files limit in the guest, soft and hard (default 1024 soft, 4096 hard).", valueName: "N"))
     var openFiles: String?
     @Option(parsing: .unconditional, help: ArgumentHelp("""
+        Limit each disk to BYTES_PER_S (and N requests a second), a token bucket of that size refilled every second, \
+        BURST extra once (docs/net.md, "Rate limits"). K, M, G: KiB, MiB, GiB.
+        """, valueName: "BYTES_PER_S[,ops=N][,burst=BYTES]"))
+    var diskRate: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
+        Limit what the sandbox receives and what it sends (a bucket each) to BYTES_PER_S (and N frames a second); needs --net.
+        """, valueName: "BYTES_PER_S[,ops=N][,burst=BYTES]"))
+    var netRate: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
         Start from template NAME (kiln template create) instead of booting; its image, kernel, memory and vCPUs are the template's.
         """, valueName: "NAME"))
     var template: String?
@@ -105,6 +114,8 @@ struct RunCommand: AsyncParsableCommand {
         if let consoleLimit {
             settings.consoleLimit = try SandboxSettings.parseInt(consoleLimit, .consoleLimit, in: SandboxSettings.consoleLimitRange)
         }
+        if let diskRate { o.limits.disk = try SandboxSettings.parseRate(diskRate, .diskRate) }
+        if let netRate { o.limits.net = try SandboxSettings.parseRate(netRate, .netRate) }
         for entry in env {
             // `-e K` copies K from here: its name is checked as that of K=V.
             do { try SandboxSettings.checkEnvironment(entry.contains("=") ? entry : entry + "=") } catch {
@@ -157,6 +168,7 @@ struct RunCommand: AsyncParsableCommand {
             return m
         }
         if o.policy != nil && noJail { throw ValidationError("--net, --allow-out and --deny-out need the jailed VMM (not --no-jail)") }
+        if !o.limits.net.isUnlimited && o.policy == nil { throw ValidationError("--net-rate limits the network device: it needs --net") }
         // Options end at the first COMMAND word or at `--`, which is not part of the command.
         // The passthrough capture also takes an unknown option before the command: that is a
         // usage error (or the help), not a command named `--frob`.
@@ -200,6 +212,7 @@ struct RunOptions {
     var pids: Int?
     var consoleLimit = Sandbox.defaultConsoleLimit
     var openFiles: Int?
+    var limits = Sandbox.Limits()
     var bootTimeout: Double = 300
     var template: String?
     var noTemplate = false
@@ -270,6 +283,7 @@ func runCommand(_ options: RunOptions) async -> Int32 {
     config.memoryMiB = options.memory
     config.bootTimeout = options.bootTimeout
     config.consoleLimit = options.consoleLimit
+    config.limits = options.limits
     config.volumes = options.volumes
     // The jailed VMM gets its seccomp mode in its launch configuration, not from the environment.
     config.seccomp = seccompMode(disabled: false)
@@ -416,14 +430,14 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
         }
         return try await Sandbox.restore(snapshot: Templates.path(name), hostProfile: config.hostProfile, isolation: config.isolation,
                                            seccomp: config.seccomp, volumes: config.volumes, network: config.network,
-                                           consoleLimit: config.consoleLimit)
+                                           consoleLimit: config.consoleLimit, limits: config.limits)
     }
     if options.noTemplate { return try await Sandbox.start(config) }
     let auto = Templates.autoName(for: config)
     if Templates.usable(auto, hostProfile: config.hostProfile) {
         do { return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile, isolation: config.isolation,
                                            seccomp: config.seccomp, volumes: config.volumes, network: config.network,
-                                           consoleLimit: config.consoleLimit) } catch {
+                                           consoleLimit: config.consoleLimit, limits: config.limits) } catch {
             writeRaw(2, "kiln: the template for this image did not start (\(error)); booting instead\n")
             var config = config
             // The failed restore gave its network up: a boot gets a new one.
@@ -455,7 +469,7 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
     if let old = config.network { network = try await makeNetwork(old.policy) }
     return try await Sandbox.restore(snapshot: Templates.path(auto), hostProfile: config.hostProfile, isolation: config.isolation,
                                      seccomp: config.seccomp, volumes: config.volumes, network: network,
-                                     consoleLimit: config.consoleLimit)
+                                     consoleLimit: config.consoleLimit, limits: config.limits)
 }
 
 /// A sandbox network (docs/net.md), set up on a thread of its own: it runs `ip` and `nft`.

@@ -36,13 +36,14 @@ struct BootCommand: ParsableCommand {
     var bootProtocol: String?
     @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("""
         A raw disk image as virtio-blk (repeatable: vda, vdb, ...); with overlay the guest's writes go to a private \
-        layer that is discarded when the VM ends, and the image is never written.
-        """, valueName: "PATH[,ro|,overlay]"))
+        layer that is discarded when the VM ends, and the image is never written. rate= and ops= limit it to \
+        BYTES_PER_S and N requests a second (burst=, ops-burst=: a one-time extra; docs/net.md, "Rate limits").
+        """, valueName: "PATH[,ro|,overlay][,rate=BYTES_PER_S][,ops=N]"))
     var disk: [String] = []
     @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("""
         virtio-net (the guest's eth0) on a TAP interface; with host= and guest=, Kiln gives the TAP the host \
-        address and the guest `ip=`.
-        """, valueName: "tap=NAME|auto[,mac=xx:xx:xx:xx:xx:xx][,host=IP/PREFIX,guest=IP]"))
+        address and the guest `ip=`. rate= and ops= limit each direction (rx-rate=, tx-ops=, ...: one).
+        """, valueName: "tap=NAME|auto[,mac=xx:xx:xx:xx:xx:xx][,host=IP/PREFIX,guest=IP][,rate=BYTES_PER_S]"))
     var net: [String] = []
     @Option(parsing: .unconditional, help: ArgumentHelp("""
         virtio-vsock, guest CID 3: host programs connect to the Unix socket PATH and write "CONNECT <port>\\n"; \

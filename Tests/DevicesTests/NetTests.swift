@@ -53,14 +53,16 @@ final class NetRig {
     var offloadsSet: [TapOffloads] { offloadLog.calls.withLock { $0 } }
 
     /// With `offloads`, the backend takes TUNSETOFFLOAD-like calls (recorded), so offloads are offered.
-    init(offloads: Bool = false) throws {
+    init(offloads: Bool = false, rxLimit: RateLimit = .unlimited, txLimit: RateLimit = .unlimited,
+         clock: @escaping RateClock = monotonicNanoseconds) throws {
         memory = try GuestMemory(layout: [(0, 0x100000)])
         var fds: [Int32] = [0, 0]
         #expect(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
         host = fds[1]
         var control: VirtioNet.OffloadControl?
         if offloads { control = { [offloadLog] o throws(Errno) in offloadLog.calls.withLock { $0.append(o) } } }
-        device = VirtioNet(backend: FileDescriptor(owning: fds[0]), name: "test", mac: [2, 0, 0, 0, 0, 1], offloads: control)
+        device = try VirtioNet(backend: FileDescriptor(owning: fds[0]), name: "test", mac: [2, 0, 0, 0, 0, 1], offloads: control,
+                                   rxLimit: rxLimit, txLimit: txLimit, clock: clock)
     }
 
     /// Whether the device watches its backend (it may watch its offload signal too).

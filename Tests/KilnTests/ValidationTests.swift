@@ -56,12 +56,19 @@ import VMM
         (["run", "--memory"], "--memory"),
         (["run", "--frobnicate", "--", "true"], "--frobnicate"),
         (["run", "--template", "../etc", "--", "true"], "--template"),
+        (["run", "--disk-rate", "fast", "--", "true"], "--disk-rate"),
+        (["run", "--disk-rate", "10M,ops=0", "--", "true"], "--disk-rate"),
+        (["run", "--disk-rate", "2000P", "--", "true"], "--disk-rate"),
+        (["run", "--net-rate", "-1", "--", "true"], "--net-rate"),
+        (["run", "--net-rate", "1M", "--", "true"], "--net-rate"), // no --net: nothing to limit
         (["boot", "--memory", "-5"], "--memory"),
         (["boot", "--cpus", "-1"], "--cpus"),
         (["boot", "--disk", "/nonexistent/disk.img"], "--disk"),
         (["boot", "--disk", "/tmp/x,bogus"], "--disk"),
         (["boot", "--initrd", "/tmp"], "--initrd"),
         (["boot", "--net", "tap="], "--net"),
+        (["boot", "--disk", "/tmp/x,rate=0"], "--disk"),
+        (["boot", "--net", "tap=auto,rx-rate=fast"], "--net"),
         (["boot", "--jail-uid", "-1"], "--jail-uid"),
         (["template", "create", "--memory", "20"], "--memory"),
         (["template", "create", "--cpus", "-1"], "--cpus"),
@@ -110,7 +117,8 @@ import VMM
         let run = try KilnProcess(["run", "--help"])
         run.closeInput()
         _ = try run.wait(seconds: 60)
-        for option in ["--image", "--cpus", "--memory", "--env", "--timeout", "--pids", "--open-files", "--console-limit", "--boot-timeout", "--template", "--no-template", "--no-jail"] {
+        for option in ["--image", "--cpus", "--memory", "--env", "--timeout", "--pids", "--open-files", "--console-limit", "--boot-timeout", "--template", "--no-template", "--no-jail",
+                       "--disk-rate", "--net-rate"] {
             #expect(run.output.contains(option), "\(option) in kiln run --help")
         }
         #expect(!run.output.contains("--root-disk"), "internal options stay hidden")
@@ -153,8 +161,12 @@ import VMM
         #expect(throws: SettingError.self) { try SandboxSettings.parseSeconds("-0.5", .timeout) }
         #expect(try SandboxSettings.parseSeconds("1.5", .timeout) == 1.5)
         do { _ = try SandboxSettings.parseDisk("/tmp,ro"); Issue.record("a directory is no disk") } catch {
-            #expect(error.description == "--disk needs PATH[,ro|,overlay] naming a regular file or block device, got '/tmp,ro' (a directory)")
+            #expect(error.description == "--disk needs PATH[,ro|,overlay][,rate=BYTES_PER_S][,ops=N] naming a regular file or block device, got '/tmp,ro' (a directory)")
         }
+        do { _ = try SandboxSettings.parseRate("fast", .diskRate); Issue.record("not a rate") } catch {
+            #expect(error.description == "--disk-rate needs BYTES_PER_S[,ops=N][,burst=BYTES][,ops-burst=N], each a whole number from 1 to 2^50 (K, M, G: KiB, MiB, GiB), or 0 for no limit, got 'fast'")
+        }
+        #expect(try SandboxSettings.parseRate("1M,ops=10", .netRate).operations?.size == 10)
         do { _ = try SandboxSettings.parseNet("tap=x,mac=zz"); Issue.record("a bad MAC") } catch {
             #expect(error.setting == .net && error.description.contains("bad MAC address 'zz'"))
         }

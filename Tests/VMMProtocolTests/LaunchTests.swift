@@ -7,12 +7,17 @@ import VMMProtocol
     static let jail = JailSpec(root: "/run/kiln/jail/12-ab/root", uid: 64001, gid: 64002, openFiles: 99, fileSize: 1 << 31,
                                control: true, commands: .listener, detached: true)
 
+    static let tenMiB = VMMLaunch.RateLimit(bandwidth: VMMLaunch.Bucket(size: 10 << 20, oneTimeBurst: 1 << 20, refillMilliseconds: 1000),
+                                            operations: VMMLaunch.Bucket(size: 500, oneTimeBurst: 0, refillMilliseconds: 250))
+
     static let boot = VMMLaunch(
         machine: .boot(VMMLaunch.Boot(
             kernel: "/var/cache/kiln/kernel/vmlinux", initrd: nil, cmdline: "console=ttyS0 reboot=k panic=-1 quiet",
             cpus: 2, memoryMiB: 512, hostProfile: "emulated-cpl0", bootProtocol: "linux64",
-            disks: [VMMLaunch.Disk(path: "/images/a,b=c ro.ext4", overlay: true), VMMLaunch.Disk(path: "data.img", readOnly: true)],
-            net: VMMLaunch.Net(tap: "kiln7", mac: [2, 0x4b, 1, 2, 3, 4], host: "10.0.0.1", hostPrefix: 30, guest: "10.0.0.2"),
+            disks: [VMMLaunch.Disk(path: "/images/a,b=c ro.ext4", overlay: true, limit: tenMiB),
+                    VMMLaunch.Disk(path: "data.img", readOnly: true)],
+            net: VMMLaunch.Net(tap: "kiln7", mac: [2, 0x4b, 1, 2, 3, 4], host: "10.0.0.1", hostPrefix: 30, guest: "10.0.0.2",
+                               txLimit: VMMLaunch.RateLimit(bandwidth: VMMLaunch.Bucket(size: 1, oneTimeBurst: 0, refillMilliseconds: 1))),
             vsock: VMMLaunch.Vsock(path: "/run/kiln/sandbox-1/vsock.sock", cid: 3),
             shares: [VMMLaunch.Share(tag: "src", path: "/home/ci/checkout, with comma", readOnly: true, uid: 1000, gid: 1001, cache: "always"),
                      VMMLaunch.Share(tag: "kiln0", path: nil)])),
@@ -21,7 +26,8 @@ import VMMProtocol
     static let restore = VMMLaunch(
         machine: .restore(VMMLaunch.Restore(snapshot: "/var/cache/kiln/templates/auto-0123", hostProfile: "kvm",
                                             vsockPath: "/tmp/v.sock", vsockCID: 9, net: VMMLaunch.Net(tap: nil, mac: [2, 0, 0, 0, 0, 1]),
-                                            shares: [VMMLaunch.Share(tag: "kiln1", path: "/work/out", uid: 1000, gid: 1000)])))
+                                            shares: [VMMLaunch.Share(tag: "kiln1", path: "/work/out", uid: 1000, gid: 1000)],
+                                            diskLimit: tenMiB, netTxLimit: VMMLaunch.RateLimit())))
 
     @Test func bootAndRestoreLaunchesRoundTrip() throws {
         #expect(try VMMLaunch.decode(Self.boot.encoded()) == Self.boot)
@@ -50,13 +56,26 @@ import VMMProtocol
         #expect(throws: WireError.trailingBytes(1)) { _ = try VMMLaunch.decode(good + [0]) }
         var magic = good
         magic[0] = UInt8(ascii: "X")
-        #expect(throws: WireError.wrongFormat(expected: "Kiln VMM launch configuration (version 3)")) { _ = try VMMLaunch.decode(magic) }
+        #expect(throws: WireError.wrongFormat(expected: "Kiln VMM launch configuration (version 4)")) { _ = try VMMLaunch.decode(magic) }
         var version = good
         version[4] = 1
         #expect(throws: WireError.self) { _ = try VMMLaunch.decode(version) }
         var kind = good
         kind[5] = 7
         #expect(throws: WireError.invalid(field: "machine", why: "unknown kind 7")) { _ = try VMMLaunch.decode(kind) }
+    }
+
+    @Test func rateLimitBucketsOutOfRangeAreRefused() {
+        for bucket in [VMMLaunch.Bucket(size: 0, oneTimeBurst: 0, refillMilliseconds: 1000),
+                       VMMLaunch.Bucket(size: 1, oneTimeBurst: 0, refillMilliseconds: 0),
+                       VMMLaunch.Bucket(size: 1 << 51, oneTimeBurst: 0, refillMilliseconds: 1000),
+                       VMMLaunch.Bucket(size: 1, oneTimeBurst: 1 << 51, refillMilliseconds: 1000)] {
+            var launch = Self.restore
+            guard case .restore(var r) = launch.machine else { return }
+            r.diskLimit = VMMLaunch.RateLimit(operations: bucket)
+            launch.machine = .restore(r)
+            #expect(throws: WireError.self, "\(bucket)") { _ = try VMMLaunch.decode(launch.encoded()) }
+        }
     }
 
     @Test func hostileLengthsNULsAndRootJailsAreRefused() {

@@ -1,3 +1,4 @@
+import Devices
 import Testing
 @testable import VMM
 
@@ -30,5 +31,40 @@ import Testing
                       "tap=x,host=10.0.0.300/24,guest=10.0.0.2", "tap=x,speed=fast", "tap=a-name-far-too-long"])
     func badSpecsAreRefused(_ text: String) {
         #expect(throws: NetSpec.ParseError.self) { try NetSpec.parse(text) }
+    }
+}
+
+@Suite struct RateLimitSpecTests {
+    @Test func aRateTextBecomesPerSecondBuckets() {
+        let l = RateLimitOptions.parse("10M,ops=500,burst=1G,ops-burst=100")
+        #expect(l == RateLimit(bandwidth: .init(size: 10 << 20, oneTimeBurst: 1 << 30), operations: .init(size: 500, oneTimeBurst: 100)))
+        #expect(RateLimitOptions.parse("ops=20") == RateLimit(operations: .init(size: 20)))
+        #expect(RateLimitOptions.parse("0") == .unlimited, "0: no limit (a clone dropping its template's)")
+        #expect(RateLimitOptions.parse("rate=4096,rate-refill-ms=250")?.bandwidth == .init(size: 4096, refillMilliseconds: 250))
+    }
+
+    @Test(arguments: ["", "fast", "-1", "10M,", "burst=5", "10M,ops=0", "10X", "2000000P", "10M,speed=1", "10M,ops", "1125899906842625"])
+    func badRateTextsAreRefused(_ text: String) {
+        #expect(RateLimitOptions.parse(text) == nil, "'\(text)'")
+    }
+
+    @Test func diskAndNetSpecsCarryLimitsAndPrintThemBack() throws {
+        let disk = try #require(MachineConfig.Disk.parse("/img,overlay,rate=1M,ops=100"))
+        #expect(disk.overlay && disk.limit == RateLimit(bandwidth: .init(size: 1 << 20), operations: .init(size: 100)))
+        #expect(MachineConfig.Disk.parse(disk.specString) == disk)
+        #expect(MachineConfig.Disk.parse("/img,rate=0") == nil)
+        let net = try NetSpec.parse("tap=auto,rate=1M,tx-ops=50")
+        #expect(net.rxLimit == RateLimit(bandwidth: .init(size: 1 << 20)))
+        #expect(net.txLimit == RateLimit(bandwidth: .init(size: 1 << 20), operations: .init(size: 50)), "rate= is each direction's")
+        #expect(try NetSpec.parse(net.specString) == net)
+        #expect(throws: NetSpec.ParseError.self) { try NetSpec.parse("tap=auto,rx-burst=5") }
+    }
+
+    @Test func aSnapshotsConfigurationKeepsTheLimits() throws {
+        var config = MachineConfig(kernelPath: "/k", hostProfile: .kvm)
+        config.disks = [MachineConfig.Disk.parse("/img,overlay,rate=2M")!]
+        config.net = try NetSpec.parse("tap=auto,mac=02:00:00:00:00:07,rx-rate=3M")
+        let saved = try MachineConfig(snapshotText: config.snapshotText)
+        #expect(saved.disks == config.disks && saved.net == config.net)
     }
 }

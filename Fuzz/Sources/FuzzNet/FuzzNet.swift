@@ -44,7 +44,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         var big: Int32 = 1 << 20
         setsockopt(fds[1], SOL_SOCKET, SO_SNDBUF, &big, 4)
         host = fds[1]
-        device = VirtioNet(backend: FileDescriptor(owning: fds[0]), name: "fuzz", mac: [2, 0, 0, 0, 0, 1], offloads: { _ in })
+        device = try! VirtioNet(backend: FileDescriptor(owning: fds[0]), name: "fuzz", mac: [2, 0, 0, 0, 0, 1], offloads: { _ in })
     }
     // 0-1: queue sizes; 2-7: ring positions; 8-15: features; 16-27: backend frame header; 28-31: frames.
     let prefix = 32

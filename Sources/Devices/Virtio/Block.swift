@@ -26,21 +26,32 @@ public final class VirtioBlock: VirtioDevice {
     /// Capacity in 512-byte sectors (a partial last sector is not exposed).
     public let sectors: UInt64
     let serial: [UInt8]
+    /// The disk's rate limit (docs/net.md, "Rate limits"); nil: unlimited.
+    public let throttle: Throttle?
 
     struct Active {
         var queue: Virtqueue
         let context: VirtioContext
+        /// A request was refused by the rate limit: nothing more is taken from the queue until
+        /// the throttle's timer fires (the refused request stays on the ring, not popped).
+        var throttled = false
     }
     private let active = Mutex<Active?>(nil)
 
     public enum OpenError: Error, CustomStringConvertible {
         case open(String, Errno)
+        case timer(String, Errno)
         public var description: String {
-            switch self { case .open(let path, let e): return "cannot open disk \(path): \(e)" }
+            switch self {
+            case .open(let path, let e): return "cannot open disk \(path): \(e)"
+            case .timer(let path, let e): return "disk \(path): cannot create its rate limit's timer: \(e)"
+            }
         }
     }
 
-    public init(path: String, readOnly: Bool, overlay: Bool = false, serial: String) throws(OpenError) {
+    public init(path: String, readOnly: Bool, overlay: Bool = false, serial: String, limit: RateLimit = .unlimited,
+                clock: @escaping RateClock = monotonicNanoseconds) throws(OpenError) {
+        do { throttle = try Throttle(limit, clock: clock) } catch { throw .timer(path, error) }
         let raw = Glibc.open(path, (readOnly || overlay ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         if raw < 0 { throw .open(path, Errno.current("open")) }
         var st = stat()
@@ -74,20 +85,49 @@ public final class VirtioBlock: VirtioDevice {
     public func writeConfig(offset: Int, from data: UnsafeRawBufferPointer) {}
 
     public func activate(queues: [Virtqueue], context: VirtioContext) {
-        active.withLock { $0 = Active(queue: queues[0], context: context) }
+        active.withLock { state in
+            if let throttle {
+                if let old = state { old.context.events.unwatch(throttle.timer.fd) }
+                do { try context.events.watch(throttle.timer.fd) { [weak self] in self?.tokensBack() } }
+                catch { context.fail("virtio-blk \(path): cannot watch the rate limit's timer: \(error)") }
+            }
+            state = Active(queue: queues[0], context: context)
+        }
     }
 
-    public func reset() { active.withLock { $0 = nil } }
+    public func reset() {
+        active.withLock { state in
+            if let throttle, let old = state { old.context.events.unwatch(throttle.timer.fd) }
+            state = nil
+        }
+    }
+
+    /// Requests the guest queued before a snapshot may wait for no further notification: look
+    /// at the ring once the device thread runs (restore happens before it does).
+    public func restored() { throttle?.timer.arm(after: 1) }
+
+    /// The throttle's timer fired (device thread): take requests again.
+    func tokensBack() {
+        throttle?.timer.acknowledge()
+        active.withLock { $0?.throttled = false }
+        process(queue: 0)
+    }
 
     public func liveQueues() -> [Virtqueue]? { active.withLock { $0.map { [$0.queue] } } }
 
     public func process(queue index: Int) {
         active.withLock { state in
-            guard var a = state, a.queue.ready else { return } // a failed queue stays stopped until reset
+            // A failed queue stays stopped until reset; a throttled one until its timer fires.
+            guard var a = state, a.queue.ready, !a.throttled else { return }
             defer { state = a }
             do {
                 var completed = false
                 while let chain = try a.queue.pop(a.context.memory) {
+                    if let throttle, !throttle.admit(bytes: cost(chain, a.context.memory)) {
+                        a.queue = a.queue.rewound(by: 1) // popped again, whole, when the timer fires
+                        a.throttled = true
+                        break
+                    }
                     let written = handle(chain, a.context.memory)
                     try a.queue.push(head: chain.head, written: written, a.context.memory)
                     completed = true
@@ -97,6 +137,20 @@ public final class VirtioBlock: VirtioDevice {
                 a.context.fail("virtio-blk \(path): \(error)")
                 a.queue.ready = false
             }
+        }
+    }
+
+    /// The bytes a request moves, as its rate limit counts them: a read's or a write's data (a
+    /// malformed request costs nothing: it fails at once). Every request is also one operation.
+    func cost(_ chain: DescriptorChain, _ memory: GuestMemory) -> UInt64 {
+        let readable = chain.readable
+        guard let header = requestHeader(readable, memory) else { return 0 }
+        switch header.type {
+        case VirtioBlock.requestIn:
+            let total = chain.writable.reduce(UInt64(0)) { $0 + UInt64($1.length) }
+            return total > 0 ? total - 1 : 0 // less the status byte
+        case VirtioBlock.requestOut: return dataInBuffers(readable).reduce(UInt64(0)) { $0 + UInt64($1.length) }
+        default: return 0
         }
     }
 

@@ -33,6 +33,8 @@ public final class VirtioNet: VirtioDevice {
     /// The backend's name for messages (the TAP interface).
     public let backendName: String
     let fd: Int32
+    /// Each direction's rate limit (docs/net.md, "Rate limits"); nil: unlimited.
+    public let rxThrottle: Throttle?, txThrottle: Throttle?
 
     /// Frames moved and frames dropped (no room in the guest's buffers, an offload the guest
     /// did not negotiate, or the host refused them).
@@ -56,6 +58,11 @@ public final class VirtioNet: VirtioDevice {
         /// Whether the backend fd is registered with the event loop. Reading stops while the
         /// guest has no rx buffers; frames wait in the TAP's own queue meanwhile.
         var watching = false
+        /// The frame in `rxPacket` is not yet admitted by the receive rate limit.
+        var unpaid = false
+        /// A direction's rate limit refused a frame: that direction waits for its throttle's
+        /// timer (receive with the backend unwatched, transmit with the chain left on the ring).
+        var rxThrottled = false, txThrottled = false
         // One byte over the largest packet, so that a read that fills it is known to be too long.
         var rxPacket = [UInt8](repeating: 0, count: VirtioNet.maxPacket + 1)
         var txPacket = [UInt8](repeating: 0, count: VirtioNet.maxPacket)
@@ -105,9 +112,22 @@ public final class VirtioNet: VirtioDevice {
     /// Takes ownership of `backend`, which must be nonblocking. With `offloads` (a TAP's
     /// TUNSETOFFLOAD), checksum and segmentation offloads and MRG_RXBUF are offered if the
     /// backend accepts every offload Kiln may ask of it.
-    public init(backend: consuming FileDescriptor, name: String, mac: [UInt8], offloads: OffloadControl? = nil) {
+    ///
+    /// `rxLimit` and `txLimit` limit the guest's receive and transmit separately; a limit's timer
+    /// is created here, so a limited device can fail to start (`Errno`).
+    public init(backend: consuming FileDescriptor, name: String, mac: [UInt8], offloads: OffloadControl? = nil,
+                rxLimit: RateLimit = .unlimited, txLimit: RateLimit = .unlimited,
+                clock: @escaping RateClock = monotonicNanoseconds) throws(Errno) {
         precondition(mac.count == 6, "a MAC address has 6 bytes")
-        fd = backend.release()
+        let raw = backend.release()
+        do {
+            rxThrottle = try Throttle(rxLimit, clock: clock)
+            txThrottle = try Throttle(txLimit, clock: clock)
+        } catch {
+            Glibc.close(raw)
+            throw error
+        }
+        fd = raw
         backendName = name
         self.mac = mac
         var features = VirtioNet.baseFeatures
@@ -152,9 +172,11 @@ public final class VirtioNet: VirtioDevice {
 
     public func activate(queues: [Virtqueue], context: VirtioContext) {
         active.withLock { state in
-            if state?.watching == true { context.events.unwatch(fd) }
+            if let old = state { unwatchAll(old) }
             state = Active(rx: queues[VirtioNet.rxQueue], tx: queues[VirtioNet.txQueue], context: context)
             startReading(&state!)
+            watchTimer(rxThrottle, context) { [weak self] in self?.rxTokensBack() }
+            watchTimer(txThrottle, context) { [weak self] in self?.txTokensBack() }
         }
         requestOffloads(VirtioNet.tapOffloads(for: context.features), events: context.events)
     }
@@ -167,10 +189,49 @@ public final class VirtioNet: VirtioDevice {
 
     public func reset() {
         active.withLock { state in
-            if state?.watching == true { state!.context.events.unwatch(fd) }
+            if let old = state { unwatchAll(old) }
             state = nil
         }
         requestOffloads([], events: nil)
+    }
+
+    /// Frames the guest queued before a snapshot may wait for no further notification: look at
+    /// both directions once the device thread runs (restore happens before it does).
+    public func restored() {
+        rxThrottle?.timer.arm(after: 1)
+        txThrottle?.timer.arm(after: 1)
+    }
+
+    private func watchTimer(_ throttle: Throttle?, _ context: VirtioContext, _ handler: @escaping @Sendable () -> Void) {
+        guard let throttle else { return }
+        do { try context.events.watch(throttle.timer.fd, handler) }
+        catch { context.fail("virtio-net \(backendName): cannot watch a rate limit's timer: \(error)") }
+    }
+
+    private func unwatchAll(_ a: Active) {
+        if a.watching { a.context.events.unwatch(fd) }
+        for t in [rxThrottle, txThrottle] { if let t { a.context.events.unwatch(t.timer.fd) } }
+    }
+
+    /// The receive limit's timer fired (device thread): read the backend again.
+    func rxTokensBack() {
+        rxThrottle?.timer.acknowledge()
+        active.withLock { state in
+            guard state != nil, state!.rxThrottled else { return }
+            state!.rxThrottled = false
+            if !state!.watching { startReading(&state!) }
+            run(&state, "receive", receive)
+        }
+    }
+
+    /// The transmit limit's timer fired (device thread): send what the guest queued meanwhile.
+    func txTokensBack() {
+        txThrottle?.timer.acknowledge()
+        active.withLock { state in
+            guard state != nil else { return }
+            state!.txThrottled = false
+            run(&state, "transmit", transmit)
+        }
     }
 
     public func process(queue index: Int) {
@@ -178,11 +239,13 @@ public final class VirtioNet: VirtioDevice {
             guard state != nil else { return }
             switch index {
             case VirtioNet.rxQueue:
-                guard !state!.watching else { return }
+                guard !state!.watching, !state!.rxThrottled else { return }
                 startReading(&state!) // new buffers: read again
                 // A frame that waits for buffers goes now: the backend may have nothing more to say.
                 if state!.pending > 0 { run(&state, "receive", receive) }
-            case VirtioNet.txQueue: run(&state, "transmit", transmit)
+            case VirtioNet.txQueue:
+                guard !state!.txThrottled else { return }
+                run(&state, "transmit", transmit)
             default: break
             }
         }
@@ -261,10 +324,15 @@ public final class VirtioNet: VirtioDevice {
         let memory = a.context.memory
         let offloading = features & NetFeature.offloads != 0
         var completed = false
-        while let chain = try pop(&a.tx, memory) {
+        sending: while let chain = try pop(&a.tx, memory) {
             guard chain.buffers.allSatisfy({ !$0.writable }) else { throw .writableTX }
             let total = chain.buffers.reduce(0) { $0 + Int($1.length) }
             guard total >= VirtioNet.headerSize, total <= VirtioNet.maxPacket else { throw .txLength(total) }
+            if let txThrottle, !txThrottle.admit(bytes: UInt64(total - VirtioNet.headerSize)) {
+                a.tx = a.tx.rewound(by: 1) // sent, whole, when the timer fires
+                a.txThrottled = true
+                break sending
+            }
             var offset = 0
             for b in chain.buffers {
                 let range = offset..<offset + Int(b.length)
@@ -316,6 +384,17 @@ public final class VirtioNet: VirtioDevice {
                     continue
                 }
                 a.pending = n
+                a.unpaid = rxThrottle != nil
+            }
+            if a.unpaid {
+                // Over the limit the frame waits here and the backend is not read: further
+                // frames queue in the TAP (which drops when full, as a slow link would).
+                guard rxThrottle!.admit(bytes: UInt64(a.pending - VirtioNet.headerSize)) else {
+                    stopReading(&a)
+                    a.rxThrottled = true
+                    return
+                }
+                a.unpaid = false
             }
             // Enough chains for the frame: one without MRG_RXBUF, as many as it takes with it.
             var chains = 1

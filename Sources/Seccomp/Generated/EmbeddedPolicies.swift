@@ -100,7 +100,8 @@ exit_group
 # An epoll loop over the virtqueue notification eventfds (ioeventfd) and the device backends:
 # virtio-blk (pread/pwrite/fdatasync on the disk images opened at start), virtio-net (read/write
 # on the TAP opened at start), virtio-vsock (the Unix socket: accept host connections, connect
-# to PATH_<port> for the guest's). Format and rules: docs/security.md#seccomp.
+# to PATH_<port> for the guest's), and the timerfds of rate-limited queues (created at start).
+# Format and rules: docs/security.md#seccomp.
 
 epoll_wait
 poll                            # parked while the VM is paused (PauseGate)
@@ -109,6 +110,7 @@ write                           # irqfds, TAP frames, stderr
 pread64                         # virtio-blk
 pwrite64
 fdatasync                       # virtio-blk FLUSH
+timerfd_settime                 # rate limits: a throttled queue's wake-up (docs/net.md, "Rate limits")
 ioctl TUNSETOFFLOAD             # virtio-net: the TAP's offloads follow the guest's (activation, reset)
 futex
 gettid

@@ -29,6 +29,10 @@ public struct RestoreOverrides: Sendable {
     public var vsockConnector: VirtioVsock.Connector?
     /// Directories for the snapshot's spare virtio-fs slots, matched by tag (docs/volumes.md, "Templates").
     public var shares: [MachineConfig.Share] = []
+    /// Rate limits for the clone: every disk's, and each direction of the NIC's; nil keeps the
+    /// snapshot's (the template's), `.unlimited` drops it (docs/net.md, "Rate limits").
+    public var diskLimit: RateLimit?
+    public var netRxLimit: RateLimit?, netTxLimit: RateLimit?
 
     public init(vsockPath: String? = nil, vsockCID: UInt64? = nil, net: NetSpec? = nil,
                 consoleInput: Int32? = 0, consoleOutput: Int32 = 1, hostProfile: HostProfile = .detect()) {
@@ -269,10 +273,18 @@ extension Machine {
         } else if overrides.vsockPath != nil {
             throw fail("the snapshot has no vsock device; --vsock cannot add one")
         }
-        if let net = overrides.net {
-            guard config.net != nil else { throw fail("the snapshot has no net device; --net cannot add one") }
+        if var net = overrides.net {
+            guard let saved = config.net else { throw fail("the snapshot has no net device; --net cannot add one") }
+            // A new TAP does not change the limits: only the limit overrides do.
+            net.rxLimit = saved.rxLimit; net.txLimit = saved.txLimit
             config.net = net
         }
+        if overrides.netRxLimit != nil || overrides.netTxLimit != nil {
+            guard config.net != nil else { throw fail("the snapshot has no net device to rate-limit") }
+            if let l = overrides.netRxLimit { config.net!.rxLimit = l }
+            if let l = overrides.netTxLimit { config.net!.txLimit = l }
+        }
+        if let l = overrides.diskLimit { for i in config.disks.indices { config.disks[i].limit = l } }
         for share in overrides.shares {
             guard let slot = config.shares.firstIndex(where: { $0.tag == share.tag }) else {
                 throw fail("the snapshot has no virtio-fs slot '\(share.tag)' (it has \(config.shares.map(\.tag)))")

@@ -256,7 +256,7 @@ extension MachineConfig {
                      "host-profile=\(hostProfile.rawValue)"]
         if let initrdPath { lines.append("initrd=\(initrdPath)") }
         if let bootProtocol { lines.append("boot-protocol=\(bootProtocol.rawValue)") }
-        for d in disks { lines.append("disk=\(d.path)\(d.readOnly ? ",ro" : "")\(d.overlay ? ",overlay" : "")") }
+        for d in disks { lines.append("disk=\(d.specString)") }
         if let net { lines.append("net=\(net.specString)") }
         if let vsock { lines.append("vsock=\(vsock.path)"); lines.append("vsock-cid=\(vsock.guestCID)") }
         // Only the slot and its tag: what a share was bound to is the clone's choice (docs/volumes.md).
@@ -305,6 +305,7 @@ extension NetSpec {
     var specString: String {
         var parts = ["tap=\(tap ?? "auto")", "mac=\(macString)"]
         if let host, let guest { parts += ["host=\(host.address)/\(host.prefix)", "guest=\(guest)"] }
+        parts += rxLimit.specOptions.map { "rx-" + $0 } + txLimit.specOptions.map { "tx-" + $0 }
         return parts.joined(separator: ",")
     }
 }
