@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from support import run
+from support import run, wait_until
 
 SERVER, HOST_SIDE, PORT = "198.19.7.2", "198.19.7.1", 8080
 METADATA = "169.254.169.254"
@@ -169,3 +169,25 @@ def test_a_port_in_the_sandbox_is_reached_through_the_service(service, new_sandb
     assert via_service(service, sbx.get_host(8001))[0] == 502
     assert via_service(service, "8000-iunknownsandbox00000.e2b.app")[0] == 502
     server.kill()
+
+
+def egress_helpers():
+    out = subprocess.run(["ps", "-eo", "pid=,comm="], capture_output=True, text=True).stdout
+    return {int(p) for p, c in (line.split(None, 1) for line in out.splitlines() if line.strip()) if c.strip() == "kiln-egress"}
+
+
+@pytest.mark.slow
+def test_a_domain_rule_gets_the_sandbox_its_own_dns_answerer(service, new_sandbox):
+    before = egress_helpers()
+    sbx = new_sandbox(allow_internet_access=False, network={"allow_out": ["allowed.test"]})
+    assert sbx.get_info().network["allow_out"] == ["allowed.test"]
+    helpers = egress_helpers() - before
+    assert len(helpers) == 1, "one egress helper (DNS answerer and Host/SNI proxy) for the sandbox"
+    # A name no rule allows does not resolve: Kiln answers the guest's DNS itself.
+    r = run(sbx, "python3 -c \"import socket\ntry: print(socket.gethostbyname('denied.example'))\nexcept OSError as e: print('refused', e.errno)\"")
+    assert r.stdout.startswith("refused"), r.stdout
+    # Live: the helper takes new domain rules (and the record shows them).
+    sbx.update_network({"allow_out": ["other.test"], "deny_out": ["0.0.0.0/0"]})
+    assert sbx.get_info().network["allow_out"] == ["other.test"]
+    sbx.kill()
+    wait_until(lambda: not (egress_helpers() & helpers), "the sandbox's egress helper to end with it", timeout=30)
