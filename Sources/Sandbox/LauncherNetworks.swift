@@ -48,6 +48,9 @@ public struct LauncherNetworks: Sendable {
     private func ask(_ fields: [String]) throws(NetworkError) -> String {
         let answer: String
         do { answer = try launcher.request(fields) } catch { throw .setup(error.description) }
+        // The launcher answers with NetworkError's text: keep a refused policy a policy error.
+        let refused = NetworkError.policy("").description
+        if answer.hasPrefix(refused) { throw .policy(String(answer.dropFirst(refused.count))) }
         guard answer.hasPrefix("ok") else { throw .setup(answer) }
         return String(answer.dropFirst(3))
     }

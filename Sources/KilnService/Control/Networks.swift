@@ -80,16 +80,9 @@ struct NetworkRecord: Codable, Sendable, Equatable {
         self.index = index
     }
 
+    /// Read back as the request that made it (entries were checked then; none is dropped).
     var policy: EgressPolicy {
-        var p = EgressPolicy(internet: allowInternetAccess ?? true, deny: denyOut.compactMap(IPv4Range.init))
-        for entry in allowOut {
-            switch AllowEntry(entry) {
-            case .range(let r): p.allow.append(r)
-            case .domain(let d): p.domains.append(d)
-            case nil: break
-            }
-        }
-        return p
+        (try? NetworkRequest(allowOut: allowOut, denyOut: denyOut).policy(internet: allowInternetAccess)) ?? EgressPolicy(internet: false)
     }
 }
 
@@ -134,6 +127,8 @@ extension SandboxManager {
         let policy = try update.policy(internet: update.allowInternetAccess)
         if e.record.state == .running, let index = network.index, let networks = settings.networks {
             do { try await blocking.run { try networks.update(index, to: policy) } } catch {
+                // A policy the sandbox's network cannot take (domain rules added to one made without) is the request's fault.
+                if case .policy = error as? NetworkError { throw APIError(400, "sandbox \(id): \(error)") }
                 throw APIError(500, "cannot change the network of sandbox \(id): \(error)")
             }
         }
