@@ -183,7 +183,10 @@ public final class AgentClient: Sendable {
     // MARK: Operations
 
     /// A round trip to the agent: its uptime and the number of processes it runs.
-    public func ping() async throws -> Pong {
+    /// A guest that stops answering (a wedged agent, or a root process standing in for its peer)
+    /// fails the ping after `timeout` seconds instead of holding the caller for ever; the session
+    /// stays open, and a late Pong only settles the frames sent before it (`idleMark`).
+    public func ping(timeout: Double = 30) async throws -> Pong {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Pong, any Error>) in
             let nonce: UInt64? = state.withLock { s in
                 if let e = s.closed { c.resume(throwing: e); return nil }
@@ -191,7 +194,17 @@ public final class AgentClient: Sendable {
                 s.pings[n] = c
                 return n
             }
-            if let nonce { send(Frame(stream: 0, .ping(nonce: nonce))) }
+            guard let nonce else { return }
+            send(Frame(stream: 0, .ping(nonce: nonce)))
+            Task { [weak self] in
+                try? await Task.sleep(nanoseconds: UInt64(max(0, timeout) * 1e9))
+                guard let self else { return }
+                let late = state.withLock { $0.pings.removeValue(forKey: nonce) }
+                // The sequence keeps its entry: a late Pong still settles the frames before it.
+                guard let late else { return }
+                late.resume(throwing: AgentClientError.connection(
+                    "the agent did not answer a ping within \(Int(timeout.rounded(.up))) s"))
+            }
         }
     }
 

@@ -52,6 +52,18 @@ struct ServeCommand: AsyncParsableCommand {
         (default 1000:1000, E2B's `user`, whom the guest's commands run as; see docs/service.md).
         """, valueName: "UID:GID"))
     var volumeOwner: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
+        The most bytes each sandbox's console log keeps (default 1048576); when full it moves to console.log.1 and starts over.
+        """, valueName: "BYTES"))
+    var consoleLimit: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
+        Limit every sandbox's disks to BYTES_PER_S (and N requests a second), as `kiln run --disk-rate` (default: the template's).
+        """, valueName: "BYTES_PER_S[,ops=N][,burst=BYTES]"))
+    var diskRate: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("""
+        Limit what each sandbox with a network receives and sends, as `kiln run --net-rate` (default: the template's).
+        """, valueName: "BYTES_PER_S[,ops=N][,burst=BYTES]"))
+    var netRate: String?
     @Flag(help: "As root, do not confine the service to its seccomp policy (debugging only; KILN_SECCOMP=trap|log for gentler debugging).")
     var noSeccomp = false
 
@@ -87,6 +99,17 @@ func serveCommand(_ options: ServeCommand) async -> Int32 {
         }
         volumeOwner = (uid, gid)
     }
+    var consoleLimit = Sandbox.defaultConsoleLimit
+    var limits: Sandbox.Limits?
+    do throws(SettingError) {
+        if let v = options.consoleLimit { consoleLimit = try SandboxSettings.parseInt(v, .consoleLimit, in: SandboxSettings.consoleLimitRange) }
+        if options.diskRate != nil || options.netRate != nil {
+            var l = Sandbox.Limits()
+            if let v = options.diskRate { l.disk = try SandboxSettings.parseRate(v, .diskRate) }
+            if let v = options.netRate { l.net = try SandboxSettings.parseRate(v, .netRate) }
+            limits = l
+        }
+    } catch { fail(error.description, code: 2) }
     let listen = options.listen
     guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
         fail("--listen must be HOST:PORT with a port from 0 to 65535, not '\(listen)'", code: 2)
@@ -150,6 +173,8 @@ func serveCommand(_ options: ServeCommand) async -> Int32 {
     settings.idlePause = idlePause
     if let volumeOwner, geteuid() == 0 { settings.volumeOwner = volumeOwner }
     settings.networks = networks
+    settings.consoleLimit = consoleLimit
+    settings.limits = limits
     var networkTemplates: SandboxManager.TemplateResolver?
     if let launcherNetworks = networks {
         networkTemplates = { name in try await ServeTemplates.resolve(name, network: launcherNetworks) }

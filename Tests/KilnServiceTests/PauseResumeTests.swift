@@ -1,5 +1,7 @@
 import Glibc
 @testable import KilnService
+import Sandbox
+import VMM
 import Testing
 
 /// Pause and resume with a real VM: the pause snapshot records the agent session, so the resumed
@@ -12,6 +14,29 @@ import Testing
             return path
         }
         do { try await pauseAndResume(server) } catch {
+            await server.stop()
+            throw error
+        }
+        await server.stop()
+    }
+
+    /// `kiln serve --disk-rate`: every sandbox's disks get the operator's limit (a tenant cannot
+    /// take the host's disk from the others); the pause snapshot records it with the disks.
+    @Test func theServicesDiskRateLimitsEverySandboxsDisks() async throws {
+        let path = try await WarmPoolTests.template()
+        let limit = try SandboxSettings.parseRate("8M,ops=500", .diskRate)
+        let server = try await TestServer.start(tenants: [Tenant(name: "solo", apiKeys: [WarmPoolTests.key], maxSandboxes: 1)],
+                                                resolve: { _ in path }) { $0.limits = Sandbox.Limits(disk: limit) }
+        do {
+            let key = WarmPoolTests.key
+            let create = try await server.request("POST", "/v2/sandboxes", key: key, body: #"{"templateID": "default", "timeout": 120}"#)
+            #expect(create.status == 201, "\(create.text)")
+            let sandbox = try create.json(WarmPoolTests.Created.self)
+            #expect(try await server.request("POST", "/sandboxes/\(sandbox.sandboxID)/pause", key: key).status == 204)
+            let info = try SnapshotInfo.read(directory: await server.manager.snapshotDirectory(sandbox.sandboxID))
+            #expect(!info.config.disks.isEmpty)
+            #expect(info.config.disks.allSatisfy { $0.limit == limit }, "\(info.config.disks.map(\.limit))")
+        } catch {
             await server.stop()
             throw error
         }

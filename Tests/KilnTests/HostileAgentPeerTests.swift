@@ -66,6 +66,22 @@ import Testing
         }
     }
 
+    /// A peer that answers the Hello and then nothing: a ping fails at its deadline, and the
+    /// session is left open (the caller decides what a silent guest means).
+    @Test func aPingThePeerNeverAnswersFailsAtItsDeadline() async throws {
+        let (agent, peer, thread) = try Self.client { _ in }
+        defer { close(peer) }
+        thread.join()
+        do {
+            _ = try await agent.ping(timeout: 0.5)
+            Issue.record("a ping nobody answered succeeded")
+        } catch {
+            #expect("\(error)" == "the agent did not answer a ping within 1 s")
+        }
+        #expect(agent.isQuiescent)
+        #expect(agent.idleMark() == nil, "an unanswered ping leaves the session off a frame boundary")
+    }
+
     /// A frame header announcing 4 GiB: refused at the header, without waiting for the payload.
     @Test func aFrameLongerThanOneMebibyteEndsTheSessionAtItsHeader() async throws {
         let (agent, peer, thread) = try Self.client { peer in

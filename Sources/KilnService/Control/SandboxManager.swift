@@ -72,7 +72,20 @@ public actor SandboxManager {
         /// Who sets up sandbox networks (the launcher, as root); nil: creates that ask for a
         /// network are refused.
         public var networks: LauncherNetworks?
+        /// The most bytes each sandbox's console log keeps (then console.log.1): what a guest
+        /// spamming its console costs the host's disk, at most twice this.
+        public var consoleLimit = Sandbox.defaultConsoleLimit
+        /// The operator's rate limits for every sandbox (`kiln serve --disk-rate/--net-rate`): one
+        /// tenant's disk or network traffic cannot take the host's from the others. Nil: the
+        /// template's own (none unless it was made with some). The NIC's limit applies to
+        /// sandboxes with a network.
+        public var limits: Sandbox.Limits?
         public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
+
+        /// The limits a sandbox restored with or without a network gets.
+        func limits(networked: Bool) -> Sandbox.Limits? {
+            limits.map { networked ? $0 : Sandbox.Limits(disk: $0.disk) }
+        }
     }
 
     /// Off by default for now: with 10 s, the E2B suite's 10 MiB upload into a sandbox that had
@@ -611,7 +624,8 @@ public actor SandboxManager {
         do {
             let sandbox = try await blocking.run {
                 try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: vms, hostProfile: settings.hostProfile,
-                                          isolation: settings.isolation, lifetime: settings.lifetime, volumes: volumes, network: network)
+                                          isolation: settings.isolation, lifetime: settings.lifetime, volumes: volumes, network: network,
+                                          consoleLimit: settings.consoleLimit, limits: settings.limits(networked: network != nil))
             }
             // The network's name lasts as long as its VMM (a restarted service still finds it).
             if let network, let pid = sandbox.vmmProcess?.pid { network.recordOwner(pid) }

@@ -64,7 +64,8 @@ extension SandboxManager {
                 let snapshot = try await resolveTemplate(template)
                 let sandbox = try await blocking.run {
                     try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: vms, hostProfile: settings.hostProfile,
-                                              isolation: settings.isolation, lifetime: settings.lifetime)
+                                              isolation: settings.isolation, lifetime: settings.lifetime,
+                                              consoleLimit: settings.consoleLimit, limits: settings.limits(networked: false))
                 }
                 if stopping {
                     _ = try? await blocking.run { sandbox.stop() }

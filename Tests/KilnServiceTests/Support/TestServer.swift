@@ -29,7 +29,8 @@ final class TestServer: Sendable {
     /// recovers them (paused ones need no VM).
     static func start(tenants: [Tenant], resolve: @escaping SandboxManager.TemplateResolver = noTemplates,
                       seed: [SandboxRecord] = [], pool: PoolSettings = TestServer.noPools,
-                      idlePause: Double? = SandboxManager.defaultIdlePause) async throws -> TestServer {
+                      idlePause: Double? = SandboxManager.defaultIdlePause,
+                      configure: (inout SandboxManager.Settings) -> Void = { _ in }) async throws -> TestServer {
         let dir = Temp.directory("kiln-svc-state")
         var logger = Logger(label: "kiln.serve.test")
         logger.logLevel = .error
@@ -37,6 +38,7 @@ final class TestServer: Sendable {
         var settings = SandboxManager.Settings(stateDirectory: dir)
         settings.pool = pool
         settings.idlePause = idlePause
+        configure(&settings)
         let manager = try SandboxManager(settings: settings, tenants: t, resolveTemplate: resolve,
                                          metrics: Metrics(), logger: logger)
         for record in seed {
