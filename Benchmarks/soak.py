@@ -284,9 +284,13 @@ def run_phase(args):
     if code != 0:
         raise SystemExit(f"soak: the warm-up kiln run failed ({code}): {err.decode(errors='replace')[-500:]}")
     before = settle(args)
-    failures, t0 = 0, time.monotonic()
+    failures, t0, done = 0, time.monotonic(), 0
     for i in range(args.runs):
+        if args.max_seconds and time.monotonic() - t0 > args.max_seconds:
+            log(f"kiln run: --max-seconds reached after {i} cycles")
+            break
         code, err = kiln_run()
+        done = i + 1
         if code != 0:
             failures += 1
             log(f"kiln run cycle {i + 1}: exit {code}: {err.decode(errors='replace')[-300:]}")
@@ -294,7 +298,7 @@ def run_phase(args):
             log(f"kiln run: {i + 1}/{args.runs} cycles, {time.monotonic() - t0:.0f} s")
     seconds = time.monotonic() - t0
     after = settle(args)
-    return before, after, failures, seconds
+    return before, after, failures, seconds, done
 
 
 class Service(density.Service):
@@ -366,8 +370,12 @@ def service_phase(args):
         service.cycle(args.template)
         before = settle(args, service, service.state)
         fds_before = set(fd_targets(service.pids()))
-        failures, t0 = 0, time.monotonic()
+        failures, t0, done = 0, time.monotonic(), 0
         for i in range(args.service_runs):
+            if args.max_seconds and time.monotonic() - t0 > args.max_seconds:
+                log(f"kiln serve: --max-seconds reached after {i} cycles")
+                break
+            done = i + 1
             try:
                 service.cycle(args.template)
             except Exception as e:
@@ -385,7 +393,7 @@ def service_phase(args):
     # After the service's own exit: nothing of it may be left either.
     ended = settle(args)
     shutil.rmtree(workdir, ignore_errors=True)
-    return before, after, ended, failures, seconds
+    return before, after, ended, failures, seconds, done
 
 
 def main():
@@ -397,6 +405,8 @@ def main():
     ap.add_argument("--template", default="default", help="the service's templateID")
     ap.add_argument("--runtime-dir", help="KILN_RUNTIME_DIR for every kiln (default: a fresh directory of this run)")
     ap.add_argument("--cache-dir", default="/var/cache/kiln")
+    ap.add_argument("--max-seconds", type=float, default=0,
+                    help="end each phase's cycles after this long (0: run them all); the count reached is reported")
     ap.add_argument("--mem-slack", type=int, default=128, help="MiB MemAvailable may drop (page cache, other work)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -406,16 +416,16 @@ def main():
     os.environ["KILN_RUNTIME_DIR"] = args.runtime_dir
     grew = []
     if args.runs > 0:
-        before, after, failures, seconds = run_phase(args)
-        table(f"`kiln run {args.run_args + ' ' if args.run_args else ''}-- true` x{args.runs}: {seconds:.0f} s "
-              f"({seconds / args.runs:.2f} s a cycle), {failures} failed", before, after)
+        before, after, failures, seconds, done = run_phase(args)
+        table(f"`kiln run {args.run_args + ' ' if args.run_args else ''}-- true` x{done}: {seconds:.0f} s "
+              f"({seconds / max(done, 1):.2f} s a cycle), {failures} failed", before, after)
         grew += [f"kiln run: {g}" for g in judge(before, after, args)]
         if failures:
             grew.append(f"kiln run: {failures} cycles failed")
     if args.service_runs > 0:
-        before, after, ended, failures, seconds = service_phase(args)
-        table(f"`kiln serve` create / `true` / delete x{args.service_runs}: {seconds:.0f} s "
-              f"({seconds / args.service_runs:.2f} s a cycle), {failures} failed", before, after)
+        before, after, ended, failures, seconds, done = service_phase(args)
+        table(f"`kiln serve` create / `true` / delete x{done}: {seconds:.0f} s "
+              f"({seconds / max(done, 1):.2f} s a cycle), {failures} failed", before, after)
         grew += [f"kiln serve: {g}" for g in judge(before, after, args)]
         if failures:
             grew.append(f"kiln serve: {failures} cycles failed")
