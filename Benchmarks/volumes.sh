@@ -171,7 +171,7 @@ append="console=ttyS0 reboot=k panic=-1 kiln_emulated_cpl0 clearcpuid=xsave,popc
 echo "qemu: $(qemu-system-x86_64 --version | head -1); virtiofsd: $VIRTIOFSD"
 set +e
 timeout "${QEMU_TIMEOUT:-1800}" qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off \
-    -enable-kvm -cpu host,-arch-capabilities -m 256 -smp 1 -nodefaults -no-user-config -nographic \
+    -global virtio-mmio.force-legacy=false -enable-kvm -cpu host,-arch-capabilities -m 256 -smp 1 -nodefaults -no-user-config -nographic \
     -serial stdio -no-reboot -kernel "$kernel" -initrd "$work/initrd.cpio" -append "$append" \
     -object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem \
     -chardev socket,id=vfs,path="$work/vfs.sock" -device vhost-user-fs-device,chardev=vfs,tag=src \
