@@ -119,6 +119,7 @@ for line in p.stdout:
     elif f[:1] == ["E"]:
         b, c = begin[f[1]]
         rows.append((f[1], float(f[2]) - b, tree_cpu(p.pid) - c, f[3], out.pop(f[1], "")))
+        print("raw:", *rows[-1], flush=True)  # a run cut short still reports its rows
     elif begin:
         name = list(begin)[-1]
         out[name] = (out.get(name, "") + " " + line.strip()).strip()
@@ -178,6 +179,6 @@ timeout "${QEMU_TIMEOUT:-1800}" qemu-system-x86_64 -M microvm,x-option-roms=off,
     >"$work/qemu.log" 2>&1
 echo "qemu: exit $?"
 set -e
-kill "$vfs" 2>/dev/null; wait "$vfs" 2>/dev/null
+kill "$vfs" 2>/dev/null || true; wait "$vfs" 2>/dev/null || true
 grep -a -e '^[BE] ' -e virtiofs -e volbench-done -e '^[0-9a-f]\{64\}' -e '^ *[0-9]\+$' "$work/qemu.log" || tail -20 "$work/qemu.log"
 echo "virtiofsd log:"; tail -5 "$work/virtiofsd.log"
