@@ -144,6 +144,10 @@ struct RunCommand: AsyncParsableCommand {
         o.noJail = noJail
         o.volumes = try volume.map { spec in
             guard let v = Volume.parse(spec) else { throw ValidationError("-v takes HOST:GUEST[:ro] with GUEST absolute, got '\(spec)'") }
+            // Checked here, before any boot or restore (a first run would boot and save a template first).
+            var st = stat()
+            guard stat(v.host, &st) == 0 else { throw ValidationError("-v: cannot use \(v.host): \(String(cString: strerror(errno)))") }
+            guard st.st_mode & S_IFMT == S_IFDIR else { throw ValidationError("-v: \(v.host) is not a directory (a volume shares a directory)") }
             return v
         }
         guard o.volumes.count <= Sandbox.defaultShareSlots else { throw ValidationError("at most \(Sandbox.defaultShareSlots) volumes (-v)") }

@@ -75,6 +75,8 @@ import VMM
         (["template", "create", "--boot-timeout", "-1"], "--boot-timeout"),
         (["restore", "/nonexistent", "--vsock-cid", "x"], "--vsock-cid"),
         (["serve", "--listen", "nowhere"], "--listen"),
+        (["run", "-v", "/etc/hostname:/f", "--", "true"], "-v"), // a file, not a directory
+        (["run", "-v", "/nonexistent/dir:/d", "--", "true"], "-v"),
         (["serve", "--console-limit", "3"], "--console-limit"),
         (["serve", "--disk-rate", "bogus"], "--disk-rate"),
         (["serve", "--net-rate", "1M,ops=0"], "--net-rate"),
