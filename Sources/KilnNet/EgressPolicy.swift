@@ -36,7 +36,9 @@ public struct EgressPolicy: Sendable, Equatable {
 
     /// The nftables ruleset of the sandbox's namespace: NAT out of `uplink`, the policy on what the
     /// guest (behind `tap`) sends, DNS to the gateway forwarded to `resolver`, nothing into the
-    /// namespace itself. `hostAddresses` join the always-denied ranges.
+    /// namespace itself. `hostAddresses` join the always-denied ranges. Before all of it (`guard`,
+    /// at the raw priority, ahead of conntrack and NAT) a packet from the guest with any source
+    /// but the guest's own address, or IPv6, is dropped: a spoofed source reaches nothing.
     func ruleset(tap: String, uplink: String, gateway: UInt32, resolver: UInt32?, hostAddresses: [UInt32]) -> String {
         func set(_ name: String, _ ranges: [IPv4Range]) -> String {
             let elements = ranges.isEmpty ? "" : " elements = { \(ranges.map(\.description).joined(separator: ", ")) }"
@@ -63,6 +65,11 @@ public struct EgressPolicy: Sendable, Equatable {
         table inet \(SandboxNetwork.tableName) {
         \(set("allow", allow))
         \(set("deny", denied))
+          chain guard {
+            type filter hook prerouting priority raw; policy accept;
+            iifname "\(tap)" ip saddr != \(IPv4Range.format(SandboxNetwork.guestAddress)) drop
+            iifname "\(tap)" meta nfproto ipv6 drop
+          }
           chain prerouting {
             type nat hook prerouting priority dstnat; policy accept;
         \(dns.joined(separator: "\n"))

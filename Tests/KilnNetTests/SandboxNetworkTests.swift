@@ -46,6 +46,10 @@ import Testing
         #expect(allow.lowerBound < deny.lowerBound)
         #expect(text.contains("10.9.0.0/16") && text.contains("198.18.0.0/15") && text.contains("192.0.2.2"))
         #expect(text.contains("dnat ip to 192.0.2.53"))
+        // A spoofed source is dropped before conntrack and NAT see it.
+        let guardChain = text.firstRange(of: "chain guard")!, prerouting = text.firstRange(of: "chain prerouting")!
+        #expect(guardChain.lowerBound < prerouting.lowerBound && text.contains("priority raw; policy accept;"))
+        #expect(text.contains("iifname \"kiln-tap\" ip saddr != 100.127.255.2 drop"))
         let closed = EgressPolicy(internet: false).ruleset(tap: "kiln-tap", uplink: "kiln-n0", gateway: SandboxNetwork.gatewayAddress,
                                                            resolver: nil, hostAddresses: [])
         #expect(!closed.contains("dnat ip to"))

@@ -46,6 +46,15 @@ import Testing
             _ = try? Self.ip(["link", "del", veth])
             ns.delete()
         }
+        /// Runs `nft -f -` with `script` in the fake internet's namespace; its stdout.
+        @discardableResult
+        func nft(_ script: String) throws -> String {
+            let p = try KilnProcess(ns.exec(["nft", "-f", "-"]), executable: "ip")
+            p.sendInBackground(Array(script.utf8))
+            let status = try p.wait(seconds: 30)
+            guard status == 0 else { throw SetupFailure(description: "nft \(script): \(p.errorOutput)") }
+            return p.output
+        }
         static func ip(_ args: [String]) throws {
             let p = try KilnProcess(args, executable: "ip")
             p.closeInput()
@@ -144,6 +153,15 @@ import Testing
             #expect(server.connections <= 1 && host.connections == 0, "nothing denied reached a listener")
             let resolv = try await a.agent.readFile("/etc/resolv.conf")
             #expect(String(decoding: resolv.contents, as: UTF8.self) == SandboxNetwork.resolvConf)
+            // A spoofed source: the guest gives itself another address and pings from it, then
+            // from its own. The fake internet counts the echo requests that arrive: only the
+            // genuine one (without the namespace's guard chain the spoofed ones leave by NAT too).
+            try internet.nft("add table ip kilntest\nadd chain ip kilntest in { type filter hook input priority 0; }\n"
+                             + "add rule ip kilntest in icmp type echo-request counter\n")
+            let spoofed = try await shell(a, "ip addr add 100.127.255.9/32 dev eth0; ping -c 3 -W 2 -I 100.127.255.9 \(Self.server);"
+                                             + " ping -c 1 -W 5 \(Self.server); echo rc=$?")
+            let arrived = try internet.nft("list table ip kilntest")
+            #expect(arrived.contains("counter packets 1 "), "only the genuine echo request arrived: \(arrived)\n\(spoofed)")
         }
 
         // A denied range is refused.
