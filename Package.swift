@@ -102,7 +102,7 @@ let package = Package(
         .testTarget(name: "AgentTests", dependencies: ["Agent", "Sandbox", "AgentProtocol", "KilnTestSupport", "LinuxSys", "kiln-agent"],
                     swiftSettings: strict),
         .testTarget(name: "JailerTests", dependencies: ["Jailer", "VMMProtocol"], swiftSettings: strict),
-        .testTarget(name: "KilnNetTests", dependencies: ["KilnNet", "KilnTestSupport"], swiftSettings: strict),
+        .testTarget(name: "KilnNetTests", dependencies: ["KilnNet", "KilnTestSupport", "LinuxSys"], swiftSettings: strict),
         .testTarget(name: "VMMProtocolTests", dependencies: ["VMMProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "KilnServiceTests", dependencies: [

@@ -15,7 +15,11 @@ import Synchronization
 /// Control: fd 3 is a SOCK_SEQPACKET socket to its creator. Each message is a policy file
 /// (`EgressPolicy.file(hostAddresses:)`); the helper applies it and answers `ok` (or `bad`). The
 /// first message is the initial policy; after it the helper binds its sockets, gives up root
-/// and answers `ready`. EOF on fd 3 only ends updates (a detached sandbox outlives its creator).
+/// and answers `ready`. EOF on fd 3 only ends updates from the creator (a detached sandbox
+/// outlives it): with `--control PATH` the helper also listens, bound as root with mode 0600
+/// before it gives root up, on a SOCK_SEQPACKET socket at PATH that speaks the same updates,
+/// one client at a time, so that a restarted service's launcher reaches the helpers of the
+/// sandboxes it adopts (`SandboxNetwork.updateHelper`).
 /// Lifetime: the helper ends when the sandbox's TAP loses its carrier after having had it (the
 /// VMM closed it: it ended), or when the creator dies before any VMM opened the TAP.
 public enum EgressHelper {
@@ -44,15 +48,16 @@ public enum EgressHelper {
         var snapshot: (policy: EgressPolicy, hosts: [UInt32]) { current.withLock { $0 } }
     }
 
-    /// `kiln-egress --tap NAME --creator PID [--resolver A.B.C.D]`; returns only on failure.
+    /// `kiln-egress --tap NAME --creator PID [--resolver A.B.C.D] [--control PATH]`; returns only on failure.
     public static func main(_ arguments: [String]) -> Int32 {
-        var tap = SandboxNetwork.tapName, creator: pid_t = 0, resolver: UInt32?
+        var tap = SandboxNetwork.tapName, creator: pid_t = 0, resolver: UInt32?, controlPath: String?
         var i = 0
         while i + 1 < arguments.count {
             switch arguments[i] {
             case "--tap": tap = arguments[i + 1]
             case "--creator": creator = pid_t(arguments[i + 1]) ?? 0
             case "--resolver": resolver = IPv4Range.parseAddress(arguments[i + 1])
+            case "--control": controlPath = arguments[i + 1]
             default: return complain("unknown argument \(arguments[i])")
             }
             i += 2
@@ -68,6 +73,16 @@ public enum EgressHelper {
               let proxy = Sockets.bound(Int32(SOCK_STREAM.rawValue), gateway, proxyPort) else {
             return complain("cannot bind on \(IPv4Range.format(gateway)): \(String(cString: strerror(errno)))")
         }
+        var controlListener: Int32?
+        if let controlPath {
+            // A stale file of a helper that ended with its sandbox (this index is free again).
+            unlink(controlPath)
+            let mask = umask(0o177)
+            defer { umask(mask) }
+            do throws(Errno) { controlListener = try UnixSocket.listenMessages(path: controlPath, backlog: 4).release() } catch {
+                return complain("cannot listen on \(controlPath): \(error)")
+            }
+        }
         // Nothing below needs root: the sockets are bound, dialling out needs no privilege.
         _ = kiln_set_rlimit(Int32(KILN_RLIMIT_CORE), 0)
         guard kiln_drop_bounding_set() == 0, kiln_set_ids(nobody, gid_t(nobody)) == 0, kiln_drop_capabilities() == 0,
@@ -80,6 +95,9 @@ public enum EgressHelper {
 
         do {
             _ = try LinuxSys.Thread.spawn(name: "egress-control") { controlLoop(control, state) }
+            if let controlListener {
+                _ = try LinuxSys.Thread.spawn(name: "egress-ctl-listen") { controlClients(controlListener, state) }
+            }
             _ = try LinuxSys.Thread.spawn(name: "egress-dns") { udpLoop(udp, state) }
             _ = try LinuxSys.Thread.spawn(name: "egress-dnstcp") { acceptLoop(tcpDNS, state) { tcpDNSConnection($0, state) } }
             _ = try LinuxSys.Thread.spawn(name: "egress-proxy") { acceptLoop(proxy, state) { proxyConnection($0, state) } }
@@ -115,6 +133,20 @@ public enum EgressHelper {
             }
             state.current.withLock { $0 = (parsed.policy, parsed.hostAddresses) }
             send(fd, Array("ok".utf8))
+        }
+    }
+
+    /// Serves the `--control` socket's clients one after the other (root on the host only: the
+    /// socket is 0600 and outside the namespace's reach); one that sends nothing for 10 s is dropped.
+    static func controlClients(_ listener: Int32, _ state: State) {
+        while true {
+            let fd = accept(listener, nil, nil)
+            guard fd >= 0 else { if errno != EINTR { usleep(10_000) }; continue }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            var t = timeval(tv_sec: 10, tv_usec: 0)
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &t, socklen_t(MemoryLayout<timeval>.size))
+            controlLoop(fd, state)
+            close(fd)
         }
     }
 
@@ -189,14 +221,22 @@ public enum EgressHelper {
         return DNS.answer(query, rcode: response.rcode, answers: kept, limit: limit)
     }
 
-    /// One question to the upstream resolver over UDP (two tries, two seconds each).
-    static func ask(_ resolver: UInt32, labels: [[UInt8]], type: UInt16) -> DNS.Response? {
+    /// One question to the upstream resolver: over UDP (two tries, two seconds each), and again
+    /// over TCP when the UDP answer came truncated (TC), as RFC 7766 has a client do; a TCP try
+    /// that fails leaves the truncated answer with the records it held. `port` is for tests.
+    public static func ask(_ resolver: UInt32, port: UInt16 = 53, labels: [[UInt8]], type: UInt16) -> DNS.Response? {
+        guard let udp = askUDP(resolver, port: port, labels: labels, type: type) else { return nil }
+        guard udp.truncated else { return udp }
+        return askTCP(resolver, port: port, labels: labels, type: type) ?? udp
+    }
+
+    static func askUDP(_ resolver: UInt32, port: UInt16, labels: [[UInt8]], type: UInt16) -> DNS.Response? {
         let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         Sockets.setTimeout(fd, seconds: 2)
         // Connected: the kernel drops datagrams from anyone but the resolver.
-        guard Sockets.connect(fd, resolver, 53) else { return nil }
+        guard Sockets.connect(fd, resolver, port) else { return nil }
         var buffer = [UInt8](repeating: 0, count: 4096)
         for _ in 0..<2 {
             let id = UInt16.random(in: 0...UInt16.max)
@@ -209,6 +249,21 @@ public enum EgressHelper {
             }
         }
         return nil
+    }
+
+    /// The question over TCP (a two-byte length before each message; one try, 2 s for each step).
+    static func askTCP(_ resolver: UInt32, port: UInt16, labels: [[UInt8]], type: UInt16) -> DNS.Response? {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        Sockets.setTimeout(fd, seconds: 2)
+        guard Sockets.connect(fd, resolver, port) else { return nil }
+        let id = UInt16.random(in: 0...UInt16.max)
+        let query = DNS.query(id: id, labels: labels, type: type)
+        guard Sockets.writeAll(fd, [UInt8(query.count >> 8), UInt8(query.count & 0xFF)] + query),
+              let prefix = Sockets.readExactly(fd, 2),
+              let message = Sockets.readExactly(fd, Int(prefix[0]) << 8 | Int(prefix[1])) else { return nil }
+        return DNS.parseResponse(message, id: id, labels: labels, type: type)
     }
 
     /// The permitted A addresses of `name` (after CNAMEs, as the upstream resolved them).

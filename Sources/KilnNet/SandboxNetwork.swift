@@ -72,6 +72,8 @@ public final class SandboxNetwork: Sendable {
     }
 
     static func namespaceDirectory(_ base: String) -> String { base + "/netns" }
+    /// The egress helper's `--control` socket of network `index` (root only, 0600).
+    static func helperControlPath(_ base: String, index: Int) -> String { namespaceDirectory(base) + "/kiln-\(index).egress" }
 
     /// One lock for the whole host, not one per runtime directory: the pool's interface names
     /// and the host's NAT table are the host's, and two Kiln processes with different runtime
@@ -83,8 +85,12 @@ public final class SandboxNetwork: Sendable {
     /// call it from a thread of its own, not a Swift task. Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN).
     /// `runtimeBase` holds the namespace names and the lock (Sandbox.defaultRuntimeDirectory).
     /// `resolver` is the upstream DNS server (default: `Resolver.upstream()`, the host's, or
-    /// `$KILN_NET_RESOLVER`). A policy with domain rules also starts the sandbox's egress helper.
-    public static func create(policy: EgressPolicy, runtimeBase: String, resolver: UInt32? = nil) throws(NetworkError) -> SandboxNetwork {
+    /// `$KILN_NET_RESOLVER`). A policy with domain rules also starts the sandbox's egress helper;
+    /// `adoptable` gives that helper a control socket under `runtimeBase` too, so that a process
+    /// that did not make the network can change its rules (`updateHelper`: the service's launcher,
+    /// whose sandboxes a restarted service adopts).
+    public static func create(policy: EgressPolicy, runtimeBase: String, resolver: UInt32? = nil,
+                              adoptable: Bool = false) throws(NetworkError) -> SandboxNetwork {
         let start = now()
         let dir = namespaceDirectory(runtimeBase)
         _ = mkdir(runtimeBase, 0o755)
@@ -108,7 +114,7 @@ public final class SandboxNetwork: Sendable {
         let hosts = HostAddresses.ipv4()
         let helper: EgressControl?
         do throws(NetworkError) {
-            helper = try network.build(hostAddresses: hosts, resolver: resolver ?? Resolver.upstream())
+            helper = try network.build(hostAddresses: hosts, resolver: resolver ?? Resolver.upstream(), adoptable: adoptable)
         } catch {
             network.close()
             throw error
@@ -117,7 +123,7 @@ public final class SandboxNetwork: Sendable {
                               namespaceAddress: namespaceAddress, setupSeconds: now() - start, helper: helper, hostAddresses: hosts)
     }
 
-    private func build(hostAddresses: [UInt32], resolver: UInt32?) throws(NetworkError) -> EgressControl? {
+    private func build(hostAddresses: [UInt32], resolver: UInt32?, adoptable: Bool) throws(NetworkError) -> EgressControl? {
         let path = namespacePath, record = path + ".owner"
         guard Files.write(record, "\(getpid())\n") else { throw .setup("cannot write \(record): \(String(cString: strerror(errno)))") }
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o444)
@@ -156,7 +162,7 @@ public final class SandboxNetwork: Sendable {
                 throw .setup("socketpair: \(String(cString: strerror(errno)))")
             }
         }
-        let control = pair
+        let control = pair, controlPath = adoptable ? Self.helperControlPath(base, index: index) : nil
         let thread: LinuxSys.Thread
         do {
             thread = try LinuxSys.Thread.spawn(name: "kiln-netns") {
@@ -176,7 +182,8 @@ public final class SandboxNetwork: Sendable {
                     try Self.run(["nft", "-f"], input: rules, scratch: scratch + ".nft")
                     // Started from this thread, the helper lives in the namespace.
                     if let helperPath {
-                        let started = try EgressControl.start(helperPath, resolver: resolver, pair: control)
+                        let started = try EgressControl.start(helperPath, resolver: resolver, pair: control,
+                                                              controlPath: controlPath)
                         result.helper.withLock { $0 = started }
                     }
                 } catch {
@@ -280,7 +287,29 @@ public final class SandboxNetwork: Sendable {
         _ = kiln_umount2(path, Int32(KILN_MNT_DETACH))
         unlink(path)
         unlink(path + ".owner")
+        unlink(helperControlPath(runtimeBase, index: index))
     }
+
+    /// Replaces the policy of network `index`'s egress helper through its control socket, for a
+    /// process that did not make the network and holds no handle on its helper (a restarted
+    /// service's launcher, adopting the sandboxes the old one made). The same contract as
+    /// `updatePolicy`: a network made without domain rules has no helper, and giving it domain
+    /// rules is refused. Blocking (at most 5 s), root.
+    public static func updateHelper(index: Int, runtimeBase: String, _ policy: EgressPolicy) throws(NetworkError) {
+        let path = helperControlPath(runtimeBase, index: index)
+        guard access(path, F_OK) == 0 else {
+            if policy.answersNames { throw .policy(Self.noHelper) }
+            return
+        }
+        let socket: Int32
+        do { socket = try UnixSocket.connectMessages(path: path).release() } catch {
+            throw .setup("the sandbox's \(EgressHelper.executableName) is gone (\(error))")
+        }
+        try EgressControl(pid: nil, socket: socket).update(policy.file(hostAddresses: HostAddresses.ipv4()))
+    }
+
+    static let noHelper = "this sandbox was created without domain rules: they cannot be added while it runs"
+
 
     /// Makes `pid` (the sandbox's VMM) the owner of this network's name: `sweep` removes a name
     /// whose owner is gone, so the name of a sandbox that outlives its maker (a detached VMM that
@@ -312,7 +341,10 @@ public final class SandboxNetwork: Sendable {
             return
         }
         detachName()
-        helper?.stop()
+        if let helper {
+            helper.stop()
+            unlink(Self.helperControlPath(base, index: index))
+        }
     }
 
     /// Changes what a running sandbox's egress helper allows, at once and without a restart
@@ -327,7 +359,7 @@ public final class SandboxNetwork: Sendable {
     /// goes to the host's resolver through nftables): giving it domain rules is refused.
     public func updatePolicy(_ policy: EgressPolicy) throws(NetworkError) {
         guard let helper else {
-            if policy.answersNames { throw .policy("this sandbox was created without domain rules: they cannot be added while it runs") }
+            if policy.answersNames { throw .policy(Self.noHelper) }
             return
         }
         try helper.update(policy.file(hostAddresses: hostAddresses))
@@ -357,6 +389,13 @@ public final class SandboxNetwork: Sendable {
             _ = kiln_umount2(path, Int32(KILN_MNT_DETACH))
             unlink(path)
             unlink(path + ".owner")
+        }
+        // A helper's control socket outlives it (it cannot remove a file once confined): gone
+        // once nothing listens on it any more.
+        for name in Files.list(dir) where name.hasSuffix(".egress") {
+            do throws(Errno) { _ = try UnixSocket.connectMessages(path: dir + "/" + name) } catch {
+                if error.code == ECONNREFUSED { unlink(dir + "/" + name) }
+            }
         }
         for name in Files.list(dir) where name.hasSuffix(".setup.ip") || name.hasSuffix(".setup.nft") {
             let owner = Files.read(dir + "/" + String(name.prefix { $0 != "." }) + ".owner")
@@ -400,22 +439,24 @@ final class Outcome: Sendable {
     let helper = Mutex<EgressControl?>(nil)
 }
 
-/// The creator's end of a running egress helper: its pid and its control socket.
+/// The creator's end of a running egress helper: its pid and its control socket (or, without a
+/// pid, a connection to its `--control` socket from another process).
 final class EgressControl: Sendable {
-    let pid: pid_t
+    let pid: pid_t?
     let socket: Int32
     /// One update at a time: each waits for its own answer.
     private let lock = Mutex(())
     /// Set (under the lock) once the helper has ended, before it is reaped: no stray kill after.
     private let ended = Mutex(false)
 
-    init(pid: pid_t, socket: Int32) { self.pid = pid; self.socket = socket }
+    init(pid: pid_t?, socket: Int32) { self.pid = pid; self.socket = socket }
     deinit { Glibc.close(socket) }
 
     /// Starts `kiln-egress` (from the calling thread, so in its network namespace) with one end
     /// of a SOCK_SEQPACKET pair at fd 3; a thread of this process reaps it when it ends.
-    static func start(_ path: String, resolver: UInt32?, pair: [Int32]) throws(NetworkError) -> EgressControl {
+    static func start(_ path: String, resolver: UInt32?, pair: [Int32], controlPath: String?) throws(NetworkError) -> EgressControl {
         var argv = [path, "--tap", SandboxNetwork.tapName, "--creator", "\(getpid())"]
+        if let controlPath { argv += ["--control", controlPath] }
         if let resolver { argv += ["--resolver", IPv4Range.format(resolver)] }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -438,10 +479,11 @@ final class EgressControl: Sendable {
 
     /// Reaps the helper when it ends, so that a long-running creator (the service) keeps no zombies.
     func startReaper() {
-        _ = try? LinuxSys.Thread.spawn(name: "kiln-egress-wait") { self.reap() }
+        guard let pid else { return }
+        _ = try? LinuxSys.Thread.spawn(name: "kiln-egress-wait") { self.reap(pid) }
     }
 
-    private func reap() {
+    private func reap(_ pid: pid_t) {
         var info = siginfo_t()
         while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) < 0 && errno == EINTR {}
         ended.withLock { done in
@@ -476,5 +518,8 @@ final class EgressControl: Sendable {
         }
     }
 
-    func stop() { ended.withLock { if !$0 { kill(pid, SIGKILL) } } }
+    func stop() {
+        guard let pid else { return }
+        ended.withLock { if !$0 { kill(pid, SIGKILL) } }
+    }
 }

@@ -71,14 +71,17 @@ public struct LauncherNetworks: Sendable {
             switch (fields.first, fields.count) {
             case ("net-create", 2):
                 guard let policy = policy(fields[1]) else { return "malformed policy" }
-                let network = try SandboxNetwork.create(policy: policy, runtimeBase: runtimeBase)
+                let network = try SandboxNetwork.create(policy: policy, runtimeBase: runtimeBase, adoptable: true)
                 made.withLock { $0[network.index] = network }
                 return "ok \(network.index)"
             case ("net-update", 3):
                 guard let i = index(fields[1]), let policy = policy(fields[2]) else { return "malformed request" }
                 // The helper first: it refuses domain rules for a network made without them, before
-                // the nftables rules would send 80 and 443 to a proxy that is not there.
-                try made.withLock { $0[i] }?.updatePolicy(policy)
+                // the nftables rules would send 80 and 443 to a proxy that is not there. A network
+                // this launcher did not make (a restarted service's adopted sandbox): by its socket.
+                if let network = made.withLock({ $0[i] }) { try network.updatePolicy(policy) } else {
+                    try SandboxNetwork.updateHelper(index: i, runtimeBase: runtimeBase, policy)
+                }
                 try SandboxNetwork.replacePolicy(index: i, runtimeBase: runtimeBase, policy)
                 return "ok"
             case ("net-release", 2):

@@ -1,6 +1,8 @@
 import Glibc
 import KilnTestSupport
 @testable import KilnNet
+import LinuxSys
+import Synchronization
 import Testing
 
 /// Domain rules, the DNS messages and the Host/SNI peek of the egress helper: pure, no root.
@@ -99,6 +101,57 @@ import Testing
         #expect(DNS.parseQuery(forward) == nil)
         // Every truncation of a valid message is refused, never a trap.
         for n in 0..<m.count { #expect(DNS.parseResponse(Array(m.prefix(n)), id: 0x1234, labels: DNS.labels("allowed.test"), type: DNS.typeA) == nil) }
+    }
+
+    /// An upstream resolver on loopback whose UDP answers are cut at 512 bytes (TC, no records)
+    /// and whose TCP answers are whole: one question each way, then its threads end (10 s at most).
+    final class CuttingUpstream: Sendable {
+        let udp: Int32, tcp: Int32, port: UInt16
+        let asked = Mutex<[String]>([])
+
+        init(_ records: [DNS.Record]) throws {
+            var fds: (Int32, Int32, UInt16)?
+            for _ in 0..<20 where fds == nil {
+                let u = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0), t = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                var sa = sockaddr_in()
+                sa.sin_family = sa_family_t(AF_INET); sa.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+                var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                _ = withUnsafeMutablePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(u, $0, length) == 0 && getsockname(u, $0, &length) == 0 } }
+                let bound = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(t, $0, length) } } == 0
+                if bound && listen(t, 4) == 0 { fds = (u, t, UInt16(bigEndian: sa.sin_port)) } else { close(u); close(t) }
+            }
+            let (u, t, port) = try #require(fds)
+            udp = u; tcp = t; self.port = port
+            var timeout = timeval(tv_sec: 10, tv_usec: 0)
+            for fd in [u, t] { _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size)) }
+            _ = try LinuxSys.Thread.spawn(name: "dns-udp") { [self] in
+                var buffer = [UInt8](repeating: 0, count: 4096), from = sockaddr_in(), length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                let n = buffer.withUnsafeMutableBytes { b in withUnsafeMutablePointer(to: &from) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(u, b.baseAddress, b.count, 0, $0, &length) } } }
+                guard n > 0, let q = DNS.parseQuery(Array(buffer[0..<n])) else { return }
+                asked.withLock { $0.append("udp") }
+                let reply = DNS.answer(q, rcode: DNS.noError, answers: records, limit: 512)
+                _ = reply.withUnsafeBytes { r in withUnsafePointer(to: &from) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(u, r.baseAddress, r.count, 0, $0, length) } } }
+            }
+            _ = try LinuxSys.Thread.spawn(name: "dns-tcp") { [self] in
+                let c = accept(t, nil, nil)
+                guard c >= 0 else { return }
+                defer { close(c) }
+                guard let prefix = Sockets.readExactly(c, 2), let bytes = Sockets.readExactly(c, Int(prefix[0]) << 8 | Int(prefix[1])),
+                      let q = DNS.parseQuery(bytes) else { return }
+                asked.withLock { $0.append("tcp") }
+                let reply = DNS.answer(q, rcode: DNS.noError, answers: records, limit: 65535)
+                _ = Sockets.writeAll(c, [UInt8(reply.count >> 8), UInt8(reply.count & 0xFF)] + reply)
+            }
+        }
+    }
+
+    @Test func aTruncatedUpstreamAnswerIsAskedAgainOverTCP() throws {
+        let records = (1...40).map { i in DNS.Record(labels: DNS.labels("many.test"), type: DNS.typeA, ttl: 60, data: [198, 18, 2, UInt8(i)]) }
+        let upstream = try CuttingUpstream(records)
+        defer { close(upstream.udp); close(upstream.tcp) }
+        let r = try #require(EgressHelper.ask(Self.a("127.0.0.1"), port: upstream.port, labels: DNS.labels("many.test"), type: DNS.typeA))
+        #expect(!r.truncated && r.answers == records, "all 40 records, from the TCP answer: \(r.answers.count) records, TC \(r.truncated)")
+        #expect(upstream.asked.withLock { $0 } == ["udp", "tcp"])
     }
 
     @Test func hostHeadersAreRead() {

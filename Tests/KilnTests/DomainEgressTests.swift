@@ -49,10 +49,12 @@ extension SandboxNetworkVMTests {
         func asked(_ name: String) -> Bool { log.contains { $0.hasPrefix("dns \(name) ") } }
     }
 
-    func makeNetwork(_ policy: EgressPolicy, resolver: String) async throws -> SandboxNetwork {
+    func makeNetwork(_ policy: EgressPolicy, resolver: String, adoptable: Bool = false) async throws -> SandboxNetwork {
         let base = runtime, upstream = IPv4Range.parseAddress(resolver)
         let result: Result<SandboxNetwork, NetworkError> = await LinuxSys.Thread.run(name: "net-setup") {
-            Result { () throws(NetworkError) -> SandboxNetwork in try SandboxNetwork.create(policy: policy, runtimeBase: base, resolver: upstream) }
+            Result { () throws(NetworkError) -> SandboxNetwork in
+                try SandboxNetwork.create(policy: policy, runtimeBase: base, resolver: upstream, adoptable: adoptable)
+            }
         }
         return try result.get()
     }
@@ -109,7 +111,9 @@ extension SandboxNetworkVMTests {
         let web = try FakeWeb()
         let snapshot = try await template()
         let policy = EgressPolicy(internet: false, domains: [DomainRule("allowed.test")!, DomainRule("rebind.test")!])
-        let network = try await makeNetwork(policy, resolver: Self.server)
+        // Adoptable, as the service's launcher makes them: the second update below goes through
+        // the helper's control socket.
+        let network = try await makeNetwork(policy, resolver: Self.server, adoptable: true)
         let helper = try #require(network.helperPID)
         let veth = network.hostVeth
         do {
@@ -145,11 +149,23 @@ extension SandboxNetworkVMTests {
             try updated.get()
             let after = try await shell(sandbox, Self.guestFunctions + "resolve denied.test; get denied.test \(Self.deniedServer)")
             #expect(after.hasPrefix(Self.deniedServer + "\n") && after.hasSuffix("\r\ndenied-server\n"), "the new rule applies at once: \(after)")
+
+            // The same change from a process that holds no handle on the helper (a restarted
+            // service's launcher adopting this sandbox): through the helper's control socket,
+            // back to the first policy, so denied.test is denied again.
+            let base = runtime, index = network.index
+            let narrowed = await LinuxSys.Thread.run(name: "policy-update") {
+                Result { () throws(NetworkError) in try SandboxNetwork.updateHelper(index: index, runtimeBase: base, policy) }
+            }
+            try narrowed.get()
+            let again = try await shell(sandbox, Self.guestFunctions + "echo \"[$(resolve denied.test)]\"; get denied.test \(Self.deniedServer)")
+            #expect(again.hasPrefix("[]\n") && !again.contains("denied-server"), "the adopted update applies at once: \(again)")
         }
         // Nothing left: the helper ended with the VMM, the namespace with both.
         #expect(Self.processGone(helper), "kiln-egress \(helper) ended with its sandbox")
         #expect(Self.interfaceGone(veth), "\(veth) is gone; tasks in other network namespaces: \(Self.namespaceHolders())")
         SandboxNetwork.sweep(runtimeBase: runtime)
+        #expect(access("\(runtime)/netns/kiln-\(network.index).egress", F_OK) != 0, "the sweep removed the ended helper's control socket")
     }
 
     /// Every task whose network namespace is not the host's (to name what keeps one alive).
