@@ -117,7 +117,11 @@ class Service:
         threading.Thread(target=pump, daemon=True).start()
         t0 = time.monotonic()
         while not ready.wait(0.2):
-            if self.proc.poll() is not None or time.monotonic() - t0 > TIMEOUT:
+            if self.proc.poll() is not None or time.monotonic() - t0 > TIMEOUT * 3:
+                # Not left running behind the failure (its own session: the whole group).
+                if self.proc.poll() is None:
+                    os.killpg(self.proc.pid, signal.SIGTERM)
+                    self.proc.wait(timeout=60)
                 raise SystemExit(f"kiln serve did not become ready; log: {self.workdir / 'serve.log'}")
         return time.monotonic() - t0
 
