@@ -29,8 +29,7 @@ public enum Templates {
     /// `withNetwork` names the template with (true) or without a network device whatever `config` has.
     public static func autoName(for config: Sandbox.Configuration, withNetwork: Bool? = nil) -> String {
         func identity(_ path: String) -> String {
-            var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-            let real = realpath(path, &resolved) != nil ? resolved.withUnsafeBufferPointer { String(cString: $0.baseAddress!) } : path
+            let real = resolvedPath(path)
             var st = stat()
             _ = stat(real, &st)
             return "\(real):\(st.st_size):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
@@ -48,6 +47,12 @@ public enum Templates {
         for byte in key.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
         let hex = String(hash, radix: 16)
         return "auto-" + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    /// `path` with every link resolved (realpath), or `path` itself when it cannot be resolved.
+    static func resolvedPath(_ path: String) -> String {
+        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        return realpath(path, &resolved) != nil ? resolved.withUnsafeBufferPointer { String(cString: $0.baseAddress!) } : path
     }
 
     /// Boots a sandbox, snapshots it as template `name` (replacing an older one atomically) and
@@ -71,6 +76,11 @@ public enum Templates {
         // A template carries spare share slots, never a bound share (a snapshot of one is refused).
         var config = config
         config.volumes = []
+        // The image by the file it is now, not by a link: a template's disk is read under the
+        // guest's saved page cache and ext4 state, so a link moved later to another image (a new
+        // build relinks images/NAME.ext4) must not give its restores a different disk.
+        config.imagePath = resolvedPath(config.imagePath)
+        config.agentDisk = config.agentDisk.map(resolvedPath)
         let sandbox = try await Sandbox.start(config)
         // Run one command first: busybox's pages and the agent's spawn path are then in the
         // guest's memory when it is saved, instead of being read in by every restored sandbox.

@@ -60,6 +60,33 @@ import VMM
         await #expect(throws: AgentClientError.self) { _ = try await b.agent.readFile("/tmp/only-in-a") }
         #expect(try await a.agent.readFile("/root/only-in-a").contents == Array("a\n".utf8))
     }
+
+    /// A template made through a link to an image keeps the file the link named then. A rebuild
+    /// relinks images/NAME.ext4 to a new file; restores of a named template made before used to
+    /// open the new file under the old guest's ext4 state (the service's commands then failed:
+    /// "'root' does not exist in the sandbox", /etc/passwd unreadable).
+    @Test func aTemplateKeepsItsImageWhenItsLinkMovesToAnother() async throws {
+        #expect(access("/dev/kvm", R_OK | W_OK) == 0, "this test needs /dev/kvm (CI has it)")
+        let dir = try TestImages.temporaryDirectory("kiln-template-link")
+        defer { _ = try? TestImages.run(["rm", "-rf", dir]) }
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let real = String(cString: try #require(realpath(Self.image, &buffer)))
+        let link = dir + "/image.ext4", other = dir + "/other.ext4"
+        #expect(symlink(real, link) == 0)
+        let name = "test-link-\(getpid())"
+        try await Templates.create(name, config: Sandbox.Configuration(kernelPath: Self.kernel, imagePath: link)).stop()
+        defer { _ = Templates.remove(name) }
+        #expect(try SnapshotInfo.read(directory: Templates.path(name)).config.disks.first?.path == real)
+
+        // The link now names another ext4 (empty): the template's restores still read its own.
+        _ = try TestImages.run(["mkfs.ext4", "-q", "-F", other, "16M"])
+        #expect(unlink(link) == 0 && symlink(other, link) == 0)
+        let sandbox = try await Sandbox.restore(snapshot: Templates.path(name), runtimeDirectory: "/tmp/kiln-template-tests-\(getpid())")
+        defer { sandbox.stop() }
+        let passwd = String(decoding: try await sandbox.agent.readFile("/etc/passwd").contents, as: UTF8.self)
+        #expect(passwd.hasPrefix("root:x:0:0:"), "\(passwd)")
+        #expect(try await run(sandbox, ["cat", "/etc/hostname"]) == "kiln\n")
+    }
 }
 
 /// The agent's connection survives the template's snapshot: a restored sandbox's client attaches
