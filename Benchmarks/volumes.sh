@@ -44,7 +44,9 @@ for i in range(n):
     with open(f"{d}/f{i % 100:03}", "wb") as out:
         out.write(os.urandom(64 + i % 960))
 PY
-git clone -q "$(git rev-parse --show-toplevel)" "$work/ro/checkout"
+# --no-hardlinks: a local clone hardlinks .git/objects, and the chown below would then give this
+# repository's own object files to uid 1000.
+git clone -q --no-hardlinks "$(git rev-parse --show-toplevel)" "$work/ro/checkout"
 tar -C "$work/ro" -cf "$work/ro/tree.tar" tree
 tar -C "$work/ro" -cf "$work/ro/checkout.tar" checkout
 # A jailed VMM runs as the first share's owner (docs/volumes.md): give both shares the same one,
