@@ -86,9 +86,9 @@ m disk-checkout-find-stat sh -c 'find /root/checkout -exec stat -c "%s %Y" {} + 
 EOF
 )
 
-# Streams the guest's output; at each mark sums the CPU of kiln and every process below it.
-# KILN_ROWS=0 leaves out the Kiln rows (only the virtiofsd ones).
-[[ ${KILN_ROWS:-1} == 0 ]] || python3 - "$KILN" "$READ_MIB" -v "$work/ro:/src:ro" -v "$work/rw:/out" -- sh -c "$steps" <<'PY'
+# stream.py KILN MIB RUN-ARGS...: runs `kiln run RUN-ARGS`, streams the guest's output, at each
+# mark sums the CPU of kiln and every process below it, and prints the rows.
+cat >"$work/stream.py" <<'PY'
 import os, subprocess, sys, time
 kiln, mib, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 tick = os.sysconf("SC_CLK_TCK")
@@ -142,6 +142,56 @@ for name, dt, cpu, r, o in rows:
     print(f"| {name} | {dt:.2f} s | {rate} | {cpu:.2f} s | {per_gib} | {r} | {o[:70]} |")
 sys.exit(rc)
 PY
+# KILN_ROWS=0 leaves out the Kiln rows of the busybox run (read, write, tree, checkout).
+if [[ ${KILN_ROWS:-1} != 0 ]]; then
+    python3 "$work/stream.py" "$KILN" "$READ_MIB" -v "$work/ro:/src:ro" -v "$work/rw:/out" -- sh -c "$steps"
+fi
+
+# The git rows (GIT=0 skips them): `git status` on the checkout through the read-only share and on
+# a copy in the guest's own disk, in one `kiln run --image debian-git` (Kiln's Debian image plus
+# git, built here on first use: debootstrap from the Debian mirror, a few minutes, host-side).
+# Every git runs with safe.directory=* (the share's files are uid 1000's, the guest's git runs as
+# root), core.untrackedCache=false, core.fsmonitor=false and GIT_OPTIONAL_LOCKS=0 (what
+# --no-optional-locks sets: status does not try to write the index, which the share refuses), all
+# from the environment (command scope). The share's index is refreshed on the host first (the
+# chown above changed every file's ctime), so that, with the host's inode numbers, owners and
+# times reported through the share, git finds every entry stat-clean, as in a user's own checkout;
+# the disk copy's index is refreshed in the guest in an untimed step (tar gave it new inodes).
+# Each side runs twice: cold (after the guest's page, dentry and inode caches are dropped; the
+# host's page cache stays warm) and warm (straight after). `git --version` is the cost of starting
+# git beyond the empty step's `true`; diff-files counts the entries git would find stat-dirty
+# (0: the status rows are lstat, readdir and index work, not content hashing).
+if [[ ${GIT:-1} != 0 ]]; then
+    agent=$(dirname "$KILN")/kiln-agent
+    [[ -x $agent ]] || agent=
+    git_image=$(KILN_IMAGE_NAME=debian-git KILN_DEBIAN_PACKAGES=git rootfs/build-debian-image.sh ${agent:+"$agent"} | tail -1)
+    git -C "$work/ro/checkout" -c safe.directory='*' update-index -q --refresh
+    chown 1000:1000 "$work/ro/checkout/.git/index"
+    echo "git part: $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg) image debian-git ($git_image)," \
+        "checkout $(git -C "$work/ro/checkout" -c safe.directory='*' ls-files | wc -l) tracked files, $host_checkout paths"
+    git_steps=$(cat <<'EOF'
+m() { n=$1; shift; read u x </proc/uptime; echo "B $n $u"; "$@" 2>&1; r=$?; read u x </proc/uptime; echo "E $n $u $r"; }
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; }
+export GIT_CONFIG_COUNT=3 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0='*' \
+    GIT_CONFIG_KEY_1=core.untrackedCache GIT_CONFIG_VALUE_1=false \
+    GIT_CONFIG_KEY_2=core.fsmonitor GIT_CONFIG_VALUE_2=false GIT_OPTIONAL_LOCKS=0
+m empty true
+m empty true
+m git-version git --version
+drop
+m share-git-status-cold git -C /src/checkout status --porcelain
+m share-git-status-warm git -C /src/checkout status --porcelain
+m share-git-diff-files sh -c 'git -C /src/checkout diff-files --name-only | wc -l'
+tar -C /root -xf /src/checkout.tar
+git -C /root/checkout update-index -q --refresh
+drop
+m disk-git-status-cold git -C /root/checkout status --porcelain
+m disk-git-status-warm git -C /root/checkout status --porcelain
+m disk-git-diff-files sh -c 'git -C /root/checkout diff-files --name-only | wc -l'
+EOF
+)
+    python3 "$work/stream.py" "$KILN" "$READ_MIB" --image debian-git -v "$work/ro:/src:ro" -- sh -c "$git_steps"
+fi
 
 [[ ${QEMU:-1} == 0 ]] && exit 0
 # The other back end: Debian's virtiofsd (QEMU 7.2's C one) serving the same read-only directory
