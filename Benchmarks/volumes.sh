@@ -9,18 +9,25 @@
 #           step wrote, zeros, after the page cache is dropped so that the read comes from the disk)
 #   write   sequential write of READ_MIB MiB of zeros (+ sync) to the share and to the disk
 #   tree    find + stat over TREE_FILES small files, through the share and on the disk
-#   checkout find + stat over a `git clone` of this repository (no image has git, so no
-#           `git status`: the closest is the lstat of every path it would make)
+#   checkout find + stat over a `git clone` of this repository (the lstat of every path that
+#           `git status` makes; the git rows below run `git status` itself)
 # The disk copies of the trees come from tarballs read through the share in untimed steps.
-# An `empty` step (the same marks around `true`) is the cost of one guest process; it is
-# subtracted from each row. Host CPU (kiln and its VMM, from /proc) is sampled when each step's
-# marks reach the host, so each row has its own host CPU.
+# An `empty` step (the same marks around `true`, the shell's builtin, so no process) is the cost
+# of the marks; it is subtracted from each row. Host CPU (kiln and its VMM, from /proc) is sampled
+# when each step's marks reach the host, so each row has its own host CPU, and the host's load
+# average (1 min) with it.
+#
+# Then (GIT=0 skips it) one `kiln run --image debian-git` (Kiln's Debian image plus git, built on
+# first use by KILN_IMAGE_NAME=debian-git KILN_DEBIAN_PACKAGES=git rootfs/build-debian-image.sh)
+# times `git status --porcelain` on the same checkout through a read-only share and on a copy in
+# the guest's own disk, cold and warm (see the git part below for how).
 #
 # Then, if it runs here, the same read / tree / checkout steps through Debian's virtiofsd
 # under QEMU microvm with the same kernel (installs qemu-system-x86 if missing; QEMU=0 skips).
 #
 #   Benchmarks/volumes.sh            KILN=.build/debug/kiln Benchmarks/volumes.sh   (no release build)
-#   READ_MIB=64 TREE_FILES=10000 (the issue's sizes, the defaults); CHECKOUT=0 QEMU=0 KILN_ROWS=0 skip those parts
+#   READ_MIB=64 TREE_FILES=10000 (the issue's sizes, the defaults); CHECKOUT=0 KILN_ROWS=0 GIT=0 QEMU=0 skip those parts
+#   KILN=... KILN_ROWS=0 QEMU=0 READ_MIB=1 TREE_FILES=10 Benchmarks/volumes.sh   (only the git rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 READ_MIB=${READ_MIB:-64}
@@ -120,7 +127,8 @@ for line in p.stdout:
         begin[f[1]] = (float(f[2]), tree_cpu(p.pid))
     elif f[:1] == ["E"]:
         b, c = begin[f[1]]
-        rows.append((f[1], float(f[2]) - b, tree_cpu(p.pid) - c, f[3], out.pop(f[1], "")))
+        load = open("/proc/loadavg").read().split()[0]  # the host's, when the end mark arrives
+        rows.append((f[1], float(f[2]) - b, tree_cpu(p.pid) - c, f[3], out.pop(f[1], ""), load))
         print("raw:", *rows[-1], flush=True)  # a run cut short still reports its rows
     elif begin:
         name = list(begin)[-1]
@@ -129,17 +137,17 @@ rc = p.wait()
 print(f"kiln run: exit {rc}, wall {time.monotonic() - t0:.1f} s (restore, mounts, untimed copies included)")
 empty = min((r[1] for r in rows if r[0] == "empty"), default=0.0)
 empty_cpu = min((r[2] for r in rows if r[0] == "empty"), default=0.0)
-print(f"empty step (one guest process): {empty:.2f} s guest, {empty_cpu:.2f} s host CPU; subtracted below")
-print("| step | guest time | rate | host CPU | host CPU per GiB | rc | output |")
-print("|---|---:|---:|---:|---:|---|---|")
-for name, dt, cpu, r, o in rows:
+print(f"empty step (the marks around the shell's builtin true): {empty:.2f} s guest, {empty_cpu:.2f} s host CPU; subtracted below")
+print("| step | guest time | rate | host CPU | host CPU per GiB | rc | output | load (1 min) |")
+print("|---|---:|---:|---:|---:|---|---|---:|")
+for name, dt, cpu, r, o, load in rows:
     if name == "empty":
         continue
     dt, cpu = max(dt - empty, 0.0), max(cpu - empty_cpu, 0.0)
     bulk = "read" in name or "write" in name
     rate = f"{mib / dt:.2f} MiB/s" if bulk and dt else ""
     per_gib = f"{cpu * 1024 / mib:.0f} s" if bulk else ""
-    print(f"| {name} | {dt:.2f} s | {rate} | {cpu:.2f} s | {per_gib} | {r} | {o[:70]} |")
+    print(f"| {name} | {dt:.2f} s | {rate} | {cpu:.2f} s | {per_gib} | {r} | {o[:70]} | {load} |")
 sys.exit(rc)
 PY
 # KILN_ROWS=0 leaves out the Kiln rows of the busybox run (read, write, tree, checkout).
@@ -177,6 +185,7 @@ export GIT_CONFIG_COUNT=3 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0='*'
     GIT_CONFIG_KEY_2=core.fsmonitor GIT_CONFIG_VALUE_2=false GIT_OPTIONAL_LOCKS=0
 m empty true
 m empty true
+m process /bin/true
 m git-version git --version
 drop
 m share-git-status-cold git -C /src/checkout status --porcelain
