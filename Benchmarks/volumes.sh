@@ -9,18 +9,25 @@
 #           step wrote, zeros, after the page cache is dropped so that the read comes from the disk)
 #   write   sequential write of READ_MIB MiB of zeros (+ sync) to the share and to the disk
 #   tree    find + stat over TREE_FILES small files, through the share and on the disk
-#   checkout find + stat over a `git clone` of this repository (no image has git, so no
-#           `git status`: the closest is the lstat of every path it would make)
+#   checkout find + stat over a `git clone` of this repository (the lstat of every path that
+#           `git status` makes; the git rows below run `git status` itself)
 # The disk copies of the trees come from tarballs read through the share in untimed steps.
-# An `empty` step (the same marks around `true`) is the cost of one guest process; it is
-# subtracted from each row. Host CPU (kiln and its VMM, from /proc) is sampled when each step's
-# marks reach the host, so each row has its own host CPU.
+# An `empty` step (the same marks around `true`, the shell's builtin, so no process) is the cost
+# of the marks; it is subtracted from each row. Host CPU (kiln and its VMM, from /proc) is sampled
+# when each step's marks reach the host, so each row has its own host CPU, and the host's load
+# average (1 min) with it.
+#
+# Then (GIT=0 skips it) one `kiln run --image debian-git` (Kiln's Debian image plus git, built on
+# first use by KILN_IMAGE_NAME=debian-git KILN_DEBIAN_PACKAGES=git rootfs/build-debian-image.sh)
+# times `git status --porcelain` on the same checkout through a read-only share and on a copy in
+# the guest's own disk, cold and warm (see the git part below for how).
 #
 # Then, if it runs here, the same read / tree / checkout steps through Debian's virtiofsd
 # under QEMU microvm with the same kernel (installs qemu-system-x86 if missing; QEMU=0 skips).
 #
 #   Benchmarks/volumes.sh            KILN=.build/debug/kiln Benchmarks/volumes.sh   (no release build)
-#   READ_MIB=64 TREE_FILES=10000 (the issue's sizes, the defaults); CHECKOUT=0 QEMU=0 KILN_ROWS=0 skip those parts
+#   READ_MIB=64 TREE_FILES=10000 (the issue's sizes, the defaults); CHECKOUT=0 KILN_ROWS=0 GIT=0 QEMU=0 skip those parts
+#   KILN=... KILN_ROWS=0 QEMU=0 READ_MIB=1 TREE_FILES=10 Benchmarks/volumes.sh   (only the git rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 READ_MIB=${READ_MIB:-64}
@@ -44,7 +51,9 @@ for i in range(n):
     with open(f"{d}/f{i % 100:03}", "wb") as out:
         out.write(os.urandom(64 + i % 960))
 PY
-git clone -q "$(git rev-parse --show-toplevel)" "$work/ro/checkout"
+# --no-hardlinks: a local clone hardlinks .git/objects, and the chown below would then give this
+# repository's own object files to uid 1000.
+git clone -q --no-hardlinks "$(git rev-parse --show-toplevel)" "$work/ro/checkout"
 tar -C "$work/ro" -cf "$work/ro/tree.tar" tree
 tar -C "$work/ro" -cf "$work/ro/checkout.tar" checkout
 # A jailed VMM runs as the first share's owner (docs/volumes.md): give both shares the same one,
@@ -84,9 +93,9 @@ m disk-checkout-find-stat sh -c 'find /root/checkout -exec stat -c "%s %Y" {} + 
 EOF
 )
 
-# Streams the guest's output; at each mark sums the CPU of kiln and every process below it.
-# KILN_ROWS=0 leaves out the Kiln rows (only the virtiofsd ones).
-[[ ${KILN_ROWS:-1} == 0 ]] || python3 - "$KILN" "$READ_MIB" -v "$work/ro:/src:ro" -v "$work/rw:/out" -- sh -c "$steps" <<'PY'
+# stream.py KILN MIB RUN-ARGS...: runs `kiln run RUN-ARGS`, streams the guest's output, at each
+# mark sums the CPU of kiln and every process below it, and prints the rows.
+cat >"$work/stream.py" <<'PY'
 import os, subprocess, sys, time
 kiln, mib, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 tick = os.sysconf("SC_CLK_TCK")
@@ -118,7 +127,8 @@ for line in p.stdout:
         begin[f[1]] = (float(f[2]), tree_cpu(p.pid))
     elif f[:1] == ["E"]:
         b, c = begin[f[1]]
-        rows.append((f[1], float(f[2]) - b, tree_cpu(p.pid) - c, f[3], out.pop(f[1], "")))
+        load = open("/proc/loadavg").read().split()[0]  # the host's, when the end mark arrives
+        rows.append((f[1], float(f[2]) - b, tree_cpu(p.pid) - c, f[3], out.pop(f[1], ""), load))
         print("raw:", *rows[-1], flush=True)  # a run cut short still reports its rows
     elif begin:
         name = list(begin)[-1]
@@ -127,19 +137,70 @@ rc = p.wait()
 print(f"kiln run: exit {rc}, wall {time.monotonic() - t0:.1f} s (restore, mounts, untimed copies included)")
 empty = min((r[1] for r in rows if r[0] == "empty"), default=0.0)
 empty_cpu = min((r[2] for r in rows if r[0] == "empty"), default=0.0)
-print(f"empty step (one guest process): {empty:.2f} s guest, {empty_cpu:.2f} s host CPU; subtracted below")
-print("| step | guest time | rate | host CPU | host CPU per GiB | rc | output |")
-print("|---|---:|---:|---:|---:|---|---|")
-for name, dt, cpu, r, o in rows:
+print(f"empty step (the marks around the shell's builtin true): {empty:.2f} s guest, {empty_cpu:.2f} s host CPU; subtracted below")
+print("| step | guest time | rate | host CPU | host CPU per GiB | rc | output | load (1 min) |")
+print("|---|---:|---:|---:|---:|---|---|---:|")
+for name, dt, cpu, r, o, load in rows:
     if name == "empty":
         continue
     dt, cpu = max(dt - empty, 0.0), max(cpu - empty_cpu, 0.0)
     bulk = "read" in name or "write" in name
     rate = f"{mib / dt:.2f} MiB/s" if bulk and dt else ""
     per_gib = f"{cpu * 1024 / mib:.0f} s" if bulk else ""
-    print(f"| {name} | {dt:.2f} s | {rate} | {cpu:.2f} s | {per_gib} | {r} | {o[:70]} |")
+    print(f"| {name} | {dt:.2f} s | {rate} | {cpu:.2f} s | {per_gib} | {r} | {o[:70]} | {load} |")
 sys.exit(rc)
 PY
+# KILN_ROWS=0 leaves out the Kiln rows of the busybox run (read, write, tree, checkout).
+if [[ ${KILN_ROWS:-1} != 0 ]]; then
+    python3 "$work/stream.py" "$KILN" "$READ_MIB" -v "$work/ro:/src:ro" -v "$work/rw:/out" -- sh -c "$steps"
+fi
+
+# The git rows (GIT=0 skips them): `git status` on the checkout through the read-only share and on
+# a copy in the guest's own disk, in one `kiln run --image debian-git` (Kiln's Debian image plus
+# git, built here on first use: debootstrap from the Debian mirror, a few minutes, host-side).
+# Every git runs with safe.directory=* (the share's files are uid 1000's, the guest's git runs as
+# root), core.untrackedCache=false, core.fsmonitor=false and GIT_OPTIONAL_LOCKS=0 (what
+# --no-optional-locks sets: status does not try to write the index, which the share refuses), all
+# from the environment (command scope). The share's index is refreshed on the host first (the
+# chown above changed every file's ctime), so that, with the host's inode numbers, owners and
+# times reported through the share, git finds every entry stat-clean, as in a user's own checkout;
+# the disk copy's index is refreshed in the guest in an untimed step (tar gave it new inodes).
+# Each side runs twice: cold (after the guest's page, dentry and inode caches are dropped; the
+# host's page cache stays warm) and warm (straight after). `git --version` is the cost of starting
+# git beyond the empty step's `true`; diff-files counts the entries git would find stat-dirty
+# (0: the status rows are lstat, readdir and index work, not content hashing).
+if [[ ${GIT:-1} != 0 ]]; then
+    agent=$(dirname "$KILN")/kiln-agent
+    [[ -x $agent ]] || agent=
+    git_image=$(KILN_IMAGE_NAME=debian-git KILN_DEBIAN_PACKAGES=git rootfs/build-debian-image.sh ${agent:+"$agent"} | tail -1)
+    git -C "$work/ro/checkout" -c safe.directory='*' update-index -q --refresh
+    chown 1000:1000 "$work/ro/checkout/.git/index"
+    echo "git part: $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg) image debian-git ($git_image)," \
+        "checkout $(git -C "$work/ro/checkout" -c safe.directory='*' ls-files | wc -l) tracked files, $host_checkout paths"
+    git_steps=$(cat <<'EOF'
+m() { n=$1; shift; read u x </proc/uptime; echo "B $n $u"; "$@" 2>&1; r=$?; read u x </proc/uptime; echo "E $n $u $r"; }
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; }
+export GIT_CONFIG_COUNT=3 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0='*' \
+    GIT_CONFIG_KEY_1=core.untrackedCache GIT_CONFIG_VALUE_1=false \
+    GIT_CONFIG_KEY_2=core.fsmonitor GIT_CONFIG_VALUE_2=false GIT_OPTIONAL_LOCKS=0
+m empty true
+m empty true
+m process /bin/true
+m git-version git --version
+drop
+m share-git-status-cold git -C /src/checkout status --porcelain
+m share-git-status-warm git -C /src/checkout status --porcelain
+m share-git-diff-files sh -c 'git -C /src/checkout diff-files --name-only | wc -l'
+tar -C /root -xf /src/checkout.tar
+git -C /root/checkout update-index -q --refresh
+drop
+m disk-git-status-cold git -C /root/checkout status --porcelain
+m disk-git-status-warm git -C /root/checkout status --porcelain
+m disk-git-diff-files sh -c 'git -C /root/checkout diff-files --name-only | wc -l'
+EOF
+)
+    python3 "$work/stream.py" "$KILN" "$READ_MIB" --image debian-git -v "$work/ro:/src:ro" -- sh -c "$git_steps"
+fi
 
 [[ ${QEMU:-1} == 0 ]] && exit 0
 # The other back end: Debian's virtiofsd (QEMU 7.2's C one) serving the same read-only directory

@@ -10,8 +10,12 @@
 #
 # Environment: KILN_DEBIAN_SUITE (default bookworm), KILN_DEBIAN_MIRROR (default
 # http://deb.debian.org/debian), KILN_DEBIAN_PACKAGES (extra, comma-separated), KILN_IMAGE_MIB
-# (default 2048, sparse). Cached at ${KILN_CACHE_DIR:-/var/cache/kiln}/images/<key>/debian.ext4
-# keyed by (agent, suite, packages, this script); images/debian.ext4 links to the latest.
+# (default 2048, sparse), KILN_IMAGE_NAME (default debian). Cached at
+# ${KILN_CACHE_DIR:-/var/cache/kiln}/images/<key>/debian.ext4 keyed by (agent, suite, packages,
+# this script); images/$KILN_IMAGE_NAME.ext4 links to the latest, and `kiln run --image NAME`
+# finds it. A variant gets a name of its own so that the link to it is not images/debian.ext4,
+# the image `--image debian` and the tests use:
+#   KILN_IMAGE_NAME=debian-git KILN_DEBIAN_PACKAGES=git rootfs/build-debian-image.sh
 set -euo pipefail
 
 exec 3>&1 1>&2
@@ -26,8 +30,11 @@ SUITE=${KILN_DEBIAN_SUITE:-bookworm}
 MIRROR=${KILN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES=python3${KILN_DEBIAN_PACKAGES:+,$KILN_DEBIAN_PACKAGES}
 SIZE_MIB=${KILN_IMAGE_MIB:-2048}
+NAME=${KILN_IMAGE_NAME:-debian}
 
 [[ $(id -u) == 0 ]] || die "run as root (debootstrap needs it)"
+# `kiln run --image NAME` takes a name with a slash for a path and "default" for Kiln's own image.
+[[ $NAME =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ && $NAME != default ]] || die "KILN_IMAGE_NAME '$NAME': letters, digits, . _ - only, and not 'default'"
 
 # shape_like_e2b STAGE: the user, quiet login scripts, and nothing the sandbox never reads.
 shape_like_e2b() {
@@ -83,5 +90,7 @@ if [[ ! -f $OUT ]]; then
 else
     log "cached Debian image $KEY"
 fi
-link_latest "$CACHE" "$KEY" debian.ext4
+# images/NAME.ext4 -> KEY/debian.ext4, atomically (link_latest, with a link name of its own).
+ln -sfn "$KEY/debian.ext4" "$CACHE/.$NAME.ext4.tmp.$$"
+mv -Tf "$CACHE/.$NAME.ext4.tmp.$$" "$CACHE/$NAME.ext4"
 echo "$OUT" >&3
