@@ -310,7 +310,6 @@ public final class SandboxNetwork: Sendable {
 
     static let noHelper = "this sandbox was created without domain rules: they cannot be added while it runs"
 
-
     /// Makes `pid` (the sandbox's VMM) the owner of this network's name: `sweep` removes a name
     /// whose owner is gone, so the name of a sandbox that outlives its maker (a detached VMM that
     /// a restarted service adopts) stays exactly as long as the VMM runs.
@@ -391,9 +390,9 @@ public final class SandboxNetwork: Sendable {
             unlink(path + ".owner")
         }
         // A helper's control socket outlives it (it cannot remove a file once confined): gone
-        // once nothing listens on it any more.
+        // once nothing listens on it any more (refused; a full backlog is a live helper).
         for name in Files.list(dir) where name.hasSuffix(".egress") {
-            do throws(Errno) { _ = try UnixSocket.connectMessages(path: dir + "/" + name) } catch {
+            do throws(Errno) { _ = try UnixSocket.connectMessages(path: dir + "/" + name, nonBlocking: true) } catch {
                 if error.code == ECONNREFUSED { unlink(dir + "/" + name) }
             }
         }

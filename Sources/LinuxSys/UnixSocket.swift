@@ -51,9 +51,11 @@ public enum UnixSocket {
         return fd
     }
 
-    /// Connects a blocking SOCK_SEQPACKET socket to the listener at `path`.
-    public static func connectMessages(path: String) throws(Errno) -> FileDescriptor {
-        let fd = FileDescriptor(owning: try once("socket") { socket(AF_UNIX, messageFlags, 0) })
+    /// Connects a blocking SOCK_SEQPACKET socket to the listener at `path`; `nonBlocking`, one
+    /// that fails with EAGAIN instead of waiting when the listener's backlog is full.
+    public static func connectMessages(path: String, nonBlocking: Bool = false) throws(Errno) -> FileDescriptor {
+        let flags = messageFlags | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0)
+        let fd = FileDescriptor(owning: try once("socket") { socket(AF_UNIX, flags, 0) })
         let address = try Address(path)
         _ = try retrying("connect \(path)") { address.with { Glibc.connect(fd.raw, $0, $1) } }
         return fd
