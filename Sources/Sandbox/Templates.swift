@@ -18,10 +18,73 @@ public enum Templates {
 
     public static func path(_ name: String) -> String { directory + "/" + name }
 
-    /// Whether `name` is a usable template: complete, and written by this Kiln for this host.
+    /// Whether `name` is a usable template: complete, written by this Kiln for this host, and its
+    /// disks' files the ones it was made from (`problem`).
     public static func usable(_ name: String, hostProfile: HostProfile = .detect()) -> Bool {
-        guard let info = try? SnapshotInfo.read(directory: path(name)), (try? info.checkMemoryFile(in: path(name))) != nil else { return false }
-        return info.kilnVersion == kilnVersion && info.hostProfile == hostProfile
+        problem(name, hostProfile: hostProfile) == nil
+    }
+
+    /// Why template `name` cannot be restored, in one line; nil when it can.
+    public static func problem(_ name: String, hostProfile: HostProfile = .detect()) -> String? {
+        guard access(path(name), F_OK) == 0 else { return "no usable template named '\(name)' in \(Templates.directory)" }
+        return unusableReason(name, hostProfile: hostProfile).map { "template '\(name)' is unusable: \($0)" }
+    }
+
+    /// What is wrong with template `name` (a damaged file, another Kiln or host, a disk changed
+    /// since it was made), without the template's name; nil when it is usable.
+    public static func unusableReason(_ name: String, hostProfile: HostProfile = .detect()) -> String? {
+        let directory = path(name)
+        let info: SnapshotInfo
+        do throws(MachineError) {
+            info = try SnapshotInfo.read(directory: directory)
+            try info.checkMemoryFile(in: directory)
+        } catch {
+            if case .snapshot(_, let why) = error { return why }
+            return "\(error)"
+        }
+        guard info.kilnVersion == kilnVersion else { return "made by another Kiln (\(info.kilnVersion))" }
+        guard info.hostProfile == hostProfile else { return "made for another host (\(info.hostProfile.rawValue))" }
+        return changedDisk(in: directory).map { "made from \($0), which has changed since" }
+    }
+
+    /// The file of a template that holds the identity (inode, size, mtime) of each disk its guest
+    /// only reads (the image, the agent's disk), as it was when the template was made.
+    static let disksFile = "disks"
+
+    /// The identity line of `path`: "INODE SIZE MTIME PATH"; nil when it cannot be read.
+    static func diskIdentity(_ path: String) -> String? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        let ns = String(st.st_mtim.tv_nsec), padded = String(repeating: "0", count: max(0, 9 - ns.count)) + ns
+        return "\(st.st_ino) \(st.st_size) \(st.st_mtim.tv_sec).\(padded) \(path)"
+    }
+
+    /// The first disk of the template in `directory` whose file is no longer the one it was made
+    /// from (rewritten in place, truncated, replaced, gone): its guest's saved page cache and
+    /// filesystem state describe the old contents, so a restore would read another disk under them.
+    /// A template made before this record existed is not checked.
+    static func changedDisk(in directory: String) -> String? {
+        guard let text = Files.read(directory + "/" + disksFile).map({ String(decoding: $0, as: UTF8.self) }) else { return nil }
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: " ", maxSplits: 3).map(String.init)
+            guard fields.count == 4 else { return "a malformed line in \(directory)/\(disksFile)" }
+            if diskIdentity(fields[3]) != String(line) { return fields[3] }
+        }
+        return nil
+    }
+
+    /// Records the identity of every disk the snapshot in `directory` opens read-only or under a
+    /// private overlay (`changedDisk`). A writable disk is the guest's own and may change.
+    static func recordDisks(of directory: String) throws(SandboxError) {
+        let info: SnapshotInfo
+        do { info = try SnapshotInfo.read(directory: directory) } catch { throw .setup("\(error)") }
+        var lines: [String] = []
+        for disk in info.config.disks where disk.readOnly || disk.overlay {
+            guard let line = diskIdentity(disk.path) else { throw .setup("cannot stat the template's disk \(disk.path): \(String(cString: strerror(errno)))") }
+            lines.append(line)
+        }
+        let file = directory + "/" + disksFile
+        guard Files.write(file, Array(lines.map { $0 + "\n" }.joined().utf8)) else { throw .setup("cannot write \(file): \(String(cString: strerror(errno)))") }
     }
 
     /// A name that changes whenever the kernel or image file changes (path, size or mtime), or
@@ -107,6 +170,7 @@ public enum Templates {
         Files.removeFlatDirectory(staging)
         do {
             try sandbox.snapshot(to: staging)
+            try recordDisks(of: staging)
             if let imageConfig { try writeImageConfig(imageConfig, to: staging + "/" + imageConfigFile) }
         } catch {
             Files.removeFlatDirectory(staging)

@@ -429,8 +429,8 @@ func hostDeadline(after seconds: Double, sandbox: Sandbox, terminal: RawTerminal
 /// A sandbox from the chosen template, the automatic one, or a boot.
 func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async throws -> Sandbox {
     if let name = options.template {
-        guard Templates.usable(name, hostProfile: config.hostProfile) else {
-            throw SandboxError.setup("no usable template named '\(name)' in \(Templates.directory) (kiln template create \(name))")
+        if let problem = Templates.problem(name, hostProfile: config.hostProfile) {
+            throw SandboxError.setup("\(problem) (kiln template create \(name))")
         }
         return try await Sandbox.restore(snapshot: Templates.path(name), hostProfile: config.hostProfile, isolation: config.isolation,
                                            seccomp: config.seccomp, volumes: config.volumes, network: config.network,

@@ -264,7 +264,10 @@ enum ServeTemplates {
         if name.contains("/") || name.contains(":"), let reference = RootImage.ociReference(name) {
             return try await imageTemplate(name, reference, network: network)
         }
-        guard name == "base" else { throw APIError(404, "template '\(name)' not found (make it with `kiln template create \(name)`)") }
+        guard name == "base" else {
+            // Missing, or there and unusable (another Kiln, or its image changed since): which, in the message.
+            throw APIError(404, "\(Templates.problem(own) ?? "template '\(name)' not found") (make it with `kiln template create \(name)`)")
+        }
         let ready = { Templates.usable(own) && (own != "base-net" || twinMatchesBase()) }
         while building.withLock({ b in defer { b = true }; return b }) {
             try await Task.sleep(nanoseconds: 200_000_000)

@@ -81,7 +81,7 @@ struct TemplateCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List the templates.")
 
         func run() {
-            for name in Templates.list() { writeRaw(1, name + (Templates.usable(name) ? "" : "  (unusable: another Kiln or host)") + "\n") }
+            for name in Templates.list() { writeRaw(1, name + (Templates.unusableReason(name).map { "  (unusable: \($0))" } ?? "") + "\n") }
         }
     }
 

@@ -122,11 +122,13 @@ import VMM
             let kiln = try KilnProcess(["run", "--template", name, "--", "true"])
             kiln.closeInput()
             #expect(try kiln.wait(seconds: 60) == 1)
-            #expect(kiln.errorOutput == "kiln: no usable template named '\(name)' in \(Templates.directory) (kiln template create \(name))\n")
+            let said = kiln.errorOutput
+            #expect(said.hasPrefix("kiln: template '\(name)' is unusable: ") && said.contains(d.reason)
+                    && said.hasSuffix(" (kiln template create \(name))\n") && said.filter { $0 == "\n" }.count == 1, "\(said)")
 
             let list = try KilnProcess(["template", "list"])
             #expect(try list.wait(seconds: 60) == 0)
-            #expect(list.outputLines.contains("\(name)  (unusable: another Kiln or host)"), "\(list.output)")
+            #expect(list.outputLines.contains { $0.hasPrefix("\(name)  (unusable: ") && $0.contains(d.reason) }, "\(list.output)")
 
             do {
                 let s = try await Sandbox.restore(snapshot: dir, runtimeDirectory: "/tmp/kiln-chaos-damaged-\(getpid())")

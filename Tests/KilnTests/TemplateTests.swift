@@ -69,23 +69,36 @@ import VMM
         #expect(access("/dev/kvm", R_OK | W_OK) == 0, "this test needs /dev/kvm (CI has it)")
         let dir = try TestImages.temporaryDirectory("kiln-template-link")
         defer { _ = try? TestImages.run(["rm", "-rf", dir]) }
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let real = String(cString: try #require(realpath(Self.image, &buffer)))
+        // A copy of the image of its own, which the end of the test changes in place.
+        let real = dir + "/copy.ext4"
+        _ = try TestImages.run(["cp", "--sparse=always", Self.image, real])
         let link = dir + "/image.ext4", other = dir + "/other.ext4"
         #expect(symlink(real, link) == 0)
         let name = "test-link-\(getpid())"
         try await Templates.create(name, config: Sandbox.Configuration(kernelPath: Self.kernel, imagePath: link)).stop()
         defer { _ = Templates.remove(name) }
         #expect(try SnapshotInfo.read(directory: Templates.path(name)).config.disks.first?.path == real)
+        #expect(Templates.problem(name) == nil)
 
         // The link now names another ext4 (empty): the template's restores still read its own.
         _ = try TestImages.run(["mkfs.ext4", "-q", "-F", other, "16M"])
         #expect(unlink(link) == 0 && symlink(other, link) == 0)
-        let sandbox = try await Sandbox.restore(snapshot: Templates.path(name), runtimeDirectory: "/tmp/kiln-template-tests-\(getpid())")
-        defer { sandbox.stop() }
-        let passwd = String(decoding: try await sandbox.agent.readFile("/etc/passwd").contents, as: UTF8.self)
-        #expect(passwd.hasPrefix("root:x:0:0:"), "\(passwd)")
-        #expect(try await run(sandbox, ["cat", "/etc/hostname"]) == "kiln\n")
+        #expect(Templates.problem(name) == nil, "the link moved, the template's own file did not")
+        do {
+            let sandbox = try await Sandbox.restore(snapshot: Templates.path(name), runtimeDirectory: "/tmp/kiln-template-tests-\(getpid())")
+            defer { sandbox.stop() }
+            let passwd = String(decoding: try await sandbox.agent.readFile("/etc/passwd").contents, as: UTF8.self)
+            #expect(passwd.hasPrefix("root:x:0:0:"), "\(passwd)")
+            #expect(try await run(sandbox, ["cat", "/etc/hostname"]) == "kiln\n")
+        }
+
+        // The template's own file rewritten in place (same path, same size): its restores would
+        // read other blocks under the saved ext4 state, so the template is no longer usable, and
+        // says which file changed.
+        _ = try TestImages.run(["dd", "if=/dev/zero", "of=" + real, "bs=4096", "seek=1", "count=1", "conv=notrunc", "status=none"])
+        let problem = try #require(Templates.problem(name))
+        #expect(problem.contains(real) && problem.contains("changed"), "\(problem)")
+        #expect(!Templates.usable(name))
     }
 }
 
