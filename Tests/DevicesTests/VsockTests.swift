@@ -91,11 +91,11 @@ final class VsockHarness {
     var rxBuffersPosted = 0
     var txSlot: UInt64 = 0
 
-    init(_ name: String = #function) throws {
+    init(_ name: String = #function, heldLimit: Int = VirtioVsock.heldLimit) throws {
         path = "/tmp/kiln-vsock-test-\(getpid())-\(name.prefix(20).filter { $0.isLetter })"
         unlink(path)
         memory = try GuestMemory(layout: [(0, 1 << 20)])
-        device = try VirtioVsock(path: path, guestCID: 3)
+        device = try VirtioVsock(path: path, guestCID: 3, heldLimit: heldLimit)
         let log = failureLog
         device.activate(queues: [rx.queue, tx.queue, event.queue], context: VirtioContext(
             memory: memory, features: device.features, interrupt: {},
@@ -116,7 +116,9 @@ final class VsockHarness {
     }
 
     /// The guest sends one packet: the header and payload in separate buffers, as Linux does.
-    func send(_ h: VsockHeader, payload: [UInt8] = []) throws {
+    /// Returns how many of the guest's tx buffers came back (0: the device has not taken it yet).
+    @discardableResult
+    func send(_ h: VsockHeader, payload: [UInt8] = []) throws -> Int {
         let address = VsockHarness.txData + (txSlot % 8) * 0x8000
         txSlot += 1
         try memory.write(h.bytes, at: address)
@@ -127,7 +129,7 @@ final class VsockHarness {
         }
         try tx.post(chain, memory)
         device.process(queue: 1)
-        _ = try tx.takeUsed(memory)
+        return try tx.takeUsed(memory).count
     }
 
     func fromGuest(_ op: VsockHeader.Op, guestPort: UInt32, hostPort: UInt32, flags: UInt32 = 0,
@@ -349,6 +351,49 @@ final class VsockHarness {
         #expect(t.read(fast) == "fast")
         try t.write(fast, "back")
         #expect(try t.received().contains { $0.payload == Array("back".utf8) })
+    }
+
+    /// Many host readers that never read: the guest's bytes held for them all stop at the device's
+    /// limit (its tx queue waits; no connection is reset for it), instead of 256 KiB a connection
+    /// times 1024 connections; one reader draining lets the guest go on.
+    @Test func bytesHeldForSlowReadersStopAtTheLimitAndTheGuestWaits() throws {
+        let limit = 1 << 20
+        let t = try VsockHarness(heldLimit: limit)
+        let listener = try UnixSocket.listen(path: "\(t.path)_7000")
+        defer { unlink("\(t.path)_7000") }
+        var readers: [Int32] = []
+        defer { for fd in readers { close(fd) } }
+        for port in UInt32(40000)..<40008 {
+            try t.send(t.fromGuest(.request, guestPort: port, hostPort: 7000))
+            #expect(try t.received().first?.header.knownOp == .response)
+            guard let accepted = try UnixSocket.accept(listener.raw) else { Issue.record("nothing reached PATH_7000"); return }
+            readers.append(accepted.release())
+        }
+        let chunk = [UInt8](repeating: 9, count: 0x4000)
+        var stalled = false, sent = 0
+        outer: for _ in 0..<64 {
+            for port in UInt32(40000)..<40008 {
+                if try t.send(t.fromGuest(.rw, guestPort: port, hostPort: 7000, length: chunk.count), payload: chunk) == 0 {
+                    stalled = true
+                    break outer
+                }
+                sent += chunk.count
+            }
+        }
+        #expect(stalled, "the guest sent \(sent) bytes to readers that never read without waiting")
+        #expect(t.device.guestBytesHeld >= limit && t.device.guestBytesHeld <= limit + chunk.count, "\(t.device.guestBytesHeld)")
+        #expect(t.device.connectionCount == 8, "waiting is not a reset")
+
+        // One reader takes everything it has: the waiting packet goes through.
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var drained = 0
+        for _ in 0..<20 {
+            t.events.poll()
+            while let n = buffer.withUnsafeMutableBytes({ (try? UnixSocket.receive(readers[0], into: $0)) ?? nil }), n > 0 { drained += n }
+        }
+        #expect(drained > 0)
+        #expect(try t.tx.takeUsed(t.memory).count == 1, "the guest's waiting packet was taken once a reader drained")
+        #expect(t.device.connectionCount == 8)
     }
 
     @Test func socketFileIsRemovedAtShutdown() throws {

@@ -31,13 +31,14 @@ public final class VirtioVsock: VirtioDevice {
 
     /// Creates the listening socket at `path` (which must not exist yet). Guest connections to
     /// port P go to `path_P`, or wherever `connector` says (a jailed VMM asks its supervisor).
-    public init(path: String, guestCID: UInt64, connector: Connector? = nil) throws(OpenError) {
+    /// `heldLimit` bounds the guest's bytes held for all slow host readers together (`VirtioVsock.heldLimit`).
+    public init(path: String, guestCID: UInt64, connector: Connector? = nil, heldLimit: Int = VirtioVsock.heldLimit) throws(OpenError) {
         guard guestCID >= 3, guestCID < 0xFFFF_FFFF else { throw .badCID(guestCID) }
         do { listener = try UnixSocket.listen(path: path) } catch { throw .listen(path, error) }
         self.path = path
         self.guestCID = guestCID
         let connect = connector ?? { port in try? UnixSocket.connect(path: "\(path)_\(port)").release() }
-        state = Mutex(VsockMux(guestCID: guestCID, path: path, listener: listener.raw, connect: connect))
+        state = Mutex(VsockMux(guestCID: guestCID, path: path, listener: listener.raw, connect: connect, heldLimit: heldLimit))
     }
 
     deinit { unlink(path) }
@@ -97,6 +98,16 @@ public final class VirtioVsock: VirtioDevice {
     /// Open connections, for tests and diagnostics.
     public var connectionCount: Int { state.withLock { $0.connections.count } }
 
+    /// Guest payload bytes held for host sockets that do not read, all connections together:
+    /// past this the guest's tx queue waits until a host socket takes some (one connection holds
+    /// at most 256 KiB, its advertised buffer, but 1024 of them would hold 256 MiB, twice the VMM
+    /// cgroup's headroom over guest RAM). Host-to-guest bytes are bounded apart: 64 KiB staged a
+    /// connection, read from its socket only as the guest gives credit.
+    public static let heldLimit = 16 << 20
+
+    /// Guest payload bytes held for host sockets that have not taken them yet, all connections together.
+    public var guestBytesHeld: Int { state.withLock { $0.heldBytes } }
+
     /// Restored connections no host client has attached to yet.
     public var detachedCount: Int { state.withLock { $0.connections.values.filter { $0.state == .detached }.count } }
 }
@@ -116,6 +127,7 @@ struct VsockMux {
     let path: String
     let listener: Int32
     let connect: VirtioVsock.Connector
+    let heldLimit: Int
     var rx = Virtqueue(), tx = Virtqueue(), event = Virtqueue()
     var context: VirtioContext?
     var wake: (@Sendable (Int32) -> Void)?
@@ -129,9 +141,12 @@ struct VsockMux {
     var awaitingResetAck = false
     var pendingRestore: VsockSavedState?
 
-    init(guestCID: UInt64, path: String, listener: Int32, connect: @escaping VirtioVsock.Connector) {
-        self.guestCID = guestCID; self.path = path; self.listener = listener; self.connect = connect
+    init(guestCID: UInt64, path: String, listener: Int32, connect: @escaping VirtioVsock.Connector, heldLimit: Int = VirtioVsock.heldLimit) {
+        self.guestCID = guestCID; self.path = path; self.listener = listener; self.connect = connect; self.heldLimit = heldLimit
     }
+
+    /// Guest payload bytes no host socket has taken yet (detached connections' included).
+    var heldBytes: Int { connections.values.reduce(0) { $0 + Int($1.unforwarded) } }
 
     // MARK: lifecycle
 
@@ -364,14 +379,19 @@ struct VsockMux {
 
     // MARK: guest tx
 
-    /// Handles the guest's packets; false when it stopped early because replies are backed up.
+    /// Handles the guest's packets; false when it stopped early because replies are backed up or
+    /// the host sockets hold `heldLimit` of its bytes already (a host socket taking some, or a
+    /// client attaching, runs it again).
     mutating func processTx() -> Bool {
         guard let context else { return true }
         var completed = false
         defer { if completed { interruptIfNeeded(tx: true) } }
+        // Counted once, then raised by each packet's size: an upper bound, no scan per packet.
+        var held = heldBytes
         do {
-            while control.count < VsockMux.controlLimit {
+            while control.count < VsockMux.controlLimit && held < heldLimit {
                 guard let chain = try tx.pop(context.memory) else { return true }
+                held += chain.readable.reduce(0) { $0 + Int($1.length) }
                 handleGuestPacket(chain, context.memory)
                 try tx.push(head: chain.head, written: 0, context.memory)
                 completed = true
