@@ -41,4 +41,10 @@ public struct Service: HTTPHandler {
             }
         }
     }
+
+    /// WebSocket upgrades to a port in a sandbox (PortProxy); any other upgrade is an ordinary request.
+    public func upgrade(_ head: HTTPRequestHead) async -> HTTPUpgradeAnswer? {
+        guard let host = head.headers.first(name: "host"), let (port, id) = PortProxy.target(host: host), port != Envd.port else { return nil }
+        return await PortProxy.upgrade(head, manager: manager, sandboxID: id, port: port)
+    }
 }

@@ -168,7 +168,132 @@ def test_a_port_in_the_sandbox_is_reached_through_the_service(service, new_sandb
     assert via_service(service, host, "/missing")[0] == 404
     assert via_service(service, sbx.get_host(8001))[0] == 502
     assert via_service(service, "8000-iunknownsandbox00000.e2b.app")[0] == 502
+
+    # WebSocket: an echo server of the test's own in the guest (python3's standard library only).
+    # The guest server's 101 (its Sec-WebSocket-Accept, computed from the client's key) reaches
+    # the client unchanged, then frames go both ways through the same connection.
+    ws = sbx.commands.run(f"exec python3 -c '{WS_ECHO_SERVER}'", background=True, timeout=0)
+    ws_host = sbx.get_host(8002)
+    outcome = wait_until(lambda: (lambda r: r if r[0] == 101 else None)(websocket_echo(service, ws_host, ["hello", "x" * 300])),
+                         "a WebSocket through the service to the guest's echo server", timeout=240)
+    _, headers, expected_accept, echoes = outcome
+    assert headers.get("upgrade", "").lower() == "websocket" and "upgrade" in headers.get("connection", "").lower()
+    assert headers.get("sec-websocket-accept") == expected_accept
+    assert echoes == ["echo:hello", "echo:" + "x" * 300]
+    # A server that does not switch protocols: its own answer comes back as it is.
+    status, _, _, body = websocket_echo(service, host, [], path="/index.html")
+    assert status == 200 and body == token + "\n"
+    ws.kill()
     server.kill()
+
+
+# A WebSocket echo server on 127.0.0.1:8002 in the guest (RFC 6455, text frames and close only):
+# each text frame comes back as "echo:" + its text. Written for the test; no quote characters
+# that the shell's single quotes would end.
+WS_ECHO_SERVER = """
+import base64, hashlib, socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8002))
+s.listen(4)
+while True:
+    c, _ = s.accept()
+    data = b""
+    while b"\\r\\n\\r\\n" not in data:
+        data += c.recv(4096)
+    head, buf = data.split(b"\\r\\n\\r\\n", 1)
+    key = [l.split(b":", 1)[1].strip() for l in head.split(b"\\r\\n") if l.lower().startswith(b"sec-websocket-key:")][0]
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Accept: " + accept + b"\\r\\n\\r\\n")
+    def take(n):
+        global buf
+        while len(buf) < n:
+            more = c.recv(4096)
+            if not more:
+                raise EOFError
+            buf += more
+        out, buf = buf[:n], buf[n:]
+        return out
+    try:
+        while True:
+            b0, b1 = take(2)
+            n = b1 & 127
+            if n == 126:
+                n = int.from_bytes(take(2), "big")
+            mask = take(4)
+            payload = bytes(x ^ mask[i % 4] for i, x in enumerate(take(n)))
+            if b0 & 15 == 8:
+                c.sendall(bytes([0x88, 0]))
+                break
+            reply = b"echo:" + payload
+            c.sendall(bytes([0x81, 126]) + len(reply).to_bytes(2, "big") + reply if len(reply) > 125 else bytes([0x81, len(reply)]) + reply)
+    except EOFError:
+        pass
+    c.close()
+"""
+
+
+def websocket_echo(service, host, messages, path="/ws", timeout=60):
+    """A WebSocket client on a plain socket to the service's listener for HOST: the handshake,
+    then each message as a masked text frame and its reply read back, then a close. Returns
+    (status, response headers, the Sec-WebSocket-Accept the key calls for, the replies) after a
+    101; (status, headers, None, body) for any other answer; (0, {}, None, None) when the
+    connection failed."""
+    import base64
+    import hashlib
+    import socket
+    import urllib.parse
+    u = urllib.parse.urlparse(service.url)
+    key = base64.b64encode(os.urandom(16)).decode()
+    expected = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+    try:
+        s = socket.create_connection((u.hostname, u.port), timeout=timeout)
+    except OSError:
+        return 0, {}, None, None
+    with s:
+        s.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        buf = b""
+
+        def take(n):
+            nonlocal buf
+            while len(buf) < n:
+                more = s.recv(65536)
+                if not more:
+                    raise EOFError(f"closed with {len(buf)} of {n} bytes")
+                buf += more
+            out, buf = buf[:n], buf[n:]
+            return out
+
+        try:
+            while b"\r\n\r\n" not in buf:
+                more = s.recv(65536)
+                if not more:
+                    return 0, {}, None, None
+                buf += more
+        except OSError:
+            return 0, {}, None, None
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+        if status != 101:
+            body = take(int(headers.get("content-length", "0"))).decode()
+            return status, headers, None, body
+        replies = []
+        for text in messages:
+            payload, mask = text.encode(), os.urandom(4)
+            size = bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+            s.sendall(bytes([0x81]) + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+            b0, b1 = take(2)
+            n = b1 & 127
+            if n == 126:
+                n = int.from_bytes(take(2), "big")
+            assert b0 == 0x81, f"a text frame back, not {b0:#x}"
+            replies.append(take(n).decode())
+        s.sendall(bytes([0x88, 0x80]) + os.urandom(4))
+        assert take(2)[0] == 0x88, "the server's close frame"
+        return status, headers, expected, replies
 
 
 def egress_helpers():

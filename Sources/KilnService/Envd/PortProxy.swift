@@ -10,9 +10,11 @@ import Sandbox
 /// Each request is carried to 127.0.0.1:PORT in the guest by one agent relay (`PortForward.relay`,
 /// the agent's `--forward` mode, over the sandbox's vsock session: no network device needed),
 /// sent as HTTP/1.1 with `Connection: close`, and the guest's response is streamed back.
-/// HTTP only: a WebSocket upgrade is refused (501), the service's HTTP stack cannot hand the
-/// connection over yet. Like E2B's default (`allowPublicTraffic`), a port needs no token: the
-/// sandbox id, 20 random characters, is what reaches it.
+/// A WebSocket upgrade (`upgrade`) goes to the guest's server as it came; when that server
+/// switches protocols, its 101 goes back to the client and the relay carries the connection's
+/// bytes both ways from then on (`PortTunnel`). Other upgrades are refused (501). Like E2B's
+/// default (`allowPublicTraffic`), a port needs no token: the sandbox id, 20 random characters,
+/// is what reaches it.
 enum PortProxy {
     /// The largest request body carried (held whole, sent with its length) and response head.
     static let bodyLimit = 64 << 20
@@ -40,7 +42,8 @@ enum PortProxy {
             return
         }
         if request.header("upgrade") != nil {
-            try await refuse(response, .notImplemented, "WebSocket and other upgrades to a sandbox port are not supported yet")
+            // A WebSocket upgrade is carried on a connection's first request (`upgrade`); this one came later, or is another protocol.
+            try await refuse(response, .notImplemented, "only a WebSocket upgrade, as a connection's first request, is carried to a sandbox port")
             return
         }
         var body = try await request.collectBody(limit: bodyLimit)
@@ -94,6 +97,87 @@ enum PortProxy {
             let why = String(decoding: errors, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "the connection closed before a response"
             try await refuse(response, .badGateway, "port \(port) in sandbox \(sandbox.id): \(why)")
         }
+    }
+
+    /// A WebSocket upgrade request for `port` in the sandbox: the guest server's 101 and a tunnel
+    /// on the same relay, or the response it gave instead (or the proxy's own 4xx/5xx).
+    static func upgrade(_ head: HTTPRequestHead, manager: SandboxManager, sandboxID: String, port: UInt16) async -> HTTPUpgradeAnswer {
+        func refusal(_ status: HTTPResponseStatus, _ message: String) -> HTTPUpgradeAnswer {
+            .response(status, headers: [("content-type", "application/json")],
+                      body: Array(Connect.encode(ErrorBody(code: Int(status.code), message: message)).readableBytesView))
+        }
+        let sandbox: ServiceSandbox
+        do { sandbox = try await manager.portTarget(id: sandboxID) } catch {
+            return refusal(HTTPResponseStatus(statusCode: error.status), error.message)
+        }
+        // An upgrade request carries no body here: one with a body is not a WebSocket handshake.
+        if let length = head.headers.first(name: "content-length"), length != "0" { return refusal(.badRequest, "an upgrade request with a body") }
+        if head.headers.contains(name: "transfer-encoding") { return refusal(.badRequest, "an upgrade request with a body") }
+        var text = "\(head.method.rawValue) \(head.uri) HTTP/1.1\r\n"
+        for (name, value) in head.headers where !hopByHop.contains(name.lowercased()) { text += "\(name): \(value)\r\n" }
+        text += "Connection: Upgrade\r\nUpgrade: \(head.headers.first(name: "upgrade") ?? "websocket")\r\n\r\n"
+        let relay: RemoteProcess
+        do { relay = try await sandbox.agent.exec(PortForward.relay(port)) } catch {
+            return refusal(.badGateway, "cannot reach port \(port) in sandbox \(sandbox.id): \(error)")
+        }
+        do { try await relay.write(Array(text.utf8)) } catch {
+            relay.signal(SIGKILL)
+            return refusal(.badGateway, "cannot reach port \(port) in sandbox \(sandbox.id): \(error)")
+        }
+
+        // The guest server's head: a 101 makes the tunnel, anything else is its answer, read whole.
+        var output = relay.output.makeAsyncIterator()
+        var received: [UInt8] = [], errors: [UInt8] = []
+        var reader = ResponseReader(method: head.method)
+        var answer: (status: Int, headers: [(String, String)], body: [UInt8])?
+        var complete = false
+        func feed(_ bytes: [UInt8]) throws {
+            for event in try reader.feed(bytes) {
+                switch event {
+                case .head(let status, let headers): answer?.status = status; answer?.headers = headers
+                case .body(let piece): answer?.body += piece
+                case .end: complete = true
+                }
+            }
+        }
+        while let chunk = await output.next() {
+            guard case .stdout(let bytes) = chunk else {
+                if case .stderr(let e) = chunk, errors.count < 4096 { errors += e }
+                continue
+            }
+            if answer == nil {
+                received += bytes
+                guard let end = ResponseReader.headEnd(received) else {
+                    if received.count > headLimit { break }
+                    continue
+                }
+                let status = String(decoding: received[..<end], as: UTF8.self).split(separator: " ", maxSplits: 2)
+                if status.count >= 2, status[0].hasPrefix("HTTP/1."), status[1] == "101" {
+                    var headers: [(String, String)] = []
+                    let lines = String(decoding: received[..<end], as: UTF8.self).components(separatedBy: "\r\n").dropFirst()
+                    for line in lines {
+                        guard let colon = line.firstIndex(of: ":") else { continue }
+                        let name = String(line[..<colon]).trimmingCharacters(in: .whitespaces)
+                        let value = String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)
+                        if !hopByHop.contains(name.lowercased()) { headers.append((name, value)) }
+                    }
+                    return .switching(headers: headers, tunnel: PortTunnel(relay: relay, output: output, early: Array(received[(end + 4)...])))
+                }
+                answer = (0, [], [])
+                do { try feed(received) } catch { break }
+            } else {
+                do { try feed(bytes) } catch { break }
+            }
+            if complete || (answer?.body.count ?? 0) > bodyLimit { break }
+        }
+        relay.signal(SIGKILL)
+        relay.closeStdin()
+        _ = try? await relay.wait()
+        if let answer, answer.status >= 200 {
+            return .response(HTTPResponseStatus(statusCode: answer.status), headers: answer.headers, body: answer.body)
+        }
+        let why = String(decoding: errors, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "no HTTP response to the upgrade"
+        return refusal(.badGateway, "port \(port) in sandbox \(sandbox.id): \(why)")
     }
 
     static func refuse(_ response: HTTPResponseWriter, _ status: HTTPResponseStatus, _ message: String) async throws {
@@ -211,9 +295,71 @@ struct ResponseReader {
         return events
     }
 
+    /// Where the head in `bytes` ends (its CRLFCRLF), if it has.
+    static func headEnd(_ bytes: [UInt8]) -> Int? {
+        guard bytes.count >= 4 else { return nil }
+        for i in 0...(bytes.count - 4) where bytes[i] == 13 && bytes[i + 1] == 10 && bytes[i + 2] == 13 && bytes[i + 3] == 10 { return i }
+        return nil
+    }
+
     func find(_ needle: [UInt8]) -> Int? {
         guard pending.count >= needle.count else { return nil }
         for i in 0...(pending.count - needle.count) where pending[i] == needle[0] && Array(pending[i..<(i + needle.count)]) == needle { return i }
         return nil
+    }
+}
+
+/// A WebSocket connection to a sandbox port after the guest server's 101: the client's bytes go
+/// to the relay's stdin, the relay's output to the client, until the guest server closes (the
+/// relay ends) or the client does (its end closes the relay's stdin; a guest server that does
+/// not close within `lingerSeconds` after that has its relay ended).
+final class PortTunnel: HTTPTunnel, @unchecked Sendable {
+    static let lingerSeconds: UInt64 = 30
+    let relay: RemoteProcess
+    /// Read by `run`'s one output task only, after `upgrade` handed it over.
+    private var output: RemoteProcess.Output.Iterator
+    let early: [UInt8]
+
+    init(relay: RemoteProcess, output: RemoteProcess.Output.Iterator, early: [UInt8]) {
+        self.relay = relay
+        self.output = output
+        self.early = early
+    }
+
+    func cancel() { relay.signal(SIGKILL) }
+
+    private func nextOutput() async -> OutputChunk? { await output.next() }
+
+    func run(inbound: NIOAsyncChannelInboundStream<ByteBuffer>, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) async {
+        let relay = relay, early = early
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do {
+                    for try await var buffer in inbound {
+                        if let bytes = buffer.readBytes(length: buffer.readableBytes), !bytes.isEmpty { try await relay.write(bytes) }
+                    }
+                } catch {}
+                relay.closeStdin()
+                try? await Task.sleep(nanoseconds: PortTunnel.lingerSeconds * 1_000_000_000)
+                if !Task.isCancelled { relay.signal(SIGKILL) }
+            }
+            group.addTask {
+                var open = true
+                if !early.isEmpty { do { try await outbound.write(ByteBuffer(bytes: early)) } catch { open = false } }
+                while let chunk = await self.nextOutput() {
+                    guard open, case .stdout(let bytes) = chunk else { continue } // drained to the end either way
+                    do { try await outbound.write(ByteBuffer(bytes: bytes)) } catch {
+                        open = false
+                        relay.signal(SIGKILL)
+                    }
+                }
+                outbound.finish()
+            }
+            // The guest's side ended (or the client's did and the linger passed): the connection closes.
+            await group.next()
+            group.cancelAll()
+        }
+        relay.signal(SIGKILL)
+        _ = try? await relay.wait()
     }
 }

@@ -1,5 +1,6 @@
 import LinuxSys
 import Logging
+import Synchronization
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -166,6 +167,32 @@ public final class HTTPResponseWriter: @unchecked Sendable {
 /// What serves requests: the service's router.
 public protocol HTTPHandler: Sendable {
     func handle(_ request: HTTPRequest, _ response: HTTPResponseWriter) async
+    /// A WebSocket upgrade request (the first request on its connection): how to answer it, or
+    /// nil when this handler does not carry it (the request is then handled as any other).
+    func upgrade(_ head: HTTPRequestHead) async -> HTTPUpgradeAnswer?
+}
+
+extension HTTPHandler {
+    public func upgrade(_ head: HTTPRequestHead) async -> HTTPUpgradeAnswer? { nil }
+}
+
+/// How an upgrade request is answered.
+public enum HTTPUpgradeAnswer: Sendable {
+    /// 101 Switching Protocols with these headers besides Connection and Upgrade; then `tunnel`
+    /// carries the connection's bytes.
+    case switching(headers: [(String, String)], tunnel: any HTTPTunnel)
+    /// A plain response instead (the other end refused the upgrade, or there is none); the
+    /// connection closes after it.
+    case response(HTTPResponseStatus, headers: [(String, String)], body: [UInt8])
+}
+
+/// The other end of an upgraded connection.
+public protocol HTTPTunnel: Sendable {
+    /// Carries the client's bytes (`inbound`) to the other end and its bytes to the client
+    /// (`outbound`) until either side ends.
+    func run(inbound: NIOAsyncChannelInboundStream<ByteBuffer>, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) async
+    /// The client went away before the upgrade finished: end the other side.
+    func cancel()
 }
 
 /// The listener: HTTP/1.1 with keep-alive, one task per connection, requests on a connection
@@ -188,35 +215,70 @@ public struct HTTPServer: Sendable {
     }
 
     private func listen(handler: some HTTPHandler, ready: @Sendable (SocketAddress) -> Void) async throws {
+        let pending = PendingUpgrades()
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .bind(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    // Parse errors are answered in `serve`: NIO's error handler would answer them too,
-                    // a second response after ours when a client leaves mid-body (an assertion in debug builds).
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: false)
-                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
-                        wrappingChannelSynchronously: channel,
-                        configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 16))
-                    )
+                    let upgrades = NIOTypedHTTPServerUpgradeConfiguration<Connection>(
+                        upgraders: [WebSocketUpgrader(handler: handler, pending: pending)],
+                        notUpgradingCompletionHandler: { channel in
+                            channel.eventLoop.makeCompletedFuture {
+                                .http(try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
+                                    wrappingChannelSynchronously: channel,
+                                    configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 16))
+                                ), refused: pending.takeRefusal(channel))
+                            }
+                        })
+                    var configuration = NIOUpgradableHTTPServerPipelineConfiguration(upgradeConfiguration: upgrades)
+                    // Parse errors are answered in `serve` (and, before the first request, by
+                    // FirstRequestErrors): NIO's error handler would answer them too, a second response
+                    // after ours when a client leaves mid-body (an assertion in debug builds).
+                    configuration.enableErrorHandling = false
+                    let connection = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
+                    try channel.pipeline.syncOperations.addHandler(FirstRequestErrors(), name: FirstRequestErrors.name)
+                    return connection
                 }
             }
         if let address = server.channel.localAddress { ready(address) }
         try await withThrowingDiscardingTaskGroup { group in
             try await server.executeThenClose { connections in
                 for try await connection in connections {
-                    group.addTask { await serve(connection, handler: handler) }
+                    group.addTask {
+                        switch try? await connection.get() {
+                        case .http(let channel, let refused)?: await serve(channel, refused: refused, handler: handler)
+                        case .tunnel(let channel, let tunnel)?:
+                            do {
+                                try await channel.executeThenClose { inbound, outbound in await tunnel.run(inbound: inbound, outbound: outbound) }
+                            } catch {
+                                logger.debug("upgraded connection ended: \(error)")
+                            }
+                        case nil: break // closed before its first request was read whole
+                        }
+                    }
                 }
             }
         }
     }
 
-    func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, handler: some HTTPHandler) async {
+    func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, refused: HTTPUpgradeAnswer?,
+               handler: some HTTPHandler) async {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var iterator = inbound.makeAsyncIterator()
+                // An upgrade the handler answered with a plain response: that response, to the
+                // request that asked for it, and the connection ends.
+                if case .response(let status, let headers, let body)? = refused {
+                    while let part = try await iterator.next() {
+                        guard case .end = part else { continue }
+                        try await HTTPResponseWriter(outbound: outbound, keepAlive: false)
+                            .respond(status, headers: headers, body: ByteBuffer(bytes: body))
+                        return
+                    }
+                    return
+                }
                 while true {
                     let part: HTTPServerRequestPart?
                     do { part = try await iterator.next() } catch let error as HTTPParserError {
@@ -241,5 +303,98 @@ public struct HTTPServer: Sendable {
         } catch {
             logger.debug("connection ended: \(error)")
         }
+    }
+}
+
+/// What a connection became once its first request was read: HTTP (with the answer to an upgrade
+/// that did not happen), or a tunnel after a 101.
+enum Connection: Sendable {
+    case http(NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, refused: HTTPUpgradeAnswer?)
+    case tunnel(NIOAsyncChannel<ByteBuffer, ByteBuffer>, any HTTPTunnel)
+}
+
+/// What the upgrader decided for a connection, between NIO's calls: the tunnel a 101 goes on
+/// with, or the plain response that replaces it.
+final class PendingUpgrades: Sendable {
+    private let tunnels = Mutex<[ObjectIdentifier: any HTTPTunnel]>([:])
+    private let refusals = Mutex<[ObjectIdentifier: HTTPUpgradeAnswer]>([:])
+
+    func keep(_ tunnel: any HTTPTunnel, for channel: Channel) {
+        tunnels.withLock { $0[ObjectIdentifier(channel)] = tunnel }
+        // A client gone before the 101 went out: its tunnel never runs, so it is ended here.
+        channel.closeFuture.whenComplete { [self] _ in takeTunnel(channel)?.cancel() }
+    }
+    func takeTunnel(_ channel: Channel) -> (any HTTPTunnel)? { tunnels.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) } }
+    func refuse(_ answer: HTTPUpgradeAnswer, for channel: Channel) { refusals.withLock { $0[ObjectIdentifier(channel)] = answer } }
+    func takeRefusal(_ channel: Channel) -> HTTPUpgradeAnswer? { refusals.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) } }
+}
+
+/// WebSocket upgrades, decided by the handler (`HTTPHandler.upgrade`): its 101 headers, or a
+/// plain response kept for `serve`. The WebSocket protocol itself is the other end's: Kiln
+/// carries the bytes.
+struct WebSocketUpgrader<Handler: HTTPHandler>: NIOTypedHTTPServerProtocolUpgrader {
+    typealias UpgradeResult = Connection
+    let supportedProtocol = "websocket"
+    let requiredUpgradeHeaders: [String] = []
+    let handler: Handler
+    let pending: PendingUpgrades
+
+    struct NotCarried: Error {}
+
+    func buildUpgradeResponse(channel: Channel, upgradeRequest: HTTPRequestHead,
+                              initialResponseHeaders: HTTPHeaders) -> EventLoopFuture<HTTPHeaders> {
+        let promise = channel.eventLoop.makePromise(of: HTTPHeaders.self)
+        let handler = handler, pending = pending
+        promise.completeWithTask {
+            switch await handler.upgrade(upgradeRequest) {
+            case .switching(let headers, let tunnel)?:
+                var all = initialResponseHeaders
+                for (name, value) in headers { all.add(name: name, value: value) }
+                pending.keep(tunnel, for: channel)
+                return all
+            case let answer?:
+                pending.refuse(answer, for: channel)
+                throw NotCarried()
+            case nil:
+                throw NotCarried()
+            }
+        }
+        return promise.futureResult
+    }
+
+    func upgrade(channel: Channel, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<Connection> {
+        channel.eventLoop.makeCompletedFuture {
+            guard let tunnel = pending.takeTunnel(channel) else { throw NotCarried() }
+            return .tunnel(try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel), tunnel)
+        }
+    }
+}
+
+/// Answers a request head that does not parse when it is the connection's first: before the
+/// first request NIO's upgrade handler holds the connection and nothing reads its errors, so the
+/// client would wait for an answer that never comes. Later ones reach `serve`. What passes
+/// through is not unwrapped: after an upgrade it is the tunnel's bytes.
+final class FirstRequestErrors: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    typealias OutboundOut = HTTPServerResponsePart
+    static let name = "kiln-first-request-errors"
+    private var requestSeen = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        requestSeen = true
+        context.fireChannelRead(data)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard !requestSeen, let parse = error as? HTTPParserError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        let status: HTTPResponseStatus = if case .headerOverflow = parse { .requestHeaderFieldsTooLarge } else { .badRequest }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status,
+                                                            headers: ["connection": "close", "content-length": "0"]))), promise: nil)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+        requestSeen = true
     }
 }
