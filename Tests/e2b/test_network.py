@@ -69,15 +69,25 @@ def internet():
 
 
 def fetch(sbx, address):
-    """An HTTP GET from inside the guest (bash's /dev/tcp: no client program needed); the output
-    when it reached the fake internet's server, None when the connection failed."""
+    """An HTTP GET from inside the guest (bash's /dev/tcp: no client program needed): the output
+    when it reached the fake internet's server, else None. Why it failed is kept in `last_failure`
+    for the assertion's message."""
+    global last_failure
     cmd = (f"timeout 15 bash -c 'exec 3<>/dev/tcp/{address}/{PORT} && "
            f"printf \"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n\" >&3 && cat <&3'")
+    started = time.monotonic()
     try:
         r = run(sbx, cmd)
-    except Exception:  # CommandExitException: the connection was refused or timed out
+    except Exception as e:  # CommandExitException: the connection was refused or timed out
+        last_failure = f"{address}: {type(e).__name__} after {time.monotonic() - started:.1f} s: {e}"
         return None
-    return r.stdout if "internet-hello" in r.stdout else None
+    if "internet-hello" in r.stdout:
+        return r.stdout
+    last_failure = f"{address}: exit 0 after {time.monotonic() - started:.1f} s without the server's answer: {r.stdout!r}"
+    return None
+
+
+last_failure = ""
 
 
 def host_veths():
@@ -88,7 +98,7 @@ def host_veths():
 def test_egress_follows_the_policy_and_changes_live(service, internet, new_sandbox):
     before = host_veths()
     sbx = new_sandbox(allow_internet_access=True, timeout=600)
-    assert fetch(sbx, SERVER) is not None
+    assert fetch(sbx, SERVER) is not None, last_failure
     # Always denied, whatever the policy says, unless allowed by CIDR: the metadata address.
     assert fetch(sbx, METADATA) is None
     info = sbx.get_info()
@@ -100,7 +110,7 @@ def test_egress_follows_the_policy_and_changes_live(service, internet, new_sandb
     assert fetch(sbx, SERVER) is None
     assert sbx.get_info().network["deny_out"] == [SERVER]
     sbx.update_network({"deny_out": ["0.0.0.0/0"], "allow_out": [SERVER]})
-    assert fetch(sbx, SERVER) is not None
+    assert fetch(sbx, SERVER) is not None, last_failure
     assert float(sbx.commands.run("cat /proc/uptime", request_timeout=60).stdout.split()[0]) >= float(started)
 
     # Killed: its network (the host's veth end) goes with it.
@@ -119,7 +129,7 @@ def test_no_internet_access_reaches_nothing_but_what_is_allowed(service, interne
     assert closed.get_info().allow_internet_access is False
     # Opened live by an explicit allow (allow wins over the closed default).
     closed.update_network({"allow_out": [f"{SERVER}/32"], "allow_internet_access": False})
-    assert fetch(closed, SERVER) is not None
+    assert fetch(closed, SERVER) is not None, last_failure
 
 
 def test_a_sandbox_that_asks_for_no_network_has_no_network_device(service, shared_sandbox):

@@ -12,7 +12,7 @@ import Sandbox
 /// sent as HTTP/1.1 with `Connection: close`, and the guest's response is streamed back.
 /// A WebSocket upgrade (`upgrade`) goes to the guest's server as it came; when that server
 /// switches protocols, its 101 goes back to the client and the relay carries the connection's
-/// bytes both ways from then on (`PortTunnel`). Other upgrades are refused (501). Like E2B's
+/// bytes both ways from then on (`PortTunnel`). An offer of another protocol is ignored. Like E2B's
 /// default (`allowPublicTraffic`), a port needs no token: the sandbox id, 20 random characters,
 /// is what reaches it.
 enum PortProxy {
@@ -41,9 +41,11 @@ enum PortProxy {
             try await refuse(response, HTTPResponseStatus(statusCode: error.status), error.message)
             return
         }
-        if request.header("upgrade") != nil {
-            // A WebSocket upgrade is carried on a connection's first request (`upgrade`); this one came later, or is another protocol.
-            try await refuse(response, .notImplemented, "only a WebSocket upgrade, as a connection's first request, is carried to a sandbox port")
+        // A WebSocket upgrade is carried on a connection's first request (`upgrade`): this one came
+        // later. An offer of another protocol (h2c) is dropped with the hop-by-hop headers: a
+        // server may ignore an upgrade, and the guest's answers in HTTP/1.1.
+        if let upgrade = request.header("upgrade"), upgrade.lowercased().contains("websocket") {
+            try await refuse(response, .notImplemented, "a WebSocket upgrade is carried to a sandbox port only as a connection's first request")
             return
         }
         var body = try await request.collectBody(limit: bodyLimit)

@@ -16,9 +16,11 @@ public final class HTTPRequest: @unchecked Sendable {
     /// The body did not parse or the client left inside it: the connection cannot carry another request.
     private(set) var bodyFailed = false
 
-    init(head: HTTPRequestHead, iterator: NIOAsyncChannelInboundStream<HTTPServerRequestPart>.AsyncIterator) {
+    /// `bodyless`: the request's parts were read already (an upgrade request NIO did not upgrade): its body is empty.
+    init(head: HTTPRequestHead, iterator: NIOAsyncChannelInboundStream<HTTPServerRequestPart>.AsyncIterator, bodyless: Bool = false) {
         self.head = head
         self.iterator = iterator
+        bodyFinished = bodyless
         (path, query) = HTTPRequest.split(head.uri)
     }
 
@@ -226,19 +228,27 @@ public struct HTTPServer: Sendable {
                         upgraders: [WebSocketUpgrader(handler: handler, pending: pending)],
                         notUpgradingCompletionHandler: { channel in
                             channel.eventLoop.makeCompletedFuture {
-                                .http(try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
+                                // NIO's upgrade handler passes on the parts of a request without an Upgrade
+                                // header; those of one with it that did not upgrade are gone: its head, kept
+                                // by FirstRequest, is handled as it is (or the handler's answer to it sent).
+                                let first = try channel.pipeline.syncOperations.handler(type: FirstRequest.self).head
+                                let refused = pending.takeRefusal(channel)
+                                let opening: Opening? = if let refused { .answered(refused) }
+                                    else if let first, first.headers.contains(name: "upgrade") { .swallowed(first) } else { nil }
+                                return .http(try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
                                     wrappingChannelSynchronously: channel,
                                     configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 16))
-                                ), refused: pending.takeRefusal(channel))
+                                ), opening: opening)
                             }
                         })
                     var configuration = NIOUpgradableHTTPServerPipelineConfiguration(upgradeConfiguration: upgrades)
                     // Parse errors are answered in `serve` (and, before the first request, by
-                    // FirstRequestErrors): NIO's error handler would answer them too, a second response
+                    // FirstRequest): NIO's error handler would answer them too, a second response
                     // after ours when a client leaves mid-body (an assertion in debug builds).
                     configuration.enableErrorHandling = false
                     let connection = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
-                    try channel.pipeline.syncOperations.addHandler(FirstRequestErrors(), name: FirstRequestErrors.name)
+                    let upgrader = try channel.pipeline.syncOperations.handler(type: NIOTypedHTTPServerUpgradeHandler<Connection>.self)
+                    try channel.pipeline.syncOperations.addHandler(FirstRequest(), position: .before(upgrader))
                     return connection
                 }
             }
@@ -248,7 +258,7 @@ public struct HTTPServer: Sendable {
                 for try await connection in connections {
                     group.addTask {
                         switch try? await connection.get() {
-                        case .http(let channel, let refused)?: await serve(channel, refused: refused, handler: handler)
+                        case .http(let channel, let opening)?: await serve(channel, opening: opening, handler: handler)
                         case .tunnel(let channel, let tunnel)?:
                             do {
                                 try await channel.executeThenClose { inbound, outbound in await tunnel.run(inbound: inbound, outbound: outbound) }
@@ -263,21 +273,22 @@ public struct HTTPServer: Sendable {
         }
     }
 
-    func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, refused: HTTPUpgradeAnswer?,
+    func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, opening: Opening?,
                handler: some HTTPHandler) async {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var iterator = inbound.makeAsyncIterator()
-                // An upgrade the handler answered with a plain response: that response, to the
-                // request that asked for it, and the connection ends.
-                if case .response(let status, let headers, let body)? = refused {
-                    while let part = try await iterator.next() {
-                        guard case .end = part else { continue }
-                        try await HTTPResponseWriter(outbound: outbound, keepAlive: false)
-                            .respond(status, headers: headers, body: ByteBuffer(bytes: body))
-                        return
-                    }
+                // A first request that asked for an upgrade and did not get one: the handler's
+                // answer to it, or the handler on it as on any request. NIO's decoder reads
+                // nothing after an upgrade request, so the connection ends after it.
+                switch opening {
+                case .answered(.response(let status, let headers, let body))?:
+                    try await HTTPResponseWriter(outbound: outbound, keepAlive: false).respond(status, headers: headers, body: ByteBuffer(bytes: body))
                     return
+                case .swallowed(let head)?:
+                    await handler.handle(HTTPRequest(head: head, iterator: iterator, bodyless: true), HTTPResponseWriter(outbound: outbound, keepAlive: false))
+                    return
+                case .answered(.switching)?, nil: break
                 }
                 while true {
                     let part: HTTPServerRequestPart?
@@ -292,12 +303,14 @@ public struct HTTPServer: Sendable {
                     guard let part else { return }
                     guard case .head(let head) = part else { continue }
                     let request = HTTPRequest(head: head, iterator: iterator)
-                    let response = HTTPResponseWriter(outbound: outbound, keepAlive: head.isKeepAlive)
+                    // NIO's decoder stops after a request with an Upgrade header (a later one than the first here).
+                    let keepAlive = head.isKeepAlive && !head.headers.contains(name: "upgrade")
+                    let response = HTTPResponseWriter(outbound: outbound, keepAlive: keepAlive)
                     await handler.handle(request, response)
                     if !response.ended || request.bodyFailed { return } // a response or a body cut short: the connection cannot go on
+                    if !keepAlive { return }
                     try await request.drain()
                     iterator = request.takeIterator()
-                    if !head.isKeepAlive { return }
                 }
             }
         } catch {
@@ -306,11 +319,18 @@ public struct HTTPServer: Sendable {
     }
 }
 
-/// What a connection became once its first request was read: HTTP (with the answer to an upgrade
-/// that did not happen), or a tunnel after a 101.
+/// What a connection became once its first request was read: HTTP (with what is left to do about
+/// a first request that asked for an upgrade and got none), or a tunnel after a 101.
 enum Connection: Sendable {
-    case http(NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, refused: HTTPUpgradeAnswer?)
+    case http(NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, opening: Opening?)
     case tunnel(NIOAsyncChannel<ByteBuffer, ByteBuffer>, any HTTPTunnel)
+}
+
+/// A first request that asked for an upgrade and was not upgraded: the handler's answer to it, or
+/// its head for the handler (NIO's upgrade handler does not pass such a request on).
+enum Opening: Sendable {
+    case answered(HTTPUpgradeAnswer)
+    case swallowed(HTTPRequestHead)
 }
 
 /// What the upgrader decided for a connection, between NIO's calls: the tunnel a 101 goes on
@@ -370,31 +390,36 @@ struct WebSocketUpgrader<Handler: HTTPHandler>: NIOTypedHTTPServerProtocolUpgrad
     }
 }
 
-/// Answers a request head that does not parse when it is the connection's first: before the
-/// first request NIO's upgrade handler holds the connection and nothing reads its errors, so the
-/// client would wait for an answer that never comes. Later ones reach `serve`. What passes
-/// through is not unwrapped: after an upgrade it is the tunnel's bytes.
-final class FirstRequestErrors: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = NIOAny
+/// Sits in front of NIO's upgrade handler: keeps the connection's first request head (NIO's
+/// handler drops the parts of an upgrade request it does not upgrade), and answers a first
+/// request that does not parse (before the first request NIO's upgrade handler holds the
+/// connection and nothing reads its errors, so the client would wait for an answer that never
+/// comes; later ones reach `serve`). Only the first read is looked into: after an upgrade, what
+/// passes through is the tunnel's bytes.
+final class FirstRequest: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
-    static let name = "kiln-first-request-errors"
-    private var requestSeen = false
+    private(set) var head: HTTPRequestHead?
+    private var seen = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        requestSeen = true
+        if !seen {
+            seen = true
+            if case .head(let h) = unwrapInboundIn(data) { head = h } // before an upgrade, every read is a request part
+        }
         context.fireChannelRead(data)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        guard !requestSeen, let parse = error as? HTTPParserError else {
+        guard !seen, let parse = error as? HTTPParserError else {
             context.fireErrorCaught(error)
             return
         }
+        seen = true
         let status: HTTPResponseStatus = if case .headerOverflow = parse { .requestHeaderFieldsTooLarge } else { .badRequest }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status,
                                                             headers: ["connection": "close", "content-length": "0"]))), promise: nil)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
-        requestSeen = true
     }
 }
