@@ -41,9 +41,20 @@ public enum EgressHelper {
     final class State: Sendable {
         let current: Mutex<(policy: EgressPolicy, hosts: [UInt32])>
         let resolver: UInt32?
+        /// The resolver's port (53; another for tests).
+        let resolverPort: UInt16
+        let cache: DNSCache
         let active = Atomic<Int>(0)
-        init(_ policy: EgressPolicy, hosts: [UInt32], resolver: UInt32?) {
-            current = Mutex((policy, hosts)); self.resolver = resolver
+        init(_ policy: EgressPolicy, hosts: [UInt32], resolver: UInt32?, resolverPort: UInt16 = 53, cache: DNSCache = DNSCache()) {
+            current = Mutex((policy, hosts)); self.resolver = resolver; self.resolverPort = resolverPort; self.cache = cache
+        }
+
+        /// Upstream's answer to `labels`/`type`: kept from an earlier question, or asked now (and kept).
+        func ask(labels: [[UInt8]], type: UInt16) -> DNS.Response? {
+            if let kept = cache.lookup(labels: labels, type: type) { return kept }
+            guard let resolver, let response = EgressHelper.ask(resolver, port: resolverPort, labels: labels, type: type) else { return nil }
+            cache.store(labels: labels, type: type, response)
+            return response
         }
         var snapshot: (policy: EgressPolicy, hosts: [UInt32]) { current.withLock { $0 } }
     }
@@ -210,7 +221,7 @@ public enum EgressHelper {
         guard let name = query.name, query.qclass == DNS.classIN, policy.allowsName(name) else {
             return DNS.answer(query, rcode: DNS.nameError, answers: [], limit: limit)
         }
-        guard let resolver = state.resolver, let response = ask(resolver, labels: query.labels, type: query.type) else {
+        guard let response = state.ask(labels: query.labels, type: query.type) else {
             return DNS.answer(query, rcode: DNS.serverFailure, answers: [], limit: limit)
         }
         let kept = response.answers.filter { r in r.address.map { policy.allowsAnswer($0, hostAddresses: hosts) } ?? true }
@@ -268,7 +279,7 @@ public enum EgressHelper {
 
     /// The permitted A addresses of `name` (after CNAMEs, as the upstream resolved them).
     static func resolve(_ name: String, _ state: State, _ policy: EgressPolicy, _ hosts: [UInt32]) -> [UInt32] {
-        guard let resolver = state.resolver, let r = ask(resolver, labels: DNS.labels(name), type: DNS.typeA) else { return [] }
+        guard let r = state.ask(labels: DNS.labels(name), type: DNS.typeA) else { return [] }
         return r.answers.compactMap(\.address).filter { policy.allowsAnswer($0, hostAddresses: hosts) }
     }
 
