@@ -58,10 +58,12 @@ final class VirtioDevices: Sendable {
     let bus: MMIOBus
     /// The eventfds KVM signals or reads, closed with the VM.
     private let fds: [Int32]
+    /// Each transport's queue-notify eventfds, by queue.
+    private let notifies: [[Int32]]
 
     init(_ specs: [VirtioDeviceSpec], vm: VirtualMachine, memory: GuestMemory, events: EventLoop,
          vsockConnector: VirtioVsock.Connector? = nil) throws(MachineError) {
-        var transports: [VirtioMMIOTransport] = [], bus = MMIOBus(), fds: [Int32] = []
+        var transports: [VirtioMMIOTransport] = [], bus = MMIOBus(), fds: [Int32] = [], notifies: [[Int32]] = []
         func eventFD(_ flags: Int32) throws(MachineError) -> Int32 {
             let fd = eventfd(0, flags | Int32(EFD_CLOEXEC))
             guard fd >= 0 else { throw .system(Errno.current("eventfd")) }
@@ -77,8 +79,10 @@ final class VirtioDevices: Sendable {
                 let transport = VirtioMMIOTransport(device: device, memory: memory, events: events,
                                                     interrupt: { var one: UInt64 = 1; _ = Glibc.write(irq, &one, 8) },
                                                     log: { writeRaw(2, "kiln: \($0)\n") })
+                var queueFDs: [Int32] = []
                 for q in 0..<device.queueCount {
                     let notify = try eventFD(Int32(EFD_NONBLOCK))
+                    queueFDs.append(notify)
                     do {
                         try vm.registerIOEventFD(notify, mmioAddress: slot.base + VirtioMMIOTransport.queueNotifyOffset,
                                                  value: UInt32(q))
@@ -93,6 +97,7 @@ final class VirtioDevices: Sendable {
                 }
                 bus.attach(transport, base: slot.base, size: Layout.virtioMMIOWindow)
                 transports.append(transport)
+                notifies.append(queueFDs)
             }
         } catch {
             for fd in fds { Glibc.close(fd) }
@@ -101,6 +106,19 @@ final class VirtioDevices: Sendable {
         self.transports = transports
         self.bus = bus
         self.fds = fds
+        self.notifies = notifies
+    }
+
+    /// After a restore: notifies every active device's queues once (`queuesRecheckedAfterRestore`),
+    /// through the same eventfds as the guest's notifications, so that the device thread looks at
+    /// them when it starts. A notification with nothing new is harmless in virtio.
+    func recheckQueuesAfterRestore() {
+        for (transport, queueFDs) in zip(transports, notifies) where transport.isActive {
+            for q in transport.device.queuesRecheckedAfterRestore where q < queueFDs.count {
+                var one: UInt64 = 1
+                _ = Glibc.write(queueFDs[q], &one, 8)
+            }
+        }
     }
 
     deinit { for fd in fds { Glibc.close(fd) } }

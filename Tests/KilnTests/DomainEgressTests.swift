@@ -73,8 +73,8 @@ extension SandboxNetworkVMTests {
     /// the name as a Host header (`get NAME ADDRESS`) or as the SNI of a TLS session (`tls NAME
     /// ADDRESS`: busybox's ssl_client over an nc connection).
     static let guestFunctions = """
-        get() { printf 'GET / HTTP/1.0\\r\\nHost: %s\\r\\n\\r\\n' "$1" | busybox nc -w 20 "$2" "${3:-80}" 2>&1; }
-        tls() { busybox nc -w 20 "$2" 443 -e sh -c "exec 3<&0; printf 'GET / HTTP/1.0\\r\\nHost: $1\\r\\n\\r\\n' | busybox ssl_client -s 3 -n $1 > /tmp/tls.out 2>&1"; cat /tmp/tls.out 2>/dev/null; rm -f /tmp/tls.out; }
+        get() { printf 'GET / HTTP/1.0\\r\\nHost: %s\\r\\n\\r\\n' "$1" | busybox nc -w 60 "$2" "${3:-80}" 2>&1; }
+        tls() { busybox nc -w 60 "$2" 443 -e sh -c "exec 3<&0; printf 'GET / HTTP/1.0\\r\\nHost: $1\\r\\n\\r\\n' | busybox ssl_client -s 3 -n $1 > /tmp/tls.out 2>&1"; cat /tmp/tls.out 2>/dev/null; rm -f /tmp/tls.out; }
         resolve() { busybox nslookup "$1" 2>/dev/null | busybox awk '$1 == "Address:" && $2 !~ /:/ { print $2 }' | busybox head -1; }
 
         """

@@ -47,7 +47,7 @@ extension SandboxNetworkVMTests {
         let internet = try Self.FakeInternet()
         let server = try Self.Server(try internet.ns.run { try TCP.listen(port: Self.port) })
         defer { server.stop() }
-        let call = ["busybox", "nc", "-w", "20", Self.server, "\(Self.port)"]
+        let call = ["busybox", "nc", "-w", "60", Self.server, "\(Self.port)"]
 
         // The first run boots and saves the template (or restores it); later runs restore it.
         let open = try kiln(["--net", "--"] + call)

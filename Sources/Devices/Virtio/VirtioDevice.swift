@@ -63,11 +63,17 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func liveQueues() -> [Virtqueue]?
     /// Called once after a restore re-activated the device: tell the guest what did not survive.
     func restored()
+    /// The queues the VMM notifies once after a restore, as if the guest had: a notification the
+    /// guest made just before the snapshot sat in the old VM's ioeventfd and is gone, and with
+    /// EVENT_IDX the guest notifies again only past the index the device asked for, so that queue
+    /// would wait for ever. A queue whose notification means more than "look at me" is left out.
+    var queuesRecheckedAfterRestore: Range<Int> { get }
 }
 
 extension VirtioDevice {
     public func shutdown() {}
     public func restored() {}
+    public var queuesRecheckedAfterRestore: Range<Int> { 0..<queueCount }
     /// Devices that keep no queue copies of their own report none (the transport's are current).
     public func liveQueues() -> [Virtqueue]? { nil }
 

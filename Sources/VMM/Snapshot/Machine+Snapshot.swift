@@ -362,6 +362,7 @@ extension Machine {
         serial.restore(snap.serial)
         for v in snap.vsock { (virtio.transports[Int(v.slot)].device as? VirtioVsock)?.prepareRestore(v.state) }
         for (transport, saved) in zip(virtio.transports, snap.devices) { transport.restore(saved.transport) }
+        virtio.recheckQueuesAfterRestore()
         BootTrace.mark("restored")
     }
 }

@@ -55,6 +55,9 @@ public final class VirtioVsock: VirtioDevice {
 
     public func reset() { state.withLock { $0.deactivate() } }
 
+    /// rx and tx: the event queue's notification is the guest's answer to a transport reset.
+    public var queuesRecheckedAfterRestore: Range<Int> { 0..<2 }
+
     public func liveQueues() -> [Virtqueue]? {
         state.withLock { m in m.context == nil ? nil : [m.rx, m.tx, m.event] }
     }
