@@ -55,6 +55,8 @@ void kiln_set_thread_name(const char *name) { pthread_setname_np(pthread_self(),
 
 int kiln_malloc_trim(void) { return malloc_trim(0); }
 
+int kiln_malloc_arena_max(int count) { return mallopt(M_ARENA_MAX, count); }
+
 #include <unistd.h>
 int kiln_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
 

@@ -96,6 +96,9 @@ public enum EgressHelper {
         }
         // Nothing below needs root: the sockets are bound, dialling out needs no privilege.
         _ = kiln_set_rlimit(Int32(KILN_RLIMIT_CORE), 0)
+        // A thread per connection and per question: past eight at once, an uncapped malloc opens
+        // /sys/devices/system/cpu/online to count CPUs, which the filter below kills the process for.
+        _ = kiln_malloc_arena_max(4)
         guard kiln_drop_bounding_set() == 0, kiln_set_ids(nobody, gid_t(nobody)) == 0, kiln_drop_capabilities() == 0,
               kiln_no_new_privs() == 0 else { return complain("cannot drop privileges: \(String(cString: strerror(errno)))") }
         // Security/seccomp/egress.policy: sockets, threads, memory; no files, no exec.
@@ -198,7 +201,7 @@ public enum EgressHelper {
                         sendto(fd, r.baseAddress, r.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
                 }
             }
-            if spawned == nil { state.active.subtract(1, ordering: .relaxed) }
+            if let spawned { pthread_detach(spawned.handle) } else { state.active.subtract(1, ordering: .relaxed) }
         }
     }
 
@@ -298,7 +301,8 @@ public enum EgressHelper {
                 defer { state.active.subtract(1, ordering: .relaxed) }
                 handle(fd)
             }
-            if spawned == nil { state.active.subtract(1, ordering: .relaxed); Sockets.reset(fd) }
+            // Detached: a finished connection's thread gives its stack back (none joins it).
+            if let spawned { pthread_detach(spawned.handle) } else { state.active.subtract(1, ordering: .relaxed); Sockets.reset(fd) }
         }
     }
 

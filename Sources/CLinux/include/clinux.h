@@ -59,6 +59,11 @@ void kiln_set_thread_name(const char *name);
 // Returns freed heap memory of every malloc arena to the kernel (malloc_trim(0), GNU-only).
 int kiln_malloc_trim(void);
 
+// Caps glibc's malloc at `count` arenas (mallopt(M_ARENA_MAX)). Without a cap, the first thread
+// past eight that allocates makes malloc count the CPUs by opening /sys/devices/system/cpu/online:
+// a process whose seccomp filter refuses files must set it before that.
+int kiln_malloc_arena_max(int count);
+
 // TAP devices (/dev/net/tun): request numbers and flags Swift cannot compute from the macros.
 static const unsigned long KILN_TUNSETIFF = TUNSETIFF;
 static const unsigned long KILN_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;

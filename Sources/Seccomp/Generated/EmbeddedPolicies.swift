@@ -186,6 +186,10 @@ set_robust_list
 rseq
 prctl arg0 == PR_SET_NAME
 madvise
+# glibc's malloc reads /proc/sys/vm/overcommit_memory when it first shrinks a thread's arena:
+# refused with EACCES (malloc then takes its default), never a file opened. The arena count is
+# capped before the filter (kiln_malloc_arena_max), so malloc never opens the CPU list.
+openat errno EACCES
 mmap arg2 & PROT_EXEC == 0
 mprotect arg2 & PROT_EXEC == 0
 munmap
