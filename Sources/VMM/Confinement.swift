@@ -1,3 +1,4 @@
+import CLinux
 import Glibc
 import Seccomp
 import Synchronization
@@ -12,6 +13,10 @@ final class Confinement: Sendable {
 
     init(_ mode: SeccompMode) throws(MachineError) {
         do { filters = try SeccompFilters(mode: mode) } catch { throw .config(error.description) }
+        // An uncapped malloc counts the CPUs (opening /sys/devices/system/cpu/online, then
+        // sched_getaffinity) once a ninth thread allocates: with many vCPUs the filtered threads
+        // would be killed for it. Capped before any of them starts, malloc never asks.
+        _ = kiln_malloc_arena_max(8)
     }
 
     /// The first filter that failed to install, if any.
