@@ -151,6 +151,14 @@ public enum Templates {
             warm.closeStdin()
             _ = try? await warm.collect()
         }
+        // And one TCP connection (the agent's own relay, in every image, to a closed loopback
+        // port): a guest's first one costs 8-10 s of emulated kernel time here, once per boot
+        // (docs/net.md, "A fresh sandbox's first connection"); made before the snapshot, no
+        // restored sandbox pays it again.
+        if let warm = try? await sandbox.agent.exec(PortForward.relay(1)) {
+            warm.closeStdin()
+            _ = try? await warm.collect()
+        }
         // A Ping answered means the agent handled every frame sent before it: the session stands
         // at a frame boundary, so the snapshot records it and clones attach to it (AgentSession).
         _ = try? await sandbox.agent.ping()

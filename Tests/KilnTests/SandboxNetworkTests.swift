@@ -86,9 +86,10 @@ import Testing
     }
 
     /// Runs `busybox nc` to `address:port` in the guest; true when it connected and read the server's line.
-    /// `-w 60` (here and in the other network tests): a fresh sandbox's first connection has taken
-    /// over 20 s under load in CI (docs/net.md, "A fresh sandbox's first connection"); a refused
-    /// one still fails at once (the policy answers with a reset).
+    /// `-w 60` (here and in the other network tests): a guest's first connection after its boot
+    /// costs 8-10 s of emulated kernel time, more under load (docs/net.md, "A fresh sandbox's first
+    /// connection"; templates now pay it before their snapshot); a refused one still fails at once
+    /// (the policy answers with a reset).
     func call(_ sandbox: Sandbox, _ address: String, _ port: UInt16) async throws -> (ok: Bool, output: String) {
         let p = try await sandbox.agent.exec(Exec(argv: ["busybox", "nc", "-w", "60", address, "\(port)"], environment: ["PATH=/bin:/usr/bin"]))
         p.closeStdin()
