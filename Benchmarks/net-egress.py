@@ -401,13 +401,17 @@ class Bench:
         a = self.args
         argv = [a.kiln, "boot", "--kernel", a.kernel, "--initrd", a.initrd, "--cmdline", boot.DEFAULT_CMDLINE,
                 "--memory", "256", "--cpus", "1", "--net", f"tap={self.tap},host={TAP_HOST}/24,guest={TAP_GUEST}"]
+        # Kiln leaves a persistent TAP as it was, the address its host= added included, and a
+        # second boot's `ip addr add` of the same address fails: start each boot from no address.
+        sh("ip", "addr", "flush", "dev", self.tap)
         c = devices.Console(argv, dict(os.environ))
         self.procs.append(c.proc)
         res = {"argv": argv}
         try:
             m, t = c.wait_for(re.compile(re.escape(boot.MARKER)), 0, a.start_timeout)
             if not m:
-                raise RuntimeError(f"raw TAP guest did not boot: {bytes(c.out[-800:]).decode(errors='replace')}")
+                raise RuntimeError(f"raw TAP guest did not boot: {bytes(c.out[-800:]).decode(errors='replace')} "
+                                   f"{bytes(c.err[-800:]).decode(errors='replace')}")
             res["boot_s"] = round(t - c.t_spawn, 1)
             pm, _ = c.wait_for(boot.PROMPT_RE, m.end(), 30)
             pos = pm.end() if pm else m.end()
@@ -483,7 +487,7 @@ class Bench:
                 raise RuntimeError("relay did not start")
             nbytes = a.proxy_mib << 20
             res = {"mib": a.proxy_mib, "helper_pid": helper, "rows": []}
-            for mode in ("get", "put"):
+            for mode, _ in ((m, i) for m in ("get", "put") for i in range(a.proxy_repeats)):
                 for via, addr, port, pid in (("kiln-egress", SERVER, 80, helper), ("relay", GATEWAY, 15002, relay.pid),
                                              ("direct", SERVER, 8080, None)):
                     c0, h0 = proc_cpu(pid) if pid else None, host_stat()
@@ -513,10 +517,23 @@ class Bench:
             self.stop(sbx)
 
     # -- flood ------------------------------------------------------------------------------------
-    def b_run(self, condition, a_proc):
+    @staticmethod
+    def host_veths():
+        return {n for n in os.listdir("/sys/class/net") if n.startswith("kiln-h")}
+
+    @staticmethod
+    def veth_rx(name):
+        """What a sandbox's namespace sent out to the host (its host veth's rx): (packets, bytes)."""
+        try:
+            return tuple(int(open(f"/sys/class/net/{name}/statistics/{k}").read()) for k in ("rx_packets", "rx_bytes"))
+        except OSError:
+            return None
+
+    def b_run(self, condition, a_proc, a_veth=None):
         a = self.args
         script = "; ".join([f"/tmp/netio conns {SERVER} 80 {a.name} 1"] + [f"/tmp/netio put {SERVER} 80 {a.name} {a.kib}"] * a.repeats)
         mark, udp0, h0 = self.mark(), self.last_udp(), host_stat()
+        v0 = self.veth_rx(a_veth) if a_veth else None
         a_cpu0 = tree_cpu(a_proc.pid) if a_proc else None
         l0 = open("/proc/loadavg").read().strip()
         t0 = time.monotonic()
@@ -527,6 +544,7 @@ class Bench:
             time.sleep(0.5)
         out, err = p.communicate(timeout=30)
         udp1, h1 = self.last_udp(), host_stat()
+        v1 = self.veth_rx(a_veth) if a_veth else None
         r = {"condition": condition, "exit": p.returncode, "wall_s": round(time.monotonic() - t0, 1),
              "put_kib_per_s": self.parse_guest(out)["put_kib_per_s"], "server": self.events_since(mark, "put"),
              "host": host_delta(h0, h1), "loadavg_before": l0, "loadavg_after": open("/proc/loadavg").read().strip(),
@@ -537,6 +555,9 @@ class Bench:
         if condition == "a-flood" and dt > 0:
             r["flood_at_sink"] = {"datagrams_per_s": round((udp1["datagrams"] - udp0["datagrams"]) / dt),
                                   "mb_per_s": round((udp1["bytes"] - udp0["bytes"]) / 1e6 / dt, 2)}
+        if v0 and v1 and r["wall_s"] > 0:
+            r["a_out_of_its_namespace"] = {"packets_per_s": round((v1[0] - v0[0]) / r["wall_s"]),
+                                           "mb_per_s": round((v1[1] - v0[1]) / 1e6 / r["wall_s"], 2), "veth": a_veth}
         if p.returncode != 0:
             r["stderr"] = err[-600:]
         log(f"  flood {condition}: B put {r['put_kib_per_s']} KiB/s, host busy {r['host']['busy_share']}"
@@ -558,11 +579,13 @@ class Bench:
                 self.stop(aproc)
             for size in (int(x) for x in a.flood_sizes.split(",")):
                 log(f"  B beside A flooding ({size}-byte datagrams)")
+                before = self.host_veths()
                 aproc = self.kiln_run(["--net"], f"echo kb-up; exec /tmp/netio flood {SERVER} 9 {a.flood_seconds} {size}",
                                       wait_line="kb-up")
                 try:
                     time.sleep(3)
-                    r = self.b_run("a-flood", aproc)
+                    new = sorted(self.host_veths() - before)
+                    r = self.b_run("a-flood", aproc, new[0] if len(new) == 1 else None)
                     r["flood_datagram_bytes"] = size
                     runs.append(r)
                 finally:
@@ -611,16 +634,26 @@ def summarize(result):
     pc = result.get("proxycpu")
     if pc and pc.get("rows"):
         lines.append("")
-        lines.append(f"| {pc['mib']} MiB through | direction | MB/s | its CPU s | CPU s/GiB | host busy | vs relay (CPU/GiB) |")
+        lines.append(f"| {pc['mib']} MiB through (median of {result['config']['proxy_repeats']}) | direction | MB/s "
+                     "| its CPU s | CPU s/GiB | host busy | vs relay (CPU/GiB) |")
         lines.append("|---|---|---:|---:|---:|---:|---:|")
-        for row in pc["rows"]:
-            relay = next((r for r in pc["rows"] if r["mode"] == row["mode"] and r["via"] == "relay"), {})
+        pcs = {}
+        for mode in ("get", "put"):
+            for via in ("kiln-egress", "relay", "direct"):
+                rs = [r for r in pc["rows"] if r["mode"] == mode and r["via"] == via]
+                pcs[(mode, via)] = {k: med([r.get(k) for r in rs]) for k in ("mb_per_s", "cpu_s", "cpu_s_per_gib")}
+                pcs[(mode, via)]["busy"] = med([r["host"]["busy_share"] for r in rs])
+                pcs[(mode, via)]["runs"] = [r.get("cpu_s_per_gib") or r.get("mb_per_s") for r in rs]
+        for (mode, via), row in pcs.items():
+            relay = pcs[(mode, "relay")]
             ratio = (round(row["cpu_s_per_gib"] / relay["cpu_s_per_gib"], 2)
                      if row.get("cpu_s_per_gib") and relay.get("cpu_s_per_gib") else None)
-            lines.append(f"| {row['via']} | {'server → client' if row['mode'] == 'get' else 'client → server'} "
+            row["cpu_vs_relay"] = ratio
+            lines.append(f"| {via} | {'server → client' if mode == 'get' else 'client → server'} "
                          f"| {boot.fmt(row.get('mb_per_s'), '.0f')} | {boot.fmt(row.get('cpu_s'), '.2f')} "
-                         f"| {boot.fmt(row.get('cpu_s_per_gib'), '.2f')} | {row['host']['busy_share']:.2f} "
+                         f"| {boot.fmt(row.get('cpu_s_per_gib'), '.2f')} | {boot.fmt(row['busy'], '.2f')} "
                          f"| {boot.fmt(ratio, '.2f')} |")
+        result["summary_proxycpu"] = [{"mode": m, "via": v, **r} for (m, v), r in pcs.items()]
     fl = result.get("flood")
     if fl:
         def key(r):
@@ -637,6 +670,8 @@ def summarize(result):
         for k in order:
             rs = [r for r in fl if key(r) == k]
             sink = "; ".join(f"{r['flood_at_sink']['datagrams_per_s']} datagrams/s, {r['flood_at_sink']['mb_per_s']} MB/s"
+                             + (f" (out of A's namespace: {r['a_out_of_its_namespace']['packets_per_s']} packets/s, "
+                                f"{r['a_out_of_its_namespace']['mb_per_s']} MB/s)" if r.get("a_out_of_its_namespace") else "")
                              for r in rs if r.get("flood_at_sink"))
             lines.append(f"| {k} | {boot.fmt(s.get(k), '.0f')} | {', '.join(format(v, '.0f') for v in by[k])} "
                          f"| {boot.fmt(med([r['host']['busy_share'] for r in rs]), '.2f')} "
@@ -674,6 +709,7 @@ def main():
     ap.add_argument("--kib", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--proxy-mib", type=int, default=1024)
+    ap.add_argument("--proxy-repeats", type=int, default=3)
     ap.add_argument("--flood-rounds", type=int, default=1)
     ap.add_argument("--flood-seconds", type=int, default=120)
     ap.add_argument("--flood-sizes", default="1400,60000", help="A's UDP datagram sizes, one B run beside each")
