@@ -590,6 +590,8 @@ class Bench:
                     runs.append(r)
                 finally:
                     self.stop(aproc)
+            for r in runs:
+                r.setdefault("round", i + 1)
         return runs
 
 
@@ -686,9 +688,19 @@ def summarize(result):
                     ratios[f"{k}_over_a_idle"] = round(s[k] / s["a-idle"], 2)
                 if s.get("solo"):
                     ratios[f"{k}_over_solo"] = round(s[k] / s["solo"], 2)
-        result["summary_flood"] = {"median_kib_per_s": s, **ratios}
+        # The same ratios within each round (B's runs a minute apart), as the host's load drifts.
+        per_round = {}
+        for rnd in sorted({r.get("round", 1) for r in fl}):
+            m = {k: med([v for r in fl if r.get("round", 1) == rnd and key(r) == k for v in r["put_kib_per_s"]]) for k in order}
+            per_round[rnd] = {f"{k}_over_{base}": round(m[k] / m[base], 2) for k in order for base in ("solo", "a-idle")
+                              if k != base and m.get(k) and m.get(base) and not (k == "solo")}
+            per_round[rnd]["loadavg"] = [r["loadavg_before"].split()[0] for r in fl if r.get("round", 1) == rnd]
+        result["summary_flood"] = {"median_kib_per_s": s, **ratios, "per_round": per_round}
         lines.append("")
-        lines.append("Ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+        lines.append("Ratios of the medians: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+        for rnd, v in per_round.items():
+            lines.append(f"Round {rnd} (load before each B run {', '.join(v['loadavg'])}): "
+                         + ", ".join(f"{k} {x:.2f}" for k, x in v.items() if k != "loadavg"))
     return "\n".join(lines)
 
 
