@@ -465,31 +465,45 @@ class Bench:
         return rounds
 
     # -- proxy CPU per GiB ------------------------------------------------------------------------
-    def proxycpu(self):
+    def proxy_sandbox(self):
+        """A `kiln run --allow-out NAME -- sleep` sandbox, its helper's pid, and (in that sandbox's
+        namespace) this script's DNAT to the helper and the baseline relay."""
         a = self.args
         sbx = self.kiln_run(["--allow-out", a.name], "echo kb-up; exec sleep 900", wait_line="kb-up")
-        try:
-            helper = next((p for p in devices.descendants(sbx.pid)
-                           if open(f"/proc/{p}/comm").read().strip() == "kiln-egress"), None)
-            if helper is None:
-                raise RuntimeError("no kiln-egress under kiln run")
-            enter = ["nsenter", "-t", str(helper), "-n"]
-            sh(*enter, "nft", "-f", "-", input=f"""table ip {self.table} {{
+        helper = next((p for p in devices.descendants(sbx.pid)
+                       if open(f"/proc/{p}/comm").read().strip() == "kiln-egress"), None)
+        if helper is None:
+            self.stop(sbx)
+            raise RuntimeError("no kiln-egress under kiln run")
+        enter = ["nsenter", "-t", str(helper), "-n"]
+        sh(*enter, "nft", "-f", "-", input=f"""table ip {self.table} {{
   chain output {{ type nat hook output priority -100; policy accept;
     meta skuid 0 ip daddr {SERVER} tcp dport 80 dnat to {GATEWAY}:15001
   }}
 }}
 """)
-            relay = subprocess.Popen([*enter, sys.executable, "-c", RELAY, f"{GATEWAY}:15002", f"{SERVER}:8080"],
-                                     stdout=subprocess.PIPE, text=True)
-            self.procs.append(relay)
-            if relay.stdout.readline().strip() != "ready":
-                raise RuntimeError("relay did not start")
-            nbytes = a.proxy_mib << 20
-            res = {"mib": a.proxy_mib, "helper_pid": helper, "rows": []}
-            for mode, _ in ((m, i) for m in ("get", "put") for i in range(a.proxy_repeats)):
-                for via, addr, port, pid in (("kiln-egress", SERVER, 80, helper), ("relay", GATEWAY, 15002, relay.pid),
-                                             ("direct", SERVER, 8080, None)):
+        relay = subprocess.Popen([*enter, sys.executable, "-c", RELAY, f"{GATEWAY}:15002", f"{SERVER}:8080"],
+                                 stdout=subprocess.PIPE, text=True)
+        self.procs.append(relay)
+        if relay.stdout.readline().strip() != "ready":
+            raise RuntimeError("relay did not start")
+        return sbx, helper, enter, relay
+
+    def proxycpu(self):
+        a = self.args
+        nbytes = a.proxy_mib << 20
+        res = {"mib": a.proxy_mib, "rows": [], "sandboxes": []}
+        current = None
+        try:
+            # get and put alternate, so that both directions have rows even if a helper ends early.
+            for mode in [m for _ in range(a.proxy_repeats) for m in ("get", "put")]:
+                for via in ("kiln-egress", "relay", "direct"):
+                    if current is None:
+                        current = self.proxy_sandbox()
+                        res["sandboxes"].append({"helper_pid": current[1], "transfers_through_helper": 0})
+                    sbx, helper, enter, relay = current
+                    addr, port, pid = {"kiln-egress": (SERVER, 80, helper), "relay": (GATEWAY, 15002, relay.pid),
+                                       "direct": (SERVER, 8080, None)}[via]
                     c0, h0 = proc_cpu(pid) if pid else None, host_stat()
                     r = subprocess.run([*enter, sys.executable, "-c", CLIENT, addr, str(port), a.name, mode, str(nbytes)],
                                        capture_output=True, text=True, timeout=600)
@@ -498,8 +512,10 @@ class Bench:
                         cr = json.loads(r.stdout.strip().splitlines()[-1])
                     except (ValueError, IndexError):
                         cr = {"error": r.stderr[-400:]}
-                    row = {"mode": mode, "via": via, **cr, "host": host_delta(h0, h1)}
-                    if cr.get("seconds") and cr.get("bytes") == nbytes:
+                    row = {"mode": mode, "via": via, **cr, "host": host_delta(h0, h1), "sandbox": len(res["sandboxes"])}
+                    if via == "kiln-egress":
+                        res["sandboxes"][-1]["transfers_through_helper"] += 1
+                    if cr.get("seconds") and cr.get("bytes") == nbytes and (pid is None or c1 is not None):
                         row["mb_per_s"] = round(nbytes / 1e6 / cr["seconds"], 1)
                         if pid:
                             row["cpu_s"] = round(c1 - c0, 2)
@@ -510,11 +526,24 @@ class Bench:
                     log(f"  proxycpu {mode} via {via}: {row.get('mb_per_s')} MB/s, CPU {row.get('cpu_s')} s "
                         f"({row.get('cpu_s_per_gib')} s/GiB), host busy {row['host']['busy_share']}"
                         + (f", ERROR {row['error']}" if row.get("error") else ""))
-            self.stop(relay)
-            sh(*enter, "nft", "delete", "table", "ip", self.table, check=False)
-            return res
+                    if proc_cpu(helper) is None:  # the helper ended: note it, go on in a new sandbox
+                        log(f"  kiln-egress {helper} is gone after {res['sandboxes'][-1]['transfers_through_helper']} "
+                            "transfers through it")
+                        res["sandboxes"][-1]["helper_ended"] = True
+                        res["sandboxes"][-1]["stderr"] = self.end_proxy_sandbox(current)
+                        current = None
         finally:
-            self.stop(sbx)
+            if current:
+                res["sandboxes"][-1]["stderr"] = self.end_proxy_sandbox(current)
+        return res
+
+    def end_proxy_sandbox(self, current):
+        sbx, helper, enter, relay = current
+        self.stop(relay)
+        sh(*enter, "nft", "delete", "table", "ip", self.table, check=False)
+        self.stop(sbx)
+        # kiln-egress writes to kiln run's stderr: keep what it said.
+        return sbx.stderr.read()[-2000:] if sbx.stderr else ""
 
     # -- flood ------------------------------------------------------------------------------------
     @staticmethod
@@ -551,6 +580,10 @@ class Bench:
              "b_cpu_s_sampled": round(b_cpu, 2)}
         if a_proc:
             r["a_cpu_s"] = round(tree_cpu(a_proc.pid) - a_cpu0, 2)
+        # The host's busy CPU in the window less B's and A's VMMs: others' builds and VMs, and the host
+        # kernel's own network work (a run with much of it did not measure these sandboxes alone).
+        busy = sum(v for k, v in r["host"]["cpu_s"].items() if k not in ("idle", "iowait"))
+        r["other_cpu_s"] = round(busy - b_cpu - max(0.0, r.get("a_cpu_s") or 0.0), 1)
         dt = udp1["t"] - udp0["t"]
         if condition == "a-flood" and dt > 0:
             r["flood_at_sink"] = {"datagrams_per_s": round((udp1["datagrams"] - udp0["datagrams"]) / dt),
@@ -667,8 +700,9 @@ def summarize(result):
         by = {k: [v for r in fl if key(r) == k for v in r["put_kib_per_s"]] for k in order}
         s = {k: med(v) for k, v in by.items()}
         lines.append("")
-        lines.append("| B's put (guest → fake internet), beside | KiB/s, median | runs | host busy | B's VMM CPU s (whole run) | A's VMM CPU s (same window) | A's flood at the sink |")
-        lines.append("|---|---:|---|---:|---:|---:|---|")
+        lines.append("| B's put (guest → fake internet), beside | KiB/s, median | runs | host busy | B's VMM CPU s (whole run) "
+                     "| A's VMM CPU s (same window) | other CPU s (same window) | A's flood at the sink |")
+        lines.append("|---|---:|---|---:|---:|---:|---:|---|")
         for k in order:
             rs = [r for r in fl if key(r) == k]
             sink = "; ".join(f"{r['flood_at_sink']['datagrams_per_s']} datagrams/s, {r['flood_at_sink']['mb_per_s']} MB/s"
@@ -678,7 +712,9 @@ def summarize(result):
             lines.append(f"| {k} | {boot.fmt(s.get(k), '.0f')} | {', '.join(format(v, '.0f') for v in by[k])} "
                          f"| {boot.fmt(med([r['host']['busy_share'] for r in rs]), '.2f')} "
                          f"| {boot.fmt(med([r.get('b_cpu_s_sampled') for r in rs]), '.1f')} "
-                         f"| {boot.fmt(med([r.get('a_cpu_s') for r in rs]), '.1f')} | {sink or '-'} |")
+                         f"| {boot.fmt(med([r.get('a_cpu_s') for r in rs]), '.1f')} "
+                         f"| {', '.join(format(r['other_cpu_s'], '.0f') for r in rs if r.get('other_cpu_s') is not None) or '-'} "
+                         f"| {sink or '-'} |")
         ratios = {}
         if s.get("a-idle") and s.get("solo"):
             ratios["a_idle_over_solo"] = round(s["a-idle"] / s["solo"], 2)
