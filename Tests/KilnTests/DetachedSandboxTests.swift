@@ -42,7 +42,8 @@ import VMMProtocol
         #expect(Sandbox.detachedSandboxes(in: runtime) == [directory])
         #expect(Sandbox.sweepDead(in: runtime).isEmpty, "a running detached sandbox was swept")
 
-        let sandbox = try await Sandbox.adopt(directory: directory)
+        // 120 s: under a parallel test run the guest has taken over 30 s to answer a new connection (CI, twice).
+        let sandbox = try await Sandbox.adopt(directory: directory, timeout: 120)
         let p = try await sandbox.agent.exec(Exec(argv: ["sh", "-c", "echo hi"], environment: ["PATH=/bin:/usr/bin"]))
         p.closeStdin()
         let r = try await p.collect()
