@@ -64,6 +64,20 @@ static int write_all(int fd, const char *p, size_t n) {
     return 0;
 }
 
+/* Writes `total` bytes of the (zeroed) buffer to `fd`, counting them in `moved`; -1 on error. */
+static int send_zeros(int fd, uint64_t total, uint64_t *moved) {
+    while (*moved < total) {
+        size_t chunk = total - *moved < sizeof buffer ? (size_t)(total - *moved) : sizeof buffer;
+        ssize_t n = write(fd, buffer, chunk);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        *moved += (uint64_t)n;
+    }
+    return 0;
+}
+
 static int dial(const struct sockaddr_in *address) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) return -1;
@@ -150,15 +164,7 @@ static int http_modes(int argc, char **argv, const struct sockaddr_in *address) 
     if (fd < 0) return fail("connect");
     if (write_all(fd, request, (size_t)length) != 0) return fail("write");
     if (putting) {
-        while (moved < total) {
-            size_t chunk = total - moved < sizeof buffer ? (size_t)(total - moved) : sizeof buffer;
-            ssize_t n = write(fd, buffer, chunk);
-            if (n < 0) {
-                if (errno == EINTR) continue;
-                return fail("write");
-            }
-            moved += (uint64_t)n;
-        }
+        if (send_zeros(fd, total, &moved) != 0) return fail("write");
         shutdown(fd, SHUT_WR);
         if (drain(fd, NULL) < 0) return fail("read");
     } else {
@@ -197,15 +203,7 @@ int main(int argc, char **argv) {
     uint64_t start = now_ns(), moved = 0;
     if (sending) {
         uint64_t total = strtoull(argv[4], NULL, 10) * 1024;
-        while (moved < total) {
-            size_t chunk = total - moved < sizeof buffer ? (size_t)(total - moved) : sizeof buffer;
-            ssize_t n = write(fd, buffer, chunk);
-            if (n < 0) {
-                if (errno == EINTR) continue;
-                return fail("write");
-            }
-            moved += (uint64_t)n;
-        }
+        if (send_zeros(fd, total, &moved) != 0) return fail("write");
         shutdown(fd, SHUT_WR);
         while (read(fd, buffer, sizeof buffer) > 0) {}
     } else {
