@@ -38,6 +38,13 @@ import VMMProtocol
     @Test func aDetachedSandboxOutlivesItsCreatorIsAdoptedAnswersSnapshotsAndLeavesNothing() async throws {
         defer { rmdir(runtime) }
         let (directory, record) = try await startDetachedAndKillItsCreator()
+        // A failure below must not leave the detached VMM running (it outlives this process):
+        // killed if still there, the same process (its start time as the record has it).
+        defer {
+            let stat = Self.read("/proc/\(record.pid)/stat").map { String(decoding: $0, as: UTF8.self) } ?? ""
+            let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+            if fields.count > 19, UInt64(fields[19]) == record.startTime { kill(record.pid, SIGKILL) }
+        }
         #expect(kill(record.pid, 0) == 0, "the VMM died with the process that started it")
         #expect(Sandbox.detachedSandboxes(in: runtime) == [directory])
         #expect(Sandbox.sweepDead(in: runtime).isEmpty, "a running detached sandbox was swept")
