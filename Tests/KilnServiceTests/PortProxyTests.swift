@@ -25,6 +25,7 @@ import Testing
                 case .head(let s, let h): status = s; for (k, v) in h { headers[k.lowercased()] = v }
                 case .body(let b): body += b
                 case .end: ended = true
+                case .switching: Issue.record("a 101 from a reader that was not upgrading")
                 }
             }
         }
@@ -48,6 +49,28 @@ import Testing
 
         let head = try read(["HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"], method: .HEAD)
         #expect(head.body.isEmpty && head.ended)
+    }
+
+    /// The answer to an upgrade: a 101 ends the reading with its headers (hop-by-hop ones left
+    /// out) and the bytes behind its head, however the head is split; any other answer is read
+    /// as usual; a reader that is not upgrading skips a 101 like any 1xx.
+    @Test func aSwitchingAnswerEndsTheReadingWithWhatFollowsIt() throws {
+        let head = Array("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: k=\r\n\r\n".utf8)
+        let frame: [UInt8] = [0x81, 0x02, 0x68, 0x69]
+        let whole = head + frame
+        for cut in [1, 20, head.count, whole.count - 1] {
+            // Fed as it arrives; what follows the event is the tunnel's to read, not the reader's.
+            var r = ResponseReader(method: .GET, upgrading: true)
+            var events = try r.feed(Array(whole[..<cut])), unread = Array(whole[cut...])
+            if events.isEmpty { events = try r.feed(unread); unread = [] }
+            guard case .switching(let headers, let rest)? = events.first, events.count == 1 else { Issue.record("\(cut): \(events)"); continue }
+            #expect(headers.elementsEqual([("Sec-WebSocket-Accept", "k=")], by: { $0 == $1 }), "\(cut): \(headers)")
+            #expect(rest + unread == frame, "\(cut)")
+        }
+        var refused = ResponseReader(method: .GET, upgrading: true)
+        #expect(try refused.feed(Array("HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno".utf8))
+                == [.head(403, []), .body(Array("no".utf8)), .end])
+        #expect(try read(["HTTP/1.1 101 Switching Protocols\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]).status == 200)
     }
 
     @Test func malformedAnswersAreErrors() {

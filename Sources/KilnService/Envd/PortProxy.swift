@@ -88,6 +88,7 @@ enum PortProxy {
                 case .end:
                     complete = true
                     relay.signal(SIGKILL)
+                case .switching: break // only a reader made `upgrading` reports it
                 }
             }
         }
@@ -127,55 +128,33 @@ enum PortProxy {
             return refusal(.badGateway, "cannot reach port \(port) in sandbox \(sandbox.id): \(error)")
         }
 
-        // The guest server's head: a 101 makes the tunnel, anything else is its answer, read whole.
+        // The guest server's answer: a 101 makes the tunnel, anything else goes back read whole.
         var output = relay.output.makeAsyncIterator()
-        var received: [UInt8] = [], errors: [UInt8] = []
-        var reader = ResponseReader(method: head.method)
+        var reader = ResponseReader(method: head.method, upgrading: true)
         var answer: (status: Int, headers: [(String, String)], body: [UInt8])?
-        var complete = false
-        func feed(_ bytes: [UInt8]) throws {
-            for event in try reader.feed(bytes) {
-                switch event {
-                case .head(let status, let headers): answer?.status = status; answer?.headers = headers
-                case .body(let piece): answer?.body += piece
-                case .end: complete = true
-                }
-            }
-        }
-        while let chunk = await output.next() {
+        var errors: [UInt8] = [], complete = false
+        reading: while let chunk = await output.next() {
             guard case .stdout(let bytes) = chunk else {
                 if case .stderr(let e) = chunk, errors.count < 4096 { errors += e }
                 continue
             }
-            if answer == nil {
-                received += bytes
-                guard let end = ResponseReader.headEnd(received) else {
-                    if received.count > headLimit { break }
-                    continue
+            let events: [ResponseReader.Event]
+            do { events = try reader.feed(bytes) } catch { break }
+            for event in events {
+                switch event {
+                case .switching(let headers, let rest):
+                    return .switching(headers: headers, tunnel: PortTunnel(relay: relay, output: output, early: rest))
+                case .head(let status, let headers): answer = (status, headers, [])
+                case .body(let piece): answer?.body += piece
+                case .end: complete = true
                 }
-                let status = String(decoding: received[..<end], as: UTF8.self).split(separator: " ", maxSplits: 2)
-                if status.count >= 2, status[0].hasPrefix("HTTP/1."), status[1] == "101" {
-                    var headers: [(String, String)] = []
-                    let lines = String(decoding: received[..<end], as: UTF8.self).components(separatedBy: "\r\n").dropFirst()
-                    for line in lines {
-                        guard let colon = line.firstIndex(of: ":") else { continue }
-                        let name = String(line[..<colon]).trimmingCharacters(in: .whitespaces)
-                        let value = String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)
-                        if !hopByHop.contains(name.lowercased()) { headers.append((name, value)) }
-                    }
-                    return .switching(headers: headers, tunnel: PortTunnel(relay: relay, output: output, early: Array(received[(end + 4)...])))
-                }
-                answer = (0, [], [])
-                do { try feed(received) } catch { break }
-            } else {
-                do { try feed(bytes) } catch { break }
             }
-            if complete || (answer?.body.count ?? 0) > bodyLimit { break }
+            if complete || (answer?.body.count ?? 0) > bodyLimit { break reading }
         }
         relay.signal(SIGKILL)
         relay.closeStdin()
         _ = try? await relay.wait()
-        if let answer, answer.status >= 200 {
+        if let answer {
             return .response(HTTPResponseStatus(statusCode: answer.status), headers: answer.headers, body: answer.body)
         }
         let why = String(decoding: errors, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "no HTTP response to the upgrade"
@@ -190,11 +169,14 @@ enum PortProxy {
 
 /// Reads an HTTP/1.1 response from the guest: its head, then its body by its framing
 /// (Content-Length, chunked, or to the end of the connection), dechunked, as pieces to stream on.
+/// `upgrading` (the answer to an upgrade request): a 101 ends the reading with `.switching`, its
+/// headers and the bytes after its head, which belong to the switched protocol.
 struct ResponseReader {
-    enum Event: Equatable { case head(Int, [(String, String)]), body([UInt8]), end
+    enum Event: Equatable { case head(Int, [(String, String)]), body([UInt8]), end, switching([(String, String)], rest: [UInt8])
         static func == (a: Event, b: Event) -> Bool {
             switch (a, b) {
             case (.head(let s1, let h1), .head(let s2, let h2)): s1 == s2 && h1.elementsEqual(h2, by: { $0 == $1 })
+            case (.switching(let h1, let r1), .switching(let h2, let r2)): r1 == r2 && h1.elementsEqual(h2, by: { $0 == $1 })
             case (.body(let x), .body(let y)): x == y
             case (.end, .end): true
             default: false
@@ -207,8 +189,9 @@ struct ResponseReader {
     var state = State.head
     var pending: [UInt8] = []
     let method: HTTPMethod
+    let upgrading: Bool
 
-    init(method: HTTPMethod) { self.method = method }
+    init(method: HTTPMethod, upgrading: Bool = false) { self.method = method; self.upgrading = upgrading }
 
     mutating func feed(_ bytes: [UInt8]) throws(Malformed) -> [Event] {
         pending += bytes
@@ -228,7 +211,8 @@ struct ResponseReader {
                 guard status.count >= 2, status[0].hasPrefix("HTTP/1."), let code = Int(status[1]), (100...599).contains(code) else {
                     throw Malformed(description: "a status line '\(lines[0].prefix(80))'")
                 }
-                if code < 200 { progress = true; continue } // 100 Continue and the like: the real head follows
+                let switching = upgrading && code == 101
+                if code < 200 && !switching { progress = true; continue } // 100 Continue and the like: the real head follows
                 var headers: [(String, String)] = []
                 var length: Int?, chunked = false
                 for line in lines.dropFirst() where !line.isEmpty {
@@ -242,6 +226,12 @@ struct ResponseReader {
                     case "transfer-encoding": chunked = value.lowercased().contains("chunked")
                     default: if !PortProxy.hopByHop.contains(name.lowercased()) { headers.append((name, value)) }
                     }
+                }
+                if switching {
+                    events.append(.switching(headers, rest: pending))
+                    pending = []
+                    state = .done
+                    break
                 }
                 events.append(.head(code, headers))
                 if method == .HEAD || code == 204 || code == 304 { state = .done; events.append(.end) }
@@ -295,13 +285,6 @@ struct ResponseReader {
             }
         }
         return events
-    }
-
-    /// Where the head in `bytes` ends (its CRLFCRLF), if it has.
-    static func headEnd(_ bytes: [UInt8]) -> Int? {
-        guard bytes.count >= 4 else { return nil }
-        for i in 0...(bytes.count - 4) where bytes[i] == 13 && bytes[i + 1] == 10 && bytes[i + 2] == 13 && bytes[i + 3] == 10 { return i }
-        return nil
     }
 
     func find(_ needle: [UInt8]) -> Int? {
