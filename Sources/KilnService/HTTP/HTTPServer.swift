@@ -345,7 +345,11 @@ final class PendingUpgrades: Sendable {
         channel.closeFuture.whenComplete { [self] _ in takeTunnel(channel)?.cancel() }
     }
     func takeTunnel(_ channel: Channel) -> (any HTTPTunnel)? { tunnels.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) } }
-    func refuse(_ answer: HTTPUpgradeAnswer, for channel: Channel) { refusals.withLock { $0[ObjectIdentifier(channel)] = answer } }
+    func refuse(_ answer: HTTPUpgradeAnswer, for channel: Channel) {
+        refusals.withLock { $0[ObjectIdentifier(channel)] = answer }
+        // Gone with its channel, answered or not (no entry outlives it for another at its address).
+        channel.closeFuture.whenComplete { [self] _ in _ = takeRefusal(channel) }
+    }
     func takeRefusal(_ channel: Channel) -> HTTPUpgradeAnswer? { refusals.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) } }
 }
 
