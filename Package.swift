@@ -59,7 +59,7 @@ let package = Package(
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "LinuxSys", "Seccomp", "VMMProtocol"], swiftSettings: strict),
         // `kiln serve`: the E2B-compatible multi-tenant service (docs/service.md).
         .target(name: "KilnService", dependencies: [
-            "Sandbox", "Images", "AgentProtocol", "LinuxSys", "KilnNet",
+            "Sandbox", "Devices", "Images", "AgentProtocol", "LinuxSys", "KilnNet",
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
@@ -106,7 +106,7 @@ let package = Package(
         .testTarget(name: "VMMProtocolTests", dependencies: ["VMMProtocol"], swiftSettings: strict),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Boot", "KVM", "KilnTestSupport"], swiftSettings: strict),
         .testTarget(name: "KilnServiceTests", dependencies: [
-            "KilnService", "Sandbox", "AgentProtocol", "LinuxSys",
+            "KilnService", "Sandbox", "Devices", "AgentProtocol", "LinuxSys",
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "ImagesTests", dependencies: ["Images", "KilnTestSupport", "CLinux", "LinuxSys"], swiftSettings: strict),

@@ -115,6 +115,7 @@ enum JSONErrors {
         switch t {
         case is String.Type: "a string"
         case is Int.Type, is Int32.Type, is UInt32.Type, is Int64.Type: "an integer"
+        case is UInt64.Type: "a non-negative integer"
         case is Bool.Type: "a boolean"
         case is Double.Type: "a number"
         default:

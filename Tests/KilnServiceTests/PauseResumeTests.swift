@@ -1,3 +1,4 @@
+import Devices
 import Glibc
 @testable import KilnService
 import Sandbox
@@ -36,6 +37,47 @@ import Testing
             let info = try SnapshotInfo.read(directory: await server.manager.snapshotDirectory(sandbox.sandboxID))
             #expect(!info.config.disks.isEmpty)
             #expect(info.config.disks.allSatisfy { $0.limit == limit }, "\(info.config.disks.map(\.limit))")
+        } catch {
+            await server.stop()
+            throw error
+        }
+        await server.stop()
+    }
+
+    /// A create's own `rateLimits`, within the operator's: its VM runs with them (the pause
+    /// snapshot records the disks', and the resumed VM's next snapshot still does), its detail
+    /// shows them, and a NIC limit without a network is refused.
+    @Test func aCreatesOwnLimitsAreWhatItsVMRunsWithAcrossPauseAndResume() async throws {
+        let path = try await WarmPoolTests.template()
+        let ceiling = try SandboxSettings.parseRate("8M,ops=500", .diskRate)
+        let server = try await TestServer.start(tenants: [Tenant(name: "solo", apiKeys: [WarmPoolTests.key], maxSandboxes: 1)],
+                                                resolve: { _ in path }) { $0.limits = Sandbox.Limits(disk: ceiling) }
+        do {
+            let key = WarmPoolTests.key
+            let noNetwork = try await server.request("POST", "/v2/sandboxes", key: key,
+                                                     body: #"{"templateID": "default", "rateLimits": {"net": {"bandwidth": {"size": 65536}}}}"#)
+            #expect(noNetwork.status == 400 && noNetwork.text.contains("rateLimits.net limits the network device"), "\(noNetwork.text)")
+            let asked = #"{"disk": {"bandwidth": {"size": 2097152, "oneTimeBurst": 65536}}}"#
+            let create = try await server.request("POST", "/v2/sandboxes", key: key,
+                                                  body: #"{"templateID": "default", "timeout": 120, "rateLimits": \#(asked)}"#)
+            #expect(create.status == 201, "\(create.text)")
+            let sandbox = try create.json(WarmPoolTests.Created.self)
+            // The asked bandwidth bucket, and the operator's ops bucket it left out.
+            let expected = RateLimit(bandwidth: TokenBucket.Limit(size: 2 << 20, oneTimeBurst: 65536), operations: ceiling.operations)
+            struct Detail: Decodable { var rateLimits: RateLimitsBody? }
+            let detail = try await server.request("GET", "/sandboxes/\(sandbox.sandboxID)", key: key)
+            #expect(try detail.json(Detail.self).rateLimits == RateLimitsBody(Sandbox.Limits(disk: expected)), "\(detail.text)")
+            for round in ["pause", "pause after the resume"] {
+                #expect(try await server.request("POST", "/sandboxes/\(sandbox.sandboxID)/pause", key: key).status == 204, "\(round)")
+                let info = try SnapshotInfo.read(directory: await server.manager.snapshotDirectory(sandbox.sandboxID))
+                #expect(!info.config.disks.isEmpty)
+                #expect(info.config.disks.allSatisfy { $0.limit == expected }, "\(round): \(info.config.disks.map(\.limit))")
+                guard round == "pause" else { break }
+                let resumed = try await server.request("POST", "/sandboxes/\(sandbox.sandboxID)/connect", key: key, body: #"{"timeout": 120}"#)
+                #expect(resumed.status == 201, "\(resumed.text)")
+                let (out, code) = try await WarmPoolTests.run(server, sandbox, "echo limited")
+                #expect(code == 0 && out == "limited\n", "\(out)")
+            }
         } catch {
             await server.stop()
             throw error

@@ -30,7 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT
 url=""
-for _ in $(seq 100); do
+for _ in $(seq 600); do  # up to 60 s: a first start after a build reads a cold 100 MiB binary
     url=$(sed -n 's/^kiln serve: listening on \(http:[^ ]*\)$/\1/p' "$work/serve.log")
     [[ -n $url ]] && break
     kill -0 "$server" 2>/dev/null || { cat "$work/serve.log" >&2; echo "run.sh: kiln serve did not start" >&2; exit 1; }

@@ -16,18 +16,20 @@ struct NewSandboxRequest: Decodable, Sendable {
     var volumeMounts: [VolumeMountRequest]?
     /// E2B's `SandboxNetworkConfig` (Networks.swift).
     var network: NetworkRequest?
+    /// Kiln's own: the sandbox's disk and NIC token buckets, within the operator's (RateLimits.swift).
+    var rateLimits: RateLimitsBody?
 
     enum CodingKeys: String, CodingKey {
-        case templateID, timeout, autoPause, secure, metadata, envVars, volumeMounts, network
+        case templateID, timeout, autoPause, secure, metadata, envVars, volumeMounts, network, rateLimits
         case allowInternetAccess = "allow_internet_access"
     }
 
     init(templateID: String, timeout: Int? = nil, autoPause: Bool? = nil, secure: Bool? = nil, allowInternetAccess: Bool? = nil,
          metadata: [String: String]? = nil, envVars: [String: String]? = nil, volumeMounts: [VolumeMountRequest]? = nil,
-         network: NetworkRequest? = nil) {
+         network: NetworkRequest? = nil, rateLimits: RateLimitsBody? = nil) {
         self.templateID = templateID; self.timeout = timeout; self.autoPause = autoPause; self.secure = secure
         self.allowInternetAccess = allowInternetAccess; self.metadata = metadata; self.envVars = envVars
-        self.volumeMounts = volumeMounts; self.network = network
+        self.volumeMounts = volumeMounts; self.network = network; self.rateLimits = rateLimits
     }
 
     init(from decoder: any Decoder) throws {
@@ -41,6 +43,7 @@ struct NewSandboxRequest: Decodable, Sendable {
         envVars = try c.decodeIfPresent([String: String].self, forKey: .envVars)
         volumeMounts = try c.decodeIfPresent([VolumeMountRequest].self, forKey: .volumeMounts)
         network = try c.decodeIfPresent(NetworkRequest.self, forKey: .network)
+        rateLimits = try c.decodeIfPresent(RateLimitsBody.self, forKey: .rateLimits)
     }
 }
 
@@ -102,6 +105,8 @@ struct SandboxDescription: Encodable, Sendable {
     /// As asked at create (nil: not said), and the egress rules in force (nil: no network).
     var allowInternetAccess: Bool?
     var network: NetworkDescription?
+    /// The disk and NIC limits it runs with (nil: none the service set).
+    var rateLimits: RateLimitsBody?
 }
 
 /// E2B's `SnapshotInfo`.

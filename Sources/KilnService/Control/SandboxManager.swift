@@ -36,6 +36,9 @@ struct SandboxRecord: Codable, Sendable {
     var volumeMounts: [MountedVolume]? = nil
     /// Its network (Networks.swift); nil: none, the VM has no network device.
     var network: NetworkRecord? = nil
+    /// The rate limits its create asked for, within the operator's (RateLimits.swift); nil: the
+    /// operator's (`Settings.limits`).
+    var rateLimits: RateLimitsBody? = nil
 }
 
 /// An API error in E2B's shape: the HTTP status and a message.
@@ -240,6 +243,9 @@ public actor SandboxManager {
         if policy != nil && settings.networks == nil {
             throw APIError(400, "this service gives sandboxes no network (it runs without root): create without allow_internet_access and network")
         }
+        // Limits beyond the operator's are refused before any template is looked up (startRecord
+        // settles them once it knows whether the sandbox has a network).
+        _ = try RateLimitsBody.effective(asked: request.rateLimits, ceiling: settings.limits, networked: true)
         // A tenant at its sandbox limit is refused before its template is looked up (or built: `base` boots a VM).
         try checkCount(tenant)
         let template: String
@@ -256,7 +262,8 @@ public actor SandboxManager {
             throw APIError(500, "template '\(request.templateID)' cannot be used: \(error)")
         }
         return try await startRecord(tenant: tenant, request, snapshot: template, started: started, waited: waited, pooled: pooled,
-                                     volumes: mounts, network: policy.map { (request.allowInternetAccess, $0) })
+                                     volumes: mounts, network: policy.map { (request.allowInternetAccess, $0) },
+                                     limits: request.rateLimits)
     }
 
     /// The volumes a create names, checked: the tenant's own, by name, at valid guest paths.
@@ -281,7 +288,8 @@ public actor SandboxManager {
     func startRecord(tenant: Tenant, _ request: NewSandboxRequest, snapshot template: String,
                      started: Double = Timestamps.now(), waited: Double = 0, pooled: Bool = false,
                      volumes mounts: [MountedVolume] = [],
-                     network asked: (allowInternetAccess: Bool?, policy: EgressPolicy)? = nil) async throws(APIError) -> SandboxRecord {
+                     network asked: (allowInternetAccess: Bool?, policy: EgressPolicy)? = nil,
+                     limits askedLimits: RateLimitsBody? = nil) async throws(APIError) -> SandboxRecord {
         let timeout = request.timeout ?? settings.defaultTimeout
         let info: SnapshotInfo
         do { info = try SnapshotInfo.read(directory: template) } catch {
@@ -296,6 +304,9 @@ public actor SandboxManager {
         } else if info.config.net == nil && asked != nil {
             throw APIError(400, "snapshot '\(request.templateID)' was saved from a sandbox without a network: it cannot have one")
         }
+        // Checked (and combined with the operator's) before any quota is taken or VM started.
+        let limits = try RateLimitsBody.effective(asked: askedLimits, ceiling: settings.limits, networked: asked != nil)
+        let recordedLimits = askedLimits == nil ? nil : limits.map(RateLimitsBody.init)
         // Volumes bind the template's spare virtio-fs slots; an older template may have none.
         guard mounts.count <= info.config.shares.count else {
             throw APIError(400, "volumeMounts: template '\(request.templateID)' takes at most \(info.config.shares.count) volumes")
@@ -317,11 +328,12 @@ public actor SandboxManager {
         do {
             // A pooled sandbox was restored without volumes, and they bind only at restore: a
             // create with volumes restores its own.
-            if pooled, bound.isEmpty, asked == nil,
+            if pooled, bound.isEmpty, asked == nil, askedLimits == nil,
                let ready = await handOutPooled(request.templateID, snapshot: template, id: id, envVars: request.envVars ?? [:]) {
                 live = ready
             } else {
-                live = try await start(id: id, snapshot: template, envVars: request.envVars ?? [:], volumes: bound, network: asked?.policy)
+                live = try await start(id: id, snapshot: template, envVars: request.envVars ?? [:], volumes: bound, network: asked?.policy,
+                                       limits: limits)
             }
         } catch {
             metrics.count(error: "create")
@@ -335,7 +347,8 @@ public actor SandboxManager {
             cpuCount: info.vcpus, memoryMB: memoryMB, diskSizeMB: Int((info.config.disks.first.map { fileSize($0.path) } ?? 0) >> 20),
             state: .running, runtimeDirectory: live.sandbox.directory, image: live.image,
             volumeMounts: mounts.isEmpty ? nil : mounts,
-            network: asked.map { NetworkRecord(allowInternetAccess: $0.allowInternetAccess, policy: $0.policy, index: live.networkIndex) })
+            network: asked.map { NetworkRecord(allowInternetAccess: $0.allowInternetAccess, policy: $0.policy, index: live.networkIndex) },
+            rateLimits: recordedLimits)
         entries[id] = Entry(record: record, live: live)
         save(record)
         metrics.observeCreate(seconds: Timestamps.now() - started, waited: waited)
@@ -390,7 +403,8 @@ public actor SandboxManager {
         defer { release(t, memoryMB: e.record.memoryMB) }
         e.busy = true
         defer { e.busy = false }
-        let live = try await start(id: id, snapshot: snapshotDirectory(id), envVars: e.record.envVars, network: e.record.network?.policy)
+        let live = try await start(id: id, snapshot: snapshotDirectory(id), envVars: e.record.envVars, network: e.record.network?.policy,
+                                   limits: try recordedLimits(e.record))
         e.live = live
         e.record.network?.index = live.networkIndex
         e.record.state = .running
@@ -529,7 +543,8 @@ public actor SandboxManager {
                 let request = NewSandboxRequest(templateID: source.templateID, timeout: timeout, autoPause: source.autoPause,
                                                 metadata: source.metadata, envVars: source.envVars)
                 results.append(.success(try await startRecord(tenant: tenant, request, snapshot: dir,
-                                                              network: source.network.map { ($0.allowInternetAccess, $0.policy) })))
+                                                              network: source.network.map { ($0.allowInternetAccess, $0.policy) },
+                                                              limits: source.rateLimits)))
             } catch {
                 results.append(.failure(error))
             }
@@ -617,15 +632,16 @@ public actor SandboxManager {
         if let p = pending[tenant.name] { pending[tenant.name] = (p.count - 1, p.memory - memoryMB) }
     }
 
+    /// `limits`: as `RateLimitsBody.effective` gave them (nil: the snapshot's own).
     func start(id: String, snapshot: String, envVars: [String: String], volumes: [Volume] = [],
-               network policy: EgressPolicy? = nil) async throws(APIError) -> ServiceSandbox {
+               network policy: EgressPolicy? = nil, limits: Sandbox.Limits?) async throws(APIError) -> ServiceSandbox {
         let settings = self.settings, vms = vmsDirectory
         let network: SandboxNetwork? = if let policy { try await makeNetwork(policy) } else { nil }
         do {
             let sandbox = try await blocking.run {
                 try await Sandbox.restore(snapshot: snapshot, runtimeDirectory: vms, hostProfile: settings.hostProfile,
                                           isolation: settings.isolation, lifetime: settings.lifetime, volumes: volumes, network: network,
-                                          consoleLimit: settings.consoleLimit, limits: settings.limits(networked: network != nil))
+                                          consoleLimit: settings.consoleLimit, limits: limits)
             }
             // The network's name lasts as long as its VMM (a restarted service still finds it).
             if let network, let pid = sandbox.vmmProcess?.pid { network.recordOwner(pid) }
@@ -709,7 +725,18 @@ public actor SandboxManager {
                            state: r.state.rawValue, envdVersion: settings.envdVersion, envdAccessToken: r.accessToken, domain: nil,
                            volumeMounts: r.volumeMounts.map { $0.map { VolumeMountRequest(name: $0.name, path: $0.path) } },
                            allowInternetAccess: r.network?.allowInternetAccess,
-                           network: r.network.map { NetworkDescription(allowOut: $0.allowOut, denyOut: $0.denyOut) })
+                           network: r.network.map { NetworkDescription(allowOut: $0.allowOut, denyOut: $0.denyOut) },
+                           rateLimits: r.rateLimits ?? settings.limits(networked: r.network != nil).flatMap {
+                               $0.disk.isUnlimited && $0.net.isUnlimited ? nil : RateLimitsBody($0)
+                           })
+    }
+
+    /// The limits a recorded sandbox restores with: its own (kept as the create settled them),
+    /// else the operator's.
+    func recordedLimits(_ r: SandboxRecord) throws(APIError) -> Sandbox.Limits? {
+        guard let own = r.rateLimits else { return settings.limits(networked: r.network != nil) }
+        return Sandbox.Limits(disk: try own.disk?.limit("rateLimits.disk") ?? .unlimited,
+                              net: r.network == nil ? .unlimited : try own.net?.limit("rateLimits.net") ?? .unlimited)
     }
 
     func created(_ r: SandboxRecord) -> CreatedSandbox {
