@@ -36,8 +36,9 @@ public struct Tap: ~Copyable, Sendable {
 
     /// Gives the host side `address/prefix` and brings the link up. Runs `ip` (iproute2)
     /// rather than speaking rtnetlink: two commands at start-up are not worth a netlink client.
+    /// `replace`, not `add`: a persistent TAP keeps the address an earlier VM gave it.
     public func configureHost(address: String, prefix: Int) throws(Errno) {
-        try Tap.ip(["addr", "add", "\(address)/\(prefix)", "dev", name])
+        try Tap.ip(["addr", "replace", "\(address)/\(prefix)", "dev", name])
         try bringUp()
     }
 

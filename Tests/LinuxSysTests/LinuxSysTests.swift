@@ -1,3 +1,4 @@
+import FoundationEssentials
 import Glibc
 import Testing
 @testable import LinuxSys
@@ -18,5 +19,21 @@ import Testing
             #expect(error.code == ENOENT)
             #expect(error.description.contains("/nonexistent/kiln-test"))
         }
+    }
+
+    /// `kiln boot --net tap=NAME,host=ADDR` on a persistent TAP, twice: the second VM's set-up
+    /// finds the first one's address on it and goes on (it failed with `ip addr add`).
+    @Test func aPersistentTapTakesTheSameHostAddressTwice() throws {
+        let name = "kt\(getpid() % 100_000)"
+        #expect(try runProgram(["ip", "tuntap", "add", "dev", name, "mode", "tap"]).status == 0)
+        defer { _ = try? runProgram(["ip", "link", "del", name]) }
+        for _ in 0..<2 {
+            let tap = try Tap(name: name)
+            let created = tap.created
+            #expect(!created)
+            try tap.configureHost(address: "192.0.2.249", prefix: 30)
+        }
+        let shown = String(decoding: try runProgram(["ip", "-o", "-4", "addr", "show", "dev", name]).stdout, as: UTF8.self)
+        #expect(shown.components(separatedBy: "192.0.2.249/30").count == 2, "\(shown)")
     }
 }
