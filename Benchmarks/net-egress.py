@@ -63,29 +63,20 @@ SERVER, HOST_SIDE = "198.19.200.2", "198.19.200.1"
 TAP_HOST, TAP_GUEST = "198.19.201.1", "198.19.201.2"
 GATEWAY = "100.127.255.1"  # the sandbox side of every Kiln sandbox network (docs/net.md)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+FAKE_DNS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "net")
 
 FAKE_INTERNET = r"""
-import json, socket, struct, sys, threading, time
+import json, socket, sys, threading, time
 SERVER, NAME = sys.argv[1], sys.argv[2].lower()
+sys.path.insert(0, sys.argv[3])
+import fakedns  # Tests/net/fakedns.py
 lock = threading.Lock()
 ZEROS = memoryview(bytes(1 << 20))
 def note(d):
     with lock:
         sys.stdout.write(json.dumps(d) + "\n"); sys.stdout.flush()
 def dns(sock):
-    while True:
-        query, peer = sock.recvfrom(4096)
-        try:
-            i, labels = 12, []
-            while query[i]:
-                labels.append(query[i + 1:i + 1 + query[i]].decode().lower()); i += 1 + query[i]
-            qtype = struct.unpack(">H", query[i + 1:i + 3])[0]
-            ok = ".".join(labels) == NAME
-            answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(SERVER) if ok and qtype == 1 else b""
-            header = query[:2] + struct.pack(">HHHHH", 0x8180 if ok else 0x8183, 1, 1 if answer else 0, 0, 0)
-            sock.sendto(header + query[12:i + 5] + answer, peer)
-        except (IndexError, struct.error, UnicodeDecodeError):
-            pass
+    fakedns.serve(sock, lambda name: SERVER if name == NAME else None)
 def sink(sock):
     count = nbytes = 0; last = time.monotonic()
     buf = bytearray(65536)
@@ -300,7 +291,7 @@ class Bench:
 }}
 """)
         self.server = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-c", FAKE_INTERNET, SERVER,
-                                        self.args.name], stdout=subprocess.PIPE, text=True)
+                                        self.args.name, FAKE_DNS_DIR], stdout=subprocess.PIPE, text=True)
         self.procs.append(self.server)
         if self.server.stdout.readline().strip() != "ready":
             raise RuntimeError("the fake internet's server did not start")

@@ -4,7 +4,8 @@
 # 198.18.0.2 ("allowed.test") and 198.18.1.2 ("denied.test"), plain HTTP on 8080 too (a port the
 # proxy does not take). rebind.test resolves to a private address. Every DNS question and accepted connection is logged to DIR/log.
 #   fake-web.py DIR    (DIR holds cert.pem and key.pem; prints "ready" once all are bound)
-import os, socket, ssl, struct, sys, threading
+import os, socket, ssl, sys, threading
+import fakedns  # beside this script
 
 ALLOWED, DENIED = "198.18.0.2", "198.18.1.2"
 NAMES = {"allowed.test": ALLOWED, "denied.test": DENIED, "rebind.test": "10.0.0.1"}
@@ -17,25 +18,7 @@ def note(line):
         log.write(line + "\n")
 
 def dns(sock):
-    while True:
-        query, peer = sock.recvfrom(4096)
-        try:
-            i, labels = 12, []
-            while query[i]:
-                labels.append(query[i + 1:i + 1 + query[i]].decode().lower())
-                i += 1 + query[i]
-            qtype = struct.unpack(">H", query[i + 1:i + 3])[0]
-            name = ".".join(labels)
-            note("dns %s %d" % (name, qtype))
-            address = NAMES.get(name)
-            answer = b""
-            if address and qtype == 1:
-                answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(address)
-            flags = 0x8180 if address else 0x8183
-            header = query[:2] + struct.pack(">HHHHH", flags, 1, 1 if answer else 0, 0, 0)
-            sock.sendto(header + query[12:i + 5] + answer, peer)
-        except (IndexError, struct.error, UnicodeDecodeError):
-            pass
+    fakedns.serve(sock, NAMES.get, lambda name, qtype: note("dns %s %d" % (name, qtype)))
 
 def handle(conn, address, context):
     try:
