@@ -33,7 +33,11 @@ public enum Templates {
     /// What is wrong with template `name` (a damaged file, another Kiln or host, a disk changed
     /// since it was made), without the template's name; nil when it is usable.
     public static func unusableReason(_ name: String, hostProfile: HostProfile = .detect()) -> String? {
-        let directory = path(name)
+        unusableReason(directory: path(name), hostProfile: hostProfile)
+    }
+
+    /// The same for the template in `directory`.
+    static func unusableReason(directory: String, hostProfile: HostProfile) -> String? {
         let info: SnapshotInfo
         do throws(MachineError) {
             info = try SnapshotInfo.read(directory: directory)
@@ -166,10 +170,12 @@ public enum Templates {
     }
 
     /// The second half of `create`: snapshots `sandbox` (from `bootForTemplate`) as template
-    /// `name` in `directory` (the cache's by default), replacing an older one atomically. On
+    /// `name` in `directory` (the cache's by default), replacing an older one. With
+    /// `keepingUsable`, a usable template of that name that appeared meanwhile (another `kiln
+    /// run` of the same image, which made the same automatic template) is kept instead. On
     /// failure nothing of it is left in the cache and the sandbox runs on.
     public static func save(_ sandbox: Sandbox, as name: String, imageConfig: ImageConfiguration.RunConfig? = nil,
-                            in directory: String = Templates.directory) throws(SandboxError) {
+                            in directory: String = Templates.directory, keepingUsable hostProfile: HostProfile? = nil) throws(SandboxError) {
         try checkName(name)
         func path(_ name: String) -> String { directory + "/" + name }
         Files.makeDirectories(directory)
@@ -184,8 +190,30 @@ public enum Templates {
             Files.removeFlatDirectory(staging)
             throw error
         }
-        let final = path(name)
-        let old = path(".\(name).old-\(getpid())")
+        try install(staging, as: path(name)) { final in
+            guard let hostProfile else { return false }
+            return unusableReason(directory: final, hostProfile: hostProfile) == nil
+        }
+    }
+
+    /// Moves the staged template directory `staging` to `final`, in one rename where there is no
+    /// `final` yet (a restore never sees half a template, nor none where there was one). An
+    /// existing `final` is kept (and `staging` removed) when `keep` says so, and otherwise
+    /// replaced: moved aside, then removed after the rename, so a restore that looks between the
+    /// two renames finds no template rather than a mix of two.
+    static func install(_ staging: String, as final: String, keep: (String) -> Bool) throws(SandboxError) {
+        if rename(staging, final) == 0 { return }
+        guard errno == ENOTEMPTY || errno == EEXIST else {
+            let e = errno
+            Files.removeFlatDirectory(staging)
+            throw .setup("cannot install template \(final): \(String(cString: strerror(e)))")
+        }
+        if keep(final) {
+            Files.removeFlatDirectory(staging)
+            return
+        }
+        let slash = final.lastIndex(of: "/").map { final.index(after: $0) } ?? final.startIndex
+        let old = String(final[..<slash]) + ".\(final[slash...]).old-\(getpid())"
         _ = rename(final, old)
         if rename(staging, final) != 0 {
             let e = errno

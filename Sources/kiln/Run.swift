@@ -454,7 +454,9 @@ func startSandbox(_ config: Sandbox.Configuration, _ options: RunOptions) async 
     guard access(parent, W_OK) == 0 else { return try await Sandbox.start(config) }
     writeRaw(2, "kiln: first run with this image and kernel: booting, then saving a template so that later runs start in milliseconds...\n")
     let made = try await Templates.bootForTemplate(auto, config: config)
-    do { try Templates.save(made, as: auto) } catch {
+    // Another `kiln run` of this image may have saved the same template meanwhile: it stays (a
+    // restore of it may be under way), and this one is dropped.
+    do { try Templates.save(made, as: auto, keepingUsable: config.hostProfile) } catch {
         // The boot was paid for and its sandbox works: a cache that cannot take the template (a
         // full disk) costs later runs a boot each, not this run its command.
         writeRaw(2, "kiln: warning: could not save the template (\(error)); running without it\n")

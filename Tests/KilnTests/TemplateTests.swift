@@ -1,7 +1,7 @@
 import AgentProtocol
 import Glibc
 import KilnTestSupport
-import Sandbox
+@testable import Sandbox
 import Testing
 import VMM
 
@@ -22,6 +22,30 @@ import VMM
         let name = Templates.autoName(for: config)
         if !Templates.usable(name) { try await Templates.create(name, config: config).stop() }
         return Templates.path(name)
+    }
+
+    /// How a saved template is put in place (no VM): where there is none, in one rename; over
+    /// one that another `kiln run` of the same image saved meanwhile, that one stays and the new
+    /// staging directory goes; over one that is to be replaced, the new one, with nothing left aside.
+    @Test func aSavedTemplateGoesInWithOneRenameAndKeepsAUsableOneWhenAsked() throws {
+        let cache = try TestImages.temporaryDirectory("kiln-install")
+        defer { Files.removeFlatDirectory(cache + "/t") }
+        func stage(_ content: String) -> String {
+            let staging = cache + "/.t.tmp-\(getpid())"
+            mkdir(staging, 0o700)
+            #expect(Files.write(staging + "/state", Array(content.utf8)))
+            return staging
+        }
+        let final = cache + "/t"
+        var asked: [String] = []
+        try Templates.install(stage("first"), as: final) { asked.append($0); return true }
+        #expect(asked.isEmpty, "nothing to keep: no question asked")
+        try Templates.install(stage("second"), as: final) { asked.append($0); return true }
+        #expect(asked == [final])
+        #expect(TestFiles.read(final + "/state") == "first")
+        try Templates.install(stage("third"), as: final) { _ in false }
+        #expect(TestFiles.read(final + "/state") == "third")
+        #expect(TestFiles.list(cache) == ["t"], "no staging or old directory left")
     }
 
     func run(_ sandbox: Sandbox, _ argv: [String]) async throws -> String {
