@@ -175,6 +175,7 @@ descendants() {
     local c
     for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do echo "$c"; descendants "$c"; done
 }
+any_alive() { local p; for p; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
 one_line() { [ -n "$1" ] && [ "$(printf '%s\n' "$1" | wc -l)" -eq 1 ]; }
 
 # `kiln run --no-template` with its VMM SIGKILLed 5 s into the boot (a private cache): one line,
@@ -273,7 +274,7 @@ serve_api() { # METHOD PATH [BODY]: prints the body, then the status on a last l
 serve_exec() { # ID TOKEN: runs `echo ok` as root through envd; prints the stream
     local msg='{"process":{"cmd":"/bin/echo","args":["ok"],"cwd":"/"}}'
     local n=${#msg}
-    { printf '\x00'; printf "\\x%02x\\x%02x\\x%02x\\x%02x" $((n >> 24)) $((n >> 16 & 255)) $((n >> 8 & 255)) $((n & 255)) | xargs -0 printf
+    { printf '\x00'; printf "$(printf '\\x%02x' $((n >> 24)) $((n >> 16 & 255)) $((n >> 8 & 255)) $((n & 255)))"
       printf '%s' "$msg"; } >"$WORK/start.bin"
     curl -s -m 120 -X POST -H "E2b-Sandbox-Id: $1" -H "X-Access-Token: $2" -H 'content-type: application/connect+json' \
         -H "Authorization: Basic $(printf 'root:' | base64)" --data-binary @"$WORK/start.bin" "$URL/process.Process/Start" | tr -c '[:print:]' ' '
@@ -316,17 +317,20 @@ case_serve_vmm_killed_pausing() {
         left=$(ls -A "$STATE/snapshots")
         [ -z "$left" ] && pass "serve-vmm-killed-pausing: nothing in STATE/snapshots" \
             || fail serve-vmm-killed-pausing "in STATE/snapshots: $left"
-        r=$(serve_api GET "/sandboxes/$a"); echo "  GET /sandboxes/$a: $(tail -1 <<<"$r") $(sed '$d' <<<"$r" | jq -c '{state}' 2>/dev/null)"
+        # Its VM is gone: it should no longer be listed as running, and a resume should not say it runs.
+        local state ea
+        kill -0 "$va" 2>/dev/null && echo "  (VMM $va still alive)"
+        r=$(serve_api GET "/sandboxes/$a"); code=$(tail -1 <<<"$r"); state=$(sed '$d' <<<"$r" | jq -r .state 2>/dev/null)
+        [ "$code" = 404 ] || [ "$state" != running ] && pass "serve-vmm-killed-pausing: GET /sandboxes/$a answered $code, state '$state'" \
+            || fail serve-vmm-killed-pausing "its VMM is dead, yet GET /sandboxes/$a answers $code with state '$state'"
         r=$(serve_api POST "/sandboxes/$a/resume" '{"timeout":60}'); code=$(tail -1 <<<"$r"); body=$(sed '$d' <<<"$r")
-        echo "  POST /sandboxes/$a/resume: $code $body"
-        local ea
-        ea=$(serve_exec "$a" "$ta")
-        echo "  a command in $a: $ea"
-        if [ "$code" -ge 400 ] && one_line "$body"; then
+        if [ "$code" -ge 400 ] && one_line "$body" && ! grep -q "already running" <<<"$body"; then
             pass "serve-vmm-killed-pausing: the resume answered $code $body"
         else
-            fail serve-vmm-killed-pausing "the resume of the sandbox whose VMM died answered $code (it still counts as running; a command in it: $ea)"
+            fail serve-vmm-killed-pausing "the resume of the sandbox whose VMM died answered $code $body"
         fi
+        ea=$(serve_exec "$a" "$ta")
+        echo "  a command in $a: $ea"
         kill -0 "$vb" 2>/dev/null && [ "$(cat /proc/$vb/comm 2>/dev/null)" = kiln-vmm ] || fail serve-vmm-killed-pausing "the other sandbox's VMM $vb is gone"
         r=$(serve_exec "$b" "$tb")
         grep -q '"data":{"stdout":"b2sK"}' <<<"$r" && grep -q '"exitCode":0' <<<"$r" \
@@ -340,6 +344,8 @@ case_serve_vmm_killed_pausing() {
     all=$(descendants $s | tr '\n' ' ')
     kill -TERM $s; wait_for "! kill -0 $s 2>/dev/null" 60 || kill -KILL $s
     wait $s 2>/dev/null
+    # The launcher exits when the service's end of its socket closes: a moment after the service.
+    wait_for "! any_alive $all" 10
     left=""
     for p in $all $va $vb; do kill -0 "$p" 2>/dev/null && { left+=" $p($(cat /proc/$p/comm 2>/dev/null))"; kill -KILL "$p"; }; done
     [ -z "$left" ] && [ -z "$(ls -A "$STATE/vms" 2>/dev/null)" ] && pass "serve-vmm-killed-pausing: no process of the service, no VM directory left" \
