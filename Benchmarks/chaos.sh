@@ -5,8 +5,10 @@
 #   Benchmarks/chaos.sh [case...]    cases: create-killed full-cache damaged-auto net-vmm-killed
 #       vmm-killed-booting vmm-killed-restoring serve-vmm-killed-pausing control-snapshot-full
 # KILN names the kiln binary (default .build/debug/kiln). Private caches under a temporary
-# directory link the kernel, images and agent disk of /var/cache/kiln; only net-vmm-killed uses
-# (and may add a template to) /var/cache/kiln itself.
+# directory link the kernel, images and agent disk of /var/cache/kiln; net-vmm-killed and
+# vmm-killed-restoring use (and may add a template to) /var/cache/kiln itself, and
+# serve-vmm-killed-pausing its `default` template (with a private state directory). Needs curl,
+# jq and python3 (the control socket's client).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 KILN=${KILN:-$PWD/.build/debug/kiln}
@@ -186,7 +188,7 @@ case_vmm_killed_booting() {
     KILN_CACHE_DIR=$c "$KILN" run --no-template -- echo ok >"$WORK/booting.out" 2>"$err" &
     p=$!
     wait_for "vmm=\$(vmm_of $p)" 120 || { fail vmm-killed-booting "no VMM child: $(cat "$err")"; kill -KILL $p; return; }
-    sleep 5
+    sleep "${BOOT_KILL_AFTER:-5}"
     kill -KILL "$vmm"
     wait $p
     rc=$?
@@ -371,7 +373,7 @@ case_control_snapshot_full() {
     sleep 5
     r=$(control "$sock" "snapshot $m/snap")
     if [[ $r == error:* ]] && one_line "$r"; then pass "control-snapshot-full: '$r'"; else fail control-snapshot-full "the snapshot answered '$r'"; fi
-    echo "  in the tmpfs: $(ls -lA "$m/snap" 2>/dev/null | awk 'NR > 1 { print $NF, $5 }' | tr '\n' ' ')"
+    echo "  in the tmpfs: $(cd "$m/snap" 2>/dev/null && for f in *; do echo "$f ($(stat -c %s "$f") bytes, $(du -k "$f" | cut -f1) KiB used)"; done | tr '\n' ' ')"
     [ ! -e "$m/snap/state" ] && [ ! -e "$m/snap/state.tmp" ] && pass "control-snapshot-full: no state file: no restorable snapshot" \
         || fail control-snapshot-full "a state file was left: $(ls -A "$m/snap")"
     r=$(timeout 60 "$KILN" restore "$m/snap" </dev/null 2>&1 | tail -3); echo "  kiln restore of it: $r"
