@@ -331,6 +331,7 @@ case_serve_vmm_killed_pausing() {
         else
             fail serve-vmm-killed-pausing "the resume of the sandbox whose VMM died answered $code $body"
         fi
+        r=$(serve_api POST "/sandboxes/$a/connect" '{"timeout":60}'); echo "  POST /sandboxes/$a/connect (the SDK's connect): $(tail -1 <<<"$r") $(sed '$d' <<<"$r" | head -c 120)"
         ea=$(serve_exec "$a" "$ta")
         echo "  a command in $a: $ea"
         kill -0 "$vb" 2>/dev/null && [ "$(cat /proc/$vb/comm 2>/dev/null)" = kiln-vmm ] || fail serve-vmm-killed-pausing "the other sandbox's VMM $vb is gone"
