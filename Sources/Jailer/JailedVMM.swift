@@ -320,15 +320,27 @@ public final class JailedVMM: Sendable {
         else { throw Failure(description: "snapshot: unexpected file list from the VMM: \(files)") }
         var fds: [Int32] = []
         defer { fds.forEach { close($0) } }
-        for name in names {
-            let path = directory + "/" + (name == "state" ? "state.tmp" : name)
+        let paths = names.map { directory + "/" + ($0 == "state" ? "state.tmp" : $0) }
+        // A snapshot that fails leaves none of its files: a partial memory file would hold the
+        // space of a full disk (and its name, of a usable snapshot) for nothing.
+        func removeFiles() { paths.forEach { unlink($0) } }
+        for path in paths {
             let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-            guard fd >= 0 else { throw Failure(description: "cannot create \(path): \(Errno.current("open"))") }
+            guard fd >= 0 else {
+                let why = Errno.current("open")
+                removeFiles()
+                throw Failure(description: "cannot create \(path): \(why)")
+            }
             fds.append(fd)
         }
         unlink(directory + "/state")
-        let reply = try request(.snapshot(directory: nil), descriptors: fds)
-        guard reply.hasPrefix("ok") else { unlink(directory + "/state.tmp"); throw Failure(description: "snapshot: \(reply)") }
+        let reply: String
+        do { reply = try request(.snapshot(directory: nil), descriptors: fds) } catch { removeFiles(); throw error }
+        guard reply.hasPrefix("ok") else {
+            removeFiles()
+            // The VMM's error names the snapshot already ("error: snapshot (...): ...").
+            throw Failure(description: reply.hasPrefix("error: ") ? String(reply.dropFirst(7)) : "snapshot: \(reply)")
+        }
         guard rename(directory + "/state.tmp", directory + "/state") == 0 else {
             throw Failure(description: "cannot rename the state file in \(directory): \(Errno.current("rename"))")
         }

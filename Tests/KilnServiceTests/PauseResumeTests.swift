@@ -21,6 +21,40 @@ import Testing
         await server.stop()
     }
 
+    /// A sandbox whose VMM dies (SIGKILL from outside) goes with it: the API answers 404 for
+    /// it, as for a killed one, instead of listing a running sandbox that runs nothing, and its
+    /// place in the tenant's limit is free again (found by Benchmarks/chaos.sh
+    /// `serve-vmm-killed-pausing`: it stayed "running" and answered a resume with 409).
+    @Test func aSandboxWhoseVMDiesIsGoneAndFreesItsPlace() async throws {
+        let path = try await WarmPoolTests.template()
+        let server = try await TestServer.start(tenants: [Tenant(name: "solo", apiKeys: [WarmPoolTests.key], maxSandboxes: 1)],
+                                                resolve: { _ in path })
+        await server.manager.startTimeoutSweep()  // as `kiln serve` does
+        do {
+            let key = WarmPoolTests.key
+            let create = try await server.request("POST", "/v2/sandboxes", key: key, body: #"{"templateID": "default", "timeout": 120}"#)
+            #expect(create.status == 201, "\(create.text)")
+            let sandbox = try create.json(WarmPoolTests.Created.self)
+            let pid = try #require(await server.manager.entries[sandbox.sandboxID]?.live?.sandbox.vmmProcess?.pid)
+            #expect(Glibc.kill(pid, SIGKILL) == 0)
+            var status = 0
+            for _ in 0..<100 {
+                status = try await server.request("GET", "/sandboxes/\(sandbox.sandboxID)", key: key).status
+                if status == 404 { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(status == 404, "the sandbox of a dead VM is still listed")
+            let resume = try await server.request("POST", "/sandboxes/\(sandbox.sandboxID)/resume", key: key, body: "{}")
+            #expect(resume.status == 404, "\(resume.text)")
+            let again = try await server.request("POST", "/v2/sandboxes", key: key, body: #"{"templateID": "default", "timeout": 120}"#)
+            #expect(again.status == 201, "the tenant's one place is still taken: \(again.text)")
+        } catch {
+            await server.stop()
+            throw error
+        }
+        await server.stop()
+    }
+
     /// `kiln serve --disk-rate`: every sandbox's disks get the operator's limit (a tenant cannot
     /// take the host's disk from the others); the pause snapshot records it with the disks.
     @Test func theServicesDiskRateLimitsEverySandboxsDisks() async throws {

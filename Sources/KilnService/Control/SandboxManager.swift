@@ -217,6 +217,14 @@ public actor SandboxManager {
     /// whether or not its guest answers.
     func sweepExpired() async {
         let now = Timestamps.now()
+        // A VM that ended by itself (its VMM killed, the guest powered off, the OOM killer) takes
+        // its sandbox with it: it no longer counts against the tenant's limits, and the API
+        // answers 404 for it, as for a killed one.
+        for (id, entry) in entries where entry.record.state == .running && !entry.busy {
+            guard let live = entry.live, let outcome = live.sandbox.ended else { continue }
+            logger.warning("sandbox \(id): its VM ended (\(Sandbox.describe(outcome))): removing it")
+            await kill(entry)
+        }
         for (id, entry) in entries where entry.record.state == .running && entry.record.endAt <= now && !entry.busy {
             if entry.record.autoPause {
                 logger.info("sandbox \(id) reached its timeout: pausing")
@@ -493,6 +501,14 @@ public actor SandboxManager {
             }
         } catch {
             FileIO.removeTree(directory)
+            // The VMM gone under the snapshot (its end is seen by a thread that waits for it,
+            // a moment after the snapshot's own error): the sandbox is gone too.
+            for _ in 0..<40 where live.sandbox.ended == nil { try? await Task.sleep(for: .milliseconds(25)) }
+            if let outcome = live.sandbox.ended {
+                logger.warning("sandbox \(e.record.id): its VM ended during a snapshot (\(Sandbox.describe(outcome))): removing it")
+                await kill(e)
+                throw APIError(500, "cannot snapshot sandbox \(e.record.id): its VM ended (\(Sandbox.describe(outcome))); the sandbox is gone")
+            }
             throw APIError(500, "cannot snapshot sandbox \(e.record.id): \(error)")
         }
     }
