@@ -228,9 +228,11 @@ public actor SandboxManager {
         for (id, entry) in entries where entry.record.state == .running && entry.record.endAt <= now && !entry.busy {
             if entry.record.autoPause {
                 logger.info("sandbox \(id) reached its timeout: pausing")
-                do { try await pause(entry) } catch {
+                do { try await pause(entry) } catch where entries[id] === entry {
                     logger.warning("pausing expired sandbox \(id) failed (\(error)): killing it")
                     await kill(entry)
+                } catch {
+                    // Its VM ended under the pause: the snapshot's failure removed it already.
                 }
             } else {
                 logger.info("sandbox \(id) reached its timeout: killing")
